@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import __version__
@@ -33,8 +34,9 @@ def parse_methods(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def save_model(path: Path, method, weights: Weights, pre: Preprocess, class_name: str) -> None:
-    """Write atomically (temporary file, then rename)."""
+def save_model(path: Path, method, weights: Weights, pre: Preprocess, class_name: str, ref_images: np.ndarray) -> None:
+    """Write atomically (temporary file, then rename). ``ref_images`` (uint8 [n, crop, crop, 3])
+    are normal frames kept for keypoint object masks at predict time."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
@@ -46,6 +48,7 @@ def save_model(path: Path, method, weights: Weights, pre: Preprocess, class_name
         "backbone": {"arch": weights.arch, "source": weights.source, "sha256": weights.sha256},
         "preprocess": {"resize": pre.resize, "crop": pre.crop},
         "state": method.state(),
+        "ref_images": torch.from_numpy(np.ascontiguousarray(ref_images)),
     }
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(blob, tmp)

@@ -1,0 +1,243 @@
+"""Command line: ``spadim make-data | fit | predict | evaluate | mask-sweep | layer-sweep``.
+
+Bad input ends with one line on stderr and exit code 2. Results are written to a
+staging folder first and moved into ``--out`` only when the command succeeds, so a
+failed run never overwrites earlier results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .backbone import ARCHS, load_backbone
+from .cliargs import add_common, add_mask_args, settings_from, check_multiplier, mask_config, meta, progress, say, staged
+from .data import IMAGE_EXTS, Preprocess, find_classes, list_images, load_class
+from .errors import SpadimError
+from .features import FeatureExtractor
+from .modelfile import load_model, parse_methods, save_model
+from .objmask import apply_outside_multiplier
+from .pipeline import (
+    class_object_masks, make_extractor, masked_result, object_masks, prepare_class, reference_indices,
+    score_class, validate_classes,
+)
+from .reports import (
+    METRIC_COLUMNS, colorize, overlay, panel_figure, pick_examples, plot_curves, save_rgb, with_means, write_table,
+)
+
+
+# ---------------------------------------------------------------- commands
+def cmd_make_data(a) -> None:
+    from .synth import make_dataset
+
+    root = make_dataset(a.out, seed=a.seed, progress=say)
+    print(root)
+
+
+def cmd_weights(a) -> None:
+    """Report which checkpoint would be used; exit 2 (with how to get one) when there is none."""
+    _, w = load_backbone(a.arch, a.weights)
+    print(w.describe())
+
+
+def cmd_evaluate(a) -> None:
+    s = settings_from(a)
+    methods = parse_methods(a.methods)
+    cfg = mask_config(a, a.object_mask) if a.object_mask else None
+    r = check_multiplier(a.outside_multiplier)
+    classes = find_classes(a.data, a.classes)
+    validate_classes(classes)
+    fx = make_extractor(s, progress)
+    say(fx.weights.describe())
+    rows, warnings = [], []
+    with staged(a.out) as out:
+        for cdir in classes:
+            t0 = time.perf_counter()
+            run = prepare_class(fx, cdir)
+            metrics = score_class(run, s, methods)
+            if cfg:
+                obj, warn = class_object_masks(run, cfg)
+                warnings += warn
+                for name in methods:
+                    run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r)
+            for name in methods:
+                rows.append({"class": run.data.name, "method": name, **metrics[name],
+                             "n_train": len(run.train), "n_test": len(run.test)})
+                say(f"{run.data.name:>12} {name:>6}: " + "  ".join(f"{c}={metrics[name][c]:.3f}" for c in METRIC_COLUMNS))
+            plot_curves(out / "curves" / f"{run.data.name}.png", f"{run.data.name}: pixel ROC and PR",
+                        run.maps, run.masks, "" if fx.weights.pretrained else fx.weights.describe())
+            _heatmaps(out / "heatmaps" / run.data.name, run, methods, a.examples, fx)
+            say(f"{run.data.name}: done in {time.perf_counter() - t0:.1f} s")
+        rows = with_means(rows, ["method"])
+        extra = {"object_mask": a.object_mask, "outside_multiplier": r if cfg else None, "mask_warnings": warnings}
+        md = write_table(out, "results", rows, ["class", "method", *METRIC_COLUMNS, "n_train", "n_test"],
+                         "spadim evaluate", meta(s, fx, methods=methods, **extra))
+    print(md)
+    for w in warnings:
+        say(f"warning: object mask fell back to the full frame: {w}")
+    say(f"results in {a.out}/ (results.csv/.json/.md, curves/, heatmaps/)")
+
+
+def _heatmaps(folder: Path, run, methods: list[str], n: int, fx) -> None:
+    banner = "" if fx.weights.pretrained else "RANDOM WEIGHTS - NOT PRETRAINED"
+    for i in pick_examples(run.data.defects, n):
+        panels = [("image", run.test.images[i]), ("ground truth", run.masks[i])]
+        for name in methods:
+            m = run.maps[name]
+            heat = colorize(m[i], float(m.min()), float(m.max()))
+            panels += [(f"{name} map", heat), (f"{name} overlay", overlay(run.test.images[i], heat))]
+        p = run.data.test[i]
+        panel_figure(folder / f"{p.parent.name}_{p.stem}.png", f"{run.data.name}/{p.parent.name}/{p.name}", panels, banner)
+
+
+def cmd_fit(a) -> None:
+    s = settings_from(a)
+    (method_name,) = parse_methods(a.method)
+    data = load_class(a.data, need_test=False)
+    fx = make_extractor(s, progress)
+    say(fx.weights.describe())
+    train = fx(data.train, f"{data.name} train")
+    t0 = time.perf_counter()
+    method = s.method(method_name).fit(train)
+    refs = train.images[reference_indices(len(train), a.refs)]
+    save_model(a.out, method, fx.weights, s.pre, data.name, refs)
+    say(f"fitted {method_name} on {len(train)} images of {data.name} in {time.perf_counter() - t0:.1f} s -> {a.out}")
+
+
+def _expand_images(items: list[Path]) -> list[Path]:
+    paths = []
+    for p in items:
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise SpadimError(f"no images ({', '.join(IMAGE_EXTS)}) in folder {p}: point predict at image files or folders")
+            paths += found
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise SpadimError(f"input {p} does not exist: give image files or folders")
+    return paths
+
+
+def cmd_predict(a) -> None:
+    method, blob = load_model(a.model)
+    bb = blob["backbone"]
+    cfg = mask_config(a, a.object_mask) if a.object_mask else None
+    r = check_multiplier(a.outside_multiplier)
+    paths = _expand_images(a.images)
+    weights = "random" if bb["source"] == "random" else a.weights
+    seed = int(bb["sha256"].removeprefix("random-seed")) if bb["source"] == "random" else 0
+    model, w = load_backbone(bb["arch"], weights, seed)
+    if w.sha256 != bb["sha256"]:
+        raise SpadimError(f"model {a.model} was fitted with {bb['arch']} weights sha256 {bb['sha256'][:12]} but the "
+                          f"weights found are {w.sha256[:12]} ({w.source}): pass the same checkpoint with --weights")
+    say(w.describe())
+    pre = Preprocess(**blob["preprocess"])
+    fx = FeatureExtractor(model, w, pre, a.batch_size, None, progress)
+    fs = fx(paths, "predict")
+    maps, scores = method.score(fs, pre.crop)
+    warnings = []
+    if cfg:
+        obj, warnings = object_masks(fs.images, blob["ref_images"].numpy(), cfg)
+        maps = apply_outside_multiplier(maps, obj, r)
+        if method.name == "padim":
+            scores = maps.reshape(len(maps), -1).max(1)
+    vmin, vmax = (a.vmin if a.vmin is not None else float(maps.min())), (a.vmax if a.vmax is not None else float(maps.max()))
+    with staged(a.out) as out:
+        rows = []
+        for i, p in enumerate(paths):
+            stem = f"{i:04d}_{p.stem}"
+            heat = colorize(maps[i], vmin, vmax)
+            save_rgb(out / "heatmaps" / f"{stem}.png", heat)
+            save_rgb(out / "overlays" / f"{stem}.png", overlay(fs.images[i], heat))
+            rows.append({"image": str(p), "image_score": f"{scores[i]:.6g}", "max_pixel_score": f"{maps[i].max():.6g}",
+                         "heatmap": f"heatmaps/{stem}.png"})
+        with open(out / "scores.csv", "w", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=list(rows[0]))
+            wr.writeheader()
+            wr.writerows(rows)
+        np.savez_compressed(out / "maps.npz", maps=maps, scores=scores, paths=np.array([str(p) for p in paths]))
+        (out / "README.txt").write_text(
+            f"{w.describe()}\nmethod {method.name} fitted on class {blob['class_name']}; heatmap colour range "
+            f"[{vmin:.4g}, {vmax:.4g}] (score units); raw maps in maps.npz\n"
+            + "".join(f"warning: object mask fell back to the full frame: {x}\n" for x in warnings))
+    for x in warnings:
+        say(f"warning: object mask fell back to the full frame: {x}")
+    say(f"{len(paths)} image(s) -> {a.out}/ (scores.csv, heatmaps/, overlays/, maps.npz)")
+
+
+# ---------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="spadim", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"spadim {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-data", help="generate the embedded default data set (MVTec AD layout)")
+    p.add_argument("out", type=Path, nargs="?", default=Path("data/spadim-toy"))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_data)
+
+    p = sub.add_parser("weights", help="show which ImageNet checkpoint would be used (exit 2 if none)")
+    p.add_argument("--arch", default="wide_resnet50_2", choices=ARCHS)
+    p.add_argument("--weights", default=None, help="checkpoint file or folder to check")
+    p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("evaluate", help="fit and evaluate methods on one class or all classes of a root")
+    p.add_argument("data", type=Path, help="MVTec AD root or one class folder")
+    p.add_argument("--classes", default=None, help="comma-separated class names (default: all)")
+    p.add_argument("--methods", default="spade,padim")
+    p.add_argument("--out", type=Path, default=Path("runs/evaluate"))
+    p.add_argument("--examples", type=int, default=4, help="heatmap figures per class (default: %(default)s)")
+    add_common(p)
+    add_mask_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("fit", help="fit one method on <class>/train/good and save the model")
+    p.add_argument("data", type=Path, help="class folder with train/good")
+    p.add_argument("--method", default="padim", help="spade or padim (default: %(default)s)")
+    p.add_argument("--out", type=Path, required=True, help="model file to write")
+    p.add_argument("--refs", type=int, default=3, help="normal images kept for object masks at predict time")
+    add_common(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("predict", help="score new images with a fitted model: heatmaps, overlays, scores.csv")
+    p.add_argument("model", type=Path)
+    p.add_argument("images", type=Path, nargs="+", help="image files or folders")
+    p.add_argument("--out", type=Path, default=Path("runs/predict"))
+    p.add_argument("--weights", default=None, help="checkpoint the model was fitted with (default lookup as in fit)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--vmin", type=float, default=None, help="heatmap colour range (default: min/max over the images)")
+    p.add_argument("--vmax", type=float, default=None)
+    add_mask_args(p)
+    p.set_defaults(func=cmd_predict)
+
+    from .masksweep import add_parser as add_mask_sweep
+    from .layersweep import add_parser as add_layer_sweep
+
+    add_mask_sweep(sub, add_common, add_mask_args)
+    add_layer_sweep(sub, add_common)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    try:
+        a.func(a)
+    except SpadimError as exc:
+        print(f"spadim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spadim: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Proposal 2 study: all 15 non-empty subsets of layers 1-4, for SPADE and PaDiM.
+
+Each image goes through the backbone once; every combination is built from the
+cached layer maps. Results are written per class as combinations finish
+(``per_class/<class>.json``, atomically), so an interrupted run resumes where it
+stopped. Outputs: the full table, the study's Table 3 (mean AUPR with vs without
+layer 4), Figure 5 (AUPR per combination, both methods, and the Pearson
+correlation between SPADE and PaDiM across combinations) and the best combination
+per class with how often it uses exactly two layers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy.stats import pearsonr  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from .cliargs import meta, progress, say, settings_from  # noqa: E402
+from .data import find_classes  # noqa: E402
+from .errors import SpadimError  # noqa: E402
+from .features import ALL_COMBOS  # noqa: E402
+from .modelfile import parse_methods  # noqa: E402
+from .pipeline import make_extractor, prepare_class, score_class, validate_classes  # noqa: E402
+from .reports import METRIC_COLUMNS, markdown_table, with_means, write_table  # noqa: E402
+
+
+def combo_name(combo) -> str:
+    return "+".join(str(l) for l in combo)
+
+
+def _signature(s, methods: list[str], weights_id: str) -> dict:
+    return {"arch": s.arch, "weights": weights_id, "resize": s.resize, "crop": s.crop, "k": s.k, "d": s.d,
+            "seed": s.seed, "methods": methods}
+
+
+def _load_partial(path: Path, sig: dict) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}  # a damaged partial file is recomputed
+    if d.get("signature") != sig:
+        raise SpadimError(f"{path} holds a sweep with other settings ({d.get('signature')}): use another --out or delete it")
+    return d.get("results", {})
+
+
+def _save_partial(path: Path, sig: dict, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"signature": sig, "results": results}, indent=1))
+    tmp.replace(path)
+
+
+def table3(rows: list[dict], methods: list[str]) -> list[dict]:
+    """Mean AUPR/AUROC of combinations with layer 4 vs without, per method (over classes and combos)."""
+    out = []
+    for m in methods:
+        for has4 in (True, False):
+            sel = [r for r in rows if r["method"] == m and ("4" in r["layers"].split("+")) == has4]
+            out.append({"method": m, "combinations": "with layer 4" if has4 else "without layer 4", "n": len(sel),
+                        "mean_pixel_aupr": float(np.nanmean([r["pixel_aupr"] for r in sel])),
+                        "mean_pixel_auroc": float(np.nanmean([r["pixel_auroc"] for r in sel]))})
+    return out
+
+
+def combo_means(rows: list[dict], method: str) -> list[float]:
+    return [float(np.nanmean([r["pixel_aupr"] for r in rows if r["method"] == method and r["layers"] == combo_name(c)]))
+            for c in ALL_COMBOS]
+
+
+def correlation(rows: list[dict]) -> dict:
+    """Pearson r between SPADE and PaDiM AUPR across combinations (class means), and over class x combination."""
+    a, b = combo_means(rows, "spade"), combo_means(rows, "padim")
+    pairs = [(x["pixel_aupr"], y["pixel_aupr"]) for x in rows if x["method"] == "spade"
+             for y in rows if y["method"] == "padim" and y["class"] == x["class"] and y["layers"] == x["layers"]]
+    r_mean = pearsonr(a, b)[0] if np.std(a) > 0 and np.std(b) > 0 else float("nan")
+    pa, pb = np.array(pairs).T if pairs else (np.zeros(0), np.zeros(0))
+    r_all = pearsonr(pa, pb)[0] if len(pa) > 2 and pa.std() > 0 and pb.std() > 0 else float("nan")
+    return {"pearson_r_combination_means": float(r_mean), "pearson_r_class_x_combination": float(r_all),
+            "n_combinations": len(a), "n_pairs": len(pairs)}
+
+
+def best_rows(rows: list[dict], methods: list[str]) -> tuple[list[dict], dict]:
+    best, counts = [], {}
+    for m in methods:
+        classes = sorted({r["class"] for r in rows if r["method"] == m})
+        for c in classes:
+            sel = [r for r in rows if r["method"] == m and r["class"] == c and not math.isnan(r["pixel_aupr"])]
+            if not sel:
+                continue
+            b = max(sel, key=lambda r: r["pixel_aupr"])
+            best.append({"class": c, "method": m, "best_layers": b["layers"], "n_layers": len(b["layers"].split("+")),
+                         "pixel_aupr": b["pixel_aupr"], "pixel_auroc": b["pixel_auroc"]})
+        mine = [b for b in best if b["method"] == m]
+        counts[m] = {"classes": len(mine), "best_uses_two_layers": sum(b["n_layers"] == 2 for b in mine)}
+    return best, counts
+
+
+def figure5(path: Path, rows: list[dict], methods: list[str], corr: dict, banner: str) -> None:
+    names = [combo_name(c) for c in ALL_COMBOS]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2.2, 1]})
+    x = np.arange(len(names))
+    for m in methods:
+        a.plot(x, combo_means(rows, m), marker="o", label=f"{m} (mean over classes)")
+    a.set_xticks(x, names, rotation=45)
+    a.set(xlabel="layers", ylabel="pixel AUPR", title="AUPR per layer combination")
+    a.grid(alpha=0.3)
+    a.legend()
+    if {"spade", "padim"} <= set(methods):
+        sa, pa = combo_means(rows, "spade"), combo_means(rows, "padim")
+        b.scatter(sa, pa)
+        for n, u, v in zip(names, sa, pa):
+            b.annotate(n, (u, v), fontsize=7)
+        b.set(xlabel="SPADE AUPR", ylabel="PaDiM AUPR",
+              title=f"Pearson r = {corr['pearson_r_combination_means']:.2f} (study: 0.70)")
+        b.grid(alpha=0.3)
+    else:
+        b.axis("off")
+    fig.suptitle("Layer-combination study (study Figure 5)" + (f"\n{banner}" if banner else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run(a) -> None:
+    s = settings_from(a)
+    methods = parse_methods(a.methods)
+    classes = find_classes(a.data, a.classes)
+    validate_classes(classes)
+    fx = make_extractor(s, progress)
+    say(fx.weights.describe())
+    sig = _signature(s, methods, fx.weights.sha256)
+    out = Path(a.out)
+    partial = {c.name: _load_partial(out / "per_class" / f"{c.name}.json", sig) for c in classes}
+    jobs = [(c, combo, m) for c in classes for combo in ALL_COMBOS for m in methods
+            if f"{combo_name(combo)}/{m}" not in partial[c.name]]
+    say(f"{len(classes) * len(ALL_COMBOS) * len(methods) - len(jobs)} results already done, {len(jobs)} to go")
+    bar = tqdm(total=len(jobs), desc="layer sweep", unit="run", disable=None)
+    t0, done = time.perf_counter(), 0
+    for cdir in classes:
+        todo = [(combo, m) for c, combo, m in jobs if c == cdir]
+        if not todo:
+            continue
+        cr = prepare_class(fx, cdir)
+        results = partial[cdir.name]
+        for combo, m in todo:
+            metrics = score_class(cr, s, [m], combo)[m]
+            results[f"{combo_name(combo)}/{m}"] = metrics
+            _save_partial(out / "per_class" / f"{cdir.name}.json", sig, results)
+            bar.update(1)
+            done += 1
+        rate = (time.perf_counter() - t0) / done
+        say(f"{cdir.name}: done; {done}/{len(jobs)} runs, about {rate * (len(jobs) - done) / 60:.1f} min left")
+    bar.close()
+    _report(out, classes, partial, methods, meta(s, fx, methods=methods, combinations=[combo_name(c) for c in ALL_COMBOS]),
+            "" if fx.weights.pretrained else "RANDOM WEIGHTS - NOT PRETRAINED")
+
+
+def _report(out: Path, classes, partial: dict, methods: list[str], info: dict, banner: str) -> None:
+    rows = [{"class": c.name, "layers": combo_name(combo), "n_layers": len(combo), "method": m,
+             **partial[c.name][f"{combo_name(combo)}/{m}"]}
+            for c in classes for combo in ALL_COMBOS for m in methods]
+    corr = correlation(rows) if {"spade", "padim"} <= set(methods) else {}
+    best, counts = best_rows(rows, methods)
+    t3 = table3(rows, methods)
+    md = write_table(out, "layer_sweep", with_means(rows, ["layers", "method"]),
+                     ["class", "layers", "method", *METRIC_COLUMNS], "Layer-combination sweep", info)
+    md += "\n" + write_table(out, "table3", t3, ["method", "combinations", "n", "mean_pixel_aupr", "mean_pixel_auroc"],
+                             "Mean AUPR with vs without layer 4 (study Table 3)", info)
+    md += "\n" + write_table(out, "best", best, ["class", "method", "best_layers", "n_layers", "pixel_aupr", "pixel_auroc"],
+                             "Best combination per class", {**info, "counts": counts, "correlation": corr})
+    summary = [{"method": m, **c} for m, c in counts.items()]
+    md += "\n" + markdown_table(summary, ["method", "classes", "best_uses_two_layers"]) + "\n"
+    if corr:
+        md += (f"\nPearson r between SPADE and PaDiM AUPR across the 15 combinations (class means): "
+               f"{corr['pearson_r_combination_means']:.3f}; over class x combination pairs: "
+               f"{corr['pearson_r_class_x_combination']:.3f} (the study found 0.70)\n")
+    (out / "summary.md").write_text(md)
+    figure5(out / "figure5.png", rows, methods, corr, banner)
+    print(md)
+    say(f"results in {out}/ (layer_sweep.*, table3.*, best.*, figure5.png, summary.md, per_class/)")
+
+
+def add_parser(sub, common) -> None:
+    p = sub.add_parser("layer-sweep", help="proposal 2: all 15 layer combinations for SPADE and PaDiM (resumable)")
+    p.add_argument("data", type=Path, help="MVTec AD root or one class folder")
+    p.add_argument("--classes", default=None)
+    p.add_argument("--methods", default="spade,padim")
+    p.add_argument("--out", type=Path, default=Path("runs/layer-sweep"))
+    common(p, layers=False)
+    p.set_defaults(func=run)

@@ -1,0 +1,173 @@
+"""Proposal 1 study: keypoint object masks per detector, and the outside-multiplier sweep.
+
+For each class, features and anomaly maps are computed once; every detector's masks
+are computed once; each multiplier r then only rescales maps and re-scores them.
+Outputs: the detector suitability table (the study's Table 2, with objective scores),
+a mask picture grid per class, the multiplier sweep table and line plots (the
+study's Figure 4), and example panels image | ground truth | map | mask | masked map.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .cliargs import settings_from, check_multiplier, mask_config, meta, progress, say, staged  # noqa: E402
+from .data import find_classes  # noqa: E402
+from .errors import SpadimError  # noqa: E402
+from .modelfile import parse_methods  # noqa: E402
+from .objmask import DETECTORS, foreground_estimate, mask_quality  # noqa: E402
+from .pipeline import class_object_masks, make_extractor, masked_result, prepare_class, score_class, validate_classes  # noqa: E402
+from .reports import METRIC_COLUMNS, colorize, panel_figure, pick_examples, with_means, write_table  # noqa: E402
+
+DEFAULT_MULTIPLIERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def parse_floats(text: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SpadimError(f"bad multiplier list {text!r}: use comma-separated numbers in [0, 1], e.g. 0,0.5,1") from None
+    if not vals or any(not 0 <= v <= 1 for v in vals):
+        raise SpadimError(f"multipliers {text!r} must be numbers in [0, 1], e.g. --multipliers 0,0.2,0.4,0.6,0.8,1")
+    return vals
+
+
+def parse_detectors(text: str) -> list[str]:
+    names = [d.strip().lower() for d in text.split(",") if d.strip()]
+    bad = [d for d in names if d not in DETECTORS]
+    if bad or not names:
+        raise SpadimError(f"unknown detector {bad[0] if bad else text!r}: choose from {', '.join(DETECTORS)}")
+    return names
+
+
+def suitability_row(cls: str, det: str, images, obj, gt, n_fallback: int) -> dict:
+    """Mask quality pooled over a class's test images: area, GT and foreground coverage."""
+    fg = np.stack([foreground_estimate(im) for im in images])
+    q = mask_quality(obj, gt if gt.any() else None, fg)
+    rating = 2 if q["fg_coverage"] >= 0.9 and (math.isnan(q["gt_coverage"]) or q["gt_coverage"] >= 0.9) else (
+        1 if q["fg_coverage"] >= 0.6 else 0)
+    return {"class": cls, "detector": det, **q, "auto_rating": rating, "fallbacks": n_fallback, "n_test": len(images)}
+
+
+def mask_grid(path: Path, title: str, images: np.ndarray, masks: dict[str, np.ndarray], idx: list[int], banner: str) -> None:
+    """Rows: detectors; columns: test images with the mask outline (green) drawn on them."""
+    fig, axes = plt.subplots(len(masks), len(idx), figsize=(2.2 * len(idx), 2.3 * len(masks)), squeeze=False)
+    for r, (det, obj) in enumerate(masks.items()):
+        for c, i in enumerate(idx):
+            img = images[i].copy()
+            contours, _ = cv2.findContours(obj[i].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            shade = img.copy()
+            shade[~obj[i]] = (shade[~obj[i]] * 0.35).astype(np.uint8)
+            cv2.drawContours(shade, contours, -1, (0, 255, 0), 2)
+            axes[r, c].imshow(shade)
+            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
+            if c == 0:
+                axes[r, c].set_ylabel(det)
+    fig.suptitle(f"{title}\n{banner}" if banner else title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def sweep_plot(path: Path, rows: list[dict], method: str, detectors: list[str], banner: str) -> None:
+    """AUPR (top) and AUROC (bottom) against the multiplier, one panel per detector, a line per class."""
+    fig, axes = plt.subplots(2, len(detectors), figsize=(4 * len(detectors), 7), squeeze=False)
+    classes = sorted({r["class"] for r in rows if r["class"] != "mean"}) + ["mean"]
+    for j, det in enumerate(detectors):
+        for i, metric in enumerate(("pixel_aupr", "pixel_auroc")):
+            ax = axes[i, j]
+            for cls in classes:
+                sel = sorted((r for r in rows if r["class"] == cls and r["method"] == method and r["detector"] == det),
+                             key=lambda r: r["multiplier"])
+                ax.plot([r["multiplier"] for r in sel], [r[metric] for r in sel], marker="o", ms=3,
+                        lw=2.5 if cls == "mean" else 1, color="k" if cls == "mean" else None, label=cls)
+            ax.set(title=f"{method} / {det}", xlabel="outside-mask multiplier r", ylabel=metric.replace("_", " "))
+            ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=7)
+    fig.suptitle(f"Outside-mask multiplier sweep ({method}; r = 1 is no mask)" + (f"\n{banner}" if banner else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def run(a) -> None:
+    s = settings_from(a)
+    methods = parse_methods(a.methods)
+    detectors = parse_detectors(a.detectors)
+    rs = parse_floats(a.multipliers)
+    show_r = check_multiplier(a.show_multiplier)
+    cfgs = {d: mask_config(a, d) for d in detectors}
+    classes = find_classes(a.data, a.classes)
+    validate_classes(classes)
+    fx = make_extractor(s, progress)
+    say(fx.weights.describe())
+    banner = "" if fx.weights.pretrained else "RANDOM WEIGHTS - NOT PRETRAINED"
+    suit, sweep, warnings = [], [], []
+    with staged(a.out) as out:
+        for cdir in classes:
+            t0 = time.perf_counter()
+            cr = prepare_class(fx, cdir)
+            score_class(cr, s, methods)
+            masks = {}
+            for det, cfg in cfgs.items():
+                obj, warn = class_object_masks(cr, cfg)
+                masks[det] = obj
+                warnings += [f"{det}: {w}" for w in warn]
+                suit.append(suitability_row(cr.data.name, det, cr.test.images, obj, cr.masks, len(warn)))
+                for name in methods:
+                    for r in rs:
+                        metrics = masked_result(cr, name, obj, r)[2]
+                        sweep.append({"class": cr.data.name, "method": name, "detector": det, "multiplier": r, **metrics})
+            idx = pick_examples(cr.data.defects, a.examples)
+            mask_grid(out / "mask_grids" / f"{cr.data.name}.png", f"{cr.data.name}: keypoint object masks (green)",
+                      cr.test.images, masks, idx, banner)
+            show = detectors[0]
+            for i in idx:
+                p = cr.data.test[i]
+                for name in methods:
+                    m = cr.maps[name]
+                    lo, hi = float(m.min()), float(m.max())
+                    masked = masked_result(cr, name, masks[show], show_r)[0]
+                    panel_figure(out / "examples" / cr.data.name / f"{name}_{p.parent.name}_{p.stem}.png",
+                                 f"{cr.data.name}/{p.parent.name}/{p.name} - {name}, {show} mask, r={show_r}",
+                                 [("image", cr.test.images[i]), ("ground truth", cr.masks[i]), ("anomaly map", colorize(m[i], lo, hi)),
+                                  (f"{show} mask", masks[show][i]), (f"masked (r={show_r})", colorize(masked[i], lo, hi))], banner)
+            say(f"{cr.data.name}: done in {time.perf_counter() - t0:.1f} s")
+        md = write_table(out, "suitability", suit, ["class", "detector", "area_fraction", "gt_coverage", "fg_coverage",
+                                                    "fg_precision", "auto_rating", "fallbacks", "n_test"],
+                         "Detector suitability (study Table 2; auto_rating 2/1/0 from coverage, rate by eye in mask_grids/)",
+                         meta(s, fx, detectors=detectors, mask_warnings=warnings))
+        sweep = with_means(sweep, ["method", "detector", "multiplier"])
+        md += "\n" + write_table(out, "multiplier_sweep", sweep, ["class", "method", "detector", "multiplier", *METRIC_COLUMNS],
+                                 "Outside-mask multiplier sweep (study Figure 4)", meta(s, fx, methods=methods, multipliers=rs))
+        for name in methods:
+            sweep_plot(out / f"multiplier_sweep_{name}.png", sweep, name, detectors, banner)
+    print(md)
+    for w in warnings:
+        say(f"warning: object mask fell back to the full frame: {w}")
+    say(f"results in {a.out}/ (suitability.*, multiplier_sweep.*, mask_grids/, examples/)")
+
+
+def add_parser(sub, common, mask_args) -> None:
+    p = sub.add_parser("mask-sweep", help="proposal 1: detector suitability and outside-mask multiplier sweep")
+    p.add_argument("data", type=Path, help="MVTec AD root or one class folder")
+    p.add_argument("--classes", default=None)
+    p.add_argument("--methods", default="spade,padim")
+    p.add_argument("--detectors", default=",".join(DETECTORS), help="default: %(default)s")
+    p.add_argument("--multipliers", default=",".join(str(r) for r in DEFAULT_MULTIPLIERS), help="default: %(default)s")
+    p.add_argument("--show-multiplier", type=float, default=0.6, help="r used in the example pictures (default: %(default)s)")
+    p.add_argument("--examples", type=int, default=4)
+    p.add_argument("--out", type=Path, default=Path("runs/mask-sweep"))
+    common(p)
+    mask_args(p, sweep=True)
+    p.set_defaults(func=run)

@@ -1,0 +1,132 @@
+"""Fit and score methods on MVTec classes, reusing each image's features across runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .backbone import load_backbone
+from .data import ClassData, Preprocess, load_class, load_masks
+from .errors import SpadimError
+from .features import FeatureExtractor, FeatureSet
+from .metrics import evaluate_maps
+from .modelfile import METHODS
+from .objmask import MaskConfig, apply_outside_multiplier, object_mask, reference_features
+from .padim import DEFAULT_D, Padim
+from .spade import Spade
+
+
+@dataclass
+class Settings:
+    """Everything that defines a run; defaults follow the papers' reference code."""
+
+    arch: str = "wide_resnet50_2"
+    weights: str | None = None  # None: look up a checkpoint; "random"; or a path
+    resize: int = 256
+    crop: int = 224
+    layers: tuple[int, ...] = (1, 2, 3)
+    k: int = 5
+    d: int | None = None  # None: 100 for resnet18, 550 for the 50-layer nets
+    seed: int = 0
+    batch_size: int = 8
+    cache_dir: Path | None = None
+
+    @property
+    def pre(self) -> Preprocess:
+        return Preprocess(self.resize, self.crop)
+
+    def method(self, name: str, layers: tuple[int, ...] | None = None):
+        layers = tuple(layers or self.layers)
+        if name == "spade":
+            if self.k < 1:
+                raise SpadimError(f"--k must be >= 1 (got {self.k})")
+            return Spade(layers, self.k)
+        if name == "padim":
+            d = self.d if self.d is not None else DEFAULT_D[self.arch]
+            if d < 1:
+                raise SpadimError(f"--d must be >= 1 (got {d})")
+            return Padim(layers, d, self.seed)
+        raise SpadimError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
+
+
+def make_extractor(s: Settings, progress=None) -> FeatureExtractor:
+    model, weights = load_backbone(s.arch, s.weights, s.seed)
+    return FeatureExtractor(model, weights, s.pre, s.batch_size, s.cache_dir, progress)
+
+
+@dataclass
+class ClassRun:
+    """One class's test set with features, ground truth and, per method, maps and scores."""
+
+    data: ClassData
+    train: FeatureSet
+    test: FeatureSet
+    masks: np.ndarray  # bool [N, crop, crop]
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.data.labels
+
+
+def prepare_class(fx: FeatureExtractor, class_dir: Path) -> ClassRun:
+    """Index a class, extract (or reuse) train and test features, read the masks."""
+    data = load_class(class_dir)
+    train = fx(data.train, f"{data.name} train")
+    test = fx(data.test, f"{data.name} test")
+    return ClassRun(data, train, test, load_masks(data, fx.pre, test.shapes))
+
+
+def score_class(run: ClassRun, s: Settings, methods: list[str], layers: tuple[int, ...] | None = None) -> dict[str, dict]:
+    """Fit each method on the train features, score the test set; returns metrics per method."""
+    out = {}
+    for name in methods:
+        m = s.method(name, layers).fit(run.train)
+        run.maps[name], run.scores[name] = m.score(run.test, s.crop)
+        out[name] = evaluate_maps(run.maps[name], run.masks, run.scores[name], run.labels)
+    return out
+
+
+def validate_classes(class_dirs: list[Path]) -> None:
+    """Index every class before any work so that bad layouts fail before anything is written."""
+    for c in class_dirs:
+        load_class(c)
+
+
+def reference_indices(n_train: int, n_refs: int) -> list[int]:
+    """``n_refs`` training images spread evenly over the (sorted) training list."""
+    n = min(n_refs, n_train)
+    return sorted({round(i * (n_train - 1) / max(n - 1, 1)) for i in range(n)})
+
+
+def object_masks(test_images: np.ndarray, ref_images: np.ndarray, cfg: MaskConfig) -> tuple[np.ndarray, list[str]]:
+    """Keypoint object masks [N, H, W] of the test images and one warning per fallback."""
+    refs = reference_features(list(ref_images), cfg)
+    masks, warnings = [], []
+    for i, img in enumerate(test_images):
+        res = object_mask(img, [], cfg, ref_features=refs)
+        masks.append(res.mask)
+        if res.fallback:
+            warnings.append(f"image {i}: {res.fallback}")
+    return np.stack(masks), warnings
+
+
+def class_object_masks(run: ClassRun, cfg: MaskConfig) -> tuple[np.ndarray, list[str]]:
+    """Object masks of a class's test images against evenly spread training references."""
+    refs = run.train.images[reference_indices(len(run.train), cfg.n_refs)]
+    masks, warnings = object_masks(run.test.images, refs, cfg)
+    return masks, [f"{run.data.name}: {w}" for w in warnings]
+
+
+def masked_result(run: ClassRun, name: str, obj: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Maps, image scores and metrics of method ``name`` after scaling scores outside ``obj`` by ``r``.
+
+    PaDiM's image score is its map maximum, so it is recomputed on the masked map;
+    SPADE's image score (kNN over pooled features) is unchanged.
+    """
+    maps = apply_outside_multiplier(run.maps[name], obj, r)
+    scores = maps.reshape(len(maps), -1).max(1) if name == "padim" else run.scores[name]
+    return maps, scores, evaluate_maps(maps, run.masks, scores, run.labels)

@@ -1,0 +1,29 @@
+"""Shared fixtures: a tiny generated data set and fast settings (random resnet18, 64 px)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from spadim.synth import make_dataset
+
+# Plumbing tests use an untrained network on purpose: they check computations, not accuracy.
+FAST = ["--arch", "resnet18", "--weights", "random", "--resize", "72", "--crop", "64", "--seed", "0"]
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """Two classes (a texture and an object), 96 px, 6 train / 2 good / 2+2 defective test images."""
+    root = tmp_path_factory.mktemp("data") / "toy"
+    make_dataset(root, classes=("tile", "nut"), n_train=6, n_test_good=2, n_test_defect=2, size=96, seed=0)
+    return root
+
+
+@pytest.fixture
+def tiny_copy(tiny_root, tmp_path) -> Path:
+    """A private copy of the tiny data set that a test may damage."""
+    dst = tmp_path / "toy"
+    shutil.copytree(tiny_root, dst)
+    return dst

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spadim.backbone import load_backbone
+from spadim.data import Preprocess, load_class
+from spadim.errors import SpadimError
+from spadim.features import ALL_COMBOS, FeatureExtractor, embed, parse_layers
+
+
+def test_parse_layers():
+    assert parse_layers("3,1, 2") == (1, 2, 3)
+    assert parse_layers([4]) == (4,)
+    for bad in ("0", "5", "1,x", "", "1,2,7"):
+        with pytest.raises(SpadimError, match="layer"):
+            parse_layers(bad)
+
+
+def test_all_combos_are_the_15_nonempty_subsets():
+    assert len(ALL_COMBOS) == 15 == len(set(ALL_COMBOS))
+    assert all(c and list(c) == sorted(set(c)) and set(c) <= {1, 2, 3, 4} for c in ALL_COMBOS)
+
+
+def _extractor(cache_dir=None):
+    model, w = load_backbone("resnet18", "random", seed=0)
+    return FeatureExtractor(model, w, Preprocess(72, 64), batch_size=4, cache_dir=cache_dir)
+
+
+def test_extractor_shapes_and_each_image_once(tiny_root):
+    data = load_class(tiny_root / "nut")
+    fx = _extractor()
+    fs = fx(data.train)
+    assert {l: tuple(t.shape[1:]) for l, t in fs.layers.items()} == {1: (64, 16, 16), 2: (128, 8, 8), 3: (256, 4, 4), 4: (512, 2, 2)}
+    assert fs.pooled.shape == (len(data.train), 512) and fs.images.shape == (len(data.train), 64, 64, 3)
+    again = fx(data.train + data.test)
+    assert fx.n_forward == len(data.train) + len(data.test)  # train images were not recomputed
+    assert torch.equal(again.layers[2][: len(data.train)], fs.layers[2])
+    # the pooled vector is the mean of layer 4
+    assert torch.allclose(fs.pooled, fs.layers[4].mean(dim=(2, 3)), atol=1e-5)
+
+
+def test_disk_cache_round_trip(tiny_root, tmp_path):
+    paths = load_class(tiny_root / "tile").train[:3]
+    a = _extractor(tmp_path / "cache")(paths)
+    fx2 = _extractor(tmp_path / "cache")
+    b = fx2(paths)
+    assert fx2.n_forward == 0
+    assert all(torch.equal(a.layers[l], b.layers[l]) for l in a.layers) and np.array_equal(a.images, b.images)
+
+
+def test_embed_is_nearest_upsampled_concatenation():
+    g = torch.Generator().manual_seed(0)
+    layers = {1: torch.randn(2, 3, 8, 8, generator=g), 2: torch.randn(2, 5, 4, 4, generator=g),
+              3: torch.randn(2, 7, 2, 2, generator=g), 4: torch.randn(2, 2, 1, 1, generator=g)}
+    from spadim.features import FeatureSet
+
+    fs = FeatureSet([], layers, torch.zeros(2, 2), np.zeros((2, 1, 1, 3), np.uint8), [])
+    e = embed(fs, (1, 3))
+    assert e.shape == (2, 10, 8, 8)
+    assert torch.equal(e[:, :3], layers[1])
+    assert torch.equal(e[:, 3:], layers[3].repeat_interleave(4, 2).repeat_interleave(4, 3))
+    e = embed(fs, (2, 4), idx=torch.tensor([1]))
+    assert e.shape == (1, 7, 4, 4) and torch.equal(e[0, :5], layers[2][1])
+    assert torch.equal(e[:, 5:], F.interpolate(layers[4][1:], size=(4, 4), mode="nearest"))
