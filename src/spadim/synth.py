@@ -332,9 +332,8 @@ def _fabric(rng: _Rng, n: int) -> _Tex:
         * (gain * (0.35 + 0.75 * shade))[..., None]
     )
     img = _BACKING * (1 - cover[..., None]) + colour * cover[..., None]
-    img *= (1.0 + 0.04 * _noise(rng, n, 60 * s, 3) + 0.04 * _noise(rng, n, 2 * s, 1))[
-        ..., None
-    ]
+    mottle = 1.0 + 0.04 * _noise(rng, n, 60 * s, 3) + 0.04 * _noise(rng, n, 2 * s, 1)
+    img *= mottle[..., None]
     thread = np.where(warp_top, i - i0, -(j - j0) - 1)
     return _Tex(img.astype(_F32), thread)
 
@@ -355,9 +354,8 @@ def _fabric_hole(rng: _Rng, t: _Tex) -> tuple[_Tex, np.ndarray]:
     cover = cv2.GaussianBlur(hole.astype(_F32), (0, 0), 0.8 * s)
     backing = _BACKING * (1.2 + 0.4 * _noise(rng, n, 4 * s, 2))[..., None]
     shadow = 1.0 - 0.4 * cv2.GaussianBlur(hole.astype(_F32), (0, 0), 4 * s)
-    img = (t.img * shadow[..., None]) * (1 - cover[..., None]) + backing * cover[
-        ..., None
-    ]
+    cover = cover[..., None]
+    img = t.img * shadow[..., None] * (1 - cover) + backing * cover
     return replace(t, img=img.astype(_F32)), hole
 
 
@@ -411,9 +409,8 @@ class _Scene:
     bg: np.ndarray  # (S, S, C) background
     obj: np.ndarray  # (S, S, C) object colour
     alpha: np.ndarray  # (S, S) object coverage
-    footprint: (
-        np.ndarray
-    )  # (S, S) coverage of the intact object (keeps dust out of chipped parts)
+    # (S, S) coverage of the intact object (keeps dust out of chipped-off parts)
+    footprint: np.ndarray
     cx: float
     cy: float
     rot: float  # canonical -> world rotation (rad)

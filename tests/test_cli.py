@@ -1,0 +1,149 @@
+"""End-to-end CLI paths and bad inputs (exit code 2, one line, earlier results untouched)."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from spadim.cli import main
+from spadim.metrics import pixel_aupr, pixel_auroc
+
+from conftest import FAST
+
+
+def _run(*args) -> int:
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "out"
+    assert _run("evaluate", tiny_root, "--out", out, "--examples", "2", *FAST) == 0
+    return out
+
+
+def test_evaluate_outputs(evaluated, tiny_root):
+    rows = json.loads((evaluated / "results.json").read_text())["rows"]
+    assert {(r["class"], r["method"]) for r in rows} == {(c, m) for c in ("nut", "tile", "mean") for m in ("spade", "padim")}
+    for r in rows:
+        assert 0 <= r["pixel_auroc"] <= 1 and 0 <= r["pixel_aupr"] <= 1
+    meta = json.loads((evaluated / "results.json").read_text())["meta"]
+    assert meta["pretrained"] is False and "RANDOM" in meta["weights"]
+    assert "RANDOM" in (evaluated / "results.md").read_text()
+    header = (evaluated / "results.csv").read_text().splitlines()[0]
+    assert header.startswith("class,method,pixel_auroc,pixel_aupr,image_auroc,aupro")
+    assert (evaluated / "curves" / "nut.png").is_file() and len(list((evaluated / "heatmaps" / "tile").glob("*.png"))) == 2
+    mean = next(r for r in rows if r["class"] == "mean" and r["method"] == "spade")
+    cls = [r["pixel_aupr"] for r in rows if r["class"] != "mean" and r["method"] == "spade"]
+    assert mean["pixel_aupr"] == pytest.approx(np.mean(cls))
+
+
+def test_evaluate_is_reproducible(evaluated, tiny_root, tmp_path):
+    assert _run("evaluate", tiny_root, "--out", tmp_path / "again", "--examples", "0", *FAST) == 0
+    a = json.loads((evaluated / "results.json").read_text())["rows"]
+    b = json.loads((tmp_path / "again" / "results.json").read_text())["rows"]
+    assert a == b
+
+
+def test_object_mask_multiplier_one_changes_nothing(evaluated, tiny_root, tmp_path):
+    out = tmp_path / "masked"
+    assert _run("evaluate", tiny_root, "--out", out, "--examples", "0", "--object-mask", "orb",
+                "--outside-multiplier", "1.0", *FAST) == 0
+    assert json.loads((out / "results.json").read_text())["rows"] == json.loads((evaluated / "results.json").read_text())["rows"]
+
+
+def test_fit_predict_round_trip(tiny_root, tmp_path, evaluated):
+    model = tmp_path / "nut.pt"
+    assert _run("fit", tiny_root / "nut", "--method", "spade", "--out", model, *FAST) == 0
+    test_imgs = sorted((tiny_root / "nut" / "test").rglob("*.png"))
+    out = tmp_path / "pred"
+    folders = sorted(p for p in (tiny_root / "nut" / "test").iterdir())
+    assert _run("predict", model, *folders, "--out", out) == 0
+    lines = (out / "scores.csv").read_text().splitlines()
+    assert len(lines) == 1 + len(test_imgs)
+    assert len(list((out / "heatmaps").glob("*.png"))) == len(test_imgs) == len(list((out / "overlays").glob("*.png")))
+    maps = np.load(out / "maps.npz")["maps"]
+    assert maps.shape == (len(test_imgs), 64, 64)
+    # the saved model reproduces evaluate's SPADE maps: same pixel metrics on the class
+    from spadim.data import Preprocess, load_class, load_images, load_masks
+
+    data = load_class(tiny_root / "nut")
+    pre = Preprocess(72, 64)
+    paths = [str(p) for p in np.load(out / "maps.npz")["paths"]]
+    order = [paths.index(str(p)) for p in data.test]
+    masks = load_masks(data, pre, load_images(data.test, pre)[1])
+    row = next(r for r in json.loads((evaluated / "results.json").read_text())["rows"]
+               if r["class"] == "nut" and r["method"] == "spade")
+    assert pixel_auroc(maps[order], masks) == pytest.approx(row["pixel_auroc"], abs=1e-9)
+    assert pixel_aupr(maps[order], masks) == pytest.approx(row["pixel_aupr"], abs=1e-9)
+    assert _run("predict", model, tiny_root / "nut" / "test" / "good", "--out", tmp_path / "p2", "--object-mask", "akaze") == 0
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--layers", "1,5"], "unknown layer"),
+    (["--methods", "spade,knn"], "unknown method"),
+    (["--outside-multiplier", "1.5", "--object-mask", "orb"], "outside [0, 1]"),
+    (["--classes", "carpet"], "'carpet' not found"),
+])
+def test_bad_arguments_exit_2_and_keep_results(evaluated, tiny_root, capsys, extra, needle):
+    before = _snapshot(evaluated)
+    assert _run("evaluate", tiny_root, "--out", evaluated, *FAST, *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("spadim: error:") and needle in err[0]
+    assert _snapshot(evaluated) == before
+
+
+def test_corrupt_and_grayscale_images(tiny_copy, tmp_path, capsys):
+    out = tmp_path / "out"
+    gray = tiny_copy / "tile" / "train" / "good" / "000.png"
+    cv2.imwrite(str(gray), cv2.imread(str(gray), cv2.IMREAD_GRAYSCALE))  # grayscale images are accepted
+    assert _run("evaluate", tiny_copy, "--classes", "tile", "--out", out, "--examples", "0", *FAST) == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    bad = tiny_copy / "tile" / "test" / "good" / "001.png"
+    bad.write_bytes(b"\x89PNG broken")
+    assert _run("evaluate", tiny_copy, "--classes", "tile", "--out", out, *FAST) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("spadim: error: cannot read image") and str(bad) in err[-1]
+    assert _snapshot(out) == before
+    assert not list(tmp_path.glob(".out.staging-*"))
+
+
+def test_bad_data_folders(tmp_path, tiny_copy, capsys):
+    assert _run("evaluate", tmp_path / "missing", *FAST) == 2
+    (tiny_copy / "nut" / "train" / "good").rename(tiny_copy / "nut" / "train" / "ok")
+    assert _run("fit", tiny_copy / "nut", "--out", tmp_path / "m.pt", *FAST) == 2
+    assert "train/good" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_model_file_checks(tiny_root, tmp_path, capsys):
+    model = tmp_path / "m.pt"
+    assert _run("fit", tiny_root / "tile", "--method", "padim", "--out", model, *FAST) == 0
+    blob = torch.load(model, weights_only=True)
+    blob["format_version"] = 0
+    torch.save(blob, tmp_path / "old.pt")
+    (tmp_path / "junk.pt").write_bytes(b"nope")
+    img = tiny_root / "tile" / "test" / "good"
+    capsys.readouterr()
+    assert _run("predict", tmp_path / "old.pt", img, "--out", tmp_path / "p") == 2
+    assert "format version 0" in capsys.readouterr().err
+    assert _run("predict", tmp_path / "junk.pt", img, "--out", tmp_path / "p") == 2
+    assert "not a spadim model file" in capsys.readouterr().err
+    assert _run("predict", model, tmp_path / "nothing_here", "--out", tmp_path / "p") == 2
+    assert not (tmp_path / "p").exists()
+
+
+def test_missing_weights_stop_loudly(tiny_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.delenv("SPADIM_WEIGHTS", raising=False)
+    assert _run("evaluate", tiny_root, "--out", tmp_path / "o", "--arch", "resnet18") == 2
+    err = capsys.readouterr().err
+    assert "no ImageNet checkpoint" in err and "--weights random" in err
+    assert not (tmp_path / "o").exists()

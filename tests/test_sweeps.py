@@ -1,0 +1,98 @@
+"""Layer-combination and outside-multiplier studies: completeness, consistency, resumption."""
+
+import json
+
+import pytest
+
+import spadim.layersweep as ls
+from spadim.cli import main
+from spadim.features import ALL_COMBOS
+
+from conftest import FAST
+
+
+def _rows(path):
+    return json.loads(path.read_text())["rows"]
+
+
+@pytest.fixture(scope="module")
+def layer_sweep(tiny_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ls") / "out"
+    assert main(["layer-sweep", str(tiny_root), "--out", str(out), *FAST]) == 0
+    return out
+
+
+def test_layer_sweep_has_all_15_combinations(layer_sweep):
+    rows = [r for r in _rows(layer_sweep / "layer_sweep.json") if r["class"] != "mean"]
+    assert len(rows) == 2 * 15 * 2
+    combos = {r["layers"] for r in rows}
+    assert combos == {"+".join(map(str, c)) for c in ALL_COMBOS} and len(combos) == 15
+    t3 = _rows(layer_sweep / "table3.json")
+    assert [(r["method"], r["combinations"], r["n"]) for r in t3] == [
+        ("spade", "with layer 4", 16), ("spade", "without layer 4", 14),
+        ("padim", "with layer 4", 16), ("padim", "without layer 4", 14)]
+    with4 = [r["pixel_aupr"] for r in rows if r["method"] == "spade" and "4" in r["layers"]]
+    assert t3[0]["mean_pixel_aupr"] == pytest.approx(sum(with4) / len(with4))
+    best = _rows(layer_sweep / "best.json")
+    for b in best:
+        cand = [r["pixel_aupr"] for r in rows if r["class"] == b["class"] and r["method"] == b["method"]]
+        assert b["pixel_aupr"] == max(cand)
+    summary = (layer_sweep / "summary.md").read_text()
+    assert "Pearson r" in summary and (layer_sweep / "figure5.png").is_file()
+
+
+@pytest.mark.parametrize("layers", ["1,2", "3,4", "2"])
+def test_sweep_equals_single_evaluate_runs(layer_sweep, tiny_root, tmp_path, layers):
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(tiny_root), "--out", str(out), "--layers", layers, "--examples", "0", *FAST]) == 0
+    ev = {(r["class"], r["method"]): r for r in _rows(out / "results.json") if r["class"] != "mean"}
+    sw = {(r["class"], r["method"]): r for r in _rows(layer_sweep / "layer_sweep.json") if r["layers"] == layers.replace(",", "+")}
+    for key, r in ev.items():
+        for m in ("pixel_auroc", "pixel_aupr", "image_auroc", "aupro"):
+            assert sw[key][m] == r[m], (key, m)
+
+
+def test_interrupted_sweep_resumes(tiny_root, tmp_path, monkeypatch, layer_sweep):
+    out = tmp_path / "ls"
+    real = ls.score_class
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 20:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(ls, "score_class", flaky)
+    assert main(["layer-sweep", str(tiny_root), "--out", str(out), *FAST]) == 130
+    partial = json.loads((out / "per_class" / "nut.json").read_text())["results"]
+    assert len(partial) == 20
+    calls["n"] = -1000
+    seen = []
+    monkeypatch.setattr(ls, "score_class", lambda *a, **k: seen.append(1) or real(*a, **k))
+    assert main(["layer-sweep", str(tiny_root), "--out", str(out), *FAST]) == 0
+    assert len(seen) == 60 - 20  # only the missing results were computed
+    assert _rows(out / "layer_sweep.json") == _rows(layer_sweep / "layer_sweep.json")
+    # a rerun with other settings refuses to mix results
+    assert main(["layer-sweep", str(tiny_root), "--out", str(out), *FAST[:-1], "7"]) == 2
+
+
+def test_mask_sweep(tiny_root, tmp_path):
+    out = tmp_path / "ms"
+    assert main(["mask-sweep", str(tiny_root), "--out", str(out), "--examples", "1", *FAST]) == 0
+    ev = tmp_path / "ev"
+    assert main(["evaluate", str(tiny_root), "--out", str(ev), "--examples", "0", *FAST]) == 0
+    plain = {(r["class"], r["method"]): r for r in _rows(ev / "results.json")}
+    sweep = _rows(out / "multiplier_sweep.json")
+    assert {r["multiplier"] for r in sweep} == {0.0, 0.2, 0.4, 0.6, 0.8, 1.0}
+    assert {r["detector"] for r in sweep} == {"orb", "akaze", "brisk"}
+    for r in sweep:
+        if r["multiplier"] == 1.0:  # r = 1 reproduces the unmasked metrics exactly
+            p = plain[(r["class"], r["method"])]
+            assert all(r[m] == p[m] for m in ("pixel_auroc", "pixel_aupr", "image_auroc", "aupro"))
+    suit = _rows(out / "suitability.json")
+    assert {(r["class"], r["detector"]) for r in suit} == {(c, d) for c in ("nut", "tile") for d in ("orb", "akaze", "brisk")}
+    for r in suit:
+        assert 0 < r["area_fraction"] <= 1 and r["auto_rating"] in (0, 1, 2)
+    assert (out / "mask_grids" / "nut.png").is_file() and (out / "multiplier_sweep_padim.png").is_file()
+    assert list((out / "examples" / "nut").glob("spade_*.png"))
