@@ -22,10 +22,9 @@ from .data import IMAGE_EXTS, Preprocess, find_classes, list_images, load_class
 from .errors import SpadimError
 from .features import FeatureExtractor
 from .modelfile import load_model, parse_methods, save_model
-from .objmask import apply_outside_multiplier
 from .pipeline import (
     class_object_masks, make_extractor, masked_result, object_masks, prepare_class, reference_indices,
-    score_class, validate_classes,
+    score_class, suppress_outside, validate_classes,
 )
 from .reports import (
     METRIC_COLUMNS, colorize, overlay, panel_figure, pick_examples, plot_curves, save_rgb, with_means, write_table,
@@ -145,9 +144,7 @@ def cmd_predict(a) -> None:
     warnings = []
     if cfg:
         obj, warnings = object_masks(fs.images, blob["ref_images"].numpy(), cfg)
-        maps = apply_outside_multiplier(maps, obj, r)
-        if method.name == "padim":
-            scores = maps.reshape(len(maps), -1).max(1)
+        maps, scores = suppress_outside(method.name, maps, scores, obj, r)
     vmin, vmax = (a.vmin if a.vmin is not None else float(maps.min())), (a.vmax if a.vmax is not None else float(maps.max()))
     with staged(a.out) as out:
         rows = []

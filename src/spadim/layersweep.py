@@ -30,7 +30,7 @@ from .errors import SpadimError  # noqa: E402
 from .features import ALL_COMBOS  # noqa: E402
 from .modelfile import parse_methods  # noqa: E402
 from .pipeline import make_extractor, prepare_class, score_class, validate_classes  # noqa: E402
-from .reports import METRIC_COLUMNS, markdown_table, with_means, write_table  # noqa: E402
+from .reports import METRIC_COLUMNS, markdown_table, save_figure, with_means, write_table  # noqa: E402
 
 
 def combo_name(combo) -> str:
@@ -126,10 +126,7 @@ def figure5(path: Path, rows: list[dict], methods: list[str], corr: dict, banner
         b.grid(alpha=0.3)
     else:
         b.axis("off")
-    fig.suptitle("Layer-combination study (study Figure 5)" + (f"\n{banner}" if banner else ""), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, "Layer-combination study (study Figure 5)", banner)
 
 
 def run(a) -> None:

@@ -26,7 +26,7 @@ from .errors import SpadimError  # noqa: E402
 from .modelfile import parse_methods  # noqa: E402
 from .objmask import DETECTORS, foreground_estimate, mask_quality  # noqa: E402
 from .pipeline import class_object_masks, make_extractor, masked_result, prepare_class, score_class, validate_classes  # noqa: E402
-from .reports import METRIC_COLUMNS, colorize, panel_figure, pick_examples, with_means, write_table  # noqa: E402
+from .reports import METRIC_COLUMNS, colorize, panel_figure, pick_examples, save_figure, with_means, write_table  # noqa: E402
 
 DEFAULT_MULTIPLIERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -72,11 +72,7 @@ def mask_grid(path: Path, title: str, images: np.ndarray, masks: dict[str, np.nd
             axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
             if c == 0:
                 axes[r, c].set_ylabel(det)
-    fig.suptitle(f"{title}\n{banner}" if banner else title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, title, banner, dpi=80)
 
 
 def sweep_plot(path: Path, rows: list[dict], method: str, detectors: list[str], banner: str) -> None:
@@ -94,10 +90,7 @@ def sweep_plot(path: Path, rows: list[dict], method: str, detectors: list[str], 
             ax.set(title=f"{method} / {det}", xlabel="outside-mask multiplier r", ylabel=metric.replace("_", " "))
             ax.grid(alpha=0.3)
     axes[0, -1].legend(fontsize=7)
-    fig.suptitle(f"Outside-mask multiplier sweep ({method}; r = 1 is no mask)" + (f"\n{banner}" if banner else ""), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, f"Outside-mask multiplier sweep ({method}; r = 1 is no mask)", banner, dpi=80)
 
 
 def run(a) -> None:

@@ -121,12 +121,17 @@ def class_object_masks(run: ClassRun, cfg: MaskConfig) -> tuple[np.ndarray, list
     return masks, [f"{run.data.name}: {w}" for w in warnings]
 
 
-def masked_result(run: ClassRun, name: str, obj: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Maps, image scores and metrics of method ``name`` after scaling scores outside ``obj`` by ``r``.
+def suppress_outside(name: str, maps: np.ndarray, scores: np.ndarray, obj: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray]:
+    """Scale scores outside the object masks by ``r``.
 
     PaDiM's image score is its map maximum, so it is recomputed on the masked map;
     SPADE's image score (kNN over pooled features) is unchanged.
     """
-    maps = apply_outside_multiplier(run.maps[name], obj, r)
-    scores = maps.reshape(len(maps), -1).max(1) if name == "padim" else run.scores[name]
+    maps = apply_outside_multiplier(maps, obj, r)
+    return maps, (maps.reshape(len(maps), -1).max(1) if name == "padim" else scores)
+
+
+def masked_result(run: ClassRun, name: str, obj: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Maps, image scores and metrics of method ``name`` after :func:`suppress_outside`."""
+    maps, scores = suppress_outside(name, run.maps[name], run.scores[name], obj, r)
     return maps, scores, evaluate_maps(maps, run.masks, scores, run.labels)

@@ -59,6 +59,15 @@ def write_table(out: Path, stem: str, rows: list[dict], columns: Sequence[str], 
     return md
 
 
+def save_figure(fig, path: Path, title: str, banner: str = "", dpi: int = 90) -> None:
+    """Title (with the weights banner when there is one), tight layout, save, close."""
+    fig.suptitle(f"{title}\n{banner}" if banner else title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def plot_curves(path: Path, title: str, maps: dict[str, np.ndarray], masks: np.ndarray, banner: str = "") -> None:
     """Pixel-level ROC and PR curves of each method on one figure."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.5))
@@ -74,11 +83,7 @@ def plot_curves(path: Path, title: str, maps: dict[str, np.ndarray], masks: np.n
     a.set(xlabel="false positive rate", ylabel="true positive rate", title="pixel ROC")
     b.set(xlabel="recall", ylabel="precision", title="pixel PR", ylim=(0, 1.02))
     a.legend(), b.legend()
-    fig.suptitle(f"{title}\n{banner}" if banner else title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, title, banner)
 
 
 def colorize(m: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
@@ -103,11 +108,7 @@ def panel_figure(path: Path, title: str, panels: Sequence[tuple[str, np.ndarray]
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.dtype == bool else None)
         ax.set_title(cap, fontsize=8)
         ax.axis("off")
-    fig.suptitle(f"{title}\n{banner}" if banner else title, fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, title, banner, dpi=80)
 
 
 def pick_examples(defects: Sequence[str], n: int) -> list[int]:
