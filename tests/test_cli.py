@@ -90,6 +90,8 @@ def _snapshot(folder):
     (["--methods", "spade,knn"], "unknown method"),
     (["--outside-multiplier", "1.5", "--object-mask", "orb"], "outside [0, 1]"),
     (["--classes", "carpet"], "'carpet' not found"),
+    (["--k", "0"], "--k must be >= 1"),
+    (["--crop", "100"], "need 1 <= crop <= resize"),
 ])
 def test_bad_arguments_exit_2_and_keep_results(evaluated, tiny_root, capsys, extra, needle):
     before = _snapshot(evaluated)

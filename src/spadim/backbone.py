@@ -6,8 +6,10 @@ The networks are built here so that torchvision's ``state_dict`` files load with
 1. ``--weights PATH`` (a file, or a folder holding ``<arch>-<hash>.pth``);
 2. ``$SPADIM_WEIGHTS`` (same meaning);
 3. the torch hub cache, ``$TORCH_HOME/hub/checkpoints/<arch>-*.pth``, where
-   torchvision saves its downloads;
-4. an installed weights package (see :data:`PACKAGE_PROVIDERS`).
+   torchvision saves its downloads.
+
+No package on the registries these machines reach ships real ImageNet ResNet
+weights, so there is no fourth, packaged source.
 
 ``--weights random`` builds an untrained network; every report says so loudly.
 """
@@ -15,7 +17,6 @@ The networks are built here so that torchvision's ``state_dict`` files load with
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import re
 from dataclasses import dataclass
@@ -35,8 +36,6 @@ TORCHVISION_FILES = {
     "wide_resnet50_2": "wide_resnet50_2-95faca4d.pth",
 }
 DOWNLOAD_URL = "https://download.pytorch.org/models/"
-#: Python packages that ship torchvision-format checkpoints: module -> function(arch) -> Path | None.
-PACKAGE_PROVIDERS: dict[str, str] = {}
 RANDOM = "random"
 
 
@@ -192,14 +191,6 @@ def find_checkpoint(arch: str, spec: str | None = None) -> tuple[Path | None, li
         hit = _in_folder(hub, arch)
         if hit:
             return hit, looked
-    for module, func in PACKAGE_PROVIDERS.items():
-        looked.append(f"python package {module}")
-        try:
-            hit = getattr(importlib.import_module(module), func)(arch)
-        except ImportError:
-            continue
-        if hit:
-            return Path(hit), looked
     return None, looked
 
 
@@ -229,10 +220,10 @@ def load_backbone(arch: str = "wide_resnet50_2", weights: str | None = None, see
     Raises SpadimError, naming every place looked at and how to get the file, when no
     checkpoint is found: never silently falls back to random weights.
     """
-    model = build(arch)
     if weights == RANDOM:
-        torch.manual_seed(seed)
-        model = build(arch)
+        with torch.random.fork_rng():  # seeded without touching the caller's RNG state
+            torch.manual_seed(seed)
+            model = build(arch)
         info = Weights(arch, RANDOM, f"random-seed{seed}")
     else:
         path, looked = find_checkpoint(arch, weights)
@@ -243,6 +234,7 @@ def load_backbone(arch: str = "wide_resnet50_2", weights: str | None = None, see
                 f"or pass --weights FILE (or --weights random for untrained plumbing runs)"
             )
         state, digest = load_checkpoint(arch, path)
+        model = build(arch)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:

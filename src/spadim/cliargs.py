@@ -105,6 +105,6 @@ def check_multiplier(r: float) -> float:
 def meta(s: Settings, fx: FeatureExtractor, **extra) -> dict:
     return {"spadim": __version__, "weights": fx.weights.describe(), "pretrained": fx.weights.pretrained,
             "arch": s.arch, "resize": s.resize, "crop": s.crop, "layers": list(s.layers), "k": s.k,
-            "d": s.d, "seed": s.seed, **extra}
+            "d": s.padim_d, "seed": s.seed, **extra}
 
 

@@ -26,7 +26,7 @@ from .errors import SpadimError  # noqa: E402
 from .modelfile import parse_methods  # noqa: E402
 from .objmask import DETECTORS, foreground_estimate, mask_quality  # noqa: E402
 from .pipeline import class_object_masks, make_extractor, masked_result, prepare_class, score_class, validate_classes  # noqa: E402
-from .reports import METRIC_COLUMNS, colorize, panel_figure, pick_examples, save_figure, with_means, write_table  # noqa: E402
+from .reports import METRIC_COLUMNS, colorize, markdown_table, panel_figure, pick_examples, save_figure, with_means, write_table  # noqa: E402
 
 DEFAULT_MULTIPLIERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -141,8 +141,11 @@ def run(a) -> None:
                          "Detector suitability (study Table 2; auto_rating 2/1/0 from coverage, rate by eye in mask_grids/)",
                          meta(s, fx, detectors=detectors, mask_warnings=warnings))
         sweep = with_means(sweep, ["method", "detector", "multiplier"])
-        md += "\n" + write_table(out, "multiplier_sweep", sweep, ["class", "method", "detector", "multiplier", *METRIC_COLUMNS],
-                                 "Outside-mask multiplier sweep (study Figure 4)", meta(s, fx, methods=methods, multipliers=rs))
+        cols = ["class", "method", "detector", "multiplier", *METRIC_COLUMNS]
+        write_table(out, "multiplier_sweep", sweep, cols, "Outside-mask multiplier sweep (study Figure 4)",
+                    meta(s, fx, methods=methods, multipliers=rs))
+        md += "\n## Multiplier sweep, means over classes (per class: multiplier_sweep.md)\n\n"
+        md += markdown_table([r for r in sweep if r["class"] == "mean"], cols) + "\n"
         for name in methods:
             sweep_plot(out / f"multiplier_sweep_{name}.png", sweep, name, detectors, banner)
     print(md)

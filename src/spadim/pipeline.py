@@ -33,6 +33,18 @@ class Settings:
     batch_size: int = 8
     cache_dir: Path | None = None
 
+    def __post_init__(self):
+        if self.arch not in DEFAULT_D:
+            raise SpadimError(f"unknown backbone {self.arch!r}: choose one of {', '.join(DEFAULT_D)}")
+        for flag, value in (("--k", self.k), ("--d", self.padim_d), ("--batch-size", self.batch_size)):
+            if value < 1:
+                raise SpadimError(f"{flag} must be >= 1 (got {value})")
+        Preprocess(self.resize, self.crop)  # raises SpadimError on bad sizes
+
+    @property
+    def padim_d(self) -> int:
+        return self.d if self.d is not None else DEFAULT_D[self.arch]
+
     @property
     def pre(self) -> Preprocess:
         return Preprocess(self.resize, self.crop)
@@ -40,14 +52,9 @@ class Settings:
     def method(self, name: str, layers: tuple[int, ...] | None = None):
         layers = tuple(layers or self.layers)
         if name == "spade":
-            if self.k < 1:
-                raise SpadimError(f"--k must be >= 1 (got {self.k})")
             return Spade(layers, self.k)
         if name == "padim":
-            d = self.d if self.d is not None else DEFAULT_D[self.arch]
-            if d < 1:
-                raise SpadimError(f"--d must be >= 1 (got {d})")
-            return Padim(layers, d, self.seed)
+            return Padim(layers, self.padim_d, self.seed)
         raise SpadimError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .features import FeatureSet, embed
 from .maps import upsample_blur
@@ -49,7 +50,7 @@ class Spade:
         train = self._train_set()
         out = torch.empty(n, h * w)
         with torch.inference_mode():
-            for i in range(n):
+            for i in tqdm(range(n), desc="SPADE nearest neighbours", unit="img", disable=None, leave=False):
                 gallery = embed(train, self.layers, nn_idx[i]).permute(0, 2, 3, 1).reshape(-1, c)
                 q = test[i].permute(1, 2, 0).reshape(-1, c)
                 for s in range(0, q.shape[0], self.chunk):
