@@ -149,3 +149,6 @@ def test_missing_weights_stop_loudly(tiny_root, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "no ImageNet checkpoint" in err and "--weights random" in err
     assert not (tmp_path / "o").exists()
+    assert _run("weights", "--arch", "resnet18") == 2
+    assert _run("weights", "--arch", "resnet18", "--weights", "random") == 0
+    assert "RANDOM UNTRAINED WEIGHTS" in capsys.readouterr().out

@@ -17,24 +17,48 @@ import numpy as np
 
 from . import __version__
 from .backbone import ARCHS, load_backbone
-from .cliargs import add_common, add_mask_args, settings_from, check_multiplier, mask_config, meta, progress, say, staged
+from .cliargs import (
+    add_common,
+    add_mask_args,
+    check_multiplier,
+    mask_config,
+    meta,
+    progress,
+    say,
+    settings_from,
+    staged,
+)
 from .data import IMAGE_EXTS, Preprocess, find_classes, list_images, load_class
 from .errors import SpadimError
 from .features import FeatureExtractor
 from .modelfile import load_model, parse_methods, save_model
 from .pipeline import (
-    class_object_masks, make_extractor, masked_result, object_masks, prepare_class, reference_indices,
-    score_class, suppress_outside, validate_classes,
+    class_object_masks,
+    make_extractor,
+    masked_result,
+    object_masks,
+    prepare_class,
+    reference_indices,
+    score_class,
+    suppress_outside,
+    validate_classes,
 )
 from .reports import (
-    METRIC_COLUMNS, colorize, overlay, panel_figure, pick_examples, plot_curves, save_rgb, with_means, write_table,
+    METRIC_COLUMNS,
+    colorize,
+    overlay,
+    panel_figure,
+    pick_examples,
+    plot_curves,
+    save_rgb,
+    with_means,
+    write_table,
 )
+from .synth import make_dataset
 
 
 # ---------------------------------------------------------------- commands
 def cmd_make_data(a) -> None:
-    from .synth import make_dataset
-
     root = make_dataset(a.out, seed=a.seed, progress=say)
     print(root)
 
@@ -214,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_mask_args(p)
     p.set_defaults(func=cmd_predict)
 
-    from .masksweep import add_parser as add_mask_sweep
     from .layersweep import add_parser as add_layer_sweep
+    from .masksweep import add_parser as add_mask_sweep
 
     add_mask_sweep(sub, add_common, add_mask_args)
     add_layer_sweep(sub, add_common)

@@ -84,6 +84,10 @@ class FeatureExtractor:
         self._memory: dict[str, tuple[dict, torch.Tensor, np.ndarray, tuple[int, int]]] = {}
         self.n_forward = 0  # images actually passed through the network (for tests and benchmarks)
 
+    def clear(self) -> None:
+        """Drop the in-memory cache (e.g. after each class; the disk cache stays)."""
+        self._memory.clear()
+
     def _key(self, path: Path) -> str:
         st = path.stat()
         ident = f"{self.weights.arch}|{self.weights.sha256}|{self.pre.resize}|{self.pre.crop}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"

@@ -30,7 +30,13 @@ from .errors import SpadimError  # noqa: E402
 from .features import ALL_COMBOS  # noqa: E402
 from .modelfile import parse_methods  # noqa: E402
 from .pipeline import make_extractor, prepare_class, score_class, validate_classes  # noqa: E402
-from .reports import METRIC_COLUMNS, markdown_table, save_figure, with_means, write_table  # noqa: E402
+from .reports import (  # noqa: E402
+    METRIC_COLUMNS,
+    markdown_table,
+    save_figure,
+    with_means,
+    write_table,
+)
 
 
 def combo_name(combo) -> str:

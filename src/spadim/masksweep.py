@@ -20,13 +20,37 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .cliargs import settings_from, check_multiplier, mask_config, meta, progress, say, staged  # noqa: E402
+from .cliargs import (  # noqa: E402
+    check_multiplier,
+    mask_config,
+    meta,
+    progress,
+    say,
+    settings_from,
+    staged,
+)
 from .data import find_classes  # noqa: E402
 from .errors import SpadimError  # noqa: E402
 from .modelfile import parse_methods  # noqa: E402
 from .objmask import DETECTORS, foreground_estimate, mask_quality  # noqa: E402
-from .pipeline import class_object_masks, make_extractor, masked_result, prepare_class, score_class, validate_classes  # noqa: E402
-from .reports import METRIC_COLUMNS, colorize, markdown_table, panel_figure, pick_examples, save_figure, with_means, write_table  # noqa: E402
+from .pipeline import (  # noqa: E402
+    class_object_masks,
+    make_extractor,
+    masked_result,
+    prepare_class,
+    score_class,
+    validate_classes,
+)
+from .reports import (  # noqa: E402
+    METRIC_COLUMNS,
+    colorize,
+    markdown_table,
+    panel_figure,
+    pick_examples,
+    save_figure,
+    with_means,
+    write_table,
+)
 
 DEFAULT_MULTIPLIERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 

@@ -8,7 +8,12 @@ non-finite scores and non-binary labels raise :class:`SpadimError`.
 
 import numpy as np
 from scipy import ndimage
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 from spadim.errors import SpadimError
 

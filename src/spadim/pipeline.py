@@ -13,7 +13,12 @@ from .errors import SpadimError
 from .features import FeatureExtractor, FeatureSet
 from .metrics import evaluate_maps
 from .modelfile import METHODS
-from .objmask import MaskConfig, apply_outside_multiplier, object_mask, reference_features
+from .objmask import (
+    MaskConfig,
+    apply_outside_multiplier,
+    object_mask,
+    reference_features,
+)
 from .padim import DEFAULT_D, Padim
 from .spade import Spade
 
@@ -80,8 +85,13 @@ class ClassRun:
 
 
 def prepare_class(fx: FeatureExtractor, class_dir: Path) -> ClassRun:
-    """Index a class, extract (or reuse) train and test features, read the masks."""
+    """Index a class, extract (or reuse) train and test features, read the masks.
+
+    The extractor's memory cache is cleared first: a class's features are reused across
+    methods and layer combinations, not across classes (that would hold a whole data set).
+    """
     data = load_class(class_dir)
+    fx.clear()
     train = fx(data.train, f"{data.name} train")
     test = fx(data.test, f"{data.name} test")
     return ClassRun(data, train, test, load_masks(data, fx.pre, test.shapes))
