@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpadimError as exc:
         print(f"spadim: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # unwritable output, full disk, ...: one line, not a traceback
+        print(f"spadim: error: {exc.strerror or exc} ({exc.filename}): check the path and its permissions", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("spadim: interrupted", file=sys.stderr)
         return 130

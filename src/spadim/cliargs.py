@@ -32,6 +32,8 @@ def say(msg: str) -> None:
 def staged(out: Path):
     """Yield a staging folder; on success move its entries into ``out``, else delete it."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SpadimError(f"--out {out} is a file: give a folder for the results")
     stage = out.parent / f".{out.name}.staging-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)

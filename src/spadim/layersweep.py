@@ -87,8 +87,9 @@ def combo_means(rows: list[dict], method: str) -> list[float]:
 def correlation(rows: list[dict]) -> dict:
     """Pearson r between SPADE and PaDiM AUPR across combinations (class means), and over class x combination."""
     a, b = combo_means(rows, "spade"), combo_means(rows, "padim")
-    pairs = [(x["pixel_aupr"], y["pixel_aupr"]) for x in rows if x["method"] == "spade"
-             for y in rows if y["method"] == "padim" and y["class"] == x["class"] and y["layers"] == x["layers"]]
+    padim = {(r["class"], r["layers"]): r["pixel_aupr"] for r in rows if r["method"] == "padim"}
+    pairs = [(r["pixel_aupr"], padim[(r["class"], r["layers"])]) for r in rows
+             if r["method"] == "spade" and (r["class"], r["layers"]) in padim]
     r_mean = pearsonr(a, b)[0] if np.std(a) > 0 and np.std(b) > 0 else float("nan")
     pa, pb = np.array(pairs).T if pairs else (np.zeros(0), np.zeros(0))
     r_all = pearsonr(pa, pb)[0] if len(pa) > 2 and pa.std() > 0 and pb.std() > 0 else float("nan")

@@ -39,6 +39,7 @@ from .pipeline import (  # noqa: E402
     masked_result,
     prepare_class,
     score_class,
+    suppress_outside,
     validate_classes,
 )
 from .reports import (  # noqa: E402
@@ -154,7 +155,7 @@ def run(a) -> None:
                 for name in methods:
                     m = cr.maps[name]
                     lo, hi = float(m.min()), float(m.max())
-                    masked = masked_result(cr, name, masks[show], show_r)[0]
+                    masked = suppress_outside(name, m, cr.scores[name], masks[show], show_r)[0]
                     panel_figure(out / "examples" / cr.data.name / f"{name}_{p.parent.name}_{p.stem}.png",
                                  f"{cr.data.name}/{p.parent.name}/{p.name} - {name}, {show} mask, r={show_r}",
                                  [("image", cr.test.images[i]), ("ground truth", cr.masks[i]), ("anomaly map", colorize(m[i], lo, hi)),
