@@ -27,8 +27,9 @@ from .cliargs import (
     say,
     settings_from,
     staged,
+    start_study,
 )
-from .data import IMAGE_EXTS, Preprocess, find_classes, list_images, load_class
+from .data import IMAGE_EXTS, Preprocess, list_images, load_class
 from .errors import SpadimError
 from .features import FeatureExtractor
 from .modelfile import load_model, parse_methods, save_model
@@ -41,7 +42,6 @@ from .pipeline import (
     reference_indices,
     score_class,
     suppress_outside,
-    validate_classes,
 )
 from .reports import (
     METRIC_COLUMNS,
@@ -70,14 +70,9 @@ def cmd_weights(a) -> None:
 
 
 def cmd_evaluate(a) -> None:
-    s = settings_from(a)
-    methods = parse_methods(a.methods)
     cfg = mask_config(a, a.object_mask) if a.object_mask else None
     r = check_multiplier(a.outside_multiplier)
-    classes = find_classes(a.data, a.classes)
-    validate_classes(classes)
-    fx = make_extractor(s, progress)
-    say(fx.weights.describe())
+    s, methods, classes, fx = start_study(a)
     rows, warnings = [], []
     with staged(a.out) as out:
         for cdir in classes:

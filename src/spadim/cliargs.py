@@ -13,10 +13,12 @@ from tqdm import tqdm
 
 from . import __version__
 from .backbone import ARCHS
+from .data import find_classes
 from .errors import SpadimError
 from .features import FeatureExtractor, parse_layers
+from .modelfile import parse_methods
 from .objmask import DETECTORS, MaskConfig, available_detectors
-from .pipeline import Settings
+from .pipeline import Settings, make_extractor, validate_classes
 
 
 def progress(items, desc: str, total_images: int):
@@ -110,3 +112,15 @@ def meta(s: Settings, fx: FeatureExtractor, **extra) -> dict:
             "d": s.padim_d, "seed": s.seed, **extra}
 
 
+
+
+def start_study(a) -> tuple[Settings, list[str], list[Path], FeatureExtractor]:
+    """Common start of evaluate and the studies: settings, methods and every class are
+    validated before the backbone is loaded (whose weights are announced on stderr)."""
+    s = settings_from(a)
+    methods = parse_methods(a.methods)
+    classes = find_classes(a.data, a.classes)
+    validate_classes(classes)
+    fx = make_extractor(s, progress)
+    say(fx.weights.describe())
+    return s, methods, classes, fx

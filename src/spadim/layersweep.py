@@ -24,12 +24,10 @@ import numpy as np  # noqa: E402
 from scipy.stats import pearsonr  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from .cliargs import meta, progress, say, settings_from  # noqa: E402
-from .data import find_classes  # noqa: E402
+from .cliargs import meta, say, start_study  # noqa: E402
 from .errors import SpadimError  # noqa: E402
 from .features import ALL_COMBOS  # noqa: E402
-from .modelfile import parse_methods  # noqa: E402
-from .pipeline import make_extractor, prepare_class, score_class, validate_classes  # noqa: E402
+from .pipeline import prepare_class, score_class  # noqa: E402
 from .reports import (  # noqa: E402
     METRIC_COLUMNS,
     markdown_table,
@@ -137,12 +135,7 @@ def figure5(path: Path, rows: list[dict], methods: list[str], corr: dict, banner
 
 
 def run(a) -> None:
-    s = settings_from(a)
-    methods = parse_methods(a.methods)
-    classes = find_classes(a.data, a.classes)
-    validate_classes(classes)
-    fx = make_extractor(s, progress)
-    say(fx.weights.describe())
+    s, methods, classes, fx = start_study(a)
     sig = _signature(s, methods, fx.weights.sha256)
     out = Path(a.out)
     partial = {c.name: _load_partial(out / "per_class" / f"{c.name}.json", sig) for c in classes}

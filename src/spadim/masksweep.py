@@ -24,23 +24,18 @@ from .cliargs import (  # noqa: E402
     check_multiplier,
     mask_config,
     meta,
-    progress,
     say,
-    settings_from,
     staged,
+    start_study,
 )
-from .data import find_classes  # noqa: E402
 from .errors import SpadimError  # noqa: E402
-from .modelfile import parse_methods  # noqa: E402
 from .objmask import DETECTORS, foreground_estimate, mask_quality  # noqa: E402
 from .pipeline import (  # noqa: E402
     class_object_masks,
-    make_extractor,
     masked_result,
     prepare_class,
     score_class,
     suppress_outside,
-    validate_classes,
 )
 from .reports import (  # noqa: E402
     METRIC_COLUMNS,
@@ -119,16 +114,11 @@ def sweep_plot(path: Path, rows: list[dict], method: str, detectors: list[str], 
 
 
 def run(a) -> None:
-    s = settings_from(a)
-    methods = parse_methods(a.methods)
     detectors = parse_detectors(a.detectors)
     rs = parse_floats(a.multipliers)
     show_r = check_multiplier(a.show_multiplier)
     cfgs = {d: mask_config(a, d) for d in detectors}
-    classes = find_classes(a.data, a.classes)
-    validate_classes(classes)
-    fx = make_extractor(s, progress)
-    say(fx.weights.describe())
+    s, methods, classes, fx = start_study(a)
     banner = "" if fx.weights.pretrained else "RANDOM WEIGHTS - NOT PRETRAINED"
     suit, sweep, warnings = [], [], []
     with staged(a.out) as out:

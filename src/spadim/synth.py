@@ -819,24 +819,10 @@ class _Kind:
 
 
 _KINDS: dict[str, _Kind] = {
-    "tile": _Kind(
-        _tile, {"crack": _tile_crack, "stain": _tile_stain}, _finish_texture, False
-    ),
-    "fabric": _Kind(
-        _fabric,
-        {"hole": _fabric_hole, "thread": _fabric_thread},
-        _finish_texture,
-        False,
-    ),
-    "nut": _Kind(
-        _nut, {"scratch": _nut_scratch, "chip": _nut_chip}, _finish_object, True
-    ),
-    "plate": _Kind(
-        _plate,
-        {"dent": _plate_dent, "contamination": _plate_contamination},
-        _finish_object,
-        True,
-    ),
+    "tile": _Kind(_tile, {"crack": _tile_crack, "stain": _tile_stain}, _finish_texture, False),
+    "fabric": _Kind(_fabric, {"hole": _fabric_hole, "thread": _fabric_thread}, _finish_texture, False),
+    "nut": _Kind(_nut, {"scratch": _nut_scratch, "chip": _nut_chip}, _finish_object, True),
+    "plate": _Kind(_plate, {"dent": _plate_dent, "contamination": _plate_contamination}, _finish_object, True),
 }
 
 
