@@ -148,6 +148,11 @@ class Weights:
     def pretrained(self) -> bool:
         return self.source != RANDOM
 
+    @property
+    def banner(self) -> str:
+        """Short warning for figure titles: empty for pretrained weights."""
+        return "" if self.pretrained else "RANDOM WEIGHTS - NOT PRETRAINED"
+
     def describe(self) -> str:
         if not self.pretrained:
             return f"!!! RANDOM UNTRAINED WEIGHTS ({self.arch}, {self.sha256}) - NOT IMAGENET-PRETRAINED; numbers are not comparable to the papers !!!"

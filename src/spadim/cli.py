@@ -89,7 +89,7 @@ def cmd_evaluate(a) -> None:
                              "n_train": len(run.train), "n_test": len(run.test)})
                 say(f"{run.data.name:>12} {name:>6}: " + "  ".join(f"{c}={metrics[name][c]:.3f}" for c in METRIC_COLUMNS))
             plot_curves(out / "curves" / f"{run.data.name}.png", f"{run.data.name}: pixel ROC and PR",
-                        run.maps, run.masks, "" if fx.weights.pretrained else fx.weights.describe())
+                        run.maps, run.masks, fx.weights.banner)
             _heatmaps(out / "heatmaps" / run.data.name, run, methods, a.examples, fx)
             say(f"{run.data.name}: done in {time.perf_counter() - t0:.1f} s")
         rows = with_means(rows, ["method"])
@@ -103,15 +103,14 @@ def cmd_evaluate(a) -> None:
 
 
 def _heatmaps(folder: Path, run, methods: list[str], n: int, fx) -> None:
-    banner = "" if fx.weights.pretrained else "RANDOM WEIGHTS - NOT PRETRAINED"
+    ranges = {name: (float(run.maps[name].min()), float(run.maps[name].max())) for name in methods}
     for i in pick_examples(run.data.defects, n):
         panels = [("image", run.test.images[i]), ("ground truth", run.masks[i])]
         for name in methods:
-            m = run.maps[name]
-            heat = colorize(m[i], float(m.min()), float(m.max()))
+            heat = colorize(run.maps[name][i], *ranges[name])
             panels += [(f"{name} map", heat), (f"{name} overlay", overlay(run.test.images[i], heat))]
         p = run.data.test[i]
-        panel_figure(folder / f"{p.parent.name}_{p.stem}.png", f"{run.data.name}/{p.parent.name}/{p.name}", panels, banner)
+        panel_figure(folder / f"{p.parent.name}_{p.stem}.png", f"{run.data.name}/{p.parent.name}/{p.name}", panels, fx.weights.banner)
 
 
 def cmd_fit(a) -> None:

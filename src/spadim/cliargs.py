@@ -112,8 +112,6 @@ def meta(s: Settings, fx: FeatureExtractor, **extra) -> dict:
             "d": s.padim_d, "seed": s.seed, **extra}
 
 
-
-
 def start_study(a) -> tuple[Settings, list[str], list[Path], FeatureExtractor]:
     """Common start of evaluate and the studies: settings, methods and every class are
     validated before the backbone is loaded (whose weights are announced on stderr)."""

@@ -160,7 +160,7 @@ def run(a) -> None:
         say(f"{cdir.name}: done; {done}/{len(jobs)} runs, about {rate * (len(jobs) - done) / 60:.1f} min left")
     bar.close()
     _report(out, classes, partial, methods, meta(s, fx, methods=methods, combinations=[combo_name(c) for c in ALL_COMBOS]),
-            "" if fx.weights.pretrained else "RANDOM WEIGHTS - NOT PRETRAINED")
+            fx.weights.banner)
 
 
 def _report(out: Path, classes, partial: dict, methods: list[str], info: dict, banner: str) -> None:

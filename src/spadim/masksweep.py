@@ -69,13 +69,12 @@ def parse_detectors(text: str) -> list[str]:
     return names
 
 
-def suitability_row(cls: str, det: str, images, obj, gt, n_fallback: int) -> dict:
-    """Mask quality pooled over a class's test images: area, GT and foreground coverage."""
-    fg = np.stack([foreground_estimate(im) for im in images])
+def suitability_row(cls: str, det: str, obj, gt, fg, n_fallback: int) -> dict:
+    """Mask quality pooled over a class's test images: area, GT and foreground (``fg``) coverage."""
     q = mask_quality(obj, gt if gt.any() else None, fg)
     rating = 2 if q["fg_coverage"] >= 0.9 and (math.isnan(q["gt_coverage"]) or q["gt_coverage"] >= 0.9) else (
         1 if q["fg_coverage"] >= 0.6 else 0)
-    return {"class": cls, "detector": det, **q, "auto_rating": rating, "fallbacks": n_fallback, "n_test": len(images)}
+    return {"class": cls, "detector": det, **q, "auto_rating": rating, "fallbacks": n_fallback, "n_test": len(obj)}
 
 
 def mask_grid(path: Path, title: str, images: np.ndarray, masks: dict[str, np.ndarray], idx: list[int], banner: str) -> None:
@@ -119,7 +118,7 @@ def run(a) -> None:
     show_r = check_multiplier(a.show_multiplier)
     cfgs = {d: mask_config(a, d) for d in detectors}
     s, methods, classes, fx = start_study(a)
-    banner = "" if fx.weights.pretrained else "RANDOM WEIGHTS - NOT PRETRAINED"
+    banner = fx.weights.banner
     suit, sweep, warnings = [], [], []
     with staged(a.out) as out:
         for cdir in classes:
@@ -127,11 +126,12 @@ def run(a) -> None:
             cr = prepare_class(fx, cdir)
             score_class(cr, s, methods)
             masks = {}
+            fg = np.stack([foreground_estimate(im) for im in cr.test.images])
             for det, cfg in cfgs.items():
                 obj, warn = class_object_masks(cr, cfg)
                 masks[det] = obj
                 warnings += [f"{det}: {w}" for w in warn]
-                suit.append(suitability_row(cr.data.name, det, cr.test.images, obj, cr.masks, len(warn)))
+                suit.append(suitability_row(cr.data.name, det, obj, cr.masks, fg, len(warn)))
                 for name in methods:
                     for r in rs:
                         metrics = masked_result(cr, name, obj, r)[2]
@@ -140,12 +140,13 @@ def run(a) -> None:
             mask_grid(out / "mask_grids" / f"{cr.data.name}.png", f"{cr.data.name}: keypoint object masks (green)",
                       cr.test.images, masks, idx, banner)
             show = detectors[0]
+            ranges = {name: (float(cr.maps[name].min()), float(cr.maps[name].max())) for name in methods}
+            shown = {name: suppress_outside(name, cr.maps[name], cr.scores[name], masks[show], show_r)[0] for name in methods}
             for i in idx:
                 p = cr.data.test[i]
                 for name in methods:
-                    m = cr.maps[name]
-                    lo, hi = float(m.min()), float(m.max())
-                    masked = suppress_outside(name, m, cr.scores[name], masks[show], show_r)[0]
+                    m, masked = cr.maps[name], shown[name]
+                    lo, hi = ranges[name]
                     panel_figure(out / "examples" / cr.data.name / f"{name}_{p.parent.name}_{p.stem}.png",
                                  f"{cr.data.name}/{p.parent.name}/{p.name} - {name}, {show} mask, r={show_r}",
                                  [("image", cr.test.images[i]), ("ground truth", cr.masks[i]), ("anomaly map", colorize(m[i], lo, hi)),
