@@ -32,7 +32,8 @@ from .cliargs import (
 from .data import IMAGE_EXTS, Preprocess, list_images, load_class
 from .errors import SpadimError
 from .features import FeatureExtractor
-from .modelfile import load_model, parse_methods, save_model
+from .methods import parse_methods
+from .modelfile import load_model, save_model
 from .pipeline import (
     class_object_masks,
     make_extractor,

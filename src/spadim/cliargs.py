@@ -16,7 +16,7 @@ from .backbone import ARCHS
 from .data import find_classes
 from .errors import SpadimError
 from .features import FeatureExtractor, parse_layers
-from .modelfile import parse_methods
+from .methods import parse_methods
 from .objmask import DETECTORS, MaskConfig, available_detectors
 from .pipeline import Settings, make_extractor, validate_classes
 

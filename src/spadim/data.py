@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from .errors import SpadimError
+from .lists import parse_list
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -165,7 +166,7 @@ def find_classes(root: Path, only: str | None = None) -> list[Path]:
     if (root / "train").is_dir():
         return [root]
     if only:
-        names = [c.strip() for c in only.split(",") if c.strip()]
+        names = parse_list(only, "class", "--classes", example="hazelnut,grid")
         missing = [n for n in names if not (root / n).is_dir()]
         if missing:
             have = ", ".join(sorted(p.name for p in root.iterdir() if (p / "train").is_dir()))

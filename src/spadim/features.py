@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .backbone import ResNet, Weights
 from .data import Preprocess, load_images, normalize
 from .errors import SpadimError
+from .lists import parse_list
 
 LAYER_IDS = (1, 2, 3, 4)
 ALL_COMBOS: tuple[tuple[int, ...], ...] = tuple(
@@ -29,15 +30,7 @@ ALL_COMBOS: tuple[tuple[int, ...], ...] = tuple(
 
 def parse_layers(text: str | Iterable[int]) -> tuple[int, ...]:
     """'1,2,3' -> (1, 2, 3); unknown or empty ids raise SpadimError."""
-    items = text.replace(" ", "").split(",") if isinstance(text, str) else list(text)
-    try:
-        ids = sorted({int(i) for i in items if str(i) != ""})
-    except ValueError:
-        raise SpadimError(f"bad layer list {text!r}: use comma-separated ids from 1-4, e.g. --layers 1,2,3") from None
-    bad = [i for i in ids if i not in LAYER_IDS]
-    if bad or not ids:
-        raise SpadimError(f"unknown layer id(s) {bad or text!r}: layers are 1, 2, 3, 4 (e.g. --layers 1,2,3)")
-    return tuple(ids)
+    return tuple(sorted(parse_list(text, "layer", "--layers", LAYER_IDS, int, example="1,2,3")))
 
 
 @dataclass

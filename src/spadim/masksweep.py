@@ -29,6 +29,7 @@ from .cliargs import (  # noqa: E402
     start_study,
 )
 from .errors import SpadimError  # noqa: E402
+from .lists import parse_list  # noqa: E402
 from .objmask import DETECTORS, foreground_estimate, mask_quality  # noqa: E402
 from .pipeline import (  # noqa: E402
     class_object_masks,
@@ -52,21 +53,14 @@ DEFAULT_MULTIPLIERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 def parse_floats(text: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SpadimError(f"bad multiplier list {text!r}: use comma-separated numbers in [0, 1], e.g. 0,0.5,1") from None
-    if not vals or any(not 0 <= v <= 1 for v in vals):
-        raise SpadimError(f"multipliers {text!r} must be numbers in [0, 1], e.g. --multipliers 0,0.2,0.4,0.6,0.8,1")
+    vals = parse_list(text, "multiplier", "--multipliers", convert=float, example="0,0.2,0.4,0.6,0.8,1")
+    if any(not 0 <= v <= 1 for v in vals):
+        raise SpadimError(f"--multipliers {text!r} must be numbers in [0, 1], e.g. --multipliers 0,0.2,0.4,0.6,0.8,1")
     return vals
 
 
 def parse_detectors(text: str) -> list[str]:
-    names = [d.strip().lower() for d in text.split(",") if d.strip()]
-    bad = [d for d in names if d not in DETECTORS]
-    if bad or not names:
-        raise SpadimError(f"unknown detector {bad[0] if bad else text!r}: choose from {', '.join(DETECTORS)}")
-    return names
+    return parse_list(text.lower(), "detector", "--detectors", DETECTORS, example="orb,akaze")
 
 
 def suitability_row(cls: str, det: str, obj, gt, fg, n_fallback: int) -> dict:

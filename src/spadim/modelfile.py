@@ -17,21 +17,10 @@ from . import __version__
 from .backbone import Weights
 from .data import Preprocess
 from .errors import SpadimError
-from .padim import Padim
-from .spade import Spade
+from .methods import from_state
 
 FORMAT = "spadim-model"
 FORMAT_VERSION = 1
-METHODS = {"spade": Spade, "padim": Padim}
-
-
-def parse_methods(text: str) -> list[str]:
-    """'spade,padim' -> ['spade', 'padim']; unknown names raise SpadimError."""
-    names = [m.strip().lower() for m in text.split(",") if m.strip()]
-    bad = [m for m in names if m not in METHODS]
-    if bad or not names:
-        raise SpadimError(f"unknown method {bad[0] if bad else text!r}: choose from {', '.join(METHODS)} (e.g. --methods spade,padim)")
-    return list(dict.fromkeys(names))
 
 
 def save_model(path: Path, method, weights: Weights, pre: Preprocess, class_name: str, ref_images: np.ndarray) -> None:
@@ -71,5 +60,5 @@ def load_model(path: Path) -> tuple[object, dict]:
             f"model file {path} has format version {blob.get('format_version')} (spadim {blob.get('spadim_version')}), "
             f"this spadim ({__version__}) reads version {FORMAT_VERSION}: refit it with `spadim fit`"
         )
-    method = METHODS[blob["method"]].from_state(blob["state"])
+    method = from_state(blob["method"], blob["state"])
     return method, blob

@@ -40,6 +40,10 @@ class Padim:
         self.chol: torch.Tensor | None = None  # [L, d, d] lower Cholesky factors of the covariances
         self.grid: tuple[int, int] = (0, 0)
 
+    @classmethod
+    def configure(cls, settings, layers: tuple[int, ...]) -> "Padim":
+        return cls(layers, settings.padim_d, settings.seed)
+
     def _vectors(self, fs: FeatureSet) -> torch.Tensor:
         """[N, L, d] selected features per position."""
         emb = embed(fs, self.layers)

@@ -12,15 +12,14 @@ from .data import ClassData, Preprocess, load_class, load_masks
 from .errors import SpadimError
 from .features import FeatureExtractor, FeatureSet
 from .metrics import evaluate_maps
-from .modelfile import METHODS
+from . import methods as registry
 from .objmask import (
     MaskConfig,
     apply_outside_multiplier,
     object_mask,
     reference_features,
 )
-from .padim import DEFAULT_D, Padim
-from .spade import Spade
+from .padim import DEFAULT_D
 
 
 @dataclass
@@ -55,12 +54,7 @@ class Settings:
         return Preprocess(self.resize, self.crop)
 
     def method(self, name: str, layers: tuple[int, ...] | None = None):
-        layers = tuple(layers or self.layers)
-        if name == "spade":
-            return Spade(layers, self.k)
-        if name == "padim":
-            return Padim(layers, self.padim_d, self.seed)
-        raise SpadimError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
+        return registry.create(name, self, layers)
 
 
 def make_extractor(s: Settings, progress=None) -> FeatureExtractor:

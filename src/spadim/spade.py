@@ -28,6 +28,10 @@ class Spade:
         self.train_layers: dict[int, torch.Tensor] = {}
         self.train_pooled: torch.Tensor | None = None
 
+    @classmethod
+    def configure(cls, settings, layers: tuple[int, ...]) -> "Spade":
+        return cls(layers, settings.k)
+
     def fit(self, fs: FeatureSet) -> "Spade":
         """Store the training features: SPADE has no other training."""
         self.train_layers = {l: fs.layers[l] for l in self.layers}
