@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from spadim.synth import make_dataset
+
+# Tests never reach the internet: weight downloads are off unless a test serves them on 127.0.0.1.
+os.environ["SPADIM_OFFLINE"] = "1"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CAFFE_WEIGHTS = SHARED / "weights" / "resnet50_caffe-44e9675b.pth"
+SUBSET = SHARED / "data" / "mvtec_ad_subset"
 
 # Plumbing tests use an untrained network on purpose: they check computations, not accuracy.
 FAST = ["--arch", "resnet18", "--weights", "random", "--resize", "72", "--crop", "64", "--seed", "0"]

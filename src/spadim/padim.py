@@ -20,7 +20,7 @@ import torch
 from .features import FeatureSet, embed
 from .maps import upsample_blur
 
-DEFAULT_D = {"resnet18": 100, "resnet50": 550, "wide_resnet50_2": 550}
+DEFAULT_D = {"resnet18": 100, "resnet50": 550, "resnet50_caffe": 550, "wide_resnet50_2": 550}
 EPS = 0.01
 
 
