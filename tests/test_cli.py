@@ -152,3 +152,183 @@ def test_missing_weights_stop_loudly(tiny_root, tmp_path, monkeypatch, capsys):
     assert _run("weights", "--arch", "resnet18") == 2
     assert _run("weights", "--arch", "resnet18", "--weights", "random") == 0
     assert "RANDOM UNTRAINED WEIGHTS" in capsys.readouterr().out
+
+
+# ------------------------------------------------ inputs that used to slip through (issue 7, section 4)
+def _one_error(capsys, *needles) -> str:
+    """Exactly one stderr line, a spadim error naming everything in ``needles``."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("spadim: error:"), err
+    for n in needles:
+        assert str(n) in err[0], (n, err[0])
+    return err[0]
+
+
+@pytest.fixture
+def no_backbone(monkeypatch):
+    """Loading the backbone fails the test: the error must come before any long work."""
+    def boom(*a, **k):
+        raise AssertionError("the backbone was loaded before the input error was found")
+    import spadim.cli
+    import spadim.session
+
+    for mod in (spadim.cli, spadim.session):
+        monkeypatch.setattr(mod, "make_extractor", boom)
+    monkeypatch.setattr(spadim.cli, "load_backbone", boom)
+
+
+@pytest.mark.parametrize("command,flag,value,low", [
+    ("predict", "--batch-size", 0, 1),
+    ("evaluate", "--batch-size", -2, 1),
+    ("evaluate", "--k", 0, 1),
+    ("evaluate", "--d", 0, 1),
+    ("evaluate", "--examples", -1, 0),
+    ("evaluate", "--refs", 0, 1),
+    ("fit", "--refs", 0, 1),
+    ("fit", "--batch-size", 0, 1),
+    ("mask-sweep", "--examples", -1, 0),
+    ("layer-sweep", "--k", 0, 1),
+])
+def test_counts_out_of_range_exit_2(tiny_root, tmp_path, capsys, no_backbone, command, flag, value, low):
+    data = tiny_root / "tile"
+    args = [tmp_path / "m.pt", data / "test" / "good"] if command == "predict" else [data, *FAST]
+    assert _run(command, *args, "--out", tmp_path / "out", flag, value) == 2
+    _one_error(capsys, f"{flag} must be >= {low} (got {value})")
+    assert not (tmp_path / "out").exists()
+
+
+def _truncate(path, keep: float = 0.6):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_truncated_jpeg_is_an_error(tiny_copy, tmp_path, capsys, no_backbone):
+    png = tiny_copy / "tile" / "train" / "good" / "002.png"
+    jpg = png.with_suffix(".jpg")
+    cv2.imwrite(str(jpg), cv2.imread(str(png)))
+    png.unlink()
+    _truncate(jpg)
+    assert _run("evaluate", tiny_copy, "--out", tmp_path / "out", *FAST) == 2
+    _one_error(capsys, jpg, "truncated")
+    assert _run("fit", tiny_copy / "tile", "--out", tmp_path / "m.pt", *FAST) == 2
+    _one_error(capsys, jpg, "truncated")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.pt").exists()
+
+
+def test_corrupt_file_in_last_class_fails_before_the_backbone(tiny_copy, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    assert _run("evaluate", tiny_copy, "--out", out, "--examples", "0", *FAST) == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    import spadim.session
+
+    real = spadim.session.make_extractor
+    monkeypatch.setattr(spadim.session, "make_extractor", lambda *a, **k: pytest.fail("backbone loaded"))
+    # tile is the last class; a bad mask, and a truncated test image, are both found up front
+    mask = next((tiny_copy / "tile" / "ground_truth").rglob("*_mask.png"))
+    good = mask.read_bytes()
+    _truncate(mask)
+    assert _run("evaluate", tiny_copy, "--out", out, *FAST) == 2
+    _one_error(capsys, "cannot read mask", mask)
+    mask.write_bytes(good)
+    img = sorted((tiny_copy / "tile" / "test" / "good").iterdir())[-1]
+    _truncate(img, 0.9)
+    for cmd in ("evaluate", "layer-sweep", "mask-sweep"):
+        assert _run(cmd, tiny_copy, "--out", out, *FAST) == 2
+        _one_error(capsys, "cannot read image", img)
+    assert _snapshot(out) == before
+    monkeypatch.setattr(spadim.session, "make_extractor", real)
+
+
+def test_truncated_image_given_to_predict(tiny_root, tmp_path, capsys, monkeypatch):
+    model = tmp_path / "m.pt"
+    assert _run("fit", tiny_root / "tile", "--out", model, *FAST) == 0
+    bad = tmp_path / "bad.png"
+    bad.write_bytes((tiny_root / "tile" / "test" / "good" / "000.png").read_bytes())
+    _truncate(bad)
+    capsys.readouterr()
+    import spadim.cli
+
+    monkeypatch.setattr(spadim.cli, "load_backbone", lambda *a, **k: pytest.fail("backbone loaded"))
+    assert _run("predict", model, tiny_root / "tile" / "test" / "good", bad, "--out", tmp_path / "p") == 2
+    _one_error(capsys, bad, "truncated")
+    assert not (tmp_path / "p").exists()
+
+
+def test_repeated_class_is_an_error(tiny_root, tmp_path, capsys, no_backbone):
+    assert _run("evaluate", tiny_root, "--classes", "nut,nut", "--out", tmp_path / "o", *FAST) == 2
+    _one_error(capsys, "'nut' is given twice in --classes")
+
+
+def test_unknown_class_with_a_class_folder(tiny_root, tmp_path, capsys, no_backbone):
+    for cmd in ("evaluate", "layer-sweep", "mask-sweep"):
+        assert _run(cmd, tiny_root / "nut", "--classes", "tile", "--out", tmp_path / "o", *FAST) == 2
+        _one_error(capsys, "--classes names 'tile'", "class folder 'nut'", "drop --classes")
+    assert _run("evaluate", tiny_root / "nut", "--classes", "nut,carpet", "--out", tmp_path / "o", *FAST) == 2
+    _one_error(capsys, "'carpet'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_refs_zero_and_object_mask_without_refs(tiny_root, tmp_path, capsys, no_backbone):
+    assert _run("fit", tiny_root / "tile", "--refs", "0", "--out", tmp_path / "m.pt", *FAST) == 2
+    _one_error(capsys, "--refs must be >= 1")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_predict_object_mask_needs_reference_images(tiny_root, tmp_path, capsys, monkeypatch):
+    model = tmp_path / "m.pt"
+    assert _run("fit", tiny_root / "tile", "--refs", "1", "--out", model, *FAST) == 0
+    blob = torch.load(model, weights_only=True)
+    assert len(blob["ref_images"]) == 1
+    blob["ref_images"] = blob["ref_images"][:0]  # as written by an older spadim with --refs 0
+    torch.save(blob, tmp_path / "norefs.pt")
+    capsys.readouterr()
+    import spadim.cli
+
+    monkeypatch.setattr(spadim.cli, "load_backbone", lambda *a, **k: pytest.fail("backbone loaded"))
+    images = tiny_root / "tile" / "test" / "good"
+    assert _run("predict", tmp_path / "norefs.pt", images, "--object-mask", "orb", "--out", tmp_path / "p") == 2
+    _one_error(capsys, "norefs.pt", "no reference images", "--refs")
+    assert not (tmp_path / "p").exists()
+
+
+def test_out_checked_before_the_work(tiny_root, tmp_path, capsys, no_backbone):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("earlier results")
+    a_dir = tmp_path / "models"
+    a_dir.mkdir()
+    data = tiny_root / "tile"
+    cases = [
+        (["fit", data, "--out", a_dir], "is a folder"),
+        (["fit", data, "--out", a_file / "m.pt"], "is a file"),
+        (["layer-sweep", tiny_root, "--out", a_file], "is a file"),
+        (["layer-sweep", tiny_root, "--out", a_file / "sub"], "is a file"),
+        (["evaluate", tiny_root, "--out", a_file], "is a file"),
+        (["mask-sweep", tiny_root, "--out", a_file], "is a file"),
+    ]
+    for args, needle in cases:
+        assert _run(*args, *FAST) == 2
+        _one_error(capsys, "--out", needle)
+    assert _run("predict", tmp_path / "m.pt", data / "test" / "good", "--out", a_file) == 2
+    _one_error(capsys, "--out", "is a file")
+    assert a_file.read_text() == "earlier results" and not list(a_dir.iterdir())
+
+
+def test_no_anomalous_test_images_are_named(tiny_copy, tmp_path, capsys):
+    import math
+    import shutil
+
+    for sub in ("test/chip", "test/scratch", "ground_truth"):
+        shutil.rmtree(tiny_copy / "nut" / sub)
+    out = tmp_path / "out"
+    assert _run("evaluate", tiny_copy, "--out", out, "--examples", "1", *FAST) == 0
+    note = "no anomalous test images: pixel metrics undefined"
+    assert f"warning: nut: {note}" in capsys.readouterr().err
+    assert note in (out / "results.md").read_text()
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    nut = [r for r in rows if r["class"] == "nut"]
+    assert nut and all(r["note"] == note for r in nut)
+    assert all(math.isnan(r["pixel_aupr"]) and math.isnan(r["pixel_auroc"]) for r in nut)
+    assert all("note" not in r and not math.isnan(r["pixel_aupr"]) for r in rows if r["class"] == "tile")
+    assert '"pixel_aupr": NaN' in (out / "results.json").read_text()  # NaN in JSON, as everywhere else
+    assert ",nan," in (out / "results.csv").read_text()

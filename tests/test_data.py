@@ -2,7 +2,17 @@ import cv2
 import numpy as np
 import pytest
 
-from spadim.data import Preprocess, find_classes, load_class, load_images, load_masks, normalize, read_rgb
+from spadim.data import (
+    Preprocess,
+    check_class,
+    check_images,
+    find_classes,
+    load_class,
+    load_images,
+    load_masks,
+    normalize,
+    read_rgb,
+)
 from spadim.errors import SpadimError
 
 
@@ -85,3 +95,46 @@ def test_bad_layouts(tiny_copy, tmp_path):
     _, shapes = load_images(data.test, pre)
     with pytest.raises(SpadimError, match="is 12x10 but image"):
         load_masks(data, pre, shapes)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp"])
+def test_truncated_images_are_errors(tmp_path, ext):
+    """Decoders may return a grey-filled image for a cut-short file and only warn."""
+    rng = np.random.default_rng(0)
+    img = cv2.resize((rng.random((30, 30, 3)) * 255).astype(np.uint8), (200, 200))
+    path = tmp_path / f"photo{ext}"
+    cv2.imwrite(str(path), img)
+    full = read_rgb(path)
+    assert full.shape == (200, 200, 3)
+    data = path.read_bytes()
+    for keep in (len(data) - 2, len(data) // 2):
+        path.write_bytes(data[:keep])
+        with pytest.raises(SpadimError, match=r"cannot read image .*photo.*truncated"):
+            read_rgb(path)
+    if ext == ".jpg":  # bytes after the end-of-image marker (some cameras pad) are fine
+        path.write_bytes(data + b"\0" * 16)
+        assert (read_rgb(path) == full).all()
+
+
+def test_check_class_decodes_images_and_masks(tiny_copy):
+    data = load_class(tiny_copy / "nut")
+    check_class(data)
+    assert check_images(data.train[:2]) == [(96, 96), (96, 96)]
+    mask = next(m for m in data.masks if m is not None)
+    mask.write_bytes(mask.read_bytes()[:-20])
+    with pytest.raises(SpadimError, match=f"cannot read mask {mask}.*truncated"):
+        check_class(data)
+    cv2.imwrite(str(mask), np.zeros((10, 12), np.uint8))
+    with pytest.raises(SpadimError, match="is 12x10 but image"):
+        check_class(data)
+
+
+def test_classes_of_a_class_folder(tiny_root):
+    nut = tiny_root / "nut"
+    assert find_classes(nut, "nut") == [nut]
+    with pytest.raises(SpadimError, match="--classes names 'tile' but .* is the class folder 'nut'"):
+        find_classes(nut, "tile")
+    with pytest.raises(SpadimError, match="given twice"):
+        find_classes(nut, "nut,nut")
+    with pytest.raises(SpadimError, match="given twice"):
+        find_classes(tiny_root, "nut,tile,nut")

@@ -96,3 +96,37 @@ def test_mask_sweep(tiny_root, tmp_path):
         assert 0 < r["area_fraction"] <= 1 and r["auto_rating"] in (0, 1, 2)
     assert (out / "mask_grids" / "nut.png").is_file() and (out / "multiplier_sweep_padim.png").is_file()
     assert list((out / "examples" / "nut").glob("spade_*.png"))
+
+
+def test_layer_sweep_resumes_with_the_default_d_given_explicitly(tiny_root, tmp_path, capsys):
+    """The signature stores the effective d: the default and the same value given resume each other."""
+    out = tmp_path / "ls"
+    args = ["layer-sweep", str(tiny_root), "--classes", "tile", "--methods", "padim", "--out", str(out), *FAST]
+    assert main(args) == 0
+    sig = json.loads((out / "per_class" / "tile.json").read_text())["signature"]
+    assert sig["d"] == 100  # resnet18's default
+    capsys.readouterr()
+    assert main([*args, "--d", "100"]) == 0
+    assert "15 results already done, 0 to go" in capsys.readouterr().err
+    # files written before the fix hold d = None for the default; they resume too
+    f = out / "per_class" / "tile.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "signature": {**sig, "d": None}}))
+    assert main([*args, "--d", "100"]) == 0
+    assert "15 results already done, 0 to go" in capsys.readouterr().err
+    assert main([*args, "--d", "50"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_study_modules_do_not_import_cli_helpers():
+    """The studies are driven through run(...); argparse lives in cli/cliargs only."""
+    import ast
+    import inspect
+
+    import spadim.masksweep as ms
+
+    for mod in (ls, ms):
+        tree = ast.parse(inspect.getsource(mod))
+        imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {"cliargs", "cli", "argparse"} & {m.rsplit(".", 1)[-1] for m in imported}, mod.__name__
+        assert not hasattr(mod, "add_parser")

@@ -15,25 +15,24 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, layersweep, masksweep
 from .backbone import ARCHS, load_backbone
 from .cliargs import (
     add_common,
     add_mask_args,
-    check_multiplier,
+    check_args,
     mask_config,
-    meta,
-    progress,
-    say,
+    parse_detectors,
+    parse_multipliers,
     settings_from,
-    staged,
-    start_study,
 )
-from .data import IMAGE_EXTS, Preprocess, list_images, load_class
+from .data import IMAGE_EXTS, Preprocess, check_images, list_images, load_class
 from .errors import SpadimError
 from .features import FeatureExtractor
 from .methods import parse_methods
+from .metrics import undefined_notes
 from .modelfile import load_model, save_model
+from .objmask import DETECTORS
 from .pipeline import (
     class_object_masks,
     make_extractor,
@@ -55,6 +54,7 @@ from .reports import (
     with_means,
     write_table,
 )
+from .session import check_multiplier, meta, progress, say, staged, start_study
 from .synth import make_dataset
 
 
@@ -73,21 +73,26 @@ def cmd_weights(a) -> None:
 def cmd_evaluate(a) -> None:
     cfg = mask_config(a, a.object_mask) if a.object_mask else None
     r = check_multiplier(a.outside_multiplier)
-    s, methods, classes, fx = start_study(a)
+    s = settings_from(a)
+    methods, classes, fx = start_study(s, a.data, a.methods, a.classes)
     rows, warnings = [], []
     with staged(a.out) as out:
         for cdir in classes:
             t0 = time.perf_counter()
             run = prepare_class(fx, cdir)
             metrics = score_class(run, s, methods)
+            notes = undefined_notes(run.masks, run.labels)
+            for n in notes:
+                say(f"warning: {run.data.name}: {n}")
             if cfg:
                 obj, warn = class_object_masks(run, cfg)
                 warnings += warn
                 for name in methods:
                     run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r)
+            note = {"note": "; ".join(notes)} if notes else {}
             for name in methods:
                 rows.append({"class": run.data.name, "method": name, **metrics[name],
-                             "n_train": len(run.train), "n_test": len(run.test)})
+                             "n_train": len(run.train), "n_test": len(run.test), **note})
                 say(f"{run.data.name:>12} {name:>6}: " + "  ".join(f"{c}={metrics[name][c]:.3f}" for c in METRIC_COLUMNS))
             plot_curves(out / "curves" / f"{run.data.name}.png", f"{run.data.name}: pixel ROC and PR",
                         run.maps, run.masks, fx.weights.banner)
@@ -95,7 +100,9 @@ def cmd_evaluate(a) -> None:
             say(f"{run.data.name}: done in {time.perf_counter() - t0:.1f} s")
         rows = with_means(rows, ["method"])
         extra = {"object_mask": a.object_mask, "outside_multiplier": r if cfg else None, "mask_warnings": warnings}
-        md = write_table(out, "results", rows, ["class", "method", *METRIC_COLUMNS, "n_train", "n_test"],
+        cols = ["class", "method", *METRIC_COLUMNS, "n_train", "n_test"]
+        cols += ["note"] if any("note" in r for r in rows) else []
+        md = write_table(out, "results", rows, cols,
                          "spadim evaluate", meta(s, fx, methods=methods, **extra))
     print(md)
     for w in warnings:
@@ -118,6 +125,7 @@ def cmd_fit(a) -> None:
     s = settings_from(a)
     (method_name,) = parse_methods(a.method)
     data = load_class(a.data, need_test=False)
+    check_images(data.train)  # a bad file fails now, not after the backbone has run
     fx = make_extractor(s, progress)
     say(fx.weights.describe())
     train = fx(data.train, f"{data.name} train")
@@ -148,7 +156,11 @@ def cmd_predict(a) -> None:
     bb = blob["backbone"]
     cfg = mask_config(a, a.object_mask) if a.object_mask else None
     r = check_multiplier(a.outside_multiplier)
+    if cfg and len(blob["ref_images"]) == 0:
+        raise SpadimError(f"model {a.model} holds no reference images, which --object-mask needs: "
+                          f"refit it with `spadim fit --refs 3`, or drop --object-mask")
     paths = _expand_images(a.images)
+    check_images(paths)
     weights = "random" if bb["source"] == "random" else a.weights
     seed = int(bb["sha256"].removeprefix("random-seed")) if bb["source"] == "random" else 0
     model, w = load_backbone(bb["arch"], weights, seed)
@@ -188,6 +200,18 @@ def cmd_predict(a) -> None:
     say(f"{len(paths)} image(s) -> {a.out}/ (scores.csv, heatmaps/, overlays/, maps.npz)")
 
 
+def cmd_layer_sweep(a) -> None:
+    layersweep.run(settings_from(a), a.data, a.out, a.methods, a.classes)
+
+
+def cmd_mask_sweep(a) -> None:
+    detectors = parse_detectors(a.detectors)
+    rs = parse_multipliers(a.multipliers)
+    show_r = check_multiplier(a.show_multiplier, "--show-multiplier")
+    cfgs = {d: mask_config(a, d) for d in detectors}
+    masksweep.run(settings_from(a), a.data, a.out, cfgs, a.methods, a.classes, rs, show_r, a.examples)
+
+
 # ---------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="spadim", description=__doc__.splitlines()[0])
@@ -218,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path, help="class folder with train/good")
     p.add_argument("--method", default="padim", help="spade or padim (default: %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="model file to write")
+    p.set_defaults(out_is_file=True)
     p.add_argument("--refs", type=int, default=3, help="normal images kept for object masks at predict time")
     add_common(p)
     p.set_defaults(func=cmd_fit)
@@ -233,11 +258,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_mask_args(p)
     p.set_defaults(func=cmd_predict)
 
-    from .layersweep import add_parser as add_layer_sweep
-    from .masksweep import add_parser as add_mask_sweep
+    p = sub.add_parser("mask-sweep", help="proposal 1: detector suitability and outside-multiplier sweep")
+    p.add_argument("data", type=Path, help="MVTec AD root or one class folder")
+    p.add_argument("--classes", default=None)
+    p.add_argument("--methods", default="spade,padim")
+    p.add_argument("--detectors", default=",".join(DETECTORS), help="default: %(default)s")
+    p.add_argument("--multipliers", default=",".join(str(r) for r in masksweep.DEFAULT_MULTIPLIERS),
+                   help="default: %(default)s")
+    p.add_argument("--show-multiplier", type=float, default=0.6,
+                   help="r used in the example pictures (default: %(default)s)")
+    p.add_argument("--examples", type=int, default=4)
+    p.add_argument("--out", type=Path, default=Path("runs/mask-sweep"))
+    add_common(p)
+    add_mask_args(p, sweep=True)
+    p.set_defaults(func=cmd_mask_sweep)
 
-    add_mask_sweep(sub, add_common, add_mask_args)
-    add_layer_sweep(sub, add_common)
+    p = sub.add_parser("layer-sweep", help="proposal 2: all 15 layer combinations for SPADE and PaDiM (resumable)")
+    p.add_argument("data", type=Path, help="MVTec AD root or one class folder")
+    p.add_argument("--classes", default=None)
+    p.add_argument("--methods", default="spade,padim")
+    p.add_argument("--out", type=Path, default=Path("runs/layer-sweep"))
+    add_common(p, layers=False)
+    p.set_defaults(func=cmd_layer_sweep)
     return ap
 
 
@@ -245,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
     try:
+        check_args(a)
         a.func(a)
     except SpadimError as exc:
         print(f"spadim: error: {exc}", file=sys.stderr)

@@ -1,56 +1,21 @@
-"""Shared pieces of the command line: arguments, settings, progress, staged output."""
+"""Argument parsing for the command line: flags, their checks and what they turn into.
+
+Only argparse-facing code lives here; run plumbing shared with the studies is in
+:mod:`spadim.session`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import shutil
-import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
-from . import __version__
 from .backbone import ARCHS
-from .data import find_classes
 from .errors import SpadimError
-from .features import FeatureExtractor, parse_layers
-from .methods import parse_methods
+from .features import parse_layers
+from .lists import parse_list
 from .objmask import DETECTORS, MaskConfig, available_detectors
-from .pipeline import Settings, make_extractor, validate_classes
-
-
-def progress(items, desc: str, total_images: int):
-    """tqdm over batches, shown on terminals only (CI logs stay readable)."""
-    return tqdm(items, desc=f"{desc} ({total_images} img)", unit="batch", disable=None, leave=False)
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def staged(out: Path):
-    """Yield a staging folder; on success move its entries into ``out``, else delete it."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SpadimError(f"--out {out} is a file: give a folder for the results")
-    stage = out.parent / f".{out.name}.staging-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    out.mkdir(parents=True, exist_ok=True)
-    for entry in stage.iterdir():
-        dest = out / entry.name
-        if dest.is_dir():
-            shutil.rmtree(dest)
-        entry.replace(dest)
-    stage.rmdir()
+from .pipeline import Settings
+from .session import check_out_dir, check_out_file
 
 
 def add_common(p: argparse.ArgumentParser, layers: bool = True) -> None:
@@ -100,25 +65,42 @@ def mask_config(a, detector: str) -> MaskConfig:
                       close=a.close, hull=not a.no_hull, min_matches=a.min_matches)
 
 
-def check_multiplier(r: float) -> float:
-    if not 0.0 <= r <= 1.0:
-        raise SpadimError(f"--outside-multiplier {r} is outside [0, 1]: 1 keeps scores, 0 zeroes them outside the mask")
-    return r
+def parse_multipliers(text: str) -> list[float]:
+    vals = parse_list(text, "multiplier", "--multipliers", convert=float, example="0,0.2,0.4,0.6,0.8,1")
+    if any(not 0 <= v <= 1 for v in vals):
+        raise SpadimError(f"--multipliers {text!r} must be numbers in [0, 1], e.g. --multipliers 0,0.2,0.4,0.6,0.8,1")
+    return vals
 
 
-def meta(s: Settings, fx: FeatureExtractor, **extra) -> dict:
-    return {"spadim": __version__, "weights": fx.weights.describe(), "pretrained": fx.weights.pretrained,
-            "arch": s.arch, "resize": s.resize, "crop": s.crop, "layers": list(s.layers), "k": s.k,
-            "d": s.padim_d, "seed": s.seed, **extra}
+def parse_detectors(text: str) -> list[str]:
+    return parse_list(text.lower(), "detector", "--detectors", DETECTORS, example="orb,akaze")
 
 
-def start_study(a) -> tuple[Settings, list[str], list[Path], FeatureExtractor]:
-    """Common start of evaluate and the studies: settings, methods and every class are
-    validated before the backbone is loaded (whose weights are announced on stderr)."""
-    s = settings_from(a)
-    methods = parse_methods(a.methods)
-    classes = find_classes(a.data, a.classes)
-    validate_classes(classes)
-    fx = make_extractor(s, progress)
-    say(fx.weights.describe())
-    return s, methods, classes, fx
+# flag -> (attribute, smallest sensible value, what it is)
+_MINIMUMS = {
+    "--batch-size": ("batch_size", 1, "the number of images per backbone batch"),
+    "--k": ("k", 1, "the number of nearest training images"),
+    "--d": ("d", 1, "the number of random channels PaDiM keeps"),
+    "--refs": ("refs", 1, "the number of normal reference images for object masks"),
+    "--examples": ("examples", 0, "the number of example figures per class"),
+    "--radius": ("radius", 1, "the disc radius around matched keypoints, in px"),
+    "--close": ("close", 0, "the closing kernel size in px (0 disables it)"),
+    "--min-matches": ("min_matches", 0, "the match count below which a mask falls back to the full frame"),
+}
+
+
+def check_args(a: argparse.Namespace) -> None:
+    """Checks every command gets before any work: counts in range and a usable --out.
+
+    argparse only checks types; a zero batch size would otherwise end in a traceback
+    from deep inside the backbone, and a bad --out only after the whole run.
+    """
+    for flag, (attr, low, what) in _MINIMUMS.items():
+        value = getattr(a, attr, None)
+        if value is not None and value < low:
+            raise SpadimError(f"{flag} must be >= {low} (got {value}): it is {what}")
+    vmin, vmax = getattr(a, "vmin", None), getattr(a, "vmax", None)
+    if vmin is not None and vmax is not None and vmin >= vmax:
+        raise SpadimError(f"--vmin {vmin} must be below --vmax {vmax}: they are the heatmap colour range")
+    if getattr(a, "out", None) is not None:
+        (check_out_file if getattr(a, "out_is_file", False) else check_out_dir)(a.out)

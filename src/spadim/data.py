@@ -15,6 +15,8 @@ filter used by the reference code) and bilinear when enlarging; masks with neare
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,11 +70,43 @@ def normalize(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _truncation(data: bytes) -> str | None:
+    """Why a PNG/JPEG/BMP file is cut short, or None. Decoders may fill a truncated file's
+    missing rows with grey and only warn, which silently spoils the metrics."""
+    if data.startswith(_PNG_MAGIC):
+        end = data.rfind(b"IEND")
+        whole = end >= 12 and data[end - 4 : end] == b"\0\0\0\0" and len(data) >= end + 8  # + CRC
+        return None if whole else "no complete PNG IEND chunk at the end"
+    if data.startswith(b"\xff\xd8"):
+        # EOI marker; some writers pad after it, so look at the tail only (never in entropy-coded data)
+        return None if b"\xff\xd9" in data.rstrip(b"\0 \r\n")[-32:] else "no JPEG end-of-image marker (FFD9)"
+    if data.startswith(b"BM") and len(data) >= 6 and len(data) < int.from_bytes(data[2:6], "little"):
+        return f"BMP header says {int.from_bytes(data[2:6], 'little')} bytes, file has {len(data)}"
+    return None
+
+
+def _decode(path: Path, flags: int, what: str) -> np.ndarray:
+    """Read and decode a file; truncated or undecodable files raise SpadimError naming it."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise SpadimError(f"cannot read {what} {path}: {why}; check the file and its permissions") from None
+    why = _truncation(data)
+    if why:
+        raise SpadimError(f"cannot read {what} {path}: file is truncated ({why}); replace it or copy it again")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+    if img is None or img.size == 0:
+        raise SpadimError(f"cannot read {what} {path}: file is corrupt or not an image; replace or remove it")
+    return img
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """Read an image as uint8 RGB; grayscale is replicated to 3 channels, alpha dropped."""
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
-        raise SpadimError(f"cannot read image {path}: file is corrupt or not an image; replace or remove it")
+    img = _decode(path, cv2.IMREAD_UNCHANGED, "image")
     if img.dtype == np.uint16:
         img = (img / 257.0).round().astype(np.uint8)
     elif img.dtype != np.uint8:
@@ -88,9 +122,7 @@ def read_rgb(path: Path) -> np.ndarray:
 
 def read_mask(path: Path, shape: tuple[int, int], image_path: Path) -> np.ndarray:
     """Read a ground-truth mask as bool; it must have the image's height and width."""
-    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if m is None:
-        raise SpadimError(f"cannot read mask {path}: file is corrupt or not an image; replace it")
+    m = _decode(path, cv2.IMREAD_GRAYSCALE, "mask")
     if m.shape != tuple(shape):
         raise SpadimError(
             f"mask {path} is {m.shape[1]}x{m.shape[0]} but image {image_path} is "
@@ -158,12 +190,18 @@ def load_class(class_dir: Path, need_test: bool = True) -> ClassData:
 def find_classes(root: Path, only: str | None = None) -> list[Path]:
     """Class folders under an MVTec root (those with train/good), or the one named ``only``.
 
-    ``root`` may also be a class folder itself.
+    ``root`` may also be a class folder itself; ``only`` must then name just that class.
     """
     root = Path(root)
     if not root.is_dir():
         raise SpadimError(f"data folder {root} does not exist: give an MVTec AD root or class folder")
     if (root / "train").is_dir():
+        if only:  # a class folder: --classes may only name that class
+            name = root.resolve().name
+            wrong = [n for n in parse_list(only, "class", "--classes", example=name) if n != name]
+            if wrong:
+                raise SpadimError(f"--classes names {wrong[0]!r} but {root} is the class folder {name!r}: give "
+                                  f"the MVTec root ({root.resolve().parent}) to choose classes, or drop --classes")
         return [root]
     if only:
         names = parse_list(only, "class", "--classes", example="hazelnut,grid")
@@ -199,3 +237,22 @@ def load_masks(data: ClassData, pre: Preprocess, shapes: list[tuple[int, int]]) 
         if mask is not None:
             out[i] = pre.mask(read_mask(mask, shapes[i], img))
     return out
+
+
+def check_images(paths: list[Path]) -> list[tuple[int, int]]:
+    """Decode every image once -> original (H, W) of each; the first unreadable one raises.
+
+    Run before the backbone so that a bad file anywhere stops a run before any work,
+    not after hours of it. Threads: OpenCV decodes without the GIL.
+    """
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda p: read_rgb(p).shape[:2], paths))
+
+
+def check_class(data: ClassData) -> None:
+    """Decode all train and test images and ground-truth masks of a class (sizes checked)."""
+    check_images(data.train)
+    shapes = check_images(data.test)
+    for img, mask, shape in zip(data.test, data.masks, shapes):
+        if mask is not None:
+            read_mask(mask, shape, img)

@@ -24,10 +24,11 @@ import numpy as np  # noqa: E402
 from scipy.stats import pearsonr  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from .cliargs import meta, say, start_study  # noqa: E402
 from .errors import SpadimError  # noqa: E402
 from .features import ALL_COMBOS  # noqa: E402
-from .pipeline import prepare_class, score_class  # noqa: E402
+from .metrics import undefined_notes  # noqa: E402
+from .padim import DEFAULT_D  # noqa: E402
+from .pipeline import Settings, prepare_class, score_class  # noqa: E402
 from .reports import (  # noqa: E402
     METRIC_COLUMNS,
     markdown_table,
@@ -35,6 +36,7 @@ from .reports import (  # noqa: E402
     with_means,
     write_table,
 )
+from .session import meta, say, start_study  # noqa: E402
 
 
 def combo_name(combo) -> str:
@@ -42,7 +44,9 @@ def combo_name(combo) -> str:
 
 
 def _signature(s, methods: list[str], weights_id: str) -> dict:
-    return {"arch": s.arch, "weights": weights_id, "resize": s.resize, "crop": s.crop, "k": s.k, "d": s.d,
+    """What must match for stored results to be reused; d is the effective one, so that
+    the default and the same value given explicitly resume each other."""
+    return {"arch": s.arch, "weights": weights_id, "resize": s.resize, "crop": s.crop, "k": s.k, "d": s.padim_d,
             "seed": s.seed, "methods": methods}
 
 
@@ -53,7 +57,10 @@ def _load_partial(path: Path, sig: dict) -> dict:
         d = json.loads(path.read_text())
     except json.JSONDecodeError:
         return {}  # a damaged partial file is recomputed
-    if d.get("signature") != sig:
+    old = d.get("signature") or {}
+    if old.get("d") is None and old.get("arch") in DEFAULT_D:  # written before d was stored resolved
+        old = {**old, "d": DEFAULT_D[old["arch"]]}
+    if old != sig:
         raise SpadimError(f"{path} holds a sweep with other settings ({d.get('signature')}): use another --out or delete it")
     return d.get("results", {})
 
@@ -134,10 +141,12 @@ def figure5(path: Path, rows: list[dict], methods: list[str], corr: dict, banner
     save_figure(fig, path, "Layer-combination study (study Figure 5)", banner)
 
 
-def run(a) -> None:
-    s, methods, classes, fx = start_study(a)
+def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classes: str | None = None) -> None:
+    """Sweep every layer combination of ``methods`` over the classes of ``data`` into ``out``
+    (resuming results already there); ``classes`` is a comma list, None for all."""
+    methods, classes, fx = start_study(s, data, methods, classes)
     sig = _signature(s, methods, fx.weights.sha256)
-    out = Path(a.out)
+    out = Path(out)
     partial = {c.name: _load_partial(out / "per_class" / f"{c.name}.json", sig) for c in classes}
     jobs = [(c, combo, m) for c in classes for combo in ALL_COMBOS for m in methods
             if f"{combo_name(combo)}/{m}" not in partial[c.name]]
@@ -149,6 +158,8 @@ def run(a) -> None:
         if not todo:
             continue
         cr = prepare_class(fx, cdir)
+        for note in undefined_notes(cr.masks, cr.labels):
+            say(f"warning: {cr.data.name}: {note}")
         results = partial[cdir.name]
         for combo, m in todo:
             metrics = score_class(cr, s, [m], combo)[m]
@@ -187,12 +198,3 @@ def _report(out: Path, classes, partial: dict, methods: list[str], info: dict, b
     print(md)
     say(f"results in {out}/ (layer_sweep.*, table3.*, best.*, figure5.png, summary.md, per_class/)")
 
-
-def add_parser(sub, common) -> None:
-    p = sub.add_parser("layer-sweep", help="proposal 2: all 15 layer combinations for SPADE and PaDiM (resumable)")
-    p.add_argument("data", type=Path, help="MVTec AD root or one class folder")
-    p.add_argument("--classes", default=None)
-    p.add_argument("--methods", default="spade,padim")
-    p.add_argument("--out", type=Path, default=Path("runs/layer-sweep"))
-    common(p, layers=False)
-    p.set_defaults(func=run)

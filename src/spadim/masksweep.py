@@ -20,18 +20,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .cliargs import (  # noqa: E402
-    check_multiplier,
-    mask_config,
-    meta,
-    say,
-    staged,
-    start_study,
-)
-from .errors import SpadimError  # noqa: E402
-from .lists import parse_list  # noqa: E402
-from .objmask import DETECTORS, foreground_estimate, mask_quality  # noqa: E402
+from .metrics import undefined_notes  # noqa: E402
+from .objmask import MaskConfig, foreground_estimate, mask_quality  # noqa: E402
 from .pipeline import (  # noqa: E402
+    Settings,
     class_object_masks,
     masked_result,
     prepare_class,
@@ -48,19 +40,9 @@ from .reports import (  # noqa: E402
     with_means,
     write_table,
 )
+from .session import meta, say, staged, start_study  # noqa: E402
 
 DEFAULT_MULTIPLIERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-
-
-def parse_floats(text: str) -> list[float]:
-    vals = parse_list(text, "multiplier", "--multipliers", convert=float, example="0,0.2,0.4,0.6,0.8,1")
-    if any(not 0 <= v <= 1 for v in vals):
-        raise SpadimError(f"--multipliers {text!r} must be numbers in [0, 1], e.g. --multipliers 0,0.2,0.4,0.6,0.8,1")
-    return vals
-
-
-def parse_detectors(text: str) -> list[str]:
-    return parse_list(text.lower(), "detector", "--detectors", DETECTORS, example="orb,akaze")
 
 
 def suitability_row(cls: str, det: str, obj, gt, fg, n_fallback: int) -> dict:
@@ -106,18 +88,22 @@ def sweep_plot(path: Path, rows: list[dict], method: str, detectors: list[str], 
     save_figure(fig, path, f"Outside-mask multiplier sweep ({method}; r = 1 is no mask)", banner, dpi=80)
 
 
-def run(a) -> None:
-    detectors = parse_detectors(a.detectors)
-    rs = parse_floats(a.multipliers)
-    show_r = check_multiplier(a.show_multiplier)
-    cfgs = {d: mask_config(a, d) for d in detectors}
-    s, methods, classes, fx = start_study(a)
+def run(s: Settings, data: Path, out: Path, cfgs: dict[str, MaskConfig], methods: str = "spade,padim",
+        classes: str | None = None, multipliers=DEFAULT_MULTIPLIERS, show_r: float = 0.6,
+        examples: int = 4) -> None:
+    """Mask every class of ``data`` with each detector's config in ``cfgs`` and sweep the
+    outside multipliers; ``show_r`` is the multiplier drawn in the example panels."""
+    detectors, rs = list(cfgs), list(multipliers)
+    methods, classes, fx = start_study(s, data, methods, classes)
+    results = Path(out)
     banner = fx.weights.banner
     suit, sweep, warnings = [], [], []
-    with staged(a.out) as out:
+    with staged(results) as out:
         for cdir in classes:
             t0 = time.perf_counter()
             cr = prepare_class(fx, cdir)
+            for note in undefined_notes(cr.masks, cr.labels):
+                say(f"warning: {cr.data.name}: {note}")
             score_class(cr, s, methods)
             masks = {}
             fg = np.stack([foreground_estimate(im) for im in cr.test.images])
@@ -130,7 +116,7 @@ def run(a) -> None:
                     for r in rs:
                         metrics = masked_result(cr, name, obj, r)[2]
                         sweep.append({"class": cr.data.name, "method": name, "detector": det, "multiplier": r, **metrics})
-            idx = pick_examples(cr.data.defects, a.examples)
+            idx = pick_examples(cr.data.defects, examples)
             mask_grid(out / "mask_grids" / f"{cr.data.name}.png", f"{cr.data.name}: keypoint object masks (green)",
                       cr.test.images, masks, idx, banner)
             show = detectors[0]
@@ -161,19 +147,5 @@ def run(a) -> None:
     print(md)
     for w in warnings:
         say(f"warning: object mask fell back to the full frame: {w}")
-    say(f"results in {a.out}/ (suitability.*, multiplier_sweep.*, mask_grids/, examples/)")
+    say(f"results in {results}/ (suitability.*, multiplier_sweep.*, mask_grids/, examples/)")
 
-
-def add_parser(sub, common, mask_args) -> None:
-    p = sub.add_parser("mask-sweep", help="proposal 1: detector suitability and outside-mask multiplier sweep")
-    p.add_argument("data", type=Path, help="MVTec AD root or one class folder")
-    p.add_argument("--classes", default=None)
-    p.add_argument("--methods", default="spade,padim")
-    p.add_argument("--detectors", default=",".join(DETECTORS), help="default: %(default)s")
-    p.add_argument("--multipliers", default=",".join(str(r) for r in DEFAULT_MULTIPLIERS), help="default: %(default)s")
-    p.add_argument("--show-multiplier", type=float, default=0.6, help="r used in the example pictures (default: %(default)s)")
-    p.add_argument("--examples", type=int, default=4)
-    p.add_argument("--out", type=Path, default=Path("runs/mask-sweep"))
-    common(p)
-    mask_args(p, sweep=True)
-    p.set_defaults(func=run)

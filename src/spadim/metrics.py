@@ -147,6 +147,25 @@ def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> float:
     return area / max_fpr
 
 
+NO_ANOMALIES = "no anomalous test images: pixel metrics undefined"
+
+
+def undefined_notes(masks: np.ndarray, image_labels: np.ndarray) -> list[str]:
+    """Why a test split's metrics come out NaN, in words for tables and logs (empty if none is).
+
+    A NaN alone reads like a bug; a split without defects is a data problem the user can fix.
+    """
+    labels = np.asarray(image_labels).astype(bool)
+    notes = []
+    if not labels.any():
+        notes.append(NO_ANOMALIES)
+    elif not np.any(masks):
+        notes.append("no anomalous pixels in the ground-truth masks: pixel metrics undefined")
+    if labels.size and labels.all():
+        notes.append("no good test images: image AUROC undefined")
+    return notes
+
+
 def evaluate_maps(
     maps: np.ndarray,
     masks: np.ndarray,

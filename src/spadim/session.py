@@ -1,0 +1,111 @@
+"""Run plumbing shared by the CLI and the study modules: progress, staged output, output
+checks, run metadata and the common start of a study.
+
+Nothing here knows about argparse, so the studies can be driven from Python as well as
+from the command line, and the command line stays a thin layer over them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import __version__
+from .data import check_class, find_classes, load_class
+from .errors import SpadimError
+from .features import FeatureExtractor
+from .methods import parse_methods
+from .pipeline import Settings, make_extractor
+
+
+def progress(items, desc: str, total_images: int):
+    """tqdm over batches, shown on terminals only (CI logs stay readable)."""
+    return tqdm(items, desc=f"{desc} ({total_images} img)", unit="batch", disable=None, leave=False)
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _existing_ancestor(path: Path, flag: str) -> Path:
+    """The nearest existing folder at or above ``path``; a file on the way is an error."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise SpadimError(f"{flag} {path}: {p} is a file, not a folder: give a path in a folder")
+            if not os.access(p, os.W_OK):
+                raise SpadimError(f"{flag} {path}: folder {p} is not writable: give a writable path")
+            return p
+    return Path(".")
+
+
+def check_out_dir(path: Path, flag: str = "--out") -> None:
+    """Results folder: checked before any work, so a bad path costs seconds, not the run."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SpadimError(f"{flag} {path} is a file: give a folder for the results")
+    _existing_ancestor(path, flag)
+
+
+def check_out_file(path: Path, flag: str = "--out") -> None:
+    """Output file (a model): must not be a folder, and its folder must be creatable."""
+    path = Path(path)
+    if path.is_dir():
+        raise SpadimError(f"{flag} {path} is a folder: give a file name for the model, e.g. {path / 'm.pt'}")
+    _existing_ancestor(path.parent, flag)
+
+
+@contextlib.contextmanager
+def staged(out: Path):
+    """Yield a staging folder; on success move its entries into ``out``, else delete it."""
+    out = Path(out)
+    check_out_dir(out)
+    stage = out.parent / f".{out.name}.staging-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in stage.iterdir():
+        dest = out / entry.name
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        entry.replace(dest)
+    stage.rmdir()
+
+
+def check_multiplier(r: float, flag: str = "--outside-multiplier") -> float:
+    if not 0.0 <= r <= 1.0:
+        raise SpadimError(f"{flag} {r} is outside [0, 1]: 1 keeps scores, 0 zeroes them outside the mask")
+    return r
+
+
+def meta(s: Settings, fx: FeatureExtractor, **extra) -> dict:
+    return {"spadim": __version__, "weights": fx.weights.describe(), "pretrained": fx.weights.pretrained,
+            "arch": s.arch, "resize": s.resize, "crop": s.crop, "layers": list(s.layers), "k": s.k,
+            "d": s.padim_d, "seed": s.seed, **extra}
+
+
+def start_study(s: Settings, data: Path, methods: str, classes: str | None = None
+                ) -> tuple[list[str], list[Path], FeatureExtractor]:
+    """Common start of evaluate and the studies -> (methods, class folders, extractor).
+
+    Methods, the layout of every class and every image and mask (fully decoded) are checked
+    before the backbone is loaded, so a bad file in the last class fails in seconds instead
+    of discarding the finished classes. The weights in use are announced on stderr.
+    """
+    names = parse_methods(methods)
+    dirs = find_classes(data, classes)
+    for c in [load_class(c) for c in dirs]:  # every layout first: cheap, then the decoding
+        check_class(c)
+    fx = make_extractor(s, progress)
+    say(fx.weights.describe())
+    return names, dirs, fx
