@@ -22,22 +22,31 @@ def test_all_combos_are_the_15_nonempty_subsets():
     assert all(c and list(c) == sorted(set(c)) and set(c) <= {1, 2, 3, 4} for c in ALL_COMBOS)
 
 
-def _extractor(cache_dir=None):
+def _extractor(cache_dir=None, **kw):
     model, w = load_backbone("resnet18", "random", seed=0)
-    return FeatureExtractor(model, w, Preprocess(72, 64), batch_size=4, cache_dir=cache_dir)
+    return FeatureExtractor(model, w, Preprocess(72, 64), batch_size=4, cache_dir=cache_dir, **kw)
 
 
-def test_extractor_shapes_and_each_image_once(tiny_root):
+def test_extractor_shapes_batches_and_kept_layers(tiny_root):
     data = load_class(tiny_root / "nut")
     fx = _extractor()
     fs = fx(data.train)
+    assert fx.n_forward == len(data.train)
     assert {l: tuple(t.shape[1:]) for l, t in fs.layers.items()} == {1: (64, 16, 16), 2: (128, 8, 8), 3: (256, 4, 4), 4: (512, 2, 2)}
     assert fs.pooled.shape == (len(data.train), 512) and fs.images.shape == (len(data.train), 64, 64, 3)
-    again = fx(data.train + data.test)
-    assert fx.n_forward == len(data.train) + len(data.test)  # train images were not recomputed
-    assert torch.equal(again.layers[2][: len(data.train)], fs.layers[2])
+    assert fs.layers[1].is_contiguous(memory_format=torch.channels_last)
     # the pooled vector is the mean of layer 4
     assert torch.allclose(fs.pooled, fs.layers[4].mean(dim=(2, 3)), atol=1e-5)
+    # batching does not change features: one image alone gives the same rows
+    alone = fx(data.train[2:3])
+    assert torch.allclose(alone.layers[2][0], fs.layers[2][2], atol=1e-5)
+    # only the layers asked for are kept, and without the pooled vector the pass stops early
+    slim = _extractor(layers=(1, 2), pooled=False)
+    assert slim.last == 2
+    part = slim(data.train)
+    assert set(part.layers) == {1, 2} and part.pooled is None
+    assert torch.allclose(part.layers[2], fs.layers[2], atol=1e-5)
+    assert [len(b) for b in fs.batches(4)] == [4, 2] and torch.equal(fs.rows(4, 6).layers[3], fs.layers[3][4:6])
 
 
 def test_disk_cache_round_trip(tiny_root, tmp_path):
@@ -63,3 +72,19 @@ def test_embed_is_nearest_upsampled_concatenation():
     e = embed(fs, (2, 4), idx=torch.tensor([1]))
     assert e.shape == (1, 7, 4, 4) and torch.equal(e[0, :5], layers[2][1])
     assert torch.equal(e[:, 5:], F.interpolate(layers[4][1:], size=(4, 4), mode="nearest"))
+
+
+def test_evaluate_passes_each_image_through_the_backbone_once(tiny_root):
+    from spadim.pipeline import Settings, evaluate_class, make_extractor
+
+    s = Settings(arch="resnet18", weights="random", resize=72, crop=64, stream_size=3)
+    fx = make_extractor(s, methods=["spade", "padim"])
+    run, metrics = evaluate_class(fx, tiny_root / "nut", s, ["spade", "padim"])
+    assert fx.n_forward == len(run.data.train) + len(run.data.test)
+    assert set(fx.layers) == {1, 2, 3} and fx.last == 4  # layer-4 maps are not kept, only SPADE's pooled vector
+    assert run.maps["padim"].shape == (len(run.data.test), 64, 64) and not run.test.layers  # test features dropped
+    # PaDiM alone streams its training images and stops the forward pass at layer 3
+    fx = make_extractor(s, methods=["padim"])
+    streamed, _ = evaluate_class(fx, tiny_root / "nut", s, ["padim"])
+    assert fx.last == 3 and not streamed.train.layers and len(streamed.train.images) == len(run.data.train)
+    np.testing.assert_allclose(streamed.maps["padim"], run.maps["padim"], rtol=1e-5, atol=1e-5)

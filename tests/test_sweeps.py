@@ -53,25 +53,31 @@ def test_sweep_equals_single_evaluate_runs(layer_sweep, tiny_root, tmp_path, lay
 
 
 def test_interrupted_sweep_resumes(tiny_root, tmp_path, monkeypatch, layer_sweep):
+    """SPADE's 15 subsets come from one set of per-layer maps per class; PaDiM fits each subset."""
     out = tmp_path / "ls"
-    real = ls.score_class
-    calls = {"n": 0}
+    real_padim, real_spade = ls.score_class, ls.spade_subsets
+    calls = {"padim": 0, "spade": 0}
 
     def flaky(*a, **k):
-        calls["n"] += 1
-        if calls["n"] > 20:
+        calls["padim"] += 1
+        if calls["padim"] > 10:
             raise KeyboardInterrupt
-        return real(*a, **k)
+        return real_padim(*a, **k)
+
+    def counted(*a, **k):
+        calls["spade"] += 1
+        return real_spade(*a, **k)
 
     monkeypatch.setattr(ls, "score_class", flaky)
+    monkeypatch.setattr(ls, "spade_subsets", counted)
     assert main(["layer-sweep", str(tiny_root), "--out", str(out), *FAST]) == 130
     partial = json.loads((out / "per_class" / "nut.json").read_text())["results"]
-    assert len(partial) == 20
-    calls["n"] = -1000
+    assert len(partial) == 15 + 10 and calls["spade"] == 1
+    calls.update(padim=-1000, spade=0)
     seen = []
-    monkeypatch.setattr(ls, "score_class", lambda *a, **k: seen.append(1) or real(*a, **k))
+    monkeypatch.setattr(ls, "score_class", lambda *a, **k: seen.append(1) or real_padim(*a, **k))
     assert main(["layer-sweep", str(tiny_root), "--out", str(out), *FAST]) == 0
-    assert len(seen) == 60 - 20  # only the missing results were computed
+    assert len(seen) == 5 + 15 and calls["spade"] == 1  # only the missing results were computed
     assert _rows(out / "layer_sweep.json") == _rows(layer_sweep / "layer_sweep.json")
     # a rerun with other settings refuses to mix results
     assert main(["layer-sweep", str(tiny_root), "--out", str(out), *FAST[:-1], "7"]) == 2

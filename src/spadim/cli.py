@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, layersweep, masksweep
-from .backbone import ARCHS, load_backbone
+from .backbone import ARCHS, load_backbone, locate, weights_report
 from .cliargs import (
     add_common,
     add_mask_args,
@@ -29,18 +29,21 @@ from .cliargs import (
 from .data import IMAGE_EXTS, Preprocess, check_images, list_images, load_class
 from .errors import SpadimError
 from .features import FeatureExtractor
+from .lists import parse_list
 from .methods import parse_methods
 from .metrics import undefined_notes
 from .modelfile import load_model, save_model
 from .objmask import DETECTORS
 from .pipeline import (
     class_object_masks,
+    evaluate_class,
+    fit_methods,
     make_extractor,
     masked_result,
+    needed_features,
     object_masks,
-    prepare_class,
     reference_indices,
-    score_class,
+    score_stream,
     suppress_outside,
 )
 from .reports import (
@@ -65,9 +68,29 @@ def cmd_make_data(a) -> None:
 
 
 def cmd_weights(a) -> None:
-    """Report which checkpoint would be used; exit 2 (with how to get one) when there is none."""
-    _, w = load_backbone(a.arch, a.weights)
-    print(w.describe())
+    """Without --arch: where every architecture's weights are, or why none were found.
+
+    With --arch: the checkpoint that would be used (downloaded if needed); exit 2 when none.
+    With --first: the first listed architecture whose weights exist or download (for `make demo`).
+    """
+    if a.first:
+        archs = parse_list(a.first, "architecture", "--first", ARCHS, example="wide_resnet50_2,resnet50_caffe")
+        reasons = []
+        for arch in archs:
+            try:
+                locate(arch, a.weights)
+            except SpadimError as exc:
+                reasons.append(str(exc))
+                continue
+            print(arch)
+            return
+        raise SpadimError(f"no weights for any of {', '.join(archs)}: " + " | ".join(reasons))
+    if a.arch:
+        _, w = load_backbone(a.arch, a.weights)
+        print(w.describe())
+        return
+    for arch, path, why in weights_report(a.weights):
+        print(f"{arch:<16} {'ok  ' if path else 'none'} {why}")
 
 
 def cmd_evaluate(a) -> None:
@@ -79,8 +102,7 @@ def cmd_evaluate(a) -> None:
     with staged(a.out) as out:
         for cdir in classes:
             t0 = time.perf_counter()
-            run = prepare_class(fx, cdir)
-            metrics = score_class(run, s, methods)
+            run, metrics = evaluate_class(fx, cdir, s, methods)
             notes = undefined_notes(run.masks, run.labels)
             for n in notes:
                 say(f"warning: {run.data.name}: {n}")
@@ -126,11 +148,11 @@ def cmd_fit(a) -> None:
     (method_name,) = parse_methods(a.method)
     data = load_class(a.data, need_test=False)
     check_images(data.train)  # a bad file fails now, not after the backbone has run
-    fx = make_extractor(s, progress)
+    fx = make_extractor(s, progress, [method_name])
     say(fx.weights.describe())
-    train = fx(data.train, f"{data.name} train")
     t0 = time.perf_counter()
-    method = s.method(method_name).fit(train)
+    fitted, train = fit_methods(fx, data.train, s, [method_name], desc=f"{data.name} train")
+    method = fitted[method_name]
     refs = train.images[reference_indices(len(train), a.refs)]
     save_model(a.out, method, fx.weights, s.pre, data.name, refs)
     say(f"fitted {method_name} on {len(train)} images of {data.name} in {time.perf_counter() - t0:.1f} s -> {a.out}")
@@ -169,9 +191,10 @@ def cmd_predict(a) -> None:
                           f"weights found are {w.sha256[:12]} ({w.source}): pass the same checkpoint with --weights")
     say(w.describe())
     pre = Preprocess(**blob["preprocess"])
-    fx = FeatureExtractor(model, w, pre, a.batch_size, None, progress)
-    fs = fx(paths, "predict")
-    maps, scores = method.score(fs, pre.crop)
+    layers, pooled = needed_features([method.name], [method.layers])
+    fx = FeatureExtractor(model, w, pre, a.batch_size, None, progress, layers, pooled)
+    fs, maps, scores = score_stream(fx, paths, {method.name: method}, max(32, a.batch_size), pre.crop, "predict")
+    maps, scores = maps[method.name], scores[method.name]
     warnings = []
     if cfg:
         obj, warnings = object_masks(fs.images, blob["ref_images"].numpy(), cfg)
@@ -223,8 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_data)
 
-    p = sub.add_parser("weights", help="show which ImageNet checkpoint would be used (exit 2 if none)")
-    p.add_argument("--arch", default="wide_resnet50_2", choices=ARCHS)
+    p = sub.add_parser("weights", help="list each backbone's ImageNet checkpoint, or check one (exit 2 if none)")
+    p.add_argument("--arch", default=None, choices=ARCHS, help="check (and download if needed) this one")
+    p.add_argument("--first", default=None, metavar="ARCH,ARCH", help="print the first arch with weights")
     p.add_argument("--weights", default=None, help="checkpoint file or folder to check")
     p.set_defaults(func=cmd_weights)
 

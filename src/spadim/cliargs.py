@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .spade import FUSIONS
 from .backbone import ARCHS
 from .errors import SpadimError
 from .features import parse_layers
@@ -34,6 +35,9 @@ def add_common(p: argparse.ArgumentParser, layers: bool = True) -> None:
         m.add_argument("--layers", default="1,2,3", help="backbone layers to use, subset of 1,2,3,4 (default: %(default)s)")
     m.add_argument("--k", type=int, default=5, help="SPADE: nearest training images (default: %(default)s)")
     m.add_argument("--d", type=int, default=None, help="PaDiM: random channels kept (default: 100 resnet18, 550 others)")
+    m.add_argument("--spade-fusion", default="mean", choices=FUSIONS,
+                   help="SPADE: 'mean' of per-layer distance maps (reference code) or one search over "
+                        "'concat'enated layers (default: %(default)s)")
 
 
 def add_mask_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
@@ -54,7 +58,7 @@ def settings_from(a) -> Settings:
     return Settings(
         arch=a.arch, weights=a.weights, resize=a.resize, crop=a.crop,
         layers=parse_layers(a.layers) if hasattr(a, "layers") else (1, 2, 3),
-        k=a.k, d=a.d, seed=a.seed, batch_size=a.batch_size, cache_dir=a.cache_dir,
+        k=a.k, d=a.d, seed=a.seed, batch_size=a.batch_size, cache_dir=a.cache_dir, spade_fusion=a.spade_fusion,
     )
 
 

@@ -1,9 +1,9 @@
-"""Per-image feature extraction, computed once and cached, and the layer-subset embedding.
+"""Per-image feature extraction, computed once per run, and the layer-subset embedding.
 
-Every image is passed through the backbone once per run: all four layer maps (at
-their native resolutions) and the pooled layer-4 vector are kept in memory and,
-with ``cache_dir``, on disk. Any layer subset is then built from that cache by
-:func:`embed`, so sweeps over layer combinations never re-run the network.
+Every image is passed through the backbone once per run: the layer maps some method
+needs (at their native resolutions) and, for SPADE's retrieval, the pooled layer-4
+vector are kept in memory and, with ``cache_dir``, on disk. Any layer subset is then
+built from them, so sweeps over layer combinations never re-run the network.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,16 +35,31 @@ def parse_layers(text: str | Iterable[int]) -> tuple[int, ...]:
 
 @dataclass
 class FeatureSet:
-    """Features of a list of images, row-aligned with ``paths``."""
+    """Features of a list of images, row-aligned with ``paths``.
+
+    Only the layers some method needs are present. Layer maps are stored channels-last in
+    memory (``[N, C, h, w]`` views of ``[N, h, w, C]`` storage), the layout the per-position
+    searches and Gaussians read.
+    """
 
     paths: list[Path]
     layers: dict[int, torch.Tensor]  # layer id -> [N, C, h, w] float32
-    pooled: torch.Tensor  # [N, C4] global-average-pooled layer 4
+    pooled: torch.Tensor | None  # [N, C4] global-average-pooled layer 4 (None when not needed)
     images: np.ndarray  # [N, crop, crop, 3] uint8 RGB (preprocessed frame)
     shapes: list[tuple[int, int]]  # original (H, W) per image
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.images)
+
+    def rows(self, start: int, stop: int) -> "FeatureSet":
+        """Images ``start:stop`` as views (no copy)."""
+        return FeatureSet(self.paths[start:stop], {l: t[start:stop] for l, t in self.layers.items()},
+                          None if self.pooled is None else self.pooled[start:stop], self.images[start:stop],
+                          self.shapes[start:stop])
+
+    def batches(self, size: int) -> Iterator["FeatureSet"]:
+        for start in range(0, len(self), size):
+            yield self.rows(start, start + size)
 
 
 def embed(fs: FeatureSet, layers: Sequence[int], idx=None) -> torch.Tensor:
@@ -59,7 +74,14 @@ def embed(fs: FeatureSet, layers: Sequence[int], idx=None) -> torch.Tensor:
 
 
 class FeatureExtractor:
-    """Runs the backbone over image files once, caching results in memory and on disk."""
+    """Runs the backbone over image files, keeping only the layers that are needed.
+
+    Each call returns one :class:`FeatureSet` filled batch by batch into preallocated
+    tensors: a class's features exist once in memory. Reuse across methods and layer
+    subsets happens by keeping that FeatureSet; reuse across runs by the disk cache
+    (``cache_dir``, float32, one file per image). ``n_forward`` counts images passed
+    through the network, for tests and benchmarks.
+    """
 
     def __init__(
         self,
@@ -69,65 +91,88 @@ class FeatureExtractor:
         batch_size: int = 8,
         cache_dir: Path | None = None,
         progress: Callable[[Iterable, str, int], Iterable] | None = None,
+        layers: Sequence[int] = LAYER_IDS,
+        pooled: bool = True,
     ):
-        self.model, self.weights, self.pre = model, weights, pre
+        self.model, self.weights, self.pre = model.to(memory_format=torch.channels_last), weights, pre
         self.batch_size = batch_size
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.progress = progress
-        self._memory: dict[str, tuple[dict, torch.Tensor, np.ndarray, tuple[int, int]]] = {}
-        self.n_forward = 0  # images actually passed through the network (for tests and benchmarks)
-
-    def clear(self) -> None:
-        """Drop the in-memory cache (e.g. after each class; the disk cache stays)."""
-        self._memory.clear()
+        self.layers, self.pooled = tuple(sorted(layers)), pooled
+        # the pooled vector needs layer 4; otherwise the forward pass stops at the last kept layer
+        self.last = 4 if pooled else max(self.layers)
+        self.n_forward = 0
 
     def _key(self, path: Path) -> str:
         st = path.stat()
-        ident = f"{self.weights.arch}|{self.weights.sha256}|{self.pre.resize}|{self.pre.crop}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        ident = (f"{self.weights.arch}|{self.weights.sha256}|{self.pre.resize}|{self.pre.crop}|{path.resolve()}|"
+                 f"{st.st_size}|{st.st_mtime_ns}")
         return hashlib.sha1(ident.encode()).hexdigest()
+
+    def _shapes(self) -> dict:
+        with torch.inference_mode():
+            out = self.model.features(torch.zeros(1, 3, self.pre.crop, self.pre.crop), self.last)
+        return {k: tuple(v.shape[1:]) for k, v in out.items()}
 
     def __call__(self, paths: Sequence[Path], desc: str = "features") -> FeatureSet:
         paths = [Path(p) for p in paths]
         if not paths:
             raise SpadimError("no images to extract features from")
-        keys = [self._key(p) for p in paths]
-        todo = [i for i, k in enumerate(keys) if k not in self._memory and not self._from_disk(k)]
+        n, shapes = len(paths), self._shapes()
+        layers = {l: torch.empty((n, *shapes[l]), memory_format=torch.channels_last) if len(shapes[l]) == 3
+                  else torch.empty((n, *shapes[l])) for l in self.layers}
+        pooled = torch.empty((n, *shapes["pool"])) if self.pooled else None
+        fs = FeatureSet(paths, layers, pooled, np.zeros((n, self.pre.crop, self.pre.crop, 3), np.uint8), [(0, 0)] * n)
+        keys = [self._key(p) for p in paths] if self.cache_dir else []
+        todo = [i for i in range(n) if not (self.cache_dir and self._from_disk(keys[i], fs, i))]
         batches = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
-        it = self.progress(batches, desc, len(todo)) if self.progress and batches else batches
-        for batch in it:
-            self._run([paths[i] for i in batch], [keys[i] for i in batch])
-        items = [self._memory[k] for k in keys]
-        return FeatureSet(
-            paths=paths,
-            layers={l: torch.cat([it[0][l] for it in items]) for l in LAYER_IDS},
-            pooled=torch.cat([it[1] for it in items]),
-            images=np.stack([it[2] for it in items]),
-            shapes=[it[3] for it in items],
-        )
+        for batch in self.progress(batches, desc, len(todo)) if self.progress and batches else batches:
+            self._run(fs, batch, keys)
+        return fs
 
-    def _run(self, paths: list[Path], keys: list[str]) -> None:
-        images, shapes = load_images(paths, self.pre)
+    def stream(self, paths: Sequence[Path], size: int, desc: str = "features") -> Iterator[FeatureSet]:
+        """Features of ``size`` images at a time: memory bounded by the chunk, not the list."""
+        for start in range(0, len(paths), size):
+            yield self(paths[start : start + size], desc)
+
+    def _run(self, fs: FeatureSet, rows: list[int], keys: list[str]) -> None:
+        images, shapes = load_images([fs.paths[i] for i in rows], self.pre)
+        x = torch.from_numpy(normalize(images)).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            out = self.model.features(torch.from_numpy(normalize(images)))
-        self.n_forward += len(paths)
-        for j, key in enumerate(keys):
-            item = ({l: out[l][j : j + 1].clone() for l in LAYER_IDS}, out["pool"][j : j + 1].clone(), images[j], shapes[j])
-            self._memory[key] = item
+            out = self.model.features(x, self.last)
+        self.n_forward += len(rows)
+        for j, i in enumerate(rows):
+            for l in self.layers:
+                fs.layers[l][i] = out[l][j]
+            if fs.pooled is not None:
+                fs.pooled[i] = out["pool"][j]
+            fs.images[i], fs.shapes[i] = images[j], tuple(shapes[j])
             if self.cache_dir:
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                tmp = self.cache_dir / f"{key}.tmp"
-                torch.save({"layers": item[0], "pool": item[1], "image": torch.from_numpy(item[2]), "shape": list(item[3])}, tmp)
-                tmp.replace(self.cache_dir / f"{key}.pt")
+                self._to_disk(keys[i], {l: out[l][j] for l in LAYER_IDS if l in out}, out.get("pool"), j,
+                              images[j], shapes[j])
 
-    def _from_disk(self, key: str) -> bool:
-        if not self.cache_dir:
-            return False
+    def _to_disk(self, key: str, layers: dict, pool, j: int, image: np.ndarray, shape) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.cache_dir / f"{key}.tmp"
+        entry = {"layers": {l: t.contiguous().clone() for l, t in layers.items()},
+                 "pool": None if pool is None else pool[j].clone(), "image": torch.from_numpy(image),
+                 "shape": list(shape)}
+        torch.save(entry, tmp)
+        tmp.replace(self.cache_dir / f"{key}.pt")
+
+    def _from_disk(self, key: str, fs: FeatureSet, i: int) -> bool:
         f = self.cache_dir / f"{key}.pt"
         if not f.is_file():
             return False
         try:
-            d = torch.load(f, map_location="cpu", weights_only=True)
-            self._memory[key] = ({int(l): t for l, t in d["layers"].items()}, d["pool"], d["image"].numpy(), tuple(d["shape"]))
+            entry = torch.load(f, map_location="cpu", weights_only=True)
+            if any(l not in entry["layers"] for l in self.layers) or (fs.pooled is not None and entry["pool"] is None):
+                return False  # cached by a run that needed fewer layers
+            for l in self.layers:
+                fs.layers[l][i] = entry["layers"][l]
+            if fs.pooled is not None:
+                fs.pooled[i] = entry["pool"]
+            fs.images[i], fs.shapes[i] = entry["image"].numpy(), tuple(entry["shape"])
         except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
             return False
         return True

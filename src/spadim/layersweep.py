@@ -26,7 +26,7 @@ from tqdm import tqdm  # noqa: E402
 
 from .errors import SpadimError  # noqa: E402
 from .features import ALL_COMBOS  # noqa: E402
-from .metrics import undefined_notes  # noqa: E402
+from .metrics import evaluate_maps, undefined_notes  # noqa: E402
 from .padim import DEFAULT_D  # noqa: E402
 from .pipeline import Settings, prepare_class, score_class  # noqa: E402
 from .reports import (  # noqa: E402
@@ -46,8 +46,10 @@ def combo_name(combo) -> str:
 def _signature(s, methods: list[str], weights_id: str) -> dict:
     """What must match for stored results to be reused; d is the effective one, so that
     the default and the same value given explicitly resume each other."""
-    return {"arch": s.arch, "weights": weights_id, "resize": s.resize, "crop": s.crop, "k": s.k, "d": s.padim_d,
-            "seed": s.seed, "methods": methods}
+    sig = {"arch": s.arch, "weights": weights_id, "resize": s.resize, "crop": s.crop, "k": s.k, "d": s.padim_d,
+           "seed": s.seed, "methods": methods}
+    # SPADE results depend on the fusion; sweeps before it existed concatenated, so they do not resume
+    return {**sig, "spade_fusion": s.spade_fusion} if "spade" in methods else sig
 
 
 def _load_partial(path: Path, sig: dict) -> dict:
@@ -141,10 +143,22 @@ def figure5(path: Path, rows: list[dict], methods: list[str], corr: dict, banner
     save_figure(fig, path, "Layer-combination study (study Figure 5)", banner)
 
 
+def spade_subsets(cr, s: Settings, combos) -> dict[tuple[int, ...], dict]:
+    """SPADE metrics of each layer subset. Each layer's nearest-neighbour grid is computed once;
+    a subset's map is the reference fusion of its layers' grids (identical to scoring it alone)."""
+    used = tuple(sorted({l for combo in combos for l in combo}))
+    spade = s.method("spade", used).fit(cr.train)
+    dist, idx = spade.neighbours(cr.test)
+    grids = spade.layer_grids(cr.test, idx)
+    scores = dist.mean(dim=1).numpy()
+    return {combo: evaluate_maps(spade.fuse([grids[l] for l in combo], s.crop), cr.masks, scores, cr.labels)
+            for combo in combos}
+
+
 def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classes: str | None = None) -> None:
     """Sweep every layer combination of ``methods`` over the classes of ``data`` into ``out``
     (resuming results already there); ``classes`` is a comma list, None for all."""
-    methods, classes, fx = start_study(s, data, methods, classes)
+    methods, classes, fx = start_study(s, data, methods, classes, ALL_COMBOS)
     sig = _signature(s, methods, fx.weights.sha256)
     out = Path(out)
     partial = {c.name: _load_partial(out / "per_class" / f"{c.name}.json", sig) for c in classes}
@@ -161,6 +175,14 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
         for note in undefined_notes(cr.masks, cr.labels):
             say(f"warning: {cr.data.name}: {note}")
         results = partial[cdir.name]
+        spade_todo = [combo for combo, m in todo if m == "spade"]
+        if spade_todo and s.spade_fusion == "mean":  # every subset from one set of per-layer maps
+            for combo, metrics in spade_subsets(cr, s, spade_todo).items():
+                results[f"{combo_name(combo)}/spade"] = metrics
+                bar.update(1)
+                done += 1
+            _save_partial(out / "per_class" / f"{cdir.name}.json", sig, results)
+            todo = [(combo, m) for combo, m in todo if m != "spade"]
         for combo, m in todo:
             metrics = score_class(cr, s, [m], combo)[m]
             results[f"{combo_name(combo)}/{m}"] = metrics

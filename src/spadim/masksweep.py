@@ -26,8 +26,7 @@ from .pipeline import (  # noqa: E402
     Settings,
     class_object_masks,
     masked_result,
-    prepare_class,
-    score_class,
+    evaluate_class,
     suppress_outside,
 )
 from .reports import (  # noqa: E402
@@ -101,10 +100,9 @@ def run(s: Settings, data: Path, out: Path, cfgs: dict[str, MaskConfig], methods
     with staged(results) as out:
         for cdir in classes:
             t0 = time.perf_counter()
-            cr = prepare_class(fx, cdir)
+            cr = evaluate_class(fx, cdir, s, methods)[0]
             for note in undefined_notes(cr.masks, cr.labels):
                 say(f"warning: {cr.data.name}: {note}")
-            score_class(cr, s, methods)
             masks = {}
             fg = np.stack([foreground_estimate(im) for im in cr.test.images])
             for det, cfg in cfgs.items():

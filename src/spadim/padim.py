@@ -1,23 +1,34 @@
 """PaDiM (Defard et al. 2020): a Gaussian per feature position, Mahalanobis distance.
 
-The chosen layers are concatenated at the largest kept resolution (nearest
-upsampling, as the reference ``embedding_concat``); a random subset of ``d``
-channels is kept (seeded; d=100 for resnet18 and 550 for wide_resnet50_2 by default,
-capped by the number of channels). Per position: mean and sample covariance
-(divisor N-1, as ``np.cov``) + 0.01 I; the score is the Mahalanobis distance,
-upsampled bilinearly and blurred with a Gaussian of sigma 4; the image score is the
-map's maximum. Covariances are accumulated and factorised (Cholesky) in float64, as
-NumPy computes them in the reference code; the stored Cholesky factors are float32
-and the distance is ||L^-1 (x - mu)|| by a triangular solve, which equals the
-reference's (x - mu)^T C^-1 (x - mu) without forming the inverse.
+The reference concatenates the chosen layers at the largest kept resolution (nearest
+upsampling, ``embedding_concat``) and keeps a random subset of ``d`` channels (seeded;
+d=100 for resnet18 and 550 for the 50-layer nets by default, capped by the number of
+channels). Here the subset is drawn over the same concatenated channel index, but each
+layer's chosen channels are taken *before* upsampling, which gives the same vectors
+without ever building the full ``[N, sum C, H, W]`` embedding.
+
+Per position: mean and sample covariance (divisor N-1, as ``np.cov``) + 0.01 I; the
+score is the Mahalanobis distance, upsampled bilinearly and blurred (sigma 4); the image
+score is the map's maximum.
+
+Fitting streams over the training images in batches, accumulating per-position sums
+and outer-product sums in float32 around a shift (the first batch's mean), so memory
+does not grow with N and the shift keeps float32 sums accurate (tested against
+``np.cov``). Each position's covariance is factorised (Cholesky) in float64 in chunks
+and stored as a float32 lower factor L; the distance is ||L^-1 (x - mu)|| by a
+triangular solve, equal to the reference's (x - mu)^T C^-1 (x - mu) without an inverse.
+Model files keep only the factors' lower triangles.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .features import FeatureSet, embed
+from .features import FeatureSet
 from .maps import upsample_blur
 
 DEFAULT_D = {"resnet18": 100, "resnet50": 550, "resnet50_caffe": 550, "wide_resnet50_2": 550}
@@ -30,15 +41,83 @@ def channel_subset(n_channels: int, d: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.sort(rng.choice(n_channels, size=min(d, n_channels), replace=False)))
 
 
+def select_and_concat(fs: FeatureSet, layers: tuple[int, ...], idx: torch.Tensor) -> torch.Tensor:
+    """[N, L, d] vectors of the concatenated-channel ids ``idx``, selected per layer before upsampling."""
+    parts, offset = [], 0
+    size = max(fs.layers[l].shape[-1] for l in layers)
+    for l in layers:
+        c = fs.layers[l].shape[1]
+        local = idx[(idx >= offset) & (idx < offset + c)] - offset
+        offset += c
+        if len(local):
+            chosen = fs.layers[l][:, local]
+            parts.append(chosen if chosen.shape[-1] == size else F.interpolate(chosen, size=(size, size), mode="nearest"))
+    x = torch.cat(parts, 1)
+    return x.flatten(2).transpose(1, 2).contiguous()
+
+
+class GaussianAccumulator:
+    """Streaming per-position mean and covariance of [n, L, d] batches (float32 around a shift)."""
+
+    def __init__(self):
+        self.n = 0
+        self.shift = self.total = self.outer = None
+
+    def add(self, x: torch.Tensor) -> None:
+        if self.shift is None:
+            self.shift = x.mean(0)
+            _, positions, d = x.shape
+            self.total = torch.zeros(positions, d, dtype=torch.float64)
+            self.outer = torch.zeros(positions, d, d)
+        centred = (x - self.shift).transpose(0, 1)  # [L, n, d]
+        self.total += centred.sum(1, dtype=torch.float64)
+        self.outer.baddbmm_(centred.transpose(1, 2), centred)
+        self.n += len(x)
+
+    def mean(self) -> torch.Tensor:
+        return (self.shift.double() + self.total / self.n).float()
+
+    def cholesky_(self, eps: float, chunk: int = 32) -> torch.Tensor:
+        """Lower Cholesky factors of cov + eps I, computed in float64 chunks into ``outer``'s memory.
+
+        MKL runs one 550x550 factorisation about 3x slower on 2 threads than on 1, so each
+        worker thread factorises its own chunks single-threaded.
+        """
+        m = self.total / self.n  # shifted mean, float64
+        eye = eps * torch.eye(m.shape[1], dtype=torch.float64)
+
+        def factorise(start: int) -> None:
+            sl = slice(start, start + chunk)
+            with torch.inference_mode():  # thread-local: the workers must enter it themselves
+                cov = self.outer[sl].double().sub_(self.n * m[sl, :, None] * m[sl, None, :])
+                cov.div_(max(self.n - 1, 1)).add_(eye)
+                self.outer[sl] = torch.linalg.cholesky(cov).float()
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(factorise, range(0, len(m), chunk)))
+        finally:
+            torch.set_num_threads(threads)
+        factors, self.outer = self.outer, None
+        return factors
+
+
 class Padim:
     name = "padim"
 
-    def __init__(self, layers: tuple[int, ...] = (1, 2, 3), d: int = 550, seed: int = 0, chunk: int = 256):
-        self.layers, self.d, self.seed, self.chunk = tuple(layers), int(d), int(seed), chunk
+    def __init__(self, layers: tuple[int, ...] = (1, 2, 3), d: int = 550, seed: int = 0, batch: int = 32,
+                 chunk: int = 256):
+        self.layers, self.d, self.seed, self.batch, self.chunk = tuple(layers), int(d), int(seed), batch, chunk
         self.idx: torch.Tensor | None = None
         self.mean: torch.Tensor | None = None  # [L, d]
         self.chol: torch.Tensor | None = None  # [L, d, d] lower Cholesky factors of the covariances
         self.grid: tuple[int, int] = (0, 0)
+
+    #: fit can consume training images chunk by chunk (``partial_fit`` then ``finish_fit``), so a
+    #: pipeline need not hold the training set's features.
+    streams_training = True
 
     @classmethod
     def configure(cls, settings, layers: tuple[int, ...]) -> "Padim":
@@ -46,36 +125,45 @@ class Padim:
 
     def _vectors(self, fs: FeatureSet) -> torch.Tensor:
         """[N, L, d] selected features per position."""
-        emb = embed(fs, self.layers)
         if self.idx is None:
-            self.idx = channel_subset(emb.shape[1], self.d, self.seed)
-        self.grid = (emb.shape[2], emb.shape[3])
-        return emb[:, self.idx].flatten(2).permute(0, 2, 1).contiguous()
+            self.idx = channel_subset(sum(fs.layers[l].shape[1] for l in self.layers), self.d, self.seed)
+        size = max(fs.layers[l].shape[-1] for l in self.layers)
+        self.grid = (size, size)
+        return select_and_concat(fs, self.layers, self.idx)
+
+    def partial_fit(self, fs: FeatureSet) -> None:
+        """Add a chunk of training images to the per-position sums."""
+        if not hasattr(self, "_acc"):
+            self._acc = GaussianAccumulator()
+        with torch.inference_mode():
+            for part in fs.batches(self.batch):
+                self._acc.add(self._vectors(part))
+
+    def finish_fit(self) -> "Padim":
+        acc = self.__dict__.pop("_acc")
+        with torch.inference_mode():
+            self.mean = acc.mean()
+            self.chol = acc.cholesky_(EPS)
+        return self
 
     def fit(self, fs: FeatureSet) -> "Padim":
-        x = self._vectors(fs)
-        n, L, d = x.shape
-        self.mean = x.mean(0)
-        self.chol = torch.empty(L, d, d)
-        eye = torch.eye(d, dtype=torch.float64)
-        with torch.inference_mode():
-            for s in range(0, L, self.chunk):
-                xc = (x[:, s : s + self.chunk] - self.mean[s : s + self.chunk]).double().permute(1, 0, 2)
-                cov = xc.transpose(1, 2) @ xc / max(n - 1, 1) + EPS * eye
-                self.chol[s : s + self.chunk] = torch.linalg.cholesky(cov).float()
-        return self
+        self.partial_fit(fs)
+        return self.finish_fit()
 
     def distance_grid(self, fs: FeatureSet) -> torch.Tensor:
         """[N, h, w] Mahalanobis distance of every position to its Gaussian."""
-        x = self._vectors(fs)
-        n, L, _ = x.shape
-        out = torch.empty(L, n)
+        grids = []
         with torch.inference_mode():
-            for s in range(0, L, self.chunk):
-                diff = (x[:, s : s + self.chunk] - self.mean[s : s + self.chunk]).permute(1, 2, 0)
-                z = torch.linalg.solve_triangular(self.chol[s : s + self.chunk], diff, upper=False)
-                out[s : s + self.chunk] = z.square().sum(1)
-        return out.sqrt().T.reshape(n, *self.grid)
+            for part in fs.batches(self.batch):
+                x = self._vectors(part)
+                n, positions, _ = x.shape
+                out = torch.empty(positions, n)
+                for s in range(0, positions, self.chunk):
+                    diff = (x[:, s : s + self.chunk] - self.mean[s : s + self.chunk]).permute(1, 2, 0)
+                    z = torch.linalg.solve_triangular(self.chol[s : s + self.chunk], diff, upper=False)
+                    out[s : s + self.chunk] = z.square().sum(1)
+                grids.append(out.sqrt().T.reshape(n, *self.grid))
+        return torch.cat(grids)
 
     def score(self, fs: FeatureSet, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Anomaly maps [N, size, size] and image scores (max of each map) [N]."""
@@ -83,15 +171,19 @@ class Padim:
         return maps, maps.reshape(len(maps), -1).max(axis=1)
 
     def state(self) -> dict:
+        rows, cols = torch.tril_indices(self.chol.shape[1], self.chol.shape[1])
         return {
             "config": {"layers": list(self.layers), "d": self.d, "seed": self.seed, "grid": list(self.grid)},
-            "tensors": {"idx": self.idx, "mean": self.mean, "chol": self.chol},
+            "tensors": {"idx": self.idx, "mean": self.mean, "chol_lower": self.chol[:, rows, cols].contiguous()},
         }
 
     @classmethod
     def from_state(cls, state: dict) -> "Padim":
-        c = state["config"]
+        c, t = state["config"], state["tensors"]
         m = cls(tuple(c["layers"]), c["d"], c["seed"])
-        m.idx, m.mean, m.chol = (state["tensors"][k] for k in ("idx", "mean", "chol"))
-        m.grid = tuple(c["grid"])
+        m.idx, m.mean, m.grid = t["idx"], t["mean"], tuple(c["grid"])
+        d = len(m.idx)
+        rows, cols = torch.tril_indices(d, d)
+        m.chol = torch.zeros(len(m.mean), d, d)
+        m.chol[:, rows, cols] = t["chol_lower"]
         return m

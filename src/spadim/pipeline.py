@@ -1,4 +1,11 @@
-"""Fit and score methods on MVTec classes, reusing each image's features across runs."""
+"""Fit and score methods on MVTec classes; every image passes the backbone once per run.
+
+:func:`evaluate_class` holds a class's training features, fits every method, then streams
+the test images through the backbone and all fitted methods in chunks, keeping only the
+maps and scores the metrics need: memory does not grow with the number of test images.
+:func:`prepare_class` + :func:`score_class` keep the test features too, for studies that
+re-score the same images many times (the layer sweep).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from .objmask import (
     reference_features,
 )
 from .padim import DEFAULT_D
+from .spade import FUSIONS
 
 
 @dataclass
@@ -36,6 +44,8 @@ class Settings:
     seed: int = 0
     batch_size: int = 8
     cache_dir: Path | None = None
+    spade_fusion: str = "mean"  # "mean" of per-layer maps (reference) or "concat"
+    stream_size: int = 32  # test images scored per chunk when streaming
 
     def __post_init__(self):
         if self.arch not in DEFAULT_D:
@@ -44,6 +54,8 @@ class Settings:
             if value < 1:
                 raise SpadimError(f"{flag} must be >= 1 (got {value})")
         Preprocess(self.resize, self.crop)  # raises SpadimError on bad sizes
+        if self.spade_fusion not in FUSIONS:
+            raise SpadimError(f"--spade-fusion {self.spade_fusion!r}: choose {' or '.join(FUSIONS)}")
 
     @property
     def padim_d(self) -> int:
@@ -57,9 +69,17 @@ class Settings:
         return registry.create(name, self, layers)
 
 
-def make_extractor(s: Settings, progress=None) -> FeatureExtractor:
+def needed_features(methods: list[str], layer_sets) -> tuple[tuple[int, ...], bool]:
+    """Layers to keep and whether SPADE's pooled layer-4 vector is needed."""
+    layers = tuple(sorted({l for combo in layer_sets for l in combo}))
+    return layers, "spade" in methods
+
+
+def make_extractor(s: Settings, progress=None, methods=("spade", "padim"), layer_sets=None) -> FeatureExtractor:
+    """The backbone with real (or explicitly random) weights, keeping only what the run needs."""
     model, weights = load_backbone(s.arch, s.weights, s.seed)
-    return FeatureExtractor(model, weights, s.pre, s.batch_size, s.cache_dir, progress)
+    layers, pooled = needed_features(list(methods), layer_sets or [s.layers])
+    return FeatureExtractor(model, weights, s.pre, s.batch_size, s.cache_dir, progress, layers, pooled)
 
 
 @dataclass
@@ -79,16 +99,68 @@ class ClassRun:
 
 
 def prepare_class(fx: FeatureExtractor, class_dir: Path) -> ClassRun:
-    """Index a class, extract (or reuse) train and test features, read the masks.
-
-    The extractor's memory cache is cleared first: a class's features are reused across
-    methods and layer combinations, not across classes (that would hold a whole data set).
-    """
+    """Index a class, extract train and test features (both kept), read the masks."""
     data = load_class(class_dir)
-    fx.clear()
     train = fx(data.train, f"{data.name} train")
     test = fx(data.test, f"{data.name} test")
     return ClassRun(data, train, test, load_masks(data, fx.pre, test.shapes))
+
+
+def images_only(paths: list[Path], chunks: list[FeatureSet]) -> FeatureSet:
+    """The frames and sizes of streamed chunks, without features."""
+    return FeatureSet(list(paths), {}, None, np.concatenate([c.images for c in chunks]),
+                      [shape for c in chunks for shape in c.shapes])
+
+
+def fit_methods(fx: FeatureExtractor, paths: list[Path], s: Settings, methods: list[str],
+                layers: tuple[int, ...] | None = None, desc: str = "train") -> tuple[dict, FeatureSet]:
+    """Fitted methods and the training FeatureSet.
+
+    When every method can fit chunk by chunk (PaDiM), the training features are streamed
+    and only the frames are kept; SPADE's gallery is the training features, so with SPADE
+    they are held once and shared.
+    """
+    fresh = {name: s.method(name, layers) for name in methods}
+    if not all(getattr(m, "streams_training", False) for m in fresh.values()):
+        train = fx(paths, desc)
+        return {name: m.fit(train) for name, m in fresh.items()}, train
+    frames = []
+    for chunk in fx.stream(paths, s.stream_size, desc):
+        for method in fresh.values():
+            method.partial_fit(chunk)
+        frames.append(FeatureSet([], {}, None, chunk.images, chunk.shapes))
+        del chunk
+    return {name: m.finish_fit() for name, m in fresh.items()}, images_only(paths, frames)
+
+
+def score_stream(fx: FeatureExtractor, paths: list[Path], fitted: dict, chunk_size: int, size: int,
+                 desc: str = "test") -> tuple[FeatureSet, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Frames, maps [N, size, size] and image scores per method; features live one chunk at a time."""
+    frames, maps, scores = [], {n: [] for n in fitted}, {n: [] for n in fitted}
+    for chunk in fx.stream(paths, chunk_size, desc):
+        for name, method in fitted.items():
+            chunk_maps, chunk_scores = method.score(chunk, size)
+            maps[name].append(chunk_maps)
+            scores[name].append(chunk_scores)
+        frames.append(FeatureSet([], {}, None, chunk.images, chunk.shapes))
+        del chunk
+    return (images_only(paths, frames), {n: np.concatenate(m) for n, m in maps.items()},
+            {n: np.concatenate(v) for n, v in scores.items()})
+
+
+def evaluate_class(fx: FeatureExtractor, class_dir: Path, s: Settings, methods: list[str],
+                   layers: tuple[int, ...] | None = None) -> tuple[ClassRun, dict[str, dict]]:
+    """Fit each method on the training features, stream the test set through all of them.
+
+    The returned run's ``test`` holds the test images (for pictures and object masks) but
+    no features.
+    """
+    data = load_class(class_dir)
+    fitted, train = fit_methods(fx, data.train, s, methods, layers, f"{data.name} train")
+    test, maps, scores = score_stream(fx, data.test, fitted, s.stream_size, s.crop, f"{data.name} test")
+    run = ClassRun(data, train, test, load_masks(data, fx.pre, test.shapes), maps, scores)
+    metrics = {n: evaluate_maps(run.maps[n], run.masks, run.scores[n], run.labels) for n in methods}
+    return run, metrics
 
 
 def score_class(run: ClassRun, s: Settings, methods: list[str], layers: tuple[int, ...] | None = None) -> dict[str, dict]:

@@ -91,10 +91,10 @@ def check_multiplier(r: float, flag: str = "--outside-multiplier") -> float:
 def meta(s: Settings, fx: FeatureExtractor, **extra) -> dict:
     return {"spadim": __version__, "weights": fx.weights.describe(), "pretrained": fx.weights.pretrained,
             "arch": s.arch, "resize": s.resize, "crop": s.crop, "layers": list(s.layers), "k": s.k,
-            "d": s.padim_d, "seed": s.seed, **extra}
+            "d": s.padim_d, "spade_fusion": s.spade_fusion, "seed": s.seed, **extra}
 
 
-def start_study(s: Settings, data: Path, methods: str, classes: str | None = None
+def start_study(s: Settings, data: Path, methods: str, classes: str | None = None, layer_sets=None
                 ) -> tuple[list[str], list[Path], FeatureExtractor]:
     """Common start of evaluate and the studies -> (methods, class folders, extractor).
 
@@ -106,6 +106,6 @@ def start_study(s: Settings, data: Path, methods: str, classes: str | None = Non
     dirs = find_classes(data, classes)
     for c in [load_class(c) for c in dirs]:  # every layout first: cheap, then the decoding
         check_class(c)
-    fx = make_extractor(s, progress)
+    fx = make_extractor(s, progress, names, layer_sets)
     say(fx.weights.describe())
     return names, dirs, fx
