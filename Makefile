@@ -2,9 +2,11 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN      = $(VENV)/bin
-DATA    ?= data/spadim-toy
+TOY      = data/spadim-toy
+# Real MVTec AD images beside the checkout (../shared) when present, else the generated embedded set.
+DATA    ?= $(or $(wildcard ../shared/data/mvtec_ad_subset),$(TOY))
 OUT     ?= runs/demo
-ARCH    ?= wide_resnet50_2
+ARCH    ?=
 WEIGHTS ?=
 # Weight files placed beside the checkout (shared/weights) are found without flags.
 export SPADIM_WEIGHTS ?= $(wildcard ../shared/weights)
@@ -19,18 +21,19 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Generates the embedded data set, then fits and evaluates SPADE and PaDiM on every class.
-# Uses the ImageNet checkpoint found by `spadim weights` (or WEIGHTS=FILE); where none exists
-# the demo says so and runs with explicitly requested random weights, flagged in every output.
+# Fits and evaluates SPADE and PaDiM on every class of DATA. The backbone is ARCH if given, else
+# the first of wide_resnet50_2 and resnet50_caffe whose ImageNet weights are found (or download);
+# only where neither exists does the demo say so and run with random weights, flagged everywhere.
 demo: install
-	$(BIN)/spadim make-data $(DATA)
-	@if $(BIN)/spadim weights --arch $(ARCH) $(if $(WEIGHTS),--weights $(WEIGHTS)); then \
-		W="$(if $(WEIGHTS),--weights $(WEIGHTS))"; \
-	else \
-		echo "!!! demo: no ImageNet checkpoint for $(ARCH); running with RANDOM weights (see README, Weights) !!!" >&2; \
-		W="--weights random"; \
+	@if [ "$(DATA)" = "$(TOY)" ]; then $(BIN)/spadim make-data $(TOY); fi
+	@W="$(if $(WEIGHTS),--weights $(WEIGHTS))"; A="$(ARCH)"; \
+	if [ -z "$$A" ]; then A=$$($(BIN)/spadim weights --first wide_resnet50_2,resnet50_caffe $$W 2>/dev/null); fi; \
+	if [ -z "$$A" ]; then \
+		echo "!!! demo: no ImageNet checkpoint found; running with RANDOM weights (see README, Weights) !!!" >&2; \
+		A=wide_resnet50_2; W="--weights random"; \
 	fi; \
-	$(BIN)/spadim evaluate $(DATA) --arch $(ARCH) $$W --out $(OUT)
+	echo "demo: spadim evaluate $(DATA) --arch $$A $$W --out $(OUT)" >&2; \
+	$(BIN)/spadim evaluate $(DATA) --arch $$A $$W --out $(OUT)
 
 test: install
 	$(BIN)/python -m pytest -q

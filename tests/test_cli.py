@@ -332,3 +332,29 @@ def test_no_anomalous_test_images_are_named(tiny_copy, tmp_path, capsys):
     assert all("note" not in r and not math.isnan(r["pixel_aupr"]) for r in rows if r["class"] == "tile")
     assert '"pixel_aupr": NaN' in (out / "results.json").read_text()  # NaN in JSON, as everywhere else
     assert ",nan," in (out / "results.csv").read_text()
+
+
+def test_object_mask_below_one_scales_only_outside_and_padim_score_follows(tiny_root, tmp_path):
+    """r < 1 end to end: inside the (independently recomputed) object mask the maps are unchanged,
+    outside they are r times the unmasked maps, and PaDiM's image score is the masked map's maximum."""
+    from spadim.cli import build_parser
+    from spadim.cliargs import mask_config
+    from spadim.data import Preprocess, load_images
+    from spadim.modelfile import load_model
+    from spadim.pipeline import object_masks
+
+    args = ["--arch", "resnet18", "--weights", "random", "--resize", "96", "--crop", "96", "--seed", "0"]
+    model = tmp_path / "nut.pt"
+    assert _run("fit", tiny_root / "nut", "--method", "padim", "--out", model, *args) == 0
+    images = sorted((tiny_root / "nut" / "test").rglob("*.png"))
+    assert _run("predict", model, *images, "--out", tmp_path / "plain") == 0
+    assert _run("predict", model, *images, "--out", tmp_path / "masked", "--object-mask", "orb",
+                "--outside-multiplier", "0.25") == 0
+    plain, masked = np.load(tmp_path / "plain" / "maps.npz"), np.load(tmp_path / "masked" / "maps.npz")
+    a = build_parser().parse_args(["predict", str(model), str(images[0]), "--object-mask", "orb"])
+    frames = load_images(images, Preprocess(96, 96))[0]
+    obj, _ = object_masks(frames, load_model(model)[1]["ref_images"].numpy(), mask_config(a, "orb"))
+    assert (~obj).any() and obj.any()  # the test is only meaningful with pixels on both sides
+    np.testing.assert_array_equal(masked["maps"][obj], plain["maps"][obj])
+    np.testing.assert_allclose(masked["maps"][~obj], 0.25 * plain["maps"][~obj], rtol=1e-6)
+    np.testing.assert_allclose(masked["scores"], masked["maps"].reshape(len(images), -1).max(1), rtol=1e-6)

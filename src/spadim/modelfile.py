@@ -20,7 +20,7 @@ from .errors import SpadimError
 from .methods import from_state
 
 FORMAT = "spadim-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-layer SPADE fusion, PaDiM lower-triangle factors
 
 
 def save_model(path: Path, method, weights: Weights, pre: Preprocess, class_name: str, ref_images: np.ndarray) -> None:
