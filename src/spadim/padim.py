@@ -56,6 +56,27 @@ def select_and_concat(fs: FeatureSet, layers: tuple[int, ...], idx: torch.Tensor
     return x.flatten(2).transpose(1, 2).contiguous()
 
 
+def per_worker(work, starts) -> None:
+    """Run ``work(start)`` for every start on one single-threaded torch worker per core.
+
+    MKL's batched Cholesky and triangular solves of 550 x 550 matrices run several times
+    slower on 2 threads than on 1 (measured on this 2-core machine), so the batch is split
+    over threads instead. Inference mode is thread-local, hence entered in each worker.
+    """
+    threads = torch.get_num_threads()
+
+    def run(start):
+        with torch.inference_mode():
+            work(start)
+
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, starts))
+    finally:
+        torch.set_num_threads(threads)
+
+
 class GaussianAccumulator:
     """Streaming per-position mean and covariance of [n, L, d] batches (float32 around a shift)."""
 
@@ -78,28 +99,17 @@ class GaussianAccumulator:
         return (self.shift.double() + self.total / self.n).float()
 
     def cholesky_(self, eps: float, chunk: int = 32) -> torch.Tensor:
-        """Lower Cholesky factors of cov + eps I, computed in float64 chunks into ``outer``'s memory.
-
-        MKL runs one 550x550 factorisation about 3x slower on 2 threads than on 1, so each
-        worker thread factorises its own chunks single-threaded.
-        """
+        """Lower Cholesky factors of cov + eps I, computed in float64 chunks into ``outer``'s memory."""
         m = self.total / self.n  # shifted mean, float64
         eye = eps * torch.eye(m.shape[1], dtype=torch.float64)
 
         def factorise(start: int) -> None:
             sl = slice(start, start + chunk)
-            with torch.inference_mode():  # thread-local: the workers must enter it themselves
-                cov = self.outer[sl].double().sub_(self.n * m[sl, :, None] * m[sl, None, :])
-                cov.div_(max(self.n - 1, 1)).add_(eye)
-                self.outer[sl] = torch.linalg.cholesky(cov).float()
+            cov = self.outer[sl].double().sub_(self.n * m[sl, :, None] * m[sl, None, :])
+            cov.div_(max(self.n - 1, 1)).add_(eye)
+            self.outer[sl] = torch.linalg.cholesky(cov).float()
 
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(factorise, range(0, len(m), chunk)))
-        finally:
-            torch.set_num_threads(threads)
+        per_worker(factorise, range(0, len(m), chunk))
         factors, self.outer = self.outer, None
         return factors
 
@@ -158,10 +168,13 @@ class Padim:
                 x = self._vectors(part)
                 n, positions, _ = x.shape
                 out = torch.empty(positions, n)
-                for s in range(0, positions, self.chunk):
-                    diff = (x[:, s : s + self.chunk] - self.mean[s : s + self.chunk]).permute(1, 2, 0)
-                    z = torch.linalg.solve_triangular(self.chol[s : s + self.chunk], diff, upper=False)
-                    out[s : s + self.chunk] = z.square().sum(1)
+
+                def solve(start: int, x=x, out=out) -> None:
+                    sl = slice(start, start + self.chunk)
+                    diff = (x[:, sl] - self.mean[sl]).permute(1, 2, 0)
+                    out[sl] = torch.linalg.solve_triangular(self.chol[sl], diff, upper=False).square().sum(1)
+
+                per_worker(solve, range(0, positions, self.chunk))
                 grids.append(out.sqrt().T.reshape(n, *self.grid))
         return torch.cat(grids)
 
