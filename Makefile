@@ -11,7 +11,7 @@ WEIGHTS ?=
 # Weight files placed beside the checkout (shared/weights) are found without flags.
 export SPADIM_WEIGHTS ?= $(wildcard ../shared/weights)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo reproduce test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,19 +21,27 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Fits and evaluates SPADE and PaDiM on every class of DATA. The backbone is ARCH if given, else
-# the first of wide_resnet50_2 and resnet50_caffe whose ImageNet weights are found (or download);
-# only where neither exists does the demo say so and run with random weights, flagged everywhere.
-demo: install
-	@if [ "$(DATA)" = "$(TOY)" ]; then $(BIN)/spadim make-data $(TOY); fi
-	@W="$(if $(WEIGHTS),--weights $(WEIGHTS))"; A="$(ARCH)"; \
+# The backbone: ARCH if given, else the first of wide_resnet50_2 and resnet50_caffe whose ImageNet
+# weights are found (or download); only where neither exists: random weights, flagged everywhere.
+PICK = W="$(if $(WEIGHTS),--weights $(WEIGHTS))"; A="$(ARCH)"; \
 	if [ -z "$$A" ]; then A=$$($(BIN)/spadim weights --first wide_resnet50_2,resnet50_caffe $$W 2>/dev/null); fi; \
 	if [ -z "$$A" ]; then \
-		echo "!!! demo: no ImageNet checkpoint found; running with RANDOM weights (see README, Weights) !!!" >&2; \
+		echo "!!! no ImageNet checkpoint found; running with RANDOM weights (see README, Weights) !!!" >&2; \
 		A=wide_resnet50_2; W="--weights random"; \
-	fi; \
+	fi
+
+# Fits and evaluates SPADE and PaDiM on every class of DATA.
+demo: install
+	@if [ "$(DATA)" = "$(TOY)" ]; then $(BIN)/spadim make-data $(TOY); fi
+	@$(PICK); \
 	echo "demo: spadim evaluate $(DATA) --arch $$A $$W --out $(OUT)" >&2; \
 	$(BIN)/spadim evaluate $(DATA) --arch $$A $$W --out $(OUT)
+
+# The study in one run (Table 1, proposals 1 and 2, report.html); resumable.
+reproduce: install
+	@if [ "$(DATA)" = "$(TOY)" ]; then $(BIN)/spadim make-data $(TOY); fi
+	@$(PICK); \
+	$(BIN)/spadim reproduce $(DATA) --arch $$A $$W --out runs/reproduce
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -1,4 +1,4 @@
-"""Command line: ``spadim make-data | fit | predict | evaluate | mask-sweep | layer-sweep``.
+"""Command line: ``spadim make-data | weights | fit | predict | evaluate | mask-sweep | layer-sweep | reproduce``.
 
 Bad input ends with one line on stderr and exit code 2. Results are written to a
 staging folder first and moved into ``--out`` only when the command succeeds, so a
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, layersweep, masksweep
+from . import __version__, layersweep, masksweep, reproduce
 from .backbone import ARCHS, load_backbone, locate, weights_report
 from .cliargs import (
     add_common,
@@ -46,7 +47,9 @@ from .pipeline import (
     score_stream,
     suppress_outside,
 )
+from .report_html import write_report
 from .reports import (
+    best_worst_gallery,
     METRIC_COLUMNS,
     colorize,
     overlay,
@@ -57,7 +60,16 @@ from .reports import (
     with_means,
     write_table,
 )
-from .session import check_multiplier, meta, progress, say, staged, start_study
+from .session import (
+    check_multiplier,
+    class_summary,
+    meta,
+    progress,
+    report_header,
+    say,
+    staged,
+    start_study,
+)
 from .synth import make_dataset
 
 
@@ -98,7 +110,8 @@ def cmd_evaluate(a) -> None:
     r = check_multiplier(a.outside_multiplier)
     s = settings_from(a)
     methods, classes, fx = start_study(s, a.data, a.methods, a.classes)
-    rows, warnings = [], []
+    command = recorded_command(a)
+    rows, warnings, summaries, curves, galleries = [], [], [], {}, {}
     with staged(a.out) as out:
         for cdir in classes:
             t0 = time.perf_counter()
@@ -106,18 +119,22 @@ def cmd_evaluate(a) -> None:
             notes = undefined_notes(run.masks, run.labels)
             for n in notes:
                 say(f"warning: {run.data.name}: {n}")
+            obj = None
             if cfg:
                 obj, warn = class_object_masks(run, cfg)
                 warnings += warn
                 for name in methods:
                     run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r)
+            summaries.append(class_summary(run.data, run.test.shapes))
             note = {"note": "; ".join(notes)} if notes else {}
             for name in methods:
                 rows.append({"class": run.data.name, "method": name, **metrics[name],
                              "n_train": len(run.train), "n_test": len(run.test), **note})
                 say(f"{run.data.name:>12} {name:>6}: " + "  ".join(f"{c}={metrics[name][c]:.3f}" for c in METRIC_COLUMNS))
-            plot_curves(out / "curves" / f"{run.data.name}.png", f"{run.data.name}: pixel ROC and PR",
+            curves[run.data.name] = f"curves/{run.data.name}.png"
+            plot_curves(out / curves[run.data.name], f"{run.data.name}: pixel ROC and PR",
                         run.maps, run.masks, fx.weights.banner)
+            galleries[run.data.name] = best_worst_gallery(out, run, methods, obj, a.object_mask, fx.weights.banner)
             _heatmaps(out / "heatmaps" / run.data.name, run, methods, a.examples, fx)
             say(f"{run.data.name}: done in {time.perf_counter() - t0:.1f} s")
         rows = with_means(rows, ["method"])
@@ -126,10 +143,12 @@ def cmd_evaluate(a) -> None:
         cols += ["note"] if any("note" in r for r in rows) else []
         md = write_table(out, "results", rows, cols,
                          "spadim evaluate", meta(s, fx, methods=methods, **extra))
+        write_report(out, {**report_header("spadim evaluate", command, s, fx, a.data, summaries),
+                           "results": rows, "curves": curves, "galleries": galleries})
     print(md)
     for w in warnings:
         say(f"warning: object mask fell back to the full frame: {w}")
-    say(f"results in {a.out}/ (results.csv/.json/.md, curves/, heatmaps/)")
+    say(f"results in {a.out}/ (report.html, results.csv/.json/.md, curves/, gallery/, heatmaps/)")
 
 
 def _heatmaps(folder: Path, run, methods: list[str], n: int, fx) -> None:
@@ -224,7 +243,7 @@ def cmd_predict(a) -> None:
 
 
 def cmd_layer_sweep(a) -> None:
-    layersweep.run(settings_from(a), a.data, a.out, a.methods, a.classes)
+    layersweep.run(settings_from(a), a.data, a.out, a.methods, a.classes, recorded_command(a))
 
 
 def cmd_mask_sweep(a) -> None:
@@ -232,7 +251,38 @@ def cmd_mask_sweep(a) -> None:
     rs = parse_multipliers(a.multipliers)
     show_r = check_multiplier(a.show_multiplier, "--show-multiplier")
     cfgs = {d: mask_config(a, d) for d in detectors}
-    masksweep.run(settings_from(a), a.data, a.out, cfgs, a.methods, a.classes, rs, show_r, a.examples)
+    masksweep.run(settings_from(a), a.data, a.out, cfgs, a.methods, a.classes, rs, show_r, a.examples,
+                  recorded_command(a))
+
+
+SHARED_SUBSET = Path("../shared/data/mvtec_ad_subset")
+TOY = Path("data/spadim-toy")
+
+
+def default_data() -> Path:
+    """The real MVTec subset beside the checkout when present, else the embedded data set."""
+    if SHARED_SUBSET.is_dir():
+        return SHARED_SUBSET
+    say(f"{SHARED_SUBSET} not found: using the embedded data set {TOY}")
+    return make_dataset(TOY, progress=say)
+
+
+def recorded_command(a) -> str:
+    """The command as typed, naming the weights actually found when the user did not."""
+    words = ["spadim", *a.argv]
+    if a.weights is None:
+        from .backbone import locate
+
+        words += ["--weights", str(locate(a.arch))]
+    return shlex.join(words)
+
+
+def cmd_reproduce(a) -> None:
+    detectors = parse_detectors(a.detectors) if a.detectors else []
+    rs = parse_multipliers(a.multipliers)
+    cfgs = {d: mask_config(a, d) for d in detectors}
+    data = a.data or default_data()
+    reproduce.run(settings_from(a), data, a.out, cfgs, a.methods, a.classes, rs, recorded_command(a))
 
 
 # ---------------------------------------------------------------- entry point
@@ -304,12 +354,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/layer-sweep"))
     add_common(p, layers=False)
     p.set_defaults(func=cmd_layer_sweep)
+
+    p = sub.add_parser("reproduce", help="the study in one run: Table 1, proposals 1 and 2, report.html (resumable)")
+    p.add_argument("data", type=Path, nargs="?", default=None,
+                   help=f"MVTec AD root or class folder (default: {SHARED_SUBSET} if present, else {TOY})")
+    p.add_argument("--classes", default=None)
+    p.add_argument("--methods", default="spade,padim")
+    p.add_argument("--detectors", default=",".join(DETECTORS), help="proposal 1 detectors; '' skips (%(default)s)")
+    p.add_argument("--multipliers", default=",".join(str(r) for r in reproduce.DEFAULT_MULTIPLIERS),
+                   help="default: %(default)s")
+    p.add_argument("--out", type=Path, default=Path("runs/reproduce"))
+    add_common(p)
+    add_mask_args(p, sweep=True)
+    p.set_defaults(func=cmd_reproduce)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         check_args(a)
         a.func(a)

@@ -29,6 +29,7 @@ from .features import ALL_COMBOS  # noqa: E402
 from .metrics import evaluate_maps, undefined_notes  # noqa: E402
 from .padim import DEFAULT_D  # noqa: E402
 from .pipeline import Settings, prepare_class, score_class  # noqa: E402
+from .report_html import write_report  # noqa: E402
 from .reports import (  # noqa: E402
     METRIC_COLUMNS,
     markdown_table,
@@ -36,7 +37,8 @@ from .reports import (  # noqa: E402
     with_means,
     write_table,
 )
-from .session import meta, say, start_study  # noqa: E402
+from .data import load_class  # noqa: E402
+from .session import class_summary, meta, report_header, say, start_study  # noqa: E402
 
 
 def combo_name(combo) -> str:
@@ -143,19 +145,27 @@ def figure5(path: Path, rows: list[dict], methods: list[str], corr: dict, banner
     save_figure(fig, path, "Layer-combination study (study Figure 5)", banner)
 
 
-def spade_subsets(cr, s: Settings, combos) -> dict[tuple[int, ...], dict]:
-    """SPADE metrics of each layer subset. Each layer's nearest-neighbour grid is computed once;
-    a subset's map is the reference fusion of its layers' grids (identical to scoring it alone)."""
+def spade_subset_maps(cr, s: Settings, combos):
+    """(combo, maps, image scores) of SPADE for each layer subset. Each layer's nearest-neighbour
+    grid is computed once; a subset's map is the reference fusion of its layers' grids, identical
+    to scoring that subset alone."""
     used = tuple(sorted({l for combo in combos for l in combo}))
     spade = s.method("spade", used).fit(cr.train)
     dist, idx = spade.neighbours(cr.test)
     grids = spade.layer_grids(cr.test, idx)
     scores = dist.mean(dim=1).numpy()
-    return {combo: evaluate_maps(spade.fuse([grids[l] for l in combo], s.crop), cr.masks, scores, cr.labels)
-            for combo in combos}
+    for combo in combos:
+        yield combo, spade.fuse([grids[l] for l in combo], s.crop), scores
 
 
-def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classes: str | None = None) -> None:
+def spade_subsets(cr, s: Settings, combos) -> dict[tuple[int, ...], dict]:
+    """SPADE metrics of each layer subset (see :func:`spade_subset_maps`)."""
+    return {combo: evaluate_maps(maps, cr.masks, scores, cr.labels)
+            for combo, maps, scores in spade_subset_maps(cr, s, combos)}
+
+
+def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classes: str | None = None,
+        command: str = "") -> None:
     """Sweep every layer combination of ``methods`` over the classes of ``data`` into ``out``
     (resuming results already there); ``classes`` is a comma list, None for all."""
     methods, classes, fx = start_study(s, data, methods, classes, ALL_COMBOS)
@@ -192,11 +202,13 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
         rate = (time.perf_counter() - t0) / done
         say(f"{cdir.name}: done; {done}/{len(jobs)} runs, about {rate * (len(jobs) - done) / 60:.1f} min left")
     bar.close()
-    _report(out, classes, partial, methods, meta(s, fx, methods=methods, combinations=[combo_name(c) for c in ALL_COMBOS]),
-            fx.weights.banner)
+    info = meta(s, fx, methods=methods, combinations=[combo_name(c) for c in ALL_COMBOS])
+    header = report_header("spadim layer-sweep", command, s, fx, Path(data),
+                           [class_summary(load_class(c)) for c in classes])
+    _report(out, classes, partial, methods, info, fx.weights.banner, header)
 
 
-def _report(out: Path, classes, partial: dict, methods: list[str], info: dict, banner: str) -> None:
+def _report(out: Path, classes, partial: dict, methods: list[str], info: dict, banner: str, header: dict) -> None:
     rows = [{"class": c.name, "layers": combo_name(combo), "n_layers": len(combo), "method": m,
              **partial[c.name][f"{combo_name(combo)}/{m}"]}
             for c in classes for combo in ALL_COMBOS for m in methods]
@@ -217,6 +229,10 @@ def _report(out: Path, classes, partial: dict, methods: list[str], info: dict, b
                f"{corr['pearson_r_class_x_combination']:.3f} (the study found 0.70)\n")
     (out / "summary.md").write_text(md)
     figure5(out / "figure5.png", rows, methods, corr, banner)
+    default = with_means([r for r in rows if r["layers"] == "1+2+3"], ["method"])
+    write_report(out, {**header, "results": default,
+                       "layer_sweep": {"rows": rows, "table3": t3, "best": best, "counts": counts,
+                                       "correlation": corr, "figure5": "figure5.png"}})
     print(md)
-    say(f"results in {out}/ (layer_sweep.*, table3.*, best.*, figure5.png, summary.md, per_class/)")
+    say(f"results in {out}/ (report.html, layer_sweep.*, table3.*, best.*, figure5.png, summary.md, per_class/)")
 

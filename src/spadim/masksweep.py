@@ -29,6 +29,7 @@ from .pipeline import (  # noqa: E402
     evaluate_class,
     suppress_outside,
 )
+from .report_html import write_report  # noqa: E402
 from .reports import (  # noqa: E402
     METRIC_COLUMNS,
     colorize,
@@ -39,7 +40,7 @@ from .reports import (  # noqa: E402
     with_means,
     write_table,
 )
-from .session import meta, say, staged, start_study  # noqa: E402
+from .session import class_summary, meta, report_header, say, staged, start_study  # noqa: E402
 
 DEFAULT_MULTIPLIERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -89,20 +90,22 @@ def sweep_plot(path: Path, rows: list[dict], method: str, detectors: list[str], 
 
 def run(s: Settings, data: Path, out: Path, cfgs: dict[str, MaskConfig], methods: str = "spade,padim",
         classes: str | None = None, multipliers=DEFAULT_MULTIPLIERS, show_r: float = 0.6,
-        examples: int = 4) -> None:
+        examples: int = 4, command: str = "") -> None:
     """Mask every class of ``data`` with each detector's config in ``cfgs`` and sweep the
     outside multipliers; ``show_r`` is the multiplier drawn in the example panels."""
     detectors, rs = list(cfgs), list(multipliers)
     methods, classes, fx = start_study(s, data, methods, classes)
     results = Path(out)
     banner = fx.weights.banner
-    suit, sweep, warnings = [], [], []
+    suit, sweep, warnings, summaries, unmasked = [], [], [], [], []
     with staged(results) as out:
         for cdir in classes:
             t0 = time.perf_counter()
-            cr = evaluate_class(fx, cdir, s, methods)[0]
+            cr, metrics = evaluate_class(fx, cdir, s, methods)
+            unmasked += [{"class": cr.data.name, "method": name, **metrics[name]} for name in methods]
             for note in undefined_notes(cr.masks, cr.labels):
                 say(f"warning: {cr.data.name}: {note}")
+            summaries.append(class_summary(cr.data, cr.test.shapes))
             masks = {}
             fg = np.stack([foreground_estimate(im) for im in cr.test.images])
             for det, cfg in cfgs.items():
@@ -112,8 +115,8 @@ def run(s: Settings, data: Path, out: Path, cfgs: dict[str, MaskConfig], methods
                 suit.append(suitability_row(cr.data.name, det, obj, cr.masks, fg, len(warn)))
                 for name in methods:
                     for r in rs:
-                        metrics = masked_result(cr, name, obj, r)[2]
-                        sweep.append({"class": cr.data.name, "method": name, "detector": det, "multiplier": r, **metrics})
+                        masked = masked_result(cr, name, obj, r)[2]
+                        sweep.append({"class": cr.data.name, "method": name, "detector": det, "multiplier": r, **masked})
             idx = pick_examples(cr.data.defects, examples)
             mask_grid(out / "mask_grids" / f"{cr.data.name}.png", f"{cr.data.name}: keypoint object masks (green)",
                       cr.test.images, masks, idx, banner)
@@ -142,6 +145,10 @@ def run(s: Settings, data: Path, out: Path, cfgs: dict[str, MaskConfig], methods
         md += markdown_table([r for r in sweep if r["class"] == "mean"], cols) + "\n"
         for name in methods:
             sweep_plot(out / f"multiplier_sweep_{name}.png", sweep, name, detectors, banner)
+        write_report(out, {**report_header("spadim mask-sweep", command, s, fx, Path(data), summaries),
+                           "results": with_means(unmasked, ["method"]),
+                           "mask_sweep": {"suitability": suit, "sweep": sweep,
+                                          "plots": [f"multiplier_sweep_{name}.png" for name in methods]}})
     print(md)
     for w in warnings:
         say(f"warning: object mask fell back to the full frame: {w}")

@@ -123,3 +123,26 @@ def pick_examples(defects: Sequence[str], n: int) -> list[int]:
             if by_type[t] and len(picked) < n:
                 picked.append(by_type[t].pop(0))
     return picked
+
+
+def best_worst_gallery(out: Path, cr, methods, obj: np.ndarray | None, detector: str | None, banner: str) -> list[dict]:
+    """Panels (image | ground truth | each method's map | object mask) of the best and worst anomalous
+    test image by pixel AUPR (mean over methods), written under ``out/gallery``; -> report entries."""
+    scored = [i for i in range(len(cr.masks)) if cr.masks[i].any()]
+    if not scored:
+        return []
+    per_image = {i: float(np.mean([pixel_aupr(cr.maps[m][i], cr.masks[i]) for m in methods])) for i in scored}
+    ranges = {m: (float(cr.maps[m].min()), float(cr.maps[m].max())) for m in methods}
+    picks = [("best", max(per_image, key=per_image.get)), ("worst", min(per_image, key=per_image.get))]
+    entries = []
+    for label, i in picks[: 1 if len(scored) == 1 else 2]:
+        p = cr.data.test[i]
+        panels = [("image", cr.test.images[i]), ("ground truth", cr.masks[i])]
+        panels += [(f"{m} map", colorize(cr.maps[m][i], *ranges[m])) for m in methods]
+        if obj is not None:
+            panels.append((f"{detector} object mask", obj[i]))
+        rel = f"gallery/{cr.data.name}_{label}.png"
+        caption = f"{label}: {p.parent.name}/{p.name} (pixel AUPR {per_image[i]:.3f}, mean over methods)"
+        panel_figure(out / rel, f"{cr.data.name}/{p.parent.name}/{p.name}", panels, banner)
+        entries.append({"caption": caption, "path": rel})
+    return entries

@@ -11,12 +11,13 @@ import contextlib
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 from . import __version__
-from .data import check_class, find_classes, load_class
+from .data import ClassData, check_class, find_classes, load_class, read_rgb
 from .errors import SpadimError
 from .features import FeatureExtractor
 from .methods import parse_methods
@@ -86,6 +87,44 @@ def check_multiplier(r: float, flag: str = "--outside-multiplier") -> float:
     if not 0.0 <= r <= 1.0:
         raise SpadimError(f"{flag} {r} is outside [0, 1]: 1 keeps scores, 0 zeroes them outside the mask")
     return r
+
+
+#: Full MVTec AD classes (train/good images, original side in px) for the classes whose sizes
+#: ../shared/data/README.md states; a run on fewer or smaller images says so next to published numbers.
+FULL_MVTEC = {"grid": (264, 1024), "hazelnut": (391, 1024), "transistor": (213, 1024), "screw": (320, 1024)}
+
+
+def class_summary(data: ClassData, shapes=None) -> dict:
+    """Image counts and sizes of a class, with a note when it is a subset or resized copy of MVTec AD.
+
+    ``shapes`` are the test images' original (H, W); read from the files when not given.
+    """
+    if shapes is None:
+        shapes = [read_rgb(p).shape[:2] for p in data.test]
+    sizes = sorted({f"{w}x{h}" for h, w in shapes})
+    summary = {"name": data.name, "n_train": len(data.train), "n_test_good": int((data.labels == 0).sum()),
+               "n_test_anomalous": int(data.labels.sum()), "image_size": sizes[0] if len(sizes) == 1 else
+               f"mixed ({', '.join(sizes[:3])}{', ...' if len(sizes) > 3 else ''})"}
+    notes = []
+    if data.name in FULL_MVTEC:
+        full_train, full_side = FULL_MVTEC[data.name]
+        if len(data.train) < full_train:
+            notes.append(f"subset: {len(data.train)} of the full class's {full_train} training images")
+        if max(max(h, w) for h, w in shapes) < full_side:
+            notes.append(f"resized: {summary['image_size']} copies of {full_side} px originals")
+    summary["note"] = "; ".join(notes)
+    return summary
+
+
+def report_header(title: str, command: str, s: Settings, fx: FeatureExtractor, data: Path, summaries) -> dict:
+    """The part of a report context every command shares: what ran, on what, with which weights."""
+    w = fx.weights
+    return {"title": title, "command": command, "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "data": {"root": str(data), "classes": list(summaries)},
+            "weights": {"arch": w.arch, "source": w.source, "sha256": w.sha256, "pretrained": w.pretrained,
+                        "describe": w.describe()},
+            "settings": {"layers": list(s.layers), "k": s.k, "d": s.padim_d, "seed": s.seed, "resize": s.resize,
+                         "crop": s.crop, "spade_fusion": s.spade_fusion}}
 
 
 def meta(s: Settings, fx: FeatureExtractor, **extra) -> dict:
