@@ -88,3 +88,14 @@ def test_evaluate_passes_each_image_through_the_backbone_once(tiny_root):
     streamed, _ = evaluate_class(fx, tiny_root / "nut", s, ["padim"])
     assert fx.last == 3 and not streamed.train.layers and len(streamed.train.images) == len(run.data.train)
     np.testing.assert_allclose(streamed.maps["padim"], run.maps["padim"], rtol=1e-5, atol=1e-5)
+
+
+def test_in_memory_frames_give_the_same_features_as_their_files(tiny_root):
+    data = load_class(tiny_root / "nut")
+    fx = _extractor()
+    from_files = fx(data.train[:3])
+    from_frames = fx.frames(from_files.images)
+    for l in (1, 2, 3, 4):
+        assert torch.allclose(from_frames.layers[l], from_files.layers[l], atol=1e-5)
+    with pytest.raises(SpadimError, match="frames must be"):
+        fx.frames(from_files.images[:, :10])

@@ -118,11 +118,8 @@ class FeatureExtractor:
         paths = [Path(p) for p in paths]
         if not paths:
             raise SpadimError("no images to extract features from")
-        n, shapes = len(paths), self._shapes()
-        layers = {l: torch.empty((n, *shapes[l]), memory_format=torch.channels_last) if len(shapes[l]) == 3
-                  else torch.empty((n, *shapes[l])) for l in self.layers}
-        pooled = torch.empty((n, *shapes["pool"])) if self.pooled else None
-        fs = FeatureSet(paths, layers, pooled, np.zeros((n, self.pre.crop, self.pre.crop, 3), np.uint8), [(0, 0)] * n)
+        n = len(paths)
+        fs = self._empty(n, paths)
         keys = [self._key(p) for p in paths] if self.cache_dir else []
         todo = [i for i in range(n) if not (self.cache_dir and self._from_disk(keys[i], fs, i))]
         batches = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
@@ -135,8 +132,28 @@ class FeatureExtractor:
         for start in range(0, len(paths), size):
             yield self(paths[start : start + size], desc)
 
+    def _empty(self, n: int, paths: list[Path]) -> FeatureSet:
+        shapes = self._shapes()
+        layers = {l: torch.empty((n, *shapes[l]), memory_format=torch.channels_last) for l in self.layers}
+        pooled = torch.empty((n, *shapes["pool"])) if self.pooled else None
+        return FeatureSet(paths, layers, pooled, np.zeros((n, self.pre.crop, self.pre.crop, 3), np.uint8), [(0, 0)] * n)
+
+    def frames(self, images: np.ndarray, desc: str = "frames") -> FeatureSet:
+        """Features of preprocessed uint8 frames [N, crop, crop, 3] held in memory (e.g. synthetic
+        defects on normal images); they are not cached on disk."""
+        if images.ndim != 4 or images.shape[1:] != (self.pre.crop, self.pre.crop, 3):
+            raise SpadimError(f"frames must be [N, {self.pre.crop}, {self.pre.crop}, 3] uint8, got {images.shape}")
+        fs = self._empty(len(images), [Path(f"<frame {i}>") for i in range(len(images))])
+        batches = [list(range(i, min(i + self.batch_size, len(images)))) for i in range(0, len(images), self.batch_size)]
+        for batch in self.progress(batches, desc, len(images)) if self.progress and batches else batches:
+            self._forward(fs, batch, images[batch], [images.shape[1:3]] * len(batch), [])
+        return fs
+
     def _run(self, fs: FeatureSet, rows: list[int], keys: list[str]) -> None:
         images, shapes = load_images([fs.paths[i] for i in rows], self.pre)
+        self._forward(fs, rows, images, shapes, keys)
+
+    def _forward(self, fs: FeatureSet, rows: list[int], images: np.ndarray, shapes, keys: list[str]) -> None:
         x = torch.from_numpy(normalize(images)).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             out = self.model.features(x, self.last)
@@ -147,7 +164,7 @@ class FeatureExtractor:
             if fs.pooled is not None:
                 fs.pooled[i] = out["pool"][j]
             fs.images[i], fs.shapes[i] = images[j], tuple(shapes[j])
-            if self.cache_dir:
+            if keys:
                 self._to_disk(keys[i], {l: out[l][j] for l in LAYER_IDS if l in out}, out.get("pool"), j,
                               images[j], shapes[j])
 
