@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .features import FeatureSet
 from .maps import upsample_blur
@@ -42,18 +41,26 @@ def channel_subset(n_channels: int, d: int, seed: int) -> torch.Tensor:
 
 
 def select_and_concat(fs: FeatureSet, layers: tuple[int, ...], idx: torch.Tensor) -> torch.Tensor:
-    """[N, L, d] vectors of the concatenated-channel ids ``idx``, selected per layer before upsampling."""
+    """[N, L, d] vectors of the concatenated-channel ids ``idx``, selected per layer before upsampling.
+
+    Works in channels-last order ([N, h, w, C] views), so selecting channels, the nearest upsampling
+    (``floor(dst * h / size)``, as ``F.interpolate(mode="nearest")``) and the concatenation write
+    each position's vector contiguously, with no transpose of the result.
+    """
     parts, offset = [], 0
     size = max(fs.layers[l].shape[-1] for l in layers)
     for l in layers:
-        c = fs.layers[l].shape[1]
+        c, h = fs.layers[l].shape[1], fs.layers[l].shape[-1]
         local = idx[(idx >= offset) & (idx < offset + c)] - offset
         offset += c
         if len(local):
-            chosen = fs.layers[l][:, local]
-            parts.append(chosen if chosen.shape[-1] == size else F.interpolate(chosen, size=(size, size), mode="nearest"))
-    x = torch.cat(parts, 1)
-    return x.flatten(2).transpose(1, 2).contiguous()
+            chosen = fs.layers[l].permute(0, 2, 3, 1)[..., local]  # [N, h, w, c_sel]
+            if h != size:
+                rows = torch.arange(size) * h // size
+                chosen = chosen[:, rows][:, :, rows]
+            parts.append(chosen)
+    x = torch.cat(parts, -1)
+    return x.reshape(len(x), size * size, -1)
 
 
 def per_worker(work, starts) -> None:
@@ -101,12 +108,11 @@ class GaussianAccumulator:
     def cholesky_(self, eps: float, chunk: int = 32) -> torch.Tensor:
         """Lower Cholesky factors of cov + eps I, computed in float64 chunks into ``outer``'s memory."""
         m = self.total / self.n  # shifted mean, float64
-        eye = eps * torch.eye(m.shape[1], dtype=torch.float64)
 
         def factorise(start: int) -> None:
             sl = slice(start, start + chunk)
-            cov = self.outer[sl].double().sub_(self.n * m[sl, :, None] * m[sl, None, :])
-            cov.div_(max(self.n - 1, 1)).add_(eye)
+            cov = self.outer[sl].double().baddbmm_(m[sl, :, None], m[sl, None, :], alpha=-self.n)
+            cov.mul_(1.0 / max(self.n - 1, 1)).diagonal(dim1=1, dim2=2).add_(eps)
             self.outer[sl] = torch.linalg.cholesky(cov).float()
 
         per_worker(factorise, range(0, len(m), chunk))
