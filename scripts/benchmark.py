@@ -24,7 +24,6 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import queue
 import resource
 import sys
 import time

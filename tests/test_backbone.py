@@ -1,6 +1,5 @@
 import hashlib
 import http.server
-import os
 import threading
 from functools import partial
 from pathlib import Path
