@@ -1,4 +1,5 @@
-"""Command line: ``spadim make-data | weights | fit | predict | evaluate | mask-sweep | layer-sweep | reproduce``.
+"""Command line: ``spadim make-data | weights | fit | predict | evaluate | mask-sweep | layer-sweep | layer-select |
+reproduce``.
 
 Bad input ends with one line on stderr and exit code 2. Results are written to a
 staging folder first and moved into ``--out`` only when the command succeeds, so a
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import json
 import shlex
 import sys
 import time
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, layersweep, masksweep, reproduce
+from . import __version__, layerselect, layersweep, masksweep, reproduce
 from .backbone import ARCHS, load_backbone, locate, weights_report
 from .cliargs import (
     add_common,
@@ -47,7 +50,7 @@ from .pipeline import (
     score_stream,
     suppress_outside,
 )
-from .report_html import write_report
+from .report_html import _table as html_table, write_report
 from .reports import (
     best_worst_gallery,
     METRIC_COLUMNS,
@@ -111,11 +114,17 @@ def cmd_evaluate(a) -> None:
     s = settings_from(a)
     methods, classes, fx = start_study(s, a.data, a.methods, a.classes)
     command = recorded_command(a)
-    rows, warnings, summaries, curves, galleries = [], [], [], {}, {}
+    rows, warnings, summaries, curves, galleries, choices = [], [], [], {}, {}, []
     with staged(a.out) as out:
         for cdir in classes:
             t0 = time.perf_counter()
-            run, metrics = evaluate_class(fx, cdir, s, methods)
+            if s.auto_layers:  # choose per method from the training images, then refit on all of them
+                run, metrics, sels = layerselect.evaluate_auto(fx, cdir, s, methods)
+                choices += [{"class": run.data.name, "method": m, "layers": sel.name, "synthetic_aupr": sel.aupr,
+                             "selection_s": layerselect.selection_seconds(sels)} for m, sel in sels.items()]
+                say(f"{run.data.name}: --layers auto chose " + ", ".join(f"{m} {sel.name}" for m, sel in sels.items()))
+            else:
+                run, metrics = evaluate_class(fx, cdir, s, methods)
             notes = undefined_notes(run.masks, run.labels)
             for n in notes:
                 say(f"warning: {run.data.name}: {n}")
@@ -128,7 +137,8 @@ def cmd_evaluate(a) -> None:
             summaries.append(class_summary(run.data, run.test.shapes))
             note = {"note": "; ".join(notes)} if notes else {}
             for name in methods:
-                rows.append({"class": run.data.name, "method": name, **metrics[name],
+                chosen = {"layers": sels[name].name} if s.auto_layers else {}
+                rows.append({"class": run.data.name, "method": name, **chosen, **metrics[name],
                              "n_train": len(run.train), "n_test": len(run.test), **note})
                 say(f"{run.data.name:>12} {name:>6}: " + "  ".join(f"{c}={metrics[name][c]:.3f}" for c in METRIC_COLUMNS))
             curves[run.data.name] = f"curves/{run.data.name}.png"
@@ -139,12 +149,21 @@ def cmd_evaluate(a) -> None:
             say(f"{run.data.name}: done in {time.perf_counter() - t0:.1f} s")
         rows = with_means(rows, ["method"])
         extra = {"object_mask": a.object_mask, "outside_multiplier": r if cfg else None, "mask_warnings": warnings}
-        cols = ["class", "method", *METRIC_COLUMNS, "n_train", "n_test"]
+        cols = ["class", "method", *(["layers"] if s.auto_layers else []), *METRIC_COLUMNS, "n_train", "n_test"]
         cols += ["note"] if any("note" in r for r in rows) else []
+        extra_sections = []
+        if s.auto_layers:
+            extra["layer_choices"] = choices
+            extra_sections.append({"title": "Layers chosen from normal images (--layers auto)",
+                                   "html": html_table(choices, ["class", "method", "layers", "synthetic_aupr",
+                                                                "selection_s"],
+                                                      "subset with the highest pixel AUPR on synthetic defects on "
+                                                      "held-out training images; then refitted on all of them")})
         md = write_table(out, "results", rows, cols,
                          "spadim evaluate", meta(s, fx, methods=methods, **extra))
         write_report(out, {**report_header("spadim evaluate", command, s, fx, a.data, summaries),
-                           "results": rows, "curves": curves, "galleries": galleries})
+                           "results": rows, "curves": curves, "galleries": galleries,
+                           "extra_sections": extra_sections})
     print(md)
     for w in warnings:
         say(f"warning: object mask fell back to the full frame: {w}")
@@ -170,10 +189,18 @@ def cmd_fit(a) -> None:
     fx = make_extractor(s, progress, [method_name])
     say(fx.weights.describe())
     t0 = time.perf_counter()
-    fitted, train = fit_methods(fx, data.train, s, [method_name], desc=f"{data.name} train")
-    method = fitted[method_name]
+    if s.auto_layers:  # choose from the training images, then refit on all of them (features held once)
+        train = fx(data.train, f"{data.name} train")
+        sel = layerselect.select_layers(fx, train, s, method_name)
+        method = s.method(method_name, sel.chosen).fit(train)
+        say(f"--layers auto chose {sel.name} for {method_name} (synthetic pixel AUPR {sel.aupr:.3f})")
+    else:
+        fitted, train = fit_methods(fx, data.train, s, [method_name], desc=f"{data.name} train")
+        method = fitted[method_name]
     refs = train.images[reference_indices(len(train), a.refs)]
     save_model(a.out, method, fx.weights, s.pre, data.name, refs)
+    if s.auto_layers:
+        Path(f"{a.out}.layers.json").write_text(json.dumps(sel.to_json(), indent=1))
     say(f"fitted {method_name} on {len(train)} images of {data.name} in {time.perf_counter() - t0:.1f} s -> {a.out}")
 
 
@@ -246,6 +273,11 @@ def cmd_layer_sweep(a) -> None:
     layersweep.run(settings_from(a), a.data, a.out, a.methods, a.classes, recorded_command(a))
 
 
+def cmd_layer_select(a) -> None:
+    layerselect.run(settings_from(a), a.data, a.out, a.methods, a.classes, a.sweep, recorded_command(a),
+                    time_evaluate=not a.no_timing)
+
+
 def cmd_mask_sweep(a) -> None:
     detectors = parse_detectors(a.detectors)
     rs = parse_multipliers(a.multipliers)
@@ -282,7 +314,10 @@ def cmd_reproduce(a) -> None:
     rs = parse_multipliers(a.multipliers)
     cfgs = {d: mask_config(a, d) for d in detectors}
     data = a.data or default_data()
-    reproduce.run(settings_from(a), data, a.out, cfgs, a.methods, a.classes, rs, recorded_command(a))
+    s = settings_from(a)
+    auto = s.auto_layers  # Table 1 keeps the study's layers; the auto choice is recorded beside it
+    s = dataclasses.replace(s, layers=(1, 2, 3)) if auto else s
+    reproduce.run(s, data, a.out, cfgs, a.methods, a.classes, rs, recorded_command(a), auto)
 
 
 # ---------------------------------------------------------------- entry point
@@ -354,6 +389,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/layer-sweep"))
     add_common(p, layers=False)
     p.set_defaults(func=cmd_layer_sweep)
+
+    p = sub.add_parser("layer-select", help="--layers auto per class from normal images, and its regret "
+                       "against the best subset on the real test set")
+    p.add_argument("data", type=Path, help="MVTec AD root or one class folder")
+    p.add_argument("--classes", default=None)
+    p.add_argument("--methods", default="spade,padim")
+    p.add_argument("--sweep", type=Path, default=None, help="layer-sweep --out folder whose per_class results "
+                   "give the real AUPR of every subset (default: computed here)")
+    p.add_argument("--no-timing", action="store_true", help="skip the timed plain evaluate of each class")
+    p.add_argument("--out", type=Path, default=Path("runs/layer-select"))
+    add_common(p, layers=False)
+    p.set_defaults(func=cmd_layer_select)
 
     p = sub.add_parser("reproduce", help="the study in one run: Table 1, proposals 1 and 2, report.html (resumable)")
     p.add_argument("data", type=Path, nargs="?", default=None,

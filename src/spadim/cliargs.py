@@ -15,7 +15,7 @@ from .errors import SpadimError
 from .features import parse_layers
 from .lists import parse_list
 from .objmask import DETECTORS, MaskConfig, available_detectors
-from .pipeline import Settings
+from .pipeline import AUTO, Settings
 from .session import check_out_dir, check_out_file
 
 
@@ -32,7 +32,8 @@ def add_common(p: argparse.ArgumentParser, layers: bool = True) -> None:
     g.add_argument("--seed", type=int, default=0, help="seeds PaDiM's channel subset and random weights")
     m = p.add_argument_group("methods")
     if layers:
-        m.add_argument("--layers", default="1,2,3", help="backbone layers to use, subset of 1,2,3,4 (default: %(default)s)")
+        m.add_argument("--layers", default="1,2,3", help="backbone layers to use, subset of 1,2,3,4, or 'auto': "
+                       "chosen per class from normal images with synthetic defects (default: %(default)s)")
     m.add_argument("--k", type=int, default=5, help="SPADE: nearest training images (default: %(default)s)")
     m.add_argument("--d", type=int, default=None, help="PaDiM: random channels kept (default: 100 resnet18, 550 others)")
     m.add_argument("--spade-fusion", default="mean", choices=FUSIONS,
@@ -54,10 +55,15 @@ def add_mask_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     g.add_argument("--min-matches", type=int, default=8, help="fewer matches -> full-frame fallback (default: %(default)s)")
 
 
+def layers_arg(text: str):
+    """--layers: 'auto' (case-insensitive) keeps the marker; anything else goes to the strict parse_layers."""
+    return AUTO if str(text).strip().lower() == AUTO else parse_layers(text)
+
+
 def settings_from(a) -> Settings:
     return Settings(
         arch=a.arch, weights=a.weights, resize=a.resize, crop=a.crop,
-        layers=parse_layers(a.layers) if hasattr(a, "layers") else (1, 2, 3),
+        layers=layers_arg(a.layers) if hasattr(a, "layers") else (1, 2, 3),
         k=a.k, d=a.d, seed=a.seed, batch_size=a.batch_size, cache_dir=a.cache_dir, spade_fusion=a.spade_fusion,
     )
 

@@ -30,6 +30,9 @@ from .padim import DEFAULT_D
 from .spade import FUSIONS
 
 
+AUTO = "auto"  # Settings.layers marker: choose the subset per class (spadim.layerselect)
+
+
 @dataclass
 class Settings:
     """Everything that defines a run; defaults follow the papers' reference code."""
@@ -38,7 +41,7 @@ class Settings:
     weights: str | None = None  # None: look up a checkpoint; "random"; or a path
     resize: int = 256
     crop: int = 224
-    layers: tuple[int, ...] = (1, 2, 3)
+    layers: tuple[int, ...] | str = (1, 2, 3)  # or AUTO: chosen per class from normal images
     k: int = 5
     d: int | None = None  # None: 100 for resnet18, 550 for the 50-layer nets
     seed: int = 0
@@ -56,6 +59,18 @@ class Settings:
         Preprocess(self.resize, self.crop)  # raises SpadimError on bad sizes
         if self.spade_fusion not in FUSIONS:
             raise SpadimError(f"--spade-fusion {self.spade_fusion!r}: choose {' or '.join(FUSIONS)}")
+        if isinstance(self.layers, str) and self.layers != AUTO:
+            raise SpadimError(f"--layers {self.layers!r}: give ids such as 1,2,3 or {AUTO!r}")
+
+    @property
+    def auto_layers(self) -> bool:
+        """True when the layer subset is chosen per class (``--layers auto``, see spadim.layerselect)."""
+        return self.layers == AUTO
+
+    @property
+    def layers_label(self):
+        """``layers`` for reports: a list of ids, or the 'auto' marker."""
+        return AUTO if self.auto_layers else list(self.layers)
 
     @property
     def padim_d(self) -> int:
@@ -66,6 +81,8 @@ class Settings:
         return Preprocess(self.resize, self.crop)
 
     def method(self, name: str, layers: tuple[int, ...] | None = None):
+        if layers is None and self.auto_layers:
+            raise SpadimError("layers are 'auto': choose them first (spadim.layerselect) and pass them")
         return registry.create(name, self, layers)
 
 
@@ -78,6 +95,10 @@ def needed_features(methods: list[str], layer_sets) -> tuple[tuple[int, ...], bo
 def make_extractor(s: Settings, progress=None, methods=("spade", "padim"), layer_sets=None) -> FeatureExtractor:
     """The backbone with real (or explicitly random) weights, keeping only what the run needs."""
     model, weights = load_backbone(s.arch, s.weights, s.seed)
+    if layer_sets is None and s.auto_layers:
+        from .features import ALL_COMBOS
+
+        layer_sets = ALL_COMBOS  # the choice needs every layer
     layers, pooled = needed_features(list(methods), layer_sets or [s.layers])
     return FeatureExtractor(model, weights, s.pre, s.batch_size, s.cache_dir, progress, layers, pooled)
 
@@ -157,8 +178,15 @@ def evaluate_class(fx: FeatureExtractor, class_dir: Path, s: Settings, methods: 
     """
     data = load_class(class_dir)
     fitted, train = fit_methods(fx, data.train, s, methods, layers, f"{data.name} train")
+    return evaluate_fitted(fx, data, s, fitted, train)
+
+
+def evaluate_fitted(fx: FeatureExtractor, data: ClassData, s: Settings, fitted: dict,
+                    train: FeatureSet) -> tuple[ClassRun, dict[str, dict]]:
+    """Stream the test set through already fitted methods (``fitted`` is emptied to free them)."""
+    methods = list(fitted)
     test, maps, scores = score_stream(fx, data.test, fitted, s.stream_size, s.crop, f"{data.name} test")
-    del fitted  # PaDiM's factors (3.8 GB at d=550) are not needed by the metrics
+    fitted.clear()  # PaDiM's factors (3.8 GB at d=550) are not needed by the metrics
     run = ClassRun(data, train, test, load_masks(data, fx.pre, test.shapes), maps, scores)
     metrics = {n: evaluate_maps(run.maps[n], run.masks, run.scores[n], run.labels) for n in methods}
     return run, metrics

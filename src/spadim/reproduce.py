@@ -32,11 +32,13 @@ DEFAULT_MULTIPLIERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 FORMAT = 1
 
 
-def _signature(s: Settings, weights_id: str, methods, cfgs: dict[str, MaskConfig], multipliers) -> dict:
+def _signature(s: Settings, weights_id: str, methods, cfgs: dict[str, MaskConfig], multipliers,
+               auto: bool = False) -> dict:
     return {"format": FORMAT, "arch": s.arch, "weights": weights_id, "resize": s.resize, "crop": s.crop,
             "k": s.k, "d": s.padim_d, "seed": s.seed, "spade_fusion": s.spade_fusion, "layers": list(s.layers),
             "methods": list(methods), "multipliers": list(multipliers),
-            "masks": {det: dataclasses.asdict(cfg) for det, cfg in cfgs.items()}}
+            "masks": {det: dataclasses.asdict(cfg) for det, cfg in cfgs.items()},
+            **({"auto_layers": True} if auto else {})}
 
 
 def _load(path: Path, sig: dict) -> dict | None:
@@ -81,8 +83,27 @@ def layer_subsets(cr, s: Settings, methods, bar) -> tuple[dict, dict]:
     return results, kept
 
 
+def auto_choice(fx, cr, s: Settings, methods, layers: dict) -> dict:
+    """Per method, the ``--layers auto`` subset chosen from the held training features alone, its
+    synthetic AUPR and its real AUPR (looked up among the 15 subsets already scored)."""
+    from .layerselect import select_many, selection_seconds
+
+    sels = select_many(fx, cr.train, s, methods)
+    return {m: {"layers": sel.name, "synthetic_aupr": sel.aupr, "pixel_aupr": layers[f"{sel.name}/{m}"]["pixel_aupr"],
+                "selection_s": selection_seconds(sels)} for m, sel in sels.items()}
+
+
+AUTO_MEANS = ("auto_pixel_aupr", "auto_synthetic_aupr")
+
+
+def _auto_columns(result: dict, method: str) -> dict:
+    a = (result.get("auto") or {}).get(method)
+    return {"auto_layers": a["layers"], "auto_pixel_aupr": a["pixel_aupr"],
+            "auto_synthetic_aupr": a["synthetic_aupr"]} if a else {}
+
+
 def reproduce_class(fx, cdir: Path, s: Settings, methods, cfgs: dict[str, MaskConfig], multipliers,
-                    out: Path, bar) -> dict:
+                    out: Path, bar, auto: bool = False) -> dict:
     """Everything the study measures on one class; pictures are written into ``out``."""
     cr = prepare_class(fx, cdir)
     notes = undefined_notes(cr.masks, cr.labels)
@@ -92,6 +113,7 @@ def reproduce_class(fx, cdir: Path, s: Settings, methods, cfgs: dict[str, MaskCo
     cr.maps = {m: kept[m][0] for m in methods}
     cr.scores = {m: kept[m][1] for m in methods}
     table1 = {m: layers[f"{combo_name(s.layers)}/{m}"] for m in methods}
+    choice = auto_choice(fx, cr, s, methods, layers) if auto else None
     fg = np.stack([foreground_estimate(im) for im in cr.test.images])
     suitability, sweep, warnings, first_mask = [], [], [], None
     for det, cfg in cfgs.items():
@@ -110,16 +132,19 @@ def reproduce_class(fx, cdir: Path, s: Settings, methods, cfgs: dict[str, MaskCo
     gallery = best_worst_gallery(out, cr, methods, first_mask, next(iter(cfgs), None), banner)
     return {"summary": class_summary(cr.data, cr.test.shapes), "table1": table1, "layers": layers,
             "suitability": suitability, "sweep": sweep, "warnings": warnings, "notes": notes,
-            "gallery": gallery, "curves": f"curves/{cr.data.name}.png"}
+            "gallery": gallery, "curves": f"curves/{cr.data.name}.png", **({"auto": choice} if auto else {})}
 
 
 def run(s: Settings, data: Path, out: Path, cfgs: dict[str, MaskConfig], methods: str = "spade,padim",
-        classes: str | None = None, multipliers=DEFAULT_MULTIPLIERS, command: str = "") -> dict:
-    """Run (or resume) the study on ``data`` into ``out``; returns the report context."""
+        classes: str | None = None, multipliers=DEFAULT_MULTIPLIERS, command: str = "", auto: bool = False) -> dict:
+    """Run (or resume) the study on ``data`` into ``out``; returns the report context.
+
+    ``auto`` also records, per class, the ``--layers auto`` choice and its real AUPR (Table 1 keeps
+    ``s.layers``)."""
     out = Path(out)
     check_out_dir(out)
     methods, class_dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS)
-    sig = _signature(s, fx.weights.sha256, methods, cfgs, multipliers)
+    sig = _signature(s, fx.weights.sha256, methods, cfgs, multipliers, auto)
     done = {c.name: _load(out / "per_class" / f"{c.name}.json", sig) for c in class_dirs}
     todo = [c for c in class_dirs if done[c.name] is None]
     say(f"{len(class_dirs) - len(todo)} of {len(class_dirs)} classes already done")
@@ -127,7 +152,7 @@ def run(s: Settings, data: Path, out: Path, cfgs: dict[str, MaskConfig], methods
     bar = tqdm(total=len(todo) * steps, desc="reproduce", unit="step", disable=None)
     t0 = time.perf_counter()
     for n, cdir in enumerate(todo, start=1):
-        result = reproduce_class(fx, cdir, s, methods, cfgs, multipliers, out, bar)
+        result = reproduce_class(fx, cdir, s, methods, cfgs, multipliers, out, bar, auto)
         _save(out / "per_class" / f"{cdir.name}.json", {"signature": sig, **result})
         done[cdir.name] = result
         left = (time.perf_counter() - t0) / n * (len(todo) - n)
@@ -145,11 +170,15 @@ def write_outputs(out: Path, s: Settings, fx, methods, results: list[dict], dete
     info = meta(s, fx, methods=methods, detectors=detectors, multipliers=list(multipliers))
     names = [r["summary"]["name"] for r in results]
     banner = fx.weights.banner
-    table1 = with_means([{"class": name, "method": m, **r["table1"][m], "n_train": r["summary"]["n_train"],
+    table1 = with_means([{"class": name, "method": m, **r["table1"][m], **_auto_columns(r, m),
+                          "n_train": r["summary"]["n_train"],
                           "n_test": r["summary"]["n_test_good"] + r["summary"]["n_test_anomalous"],
                           **({"note": "; ".join(r["notes"])} if r["notes"] else {})}
                          for name, r in zip(names, results) for m in methods], ["method"])
-    cols = ["class", "method", *METRIC_COLUMNS, "n_train", "n_test"]
+    table1 = with_means([r for r in table1 if r["class"] != "mean"], ["method"], [*METRIC_COLUMNS, *AUTO_MEANS]) \
+        if any("auto_layers" in r for r in table1) else table1
+    auto_cols = ["auto_layers", "auto_pixel_aupr", "auto_synthetic_aupr"] if any("auto_layers" in r for r in table1) else []
+    cols = ["class", "method", *METRIC_COLUMNS, *auto_cols, "n_train", "n_test"]
     md = write_table(out, "table1", table1, cols + (["note"] if any("note" in r for r in table1) else []),
                      f"Table 1: layers {combo_name(s.layers)}", info)
     layer_rows = [{"class": name, "layers": combo_name(c), "n_layers": len(c), "method": m,
@@ -186,6 +215,12 @@ def write_outputs(out: Path, s: Settings, fx, methods, results: list[dict], dete
         "layer_sweep": {"rows": layer_rows, "table3": t3, "best": best, "counts": counts, "correlation": corr,
                         "figure5": "figure5.png"},
     }
+    if auto_cols:
+        from .report_html import _table
+
+        context["extra_sections"] = [{"title": "Layers chosen from normal images (--layers auto)", "html": _table(
+            table1, ["class", "method", "pixel_aupr", *auto_cols],
+            f"pixel AUPR of the study's layers {combo_name(s.layers)} beside the auto choice's real AUPR")}]
     write_report(out, context)
     (out / "summary.md").write_text(md)
     print(md)

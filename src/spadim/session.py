@@ -123,13 +123,13 @@ def report_header(title: str, command: str, s: Settings, fx: FeatureExtractor, d
             "data": {"root": str(data), "classes": list(summaries)},
             "weights": {"arch": w.arch, "source": w.source, "sha256": w.sha256, "pretrained": w.pretrained,
                         "describe": w.describe()},
-            "settings": {"layers": list(s.layers), "k": s.k, "d": s.padim_d, "seed": s.seed, "resize": s.resize,
+            "settings": {"layers": s.layers_label, "k": s.k, "d": s.padim_d, "seed": s.seed, "resize": s.resize,
                          "crop": s.crop, "spade_fusion": s.spade_fusion}}
 
 
 def meta(s: Settings, fx: FeatureExtractor, **extra) -> dict:
     return {"spadim": __version__, "weights": fx.weights.describe(), "pretrained": fx.weights.pretrained,
-            "arch": s.arch, "resize": s.resize, "crop": s.crop, "layers": list(s.layers), "k": s.k,
+            "arch": s.arch, "resize": s.resize, "crop": s.crop, "layers": s.layers_label, "k": s.k,
             "d": s.padim_d, "spade_fusion": s.spade_fusion, "seed": s.seed, **extra}
 
 

@@ -1,0 +1,376 @@
+"""Choose the layer subset per class from normal images alone (``--layers auto``), and its regret.
+
+The study found that the best subset differs between classes, but a user has no defect masks for a
+new product. So the training images are split (seeded) into a fit part and a validation part
+(>= 20%, at least one image); each validation image gets synthetic defects with exact masks
+(:func:`spadim.defects.make_defects`, patches cut from the fit part); every subset of layers 1-4 is
+fitted on the fit part and scored on the validation images, normal and defective; the subset with
+the highest synthetic pixel AUPR wins, ties (within ``TOLERANCE``) going to fewer, then lower layers.
+The caller then refits on all training images with the chosen subset.
+
+The backbone pass is shared: training features are extracted once (their validation rows are
+reused as the normal validation images and their frames as the defect canvases) and each synthetic
+image passes once through ``fx.frames``. Selection only ever receives training paths or features,
+so it cannot read a test label (tested by failing any access to ``ground_truth/``).
+
+PaDiM needs one Gaussian fit per subset, and the 8 subsets with layer 1 have 3136 positions at
+224 px; to keep selection near the cost of one evaluate, PaDiM's selection fits are made on a
+strided lattice of at most ``PADIM_MAX_POSITIONS`` positions (every 2nd row and column of layer 1's
+56 x 56 grid) and the sampled map is upsampled to the frame. SPADE's per-layer maps are computed
+once and every subset is their fusion (as in the layer sweep).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from .data import ClassData, load_class, load_masks
+from .defects import DefectConfig, make_defects
+from .errors import SpadimError
+from .features import ALL_COMBOS, FeatureExtractor, FeatureSet
+from .layersweep import combo_name, spade_subset_maps, spade_subsets
+from .metrics import pixel_aupr, undefined_notes
+from .padim import Padim
+from .pipeline import ClassRun, Settings, evaluate_class, evaluate_fitted, make_extractor, score_class
+
+VAL_FRACTION = 0.2
+COPIES = 2  # synthetic images per validation image (different defects), so every kind appears
+TOLERANCE = 1e-9  # AUPRs closer than this are a tie
+PADIM_MAX_POSITIONS = 784  # PaDiM selection fits at most a 28 x 28 lattice of positions
+
+
+@dataclass
+class Selection:
+    """One method's choice on one class, with everything needed to audit it."""
+
+    method: str
+    chosen: tuple[int, ...]
+    synthetic_aupr: dict[str, float]  # subset name ("1+2") -> pixel AUPR on the synthetic set
+    fit_rows: list[int]  # rows of the training list used to fit
+    val_rows: list[int]  # rows used as validation images
+    kinds: list[str]  # defect kind of each synthetic image
+    seed: int
+    seconds: dict[str, float] = field(default_factory=dict)  # shared (split, defects, frames) and scoring
+
+    @property
+    def name(self) -> str:
+        return combo_name(self.chosen)
+
+    @property
+    def aupr(self) -> float:
+        return self.synthetic_aupr[self.name]
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "chosen": self.name, "synthetic_aupr_chosen": self.aupr}
+
+
+@dataclass
+class Validation:
+    """The fit part and the synthetic validation set (normal validation images, then defective ones)."""
+
+    fit: FeatureSet
+    val: FeatureSet
+    masks: np.ndarray  # bool [2 * copies * ... , crop, crop]; all False for the normal images
+    fit_rows: list[int]
+    val_rows: list[int]
+    kinds: list[str]
+    seconds: dict[str, float]
+
+
+def split_rows(n: int, seed: int, fraction: float = VAL_FRACTION) -> tuple[list[int], list[int]]:
+    """Seeded (fit rows, validation rows); at least one of each and >= ``fraction`` validation."""
+    if n < 2:
+        raise SpadimError(f"--layers auto needs at least 2 training images to split (got {n})")
+    n_val = min(n - 1, max(1, math.ceil(fraction * n)))
+    perm = np.random.default_rng(seed).permutation(n)
+    return sorted(int(i) for i in perm[n_val:]), sorted(int(i) for i in perm[:n_val])
+
+
+def take(fs: FeatureSet, rows: list[int]) -> FeatureSet:
+    """Rows of a FeatureSet (copies)."""
+    idx = torch.as_tensor(rows, dtype=torch.long)
+    return FeatureSet([fs.paths[i] for i in rows], {l: t[idx] for l, t in fs.layers.items()},
+                      None if fs.pooled is None else fs.pooled[idx], fs.images[rows], [fs.shapes[i] for i in rows])
+
+
+def concat(parts: list[FeatureSet]) -> FeatureSet:
+    return FeatureSet([p for fs in parts for p in fs.paths], {l: torch.cat([fs.layers[l] for fs in parts])
+                      for l in parts[0].layers},
+                      None if parts[0].pooled is None else torch.cat([fs.pooled for fs in parts]),
+                      np.concatenate([fs.images for fs in parts]), [s for fs in parts for s in fs.shapes])
+
+
+def validation_set(fx: FeatureExtractor, train: FeatureSet, seed: int, fraction: float = VAL_FRACTION,
+                   copies: int = COPIES, cfg: DefectConfig = DefectConfig()) -> Validation:
+    """Split ``train`` and build the synthetic validation set; only the synthetic frames hit the backbone."""
+    t0 = time.perf_counter()
+    fit_rows, val_rows = split_rows(len(train), seed, fraction)
+    fit, val = take(train, fit_rows), take(train, val_rows)
+    defective, masks, kinds = [], [], []
+    for c in range(copies):
+        img, m, k = make_defects(val.images, fit.images, seed * 1000 + c, cfg)
+        defective.append(img)
+        masks.append(m)
+        kinds += k
+    defective = np.concatenate(defective)
+    t1 = time.perf_counter()
+    synth = fx.frames(defective, "synthetic defects")
+    t2 = time.perf_counter()
+    masks = np.concatenate([np.zeros(val.images.shape[:3], bool), *masks])
+    return Validation(fit, concat([val, synth]), masks, fit_rows, val_rows, kinds,
+                      {"defects": t1 - t0, "synthetic_features": t2 - t1})
+
+
+class SampledPadim(Padim):
+    """PaDiM fitted and scored on a strided lattice of positions (selection only; see module doc)."""
+
+    def __init__(self, layers, d, seed, max_positions: int = PADIM_MAX_POSITIONS):
+        super().__init__(layers, d, seed)
+        self.max_positions = max_positions
+
+    def _vectors(self, fs: FeatureSet) -> torch.Tensor:
+        x = super()._vectors(fs)
+        side = self.grid[0]
+        stride = max(1, math.ceil(math.sqrt(side * side / self.max_positions)))
+        if stride == 1:
+            return x
+        x = x.reshape(len(x), side, side, -1)[:, ::stride, ::stride]
+        self.grid = tuple(x.shape[1:3])
+        return x.reshape(len(x), -1, x.shape[-1])
+
+
+def subset_auprs(method: str, v: Validation, s: Settings, combos=ALL_COMBOS,
+                 max_positions: int = PADIM_MAX_POSITIONS) -> dict[str, float]:
+    """Synthetic pixel AUPR of every layer subset of ``method`` (fit on ``v.fit``, scored on ``v.val``)."""
+    out = {}
+    if method == "spade" and s.spade_fusion == "mean":
+        for combo, maps, _ in spade_subset_maps(SimpleNamespace(train=v.fit, test=v.val), s, combos):
+            out[combo_name(combo)] = pixel_aupr(maps, v.masks)
+        return out
+    for combo in combos:
+        if method == "padim":
+            fitted = SampledPadim(combo, s.padim_d, s.seed, max_positions).fit(v.fit)
+        else:
+            fitted = s.method(method, combo).fit(v.fit)
+        maps, _ = fitted.score(v.val, s.crop)
+        del fitted
+        out[combo_name(combo)] = pixel_aupr(maps, v.masks)
+    return out
+
+
+def pick(auprs: dict[str, float], tolerance: float = TOLERANCE) -> tuple[int, ...]:
+    """Highest AUPR; within ``tolerance`` of it, fewer layers, then lower layers win."""
+    combos = [tuple(int(x) for x in name.split("+")) for name in auprs]
+    valid = [c for c in combos if not math.isnan(auprs[combo_name(c)])]
+    if not valid:
+        raise SpadimError("no layer subset gave a defined synthetic AUPR (no synthetic defect fitted the frames)")
+    best = max(auprs[combo_name(c)] for c in valid)
+    return min((c for c in valid if auprs[combo_name(c)] >= best - tolerance), key=lambda c: (len(c), c))
+
+
+def training_features(fx: FeatureExtractor, data) -> FeatureSet:
+    """Training features from a FeatureSet, ClassData, class folder or list of training paths."""
+    if isinstance(data, FeatureSet):
+        return data
+    if isinstance(data, (str, Path)):
+        data = load_class(data, need_test=False)  # indexes train/good only: no test, no ground_truth
+    if isinstance(data, ClassData):
+        return fx(data.train, f"{data.name} train")
+    return fx(list(data), "train")
+
+
+def select_many(fx: FeatureExtractor, data, s: Settings, methods, seed: int | None = None,
+                fraction: float = VAL_FRACTION, copies: int = COPIES, tolerance: float = TOLERANCE,
+                max_positions: int = PADIM_MAX_POSITIONS) -> dict[str, Selection]:
+    """One :class:`Selection` per method, sharing the split, the defects and their backbone pass.
+
+    ``data`` is training data only (see :func:`training_features`); ``fx`` must keep all four
+    layers (and the pooled vector for SPADE): ``make_extractor(s, progress, methods, ALL_COMBOS)``.
+    """
+    seed = s.seed if seed is None else seed
+    t0 = time.perf_counter()
+    train = training_features(fx, data)
+    t_train = time.perf_counter() - t0
+    missing = [l for l in (1, 2, 3, 4) if l not in train.layers]
+    if missing:
+        raise SpadimError(f"layer selection needs all 4 layers; the features lack {missing}: "
+                          f"make the extractor with layer_sets=ALL_COMBOS")
+    v = validation_set(fx, train, seed, fraction, copies)
+    out = {}
+    for m in methods:
+        t1 = time.perf_counter()
+        auprs = subset_auprs(m, v, s, ALL_COMBOS, max_positions)
+        seconds = {"train_features": t_train, **v.seconds, "scoring": time.perf_counter() - t1}
+        out[m] = Selection(m, pick(auprs, tolerance), auprs, v.fit_rows, v.val_rows, v.kinds, seed, seconds)
+    return out
+
+
+def select_layers(fx: FeatureExtractor, data, s: Settings, method: str, seed: int | None = None,
+                  **kw) -> Selection:
+    """The layer subset for ``method`` on one class, chosen from its training images alone."""
+    return select_many(fx, data, s, [method], seed, **kw)[method]
+
+
+def selection_seconds(sels: dict[str, Selection]) -> float:
+    """Wall time of a :func:`select_many` call: shared parts once, scoring per method."""
+    first = next(iter(sels.values())).seconds
+    shared = sum(v for k, v in first.items() if k != "scoring")
+    return shared + sum(sel.seconds["scoring"] for sel in sels.values())
+
+
+def evaluate_auto(fx: FeatureExtractor, class_dir: Path, s: Settings, methods: list[str]
+                  ) -> tuple[ClassRun, dict[str, dict], dict[str, Selection]]:
+    """``evaluate`` with ``--layers auto``: select per method on the training images, refit each
+    method on all of them with its subset (features held, not re-extracted), stream the test set."""
+    data = load_class(class_dir)
+    train = fx(data.train, f"{data.name} train")
+    sels = select_many(fx, train, s, methods)
+    fitted = {m: s.method(m, sels[m].chosen).fit(train) for m in methods}
+    run, metrics = evaluate_fitted(fx, data, s, fitted, train)
+    return run, metrics, sels
+
+
+# ---------------------------------------------------------------- the layer-select study
+REGRET_COLUMNS = ["class", "method", "chosen", "synthetic_aupr", "auto_aupr", "oracle_layers", "oracle_aupr",
+                  "regret", "fixed_aupr", "selection_s", "evaluate_s", "cost_ratio"]
+MEAN_COLUMNS = ("synthetic_aupr", "auto_aupr", "oracle_aupr", "regret", "fixed_aupr", "selection_s",
+                "evaluate_s", "cost_ratio")
+
+
+def _sweep_results(sweep: Path | None, name: str, s: Settings, weights_id: str) -> dict:
+    """A layer sweep's stored per-class results ("1+2/padim" -> metrics), checked against our settings."""
+    if sweep is None:
+        return {}
+    path = Path(sweep) / "per_class" / f"{name}.json"
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    sig = saved.get("signature") or {}
+    ours = {"arch": s.arch, "weights": weights_id, "resize": s.resize, "crop": s.crop, "k": s.k, "d": s.padim_d,
+            "seed": s.seed}
+    diff = {k: (sig.get(k), v) for k, v in ours.items() if sig.get(k) != v}
+    if diff:
+        raise SpadimError(f"--sweep {path} was run with other settings {diff}: give the same flags or drop --sweep")
+    return saved.get("results", {})
+
+
+def real_subsets(cr: ClassRun, s: Settings, methods, stored: dict) -> dict[str, dict]:
+    """Real-test metrics of every subset per method ("1+2/padim" -> metrics), from the sweep where stored."""
+    out = dict(stored)
+    for m in methods:
+        todo = [c for c in ALL_COMBOS if f"{combo_name(c)}/{m}" not in out]
+        if not todo:
+            continue
+        if m == "spade" and s.spade_fusion == "mean":
+            out.update({f"{combo_name(c)}/spade": r for c, r in spade_subsets(cr, s, todo).items()})
+            continue
+        for c in todo:
+            out[f"{combo_name(c)}/{m}"] = score_class(cr, s, [m], c)[m]
+    return out
+
+
+def regret_rows(name: str, sels: dict[str, Selection], real: dict[str, dict], fixed=(1, 2, 3)) -> list[dict]:
+    rows = []
+    for m, sel in sels.items():
+        aupr = {combo_name(c): real[f"{combo_name(c)}/{m}"]["pixel_aupr"] for c in ALL_COMBOS}
+        defined = {k: v for k, v in aupr.items() if not math.isnan(v)}
+        oracle = max(defined, key=defined.get) if defined else ""
+        rows.append({"class": name, "method": m, "chosen": sel.name, "synthetic_aupr": sel.aupr,
+                     "auto_aupr": aupr[sel.name], "oracle_layers": oracle,
+                     "oracle_aupr": defined.get(oracle, float("nan")),
+                     "regret": defined.get(oracle, float("nan")) - aupr[sel.name],
+                     "fixed_aupr": aupr[combo_name(fixed)]})
+    return rows
+
+
+def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classes: str | None = None,
+        sweep: Path | None = None, command: str = "", time_evaluate: bool = True) -> list[dict]:
+    """``spadim layer-select``: per class and method the auto choice, and with real masks its regret."""
+    from .report_html import _table, write_report
+    from .reports import METRIC_COLUMNS, with_means, write_table
+    from .session import class_summary, meta, progress, report_header, say, staged, start_study
+
+    s = dataclasses.replace(s, layers=(1, 2, 3)) if s.auto_layers else s  # the fixed baseline
+    methods, dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS)
+    regret, results, subsets, summaries, choices = [], [], [], [], {}
+    for cdir in dirs:
+        data_c = load_class(cdir)
+        t0 = time.perf_counter()
+        train = fx(data_c.train, f"{data_c.name} train")  # held: selection and the oracle share it
+        sels = select_many(fx, train, s, methods)  # training features only
+        t_sel = time.perf_counter() - t0
+        choices[data_c.name] = {m: sel.to_json() for m, sel in sels.items()}
+        say(f"{data_c.name}: chose " + ", ".join(f"{m} {sel.name} (synthetic AUPR {sel.aupr:.3f})"
+                                                 for m, sel in sels.items()) + f" in {t_sel:.1f} s")
+        stored = _sweep_results(sweep, data_c.name, s, fx.weights.sha256)
+        t_eval = float("nan")
+        if time_evaluate:  # one plain evaluate of the class, as `spadim evaluate` runs it
+            efx = make_extractor(s, progress, methods)
+            t1 = time.perf_counter()
+            evaluate_class(efx, cdir, s, methods)
+            t_eval = time.perf_counter() - t1
+            del efx
+        has_masks = bool(data_c.labels.any())
+        summaries.append(class_summary(data_c))
+        if has_masks:
+            need = any(f"{combo_name(c)}/{m}" not in stored for c in ALL_COMBOS for m in methods)
+            cr = None
+            if need:
+                te = fx(data_c.test, f"{data_c.name} test")
+                cr = ClassRun(data_c, train, te, load_masks(data_c, fx.pre, te.shapes))
+                for note in undefined_notes(cr.masks, cr.labels):
+                    say(f"warning: {data_c.name}: {note}")
+            real = real_subsets(cr, s, methods, stored) if need else stored
+            rows = regret_rows(data_c.name, sels, real)
+            for r in rows:
+                results.append({"class": data_c.name, "method": r["method"], "layers": r["chosen"],
+                                **real[f"{r['chosen']}/{r['method']}"]})
+            for m, sel in sels.items():
+                subsets += [{"class": data_c.name, "method": m, "layers": combo_name(c),
+                             "synthetic_aupr": sel.synthetic_aupr[combo_name(c)],
+                             "real_aupr": real[f"{combo_name(c)}/{m}"]["pixel_aupr"]} for c in ALL_COMBOS]
+        else:
+            rows = [{"class": data_c.name, "method": m, "chosen": sel.name, "synthetic_aupr": sel.aupr}
+                    for m, sel in sels.items()]
+        for r in rows:
+            r.update({"selection_s": t_sel, "evaluate_s": t_eval, "cost_ratio": t_sel / t_eval})
+        regret += rows
+        say(f"{data_c.name}: " + "; ".join(f"{r['method']} regret {r.get('regret', float('nan')):.4f}"
+                                            for r in rows) + f"; selection/evaluate = {t_sel / t_eval:.2f}")
+    regret = with_means(regret, ["method"], MEAN_COLUMNS)
+    for r in regret:
+        if r["class"] == "mean":
+            r["chosen"] = r["oracle_layers"] = ""
+    info = meta(s, fx, methods=methods, layer_choice="auto", val_fraction=VAL_FRACTION, copies=COPIES,
+                tolerance=TOLERANCE, padim_max_positions=PADIM_MAX_POSITIONS, sweep=str(sweep) if sweep else None,
+                choices=choices)
+    with staged(out) as stage:
+        md = write_table(stage, "layer_select", regret, REGRET_COLUMNS,
+                         "Layer subset chosen from normal images (--layers auto) and its regret", info)
+        if subsets:
+            write_table(stage, "subsets", subsets, ["class", "method", "layers", "synthetic_aupr", "real_aupr"],
+                        "Synthetic vs real pixel AUPR of every subset", info)
+        results = with_means(results, ["method"]) if results else []
+        if results:
+            write_table(stage, "results", results, ["class", "method", "layers", *METRIC_COLUMNS],
+                        "Real test metrics of the chosen subsets", info)
+        (stage / "summary.md").write_text(md)
+        html = _table(regret, REGRET_COLUMNS, "regret = oracle AUPR - AUPR of the auto choice (real test masks); "
+                      "fixed = layers 1,2,3; cost_ratio = selection time / one evaluate of the class")
+        header = report_header("spadim layer-select", command, s, fx, Path(data), summaries)
+        header["settings"]["layers"] = "auto"
+        write_report(stage, {**header, "results": results,
+                             "extra_sections": [{"title": "Layer subset chosen from normal images (regret)",
+                                                 "html": html}]})
+    print(md)
+    say(f"results in {out}/ (report.html, layer_select.*, subsets.*, results.*, summary.md)")
+    return regret
