@@ -210,3 +210,7 @@ def test_layer_select_writes_regret_table_and_report(tiny_root, tmp_path):
     assert {r["layers"] for r in results if r["class"] != "mean"} == {r["chosen"] for r in rows if r["chosen"]}
     html = (out / "report.html").read_text()
     assert "Layer subset chosen from normal images (regret)" in html and "oracle" in html
+    assert sorted(f.name for f in (out / "per_class").iterdir()) == ["nut.json", "tile.json"]
+    before = (out / "layer_select.csv").read_text()
+    assert main(["layer-select", str(tiny_root), "--out", str(out), *FAST]) == 0  # resumes: nothing recomputed
+    assert (out / "layer_select.csv").read_text() == before

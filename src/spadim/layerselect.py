@@ -292,18 +292,56 @@ def regret_rows(name: str, sels: dict[str, Selection], real: dict[str, dict], fi
     return rows
 
 
+def _load_class(path: Path, sig: dict) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # a damaged file is recomputed
+    if saved.get("signature") != sig:
+        raise SpadimError(f"{path} holds a layer-select run with other settings: use another --out or delete it")
+    return saved
+
+
+def _save_class(path: Path, result: dict) -> None:
+    """One finished class, atomically, so an interrupted run resumes after it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=float))
+    tmp.replace(path)
+
+
 def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classes: str | None = None,
         sweep: Path | None = None, command: str = "", time_evaluate: bool = True) -> list[dict]:
-    """``spadim layer-select``: per class and method the auto choice, and with real masks its regret."""
+    """``spadim layer-select``: per class and method the auto choice, and with real masks its regret.
+
+    Each finished class is saved to ``out/per_class/<class>.json``; a rerun with the same settings
+    resumes after it."""
     from .report_html import _table, write_report
     from .reports import METRIC_COLUMNS, with_means, write_table
-    from .session import class_summary, meta, progress, report_header, say, staged, start_study
+    from .session import check_out_dir, class_summary, meta, progress, report_header, say, staged, start_study
 
     s = dataclasses.replace(s, layers=(1, 2, 3)) if s.auto_layers else s  # the fixed baseline
+    check_out_dir(out)
     methods, dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS)
+    sig = {"arch": s.arch, "weights": fx.weights.sha256, "resize": s.resize, "crop": s.crop, "k": s.k,
+           "d": s.padim_d, "seed": s.seed, "spade_fusion": s.spade_fusion, "methods": methods,
+           "val_fraction": VAL_FRACTION, "copies": COPIES, "padim_max_positions": PADIM_MAX_POSITIONS,
+           "time_evaluate": time_evaluate, "sweep": str(sweep) if sweep else None}
     regret, results, subsets, summaries, choices = [], [], [], [], {}
     for cdir in dirs:
         data_c = load_class(cdir)
+        saved = _load_class(Path(out) / "per_class" / f"{data_c.name}.json", sig)
+        if saved:  # finished by an earlier, interrupted run with the same settings
+            say(f"{data_c.name}: already done")
+            regret += saved["regret"]
+            results += saved["results"]
+            subsets += saved["subsets"]
+            summaries.append(saved["summary"])
+            choices[data_c.name] = saved["choices"]
+            continue
+        n_rows = (len(regret), len(results), len(subsets))
         t0 = time.perf_counter()
         train = fx(data_c.train, f"{data_c.name} train")  # held: selection and the oracle share it
         sels = select_many(fx, train, s, methods)  # training features only
@@ -344,6 +382,9 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
         for r in rows:
             r.update({"selection_s": t_sel, "evaluate_s": t_eval, "cost_ratio": t_sel / t_eval})
         regret += rows
+        _save_class(Path(out) / "per_class" / f"{data_c.name}.json",
+                    {"signature": sig, "regret": regret[n_rows[0]:], "results": results[n_rows[1]:],
+                     "subsets": subsets[n_rows[2]:], "summary": summaries[-1], "choices": choices[data_c.name]})
         say(f"{data_c.name}: " + "; ".join(f"{r['method']} regret {r.get('regret', float('nan')):.4f}"
                                             for r in rows) + f"; selection/evaluate = {t_sel / t_eval:.2f}")
     regret = with_means(regret, ["method"], MEAN_COLUMNS)
@@ -372,5 +413,5 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
                              "extra_sections": [{"title": "Layer subset chosen from normal images (regret)",
                                                  "html": html}]})
     print(md)
-    say(f"results in {out}/ (report.html, layer_select.*, subsets.*, results.*, summary.md)")
+    say(f"results in {out}/ (report.html, layer_select.*, subsets.*, results.*, summary.md, per_class/)")
     return regret
