@@ -37,7 +37,8 @@ from .lists import parse_list
 from .methods import parse_methods
 from .metrics import undefined_notes
 from .modelfile import load_model, save_model
-from .objmask import DETECTORS
+from .automask import LEARNED, MaskPlanner, auto_masks
+from .objmask import DETECTORS, available_detectors
 from .pipeline import (
     class_object_masks,
     evaluate_class,
@@ -109,12 +110,16 @@ def cmd_weights(a) -> None:
 
 
 def cmd_evaluate(a) -> None:
-    cfg = mask_config(a, a.object_mask) if a.object_mask else None
+    learned = a.object_mask in LEARNED
+    cfg = mask_config(a, a.object_mask) if a.object_mask and not learned else None
+    candidates = {d: mask_config(a, d) for d in available_detectors()} if a.object_mask == "auto" else {}
     r = check_multiplier(a.outside_multiplier)
     s = settings_from(a)
+    if learned and s.auto_layers:
+        raise SpadimError(f"--object-mask {a.object_mask} with --layers auto is not supported yet: give --layers")
     methods, classes, fx = start_study(s, a.data, a.methods, a.classes)
     command = recorded_command(a)
-    rows, warnings, summaries, curves, galleries, choices = [], [], [], {}, {}, []
+    rows, warnings, summaries, curves, galleries, choices, decisions = [], [], [], {}, {}, [], []
     with staged(a.out) as out:
         for cdir in classes:
             t0 = time.perf_counter()
@@ -124,7 +129,8 @@ def cmd_evaluate(a) -> None:
                              "selection_s": layerselect.selection_seconds(sels)} for m, sel in sels.items()]
                 say(f"{run.data.name}: --layers auto chose " + ", ".join(f"{m} {sel.name}" for m, sel in sels.items()))
             else:
-                run, metrics = evaluate_class(fx, cdir, s, methods)
+                planner = MaskPlanner(fx.layers, s.crop, s.seed, candidates) if learned else None
+                run, metrics = evaluate_class(fx, cdir, s, methods, observer=planner)
             notes = undefined_notes(run.masks, run.labels)
             for n in notes:
                 say(f"warning: {run.data.name}: {n}")
@@ -134,6 +140,15 @@ def cmd_evaluate(a) -> None:
                 warnings += warn
                 for name in methods:
                     run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r)
+            elif learned:
+                obj, r_class = planner.test_masks, r
+                if a.object_mask == "auto":
+                    dec = planner.decide(fx, run.train.images)
+                    obj, r_class = auto_masks(dec, planner, lambda d: class_object_masks(run, candidates[d])[0]), dec.r
+                    decisions.append({**dec.row(run.data.name), "auto_s": round(planner.seconds, 2)})
+                    say(f"{run.data.name}: --object-mask auto chose {dec.mask}, r={dec.r} ({dec.reason})")
+                for name in methods:
+                    run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r_class)
             summaries.append(class_summary(run.data, run.test.shapes))
             note = {"note": "; ".join(notes)} if notes else {}
             for name in methods:
@@ -148,7 +163,8 @@ def cmd_evaluate(a) -> None:
             _heatmaps(out / "heatmaps" / run.data.name, run, methods, a.examples, fx)
             say(f"{run.data.name}: done in {time.perf_counter() - t0:.1f} s")
         rows = with_means(rows, ["method"])
-        extra = {"object_mask": a.object_mask, "outside_multiplier": r if cfg else None, "mask_warnings": warnings}
+        extra = {"object_mask": a.object_mask, "outside_multiplier": r if cfg or learned else None,
+                 "mask_warnings": warnings}
         cols = ["class", "method", *(["layers"] if s.auto_layers else []), *METRIC_COLUMNS, "n_train", "n_test"]
         cols += ["note"] if any("note" in r for r in rows) else []
         extra_sections = []
@@ -159,6 +175,12 @@ def cmd_evaluate(a) -> None:
                                                                 "selection_s"],
                                                       "subset with the highest pixel AUPR on synthetic defects on "
                                                       "held-out training images; then refitted on all of them")})
+        if decisions:
+            extra["mask_decisions"] = decisions
+            extra_sections.append({"title": "Object mask chosen from normal images (--object-mask auto)",
+                                   "html": html_table(decisions, list(dict.fromkeys(k for d in decisions for k in d)),
+                                                      "mask type, reason and outside multiplier r per class, from "
+                                                      "the training images only")})
         md = write_table(out, "results", rows, cols,
                          "spadim evaluate", meta(s, fx, methods=methods, **extra))
         write_report(out, {**report_header("spadim evaluate", command, s, fx, a.data, summaries),
@@ -222,6 +244,9 @@ def _expand_images(items: list[Path]) -> list[Path]:
 def cmd_predict(a) -> None:
     method, blob = load_model(a.model)
     bb = blob["backbone"]
+    if a.object_mask in LEARNED:
+        raise SpadimError(f"predict --object-mask {a.object_mask} is not supported (it needs the class's training "
+                          f"features): use orb, akaze or brisk, or spadim evaluate")
     cfg = mask_config(a, a.object_mask) if a.object_mask else None
     r = check_multiplier(a.outside_multiplier)
     if cfg and len(blob["ref_images"]) == 0:
@@ -282,9 +307,11 @@ def cmd_mask_sweep(a) -> None:
     detectors = parse_detectors(a.detectors)
     rs = parse_multipliers(a.multipliers)
     show_r = check_multiplier(a.show_multiplier, "--show-multiplier")
-    cfgs = {d: mask_config(a, d) for d in detectors}
+    learned = [d for d in detectors if d in LEARNED]
+    cfgs = {d: mask_config(a, d) for d in detectors if d not in LEARNED}
+    candidates = {d: mask_config(a, d) for d in available_detectors()} if "auto" in learned else {}
     masksweep.run(settings_from(a), a.data, a.out, cfgs, a.methods, a.classes, rs, show_r, a.examples,
-                  recorded_command(a))
+                  recorded_command(a), learned, candidates)
 
 
 SHARED_SUBSET = Path("../shared/data/mvtec_ad_subset")
@@ -311,6 +338,8 @@ def recorded_command(a) -> str:
 
 def cmd_reproduce(a) -> None:
     detectors = parse_detectors(a.detectors) if a.detectors else []
+    if set(detectors) & set(LEARNED):
+        raise SpadimError("reproduce --detectors takes keypoint detectors only; use spadim mask-sweep for features/auto")
     rs = parse_multipliers(a.multipliers)
     cfgs = {d: mask_config(a, d) for d in detectors}
     data = a.data or default_data()

@@ -14,6 +14,7 @@ from .backbone import ARCHS
 from .errors import SpadimError
 from .features import parse_layers
 from .lists import parse_list
+from .automask import LEARNED
 from .objmask import DETECTORS, MaskConfig, available_detectors
 from .pipeline import AUTO, Settings
 from .session import check_out_dir, check_out_file
@@ -44,7 +45,9 @@ def add_common(p: argparse.ArgumentParser, layers: bool = True) -> None:
 def add_mask_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     g = p.add_argument_group("object mask (proposal 1)")
     if not sweep:
-        g.add_argument("--object-mask", choices=DETECTORS, default=None, help="suppress scores outside a keypoint object mask")
+        g.add_argument("--object-mask", choices=DETECTORS + LEARNED, default=None,
+                       help="suppress scores outside an object mask: a keypoint detector, 'features' (learned from "
+                            "the normal images' features) or 'auto' (type and r chosen per class from normal images)")
         g.add_argument("--outside-multiplier", type=float, default=0.6, help="factor for scores outside the mask, 0..1 (default: %(default)s)")
     g.add_argument("--refs", type=int, default=3, help="normal reference images matched per test image (default: %(default)s)")
     g.add_argument("--ratio", type=float, default=0.8, help="Lowe ratio test threshold, 1 disables (default: %(default)s)")
@@ -83,7 +86,7 @@ def parse_multipliers(text: str) -> list[float]:
 
 
 def parse_detectors(text: str) -> list[str]:
-    return parse_list(text.lower(), "detector", "--detectors", DETECTORS, example="orb,akaze")
+    return parse_list(text.lower(), "detector", "--detectors", DETECTORS + LEARNED, example="orb,akaze,features,auto")
 
 
 # flag -> (attribute, smallest sensible value, what it is)

@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .automask import MaskPlanner, auto_masks  # noqa: E402
 from .metrics import undefined_notes  # noqa: E402
 from .objmask import MaskConfig, foreground_estimate, mask_quality  # noqa: E402
 from .pipeline import (  # noqa: E402
@@ -29,7 +30,7 @@ from .pipeline import (  # noqa: E402
     evaluate_class,
     suppress_outside,
 )
-from .report_html import write_report  # noqa: E402
+from .report_html import _table as html_table, write_report  # noqa: E402
 from .reports import (  # noqa: E402
     METRIC_COLUMNS,
     colorize,
@@ -51,6 +52,25 @@ def suitability_row(cls: str, det: str, obj, gt, fg, n_fallback: int) -> dict:
     rating = 2 if q["fg_coverage"] >= 0.9 and (math.isnan(q["gt_coverage"]) or q["gt_coverage"] >= 0.9) else (
         1 if q["fg_coverage"] >= 0.6 else 0)
     return {"class": cls, "detector": det, **q, "auto_rating": rating, "fallbacks": n_fallback, "n_test": len(obj)}
+
+
+def comparison_rows(cls: str, methods, unmasked: dict, sweep: list[dict], dets: list[str], r_auto: float) -> list[dict]:
+    """Per method: no mask, then each mask at auto's r and at its own best r (by test AUPR)."""
+    rows = []
+    for name in methods:
+        m = unmasked[name]
+        rows.append({"class": cls, "method": name, "mask": "none", "auto_r": 1.0,
+                     "pixel_aupr_at_auto_r": m["pixel_aupr"], "pixel_auroc_at_auto_r": m["pixel_auroc"],
+                     "best_r": 1.0, "pixel_aupr_at_best_r": m["pixel_aupr"], "pixel_auroc_at_best_r": m["pixel_auroc"]})
+        for det in dets:
+            sel = [r for r in sweep if r["class"] == cls and r["method"] == name and r["detector"] == det]
+            at = next(r for r in sel if r["multiplier"] == r_auto)
+            best = max(sel, key=lambda r: (r["pixel_aupr"], r["multiplier"]))
+            rows.append({"class": cls, "method": name, "mask": det, "auto_r": r_auto,
+                         "pixel_aupr_at_auto_r": at["pixel_aupr"], "pixel_auroc_at_auto_r": at["pixel_auroc"],
+                         "best_r": best["multiplier"], "pixel_aupr_at_best_r": best["pixel_aupr"],
+                         "pixel_auroc_at_best_r": best["pixel_auroc"]})
+    return rows
 
 
 def mask_grid(path: Path, title: str, images: np.ndarray, masks: dict[str, np.ndarray], idx: list[int], banner: str) -> None:
@@ -90,18 +110,23 @@ def sweep_plot(path: Path, rows: list[dict], method: str, detectors: list[str], 
 
 def run(s: Settings, data: Path, out: Path, cfgs: dict[str, MaskConfig], methods: str = "spade,padim",
         classes: str | None = None, multipliers=DEFAULT_MULTIPLIERS, show_r: float = 0.6,
-        examples: int = 4, command: str = "") -> None:
+        examples: int = 4, command: str = "", learned=(), candidates: dict[str, MaskConfig] | None = None) -> None:
     """Mask every class of ``data`` with each detector's config in ``cfgs`` and sweep the
-    outside multipliers; ``show_r`` is the multiplier drawn in the example panels."""
-    detectors, rs = list(cfgs), list(multipliers)
+    outside multipliers; ``show_r`` is the multiplier drawn in the example panels.
+
+    ``learned`` adds "features" (learned foreground) and/or "auto" (chosen per class from the
+    training images; ``candidates``: the keypoint configs it may choose from)."""
+    detectors, rs = list(cfgs) + list(learned), list(multipliers)
     methods, classes, fx = start_study(s, data, methods, classes)
     results = Path(out)
     banner = fx.weights.banner
-    suit, sweep, warnings, summaries, unmasked = [], [], [], [], []
+    suit, sweep, warnings, summaries, unmasked, decisions, compare = [], [], [], [], [], [], []
     with staged(results) as out:
         for cdir in classes:
             t0 = time.perf_counter()
-            cr, metrics = evaluate_class(fx, cdir, s, methods)
+            planner = MaskPlanner(fx.layers, s.crop, s.seed, candidates) if learned else None
+            cr, metrics = evaluate_class(fx, cdir, s, methods, observer=planner)
+            t_eval = time.perf_counter() - t0
             unmasked += [{"class": cr.data.name, "method": name, **metrics[name]} for name in methods]
             for note in undefined_notes(cr.masks, cr.labels):
                 say(f"warning: {cr.data.name}: {note}")
@@ -117,6 +142,24 @@ def run(s: Settings, data: Path, out: Path, cfgs: dict[str, MaskConfig], methods
                     for r in rs:
                         masked = masked_result(cr, name, obj, r)[2]
                         sweep.append({"class": cr.data.name, "method": name, "detector": det, "multiplier": r, **masked})
+            if planner is not None:
+                dec = planner.decide(fx, cr.train.images, rs)
+                extra = {"features": planner.test_masks,
+                         "auto": auto_masks(dec, planner, lambda d: masks[d] if d in masks else
+                                            class_object_masks(cr, candidates[d])[0])}
+                decisions.append({**dec.row(cr.data.name), "auto_s": round(planner.seconds, 2),
+                                  "evaluate_s": round(t_eval - planner.seconds, 2),
+                                  "overhead": round(planner.seconds / max(t_eval - planner.seconds, 1e-9), 4)})
+                say(f"{cr.data.name}: auto -> {dec.mask}, r={dec.r} ({dec.reason})")
+                for det in learned:
+                    masks[det] = extra[det]
+                    suit.append(suitability_row(cr.data.name, det, extra[det], cr.masks, fg, 0))
+                    for name in methods:
+                        for r in rs:
+                            masked = masked_result(cr, name, extra[det], r)[2]
+                            sweep.append({"class": cr.data.name, "method": name, "detector": det, "multiplier": r,
+                                          **masked})
+                compare += comparison_rows(cr.data.name, methods, metrics, sweep, list(masks), dec.r)
             idx = pick_examples(cr.data.defects, examples)
             mask_grid(out / "mask_grids" / f"{cr.data.name}.png", f"{cr.data.name}: keypoint object masks (green)",
                       cr.test.images, masks, idx, banner)
@@ -145,8 +188,21 @@ def run(s: Settings, data: Path, out: Path, cfgs: dict[str, MaskConfig], methods
         md += markdown_table([r for r in sweep if r["class"] == "mean"], cols) + "\n"
         for name in methods:
             sweep_plot(out / f"multiplier_sweep_{name}.png", sweep, name, detectors, banner)
+        sections = []
+        if decisions:
+            dcols = list(dict.fromkeys(k for r in decisions for k in r))
+            md += "\n" + write_table(out, "auto_decisions", decisions, dcols,
+                                     "auto object mask: decisions per class (training images only)", meta(s, fx))
+            ccols = ["class", "method", "mask", "auto_r", "pixel_aupr_at_auto_r", "pixel_auroc_at_auto_r",
+                     "best_r", "pixel_aupr_at_best_r", "pixel_auroc_at_best_r"]
+            md += "\n" + write_table(out, "mask_comparison", compare, ccols,
+                                     "Pixel AUPR/AUROC per mask: at auto's r and at each mask's best r", meta(s, fx))
+            sections = [{"title": "Object mask chosen from normal images (auto)",
+                         "html": "<h3>Decisions per class</h3>" + html_table(decisions, dcols, "")
+                         + "<h3>Masks compared (at auto's r; best r uses test labels)</h3>"
+                         + html_table(compare, ccols, "")}]
         write_report(out, {**report_header("spadim mask-sweep", command, s, fx, Path(data), summaries),
-                           "results": with_means(unmasked, ["method"]),
+                           "results": with_means(unmasked, ["method"]), "extra_sections": sections,
                            "mask_sweep": {"suitability": suit, "sweep": sweep,
                                           "plots": [f"multiplier_sweep_{name}.png" for name in methods]}})
     print(md)

@@ -134,35 +134,44 @@ def images_only(paths: list[Path], chunks: list[FeatureSet]) -> FeatureSet:
 
 
 def fit_methods(fx: FeatureExtractor, paths: list[Path], s: Settings, methods: list[str],
-                layers: tuple[int, ...] | None = None, desc: str = "train") -> tuple[dict, FeatureSet]:
+                layers: tuple[int, ...] | None = None, desc: str = "train",
+                on_chunk=None) -> tuple[dict, FeatureSet]:
     """Fitted methods and the training FeatureSet.
 
     When every method can fit chunk by chunk (PaDiM), the training features are streamed
     and only the frames are kept; SPADE's gallery is the training features, so with SPADE
-    they are held once and shared.
+    they are held once and shared. ``on_chunk(features)`` sees the training features in order
+    (one whole set or chunk by chunk), e.g. for a learned object mask.
     """
     fresh = {name: s.method(name, layers) for name in methods}
     if not all(getattr(m, "streams_training", False) for m in fresh.values()):
         train = fx(paths, desc)
+        if on_chunk:
+            on_chunk(train)
         return {name: m.fit(train) for name, m in fresh.items()}, train
     frames = []
     for chunk in fx.stream(paths, s.stream_size, desc):
         for method in fresh.values():
             method.partial_fit(chunk)
+        if on_chunk:
+            on_chunk(chunk)
         frames.append(FeatureSet([], {}, None, chunk.images, chunk.shapes))
         del chunk
     return {name: m.finish_fit() for name, m in fresh.items()}, images_only(paths, frames)
 
 
 def score_stream(fx: FeatureExtractor, paths: list[Path], fitted: dict, chunk_size: int, size: int,
-                 desc: str = "test") -> tuple[FeatureSet, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Frames, maps [N, size, size] and image scores per method; features live one chunk at a time."""
+                 desc: str = "test", on_chunk=None) -> tuple[FeatureSet, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Frames, maps [N, size, size] and image scores per method; features live one chunk at a time
+    (``on_chunk(features)`` sees each chunk, e.g. to compute learned object masks)."""
     frames, maps, scores = [], {n: [] for n in fitted}, {n: [] for n in fitted}
     for chunk in fx.stream(paths, chunk_size, desc):
         for name, method in fitted.items():
             chunk_maps, chunk_scores = method.score(chunk, size)
             maps[name].append(chunk_maps)
             scores[name].append(chunk_scores)
+        if on_chunk:
+            on_chunk(chunk)
         frames.append(FeatureSet([], {}, None, chunk.images, chunk.shapes))
         del chunk
     return (images_only(paths, frames), {n: np.concatenate(m) for n, m in maps.items()},
@@ -170,22 +179,27 @@ def score_stream(fx: FeatureExtractor, paths: list[Path], fitted: dict, chunk_si
 
 
 def evaluate_class(fx: FeatureExtractor, class_dir: Path, s: Settings, methods: list[str],
-                   layers: tuple[int, ...] | None = None) -> tuple[ClassRun, dict[str, dict]]:
+                   layers: tuple[int, ...] | None = None, observer=None) -> tuple[ClassRun, dict[str, dict]]:
     """Fit each method on the training features, stream the test set through all of them.
 
     The returned run's ``test`` holds the test images (for pictures and object masks) but
-    no features.
+    no features. ``observer`` (e.g. :class:`spadim.automask.MaskPlanner`) gets ``start(data)``,
+    then ``train_chunk`` / ``test_chunk`` with the features as they stream past.
     """
     data = load_class(class_dir)
-    fitted, train = fit_methods(fx, data.train, s, methods, layers, f"{data.name} train")
-    return evaluate_fitted(fx, data, s, fitted, train)
+    if observer is not None:
+        observer.start(data)
+    fitted, train = fit_methods(fx, data.train, s, methods, layers, f"{data.name} train",
+                                observer.train_chunk if observer is not None else None)
+    return evaluate_fitted(fx, data, s, fitted, train, observer)
 
 
 def evaluate_fitted(fx: FeatureExtractor, data: ClassData, s: Settings, fitted: dict,
-                    train: FeatureSet) -> tuple[ClassRun, dict[str, dict]]:
+                    train: FeatureSet, observer=None) -> tuple[ClassRun, dict[str, dict]]:
     """Stream the test set through already fitted methods (``fitted`` is emptied to free them)."""
     methods = list(fitted)
-    test, maps, scores = score_stream(fx, data.test, fitted, s.stream_size, s.crop, f"{data.name} test")
+    test, maps, scores = score_stream(fx, data.test, fitted, s.stream_size, s.crop, f"{data.name} test",
+                                      observer.test_chunk if observer is not None else None)
     fitted.clear()  # PaDiM's factors (3.8 GB at d=550) are not needed by the metrics
     run = ClassRun(data, train, test, load_masks(data, fx.pre, test.shapes), maps, scores)
     metrics = {n: evaluate_maps(run.maps[n], run.masks, run.scores[n], run.labels) for n in methods}
