@@ -12,7 +12,7 @@ from spadim.automask import MaskPlanner, split_indices
 from spadim.backbone import load_backbone
 from spadim.cli import main
 from spadim.cliargs import parse_detectors
-from spadim.data import ClassData, Preprocess
+from spadim.data import Preprocess
 from spadim.features import FeatureExtractor
 from spadim.foreground import ForegroundConfig, clean, fit_foreground
 from spadim.objmask import MaskConfig

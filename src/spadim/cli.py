@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, layerselect, layersweep, masksweep, reproduce
+from . import __version__, evaluate, layerselect, layersweep, masksweep, reproduce
 from .backbone import ARCHS, load_backbone, locate, weights_report
 from .cliargs import (
     add_common,
@@ -35,44 +35,28 @@ from .errors import SpadimError
 from .features import FeatureExtractor
 from .lists import parse_list
 from .methods import parse_methods
-from .metrics import undefined_notes
 from .modelfile import load_model, save_model
-from .automask import LEARNED, MaskPlanner, auto_masks
+from .automask import LEARNED
 from .objmask import DETECTORS, available_detectors
 from .pipeline import (
-    class_object_masks,
-    evaluate_class,
     fit_methods,
     make_extractor,
-    masked_result,
     needed_features,
     object_masks,
     reference_indices,
     score_stream,
     suppress_outside,
 )
-from .report_html import _table as html_table, write_report
 from .reports import (
-    best_worst_gallery,
-    METRIC_COLUMNS,
     colorize,
     overlay,
-    panel_figure,
-    pick_examples,
-    plot_curves,
     save_rgb,
-    with_means,
-    write_table,
 )
 from .session import (
     check_multiplier,
-    class_summary,
-    meta,
     progress,
-    report_header,
     say,
     staged,
-    start_study,
 )
 from .synth import make_dataset
 
@@ -114,93 +98,8 @@ def cmd_evaluate(a) -> None:
     cfg = mask_config(a, a.object_mask) if a.object_mask and not learned else None
     candidates = {d: mask_config(a, d) for d in available_detectors()} if a.object_mask == "auto" else {}
     r = check_multiplier(a.outside_multiplier)
-    s = settings_from(a)
-    if learned and s.auto_layers:
-        raise SpadimError(f"--object-mask {a.object_mask} with --layers auto is not supported yet: give --layers")
-    methods, classes, fx = start_study(s, a.data, a.methods, a.classes)
-    command = recorded_command(a)
-    rows, warnings, summaries, curves, galleries, choices, decisions = [], [], [], {}, {}, [], []
-    with staged(a.out) as out:
-        for cdir in classes:
-            t0 = time.perf_counter()
-            if s.auto_layers:  # choose per method from the training images, then refit on all of them
-                run, metrics, sels = layerselect.evaluate_auto(fx, cdir, s, methods)
-                choices += [{"class": run.data.name, "method": m, "layers": sel.name, "synthetic_aupr": sel.aupr,
-                             "selection_s": layerselect.selection_seconds(sels)} for m, sel in sels.items()]
-                say(f"{run.data.name}: --layers auto chose " + ", ".join(f"{m} {sel.name}" for m, sel in sels.items()))
-            else:
-                planner = MaskPlanner(fx.layers, s.crop, s.seed, candidates) if learned else None
-                run, metrics = evaluate_class(fx, cdir, s, methods, observer=planner)
-            notes = undefined_notes(run.masks, run.labels)
-            for n in notes:
-                say(f"warning: {run.data.name}: {n}")
-            obj = None
-            if cfg:
-                obj, warn = class_object_masks(run, cfg)
-                warnings += warn
-                for name in methods:
-                    run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r)
-            elif learned:
-                obj, r_class = planner.test_masks, r
-                if a.object_mask == "auto":
-                    dec = planner.decide(fx, run.train.images)
-                    obj, r_class = auto_masks(dec, planner, lambda d: class_object_masks(run, candidates[d])[0]), dec.r
-                    decisions.append({**dec.row(run.data.name), "auto_s": round(planner.seconds, 2)})
-                    say(f"{run.data.name}: --object-mask auto chose {dec.mask}, r={dec.r} ({dec.reason})")
-                for name in methods:
-                    run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r_class)
-            summaries.append(class_summary(run.data, run.test.shapes))
-            note = {"note": "; ".join(notes)} if notes else {}
-            for name in methods:
-                chosen = {"layers": sels[name].name} if s.auto_layers else {}
-                rows.append({"class": run.data.name, "method": name, **chosen, **metrics[name],
-                             "n_train": len(run.train), "n_test": len(run.test), **note})
-                say(f"{run.data.name:>12} {name:>6}: " + "  ".join(f"{c}={metrics[name][c]:.3f}" for c in METRIC_COLUMNS))
-            curves[run.data.name] = f"curves/{run.data.name}.png"
-            plot_curves(out / curves[run.data.name], f"{run.data.name}: pixel ROC and PR",
-                        run.maps, run.masks, fx.weights.banner)
-            galleries[run.data.name] = best_worst_gallery(out, run, methods, obj, a.object_mask, fx.weights.banner)
-            _heatmaps(out / "heatmaps" / run.data.name, run, methods, a.examples, fx)
-            say(f"{run.data.name}: done in {time.perf_counter() - t0:.1f} s")
-        rows = with_means(rows, ["method"])
-        extra = {"object_mask": a.object_mask, "outside_multiplier": r if cfg or learned else None,
-                 "mask_warnings": warnings}
-        cols = ["class", "method", *(["layers"] if s.auto_layers else []), *METRIC_COLUMNS, "n_train", "n_test"]
-        cols += ["note"] if any("note" in r for r in rows) else []
-        extra_sections = []
-        if s.auto_layers:
-            extra["layer_choices"] = choices
-            extra_sections.append({"title": "Layers chosen from normal images (--layers auto)",
-                                   "html": html_table(choices, ["class", "method", "layers", "synthetic_aupr",
-                                                                "selection_s"],
-                                                      "subset with the highest pixel AUPR on synthetic defects on "
-                                                      "held-out training images; then refitted on all of them")})
-        if decisions:
-            extra["mask_decisions"] = decisions
-            extra_sections.append({"title": "Object mask chosen from normal images (--object-mask auto)",
-                                   "html": html_table(decisions, list(dict.fromkeys(k for d in decisions for k in d)),
-                                                      "mask type, reason and outside multiplier r per class, from "
-                                                      "the training images only")})
-        md = write_table(out, "results", rows, cols,
-                         "spadim evaluate", meta(s, fx, methods=methods, **extra))
-        write_report(out, {**report_header("spadim evaluate", command, s, fx, a.data, summaries),
-                           "results": rows, "curves": curves, "galleries": galleries,
-                           "extra_sections": extra_sections})
-    print(md)
-    for w in warnings:
-        say(f"warning: object mask fell back to the full frame: {w}")
-    say(f"results in {a.out}/ (report.html, results.csv/.json/.md, curves/, gallery/, heatmaps/)")
-
-
-def _heatmaps(folder: Path, run, methods: list[str], n: int, fx) -> None:
-    ranges = {name: (float(run.maps[name].min()), float(run.maps[name].max())) for name in methods}
-    for i in pick_examples(run.data.defects, n):
-        panels = [("image", run.test.images[i]), ("ground truth", run.masks[i])]
-        for name in methods:
-            heat = colorize(run.maps[name][i], *ranges[name])
-            panels += [(f"{name} map", heat), (f"{name} overlay", overlay(run.test.images[i], heat))]
-        p = run.data.test[i]
-        panel_figure(folder / f"{p.parent.name}_{p.stem}.png", f"{run.data.name}/{p.parent.name}/{p.name}", panels, fx.weights.banner)
+    evaluate.run(settings_from(a), a.data, a.out, a.methods, a.classes, a.object_mask, cfg, candidates, r,
+                 a.examples, recorded_command(a))
 
 
 def cmd_fit(a) -> None:

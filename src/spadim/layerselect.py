@@ -318,7 +318,7 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
 
     Each finished class is saved to ``out/per_class/<class>.json``; a rerun with the same settings
     resumes after it."""
-    from .report_html import _table, write_report
+    from .report_html import html_table, write_report
     from .reports import METRIC_COLUMNS, with_means, write_table
     from .session import check_out_dir, class_summary, meta, progress, report_header, say, staged, start_study
 
@@ -405,7 +405,7 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
             write_table(stage, "results", results, ["class", "method", "layers", *METRIC_COLUMNS],
                         "Real test metrics of the chosen subsets", info)
         (stage / "summary.md").write_text(md)
-        html = _table(regret, REGRET_COLUMNS, "regret = oracle AUPR - AUPR of the auto choice (real test masks); "
+        html = html_table(regret, REGRET_COLUMNS, "regret = oracle AUPR - AUPR of the auto choice (real test masks); "
                       "fixed = layers 1,2,3; cost_ratio = selection time / one evaluate of the class")
         header = report_header("spadim layer-select", command, s, fx, Path(data), summaries)
         header["settings"]["layers"] = "auto"

@@ -30,7 +30,7 @@ from .pipeline import (  # noqa: E402
     evaluate_class,
     suppress_outside,
 )
-from .report_html import _table as html_table, write_report  # noqa: E402
+from .report_html import html_table, write_report  # noqa: E402
 from .reports import (  # noqa: E402
     METRIC_COLUMNS,
     colorize,

@@ -117,7 +117,7 @@ def _cell(value: Any, attrs: str = "") -> str:
     return f'<td class="num"{attrs} data-value="{_data_value(value)}">{_fmt(value)}</td>'
 
 
-def _table(rows: Sequence[dict], columns: Sequence[str], caption: str = "") -> str:
+def html_table(rows: Sequence[dict], columns: Sequence[str], caption: str = "") -> str:
     """A generic table; floats get 3 decimals with the full value in data-value."""
     if not rows:
         return ""
@@ -275,7 +275,7 @@ def section_data(data: dict | None) -> str:
         parts.append(f"<p>Root: <code>{_e(data['root'])}</code></p>")
     classes = data.get("classes") or []
     cols = ["name", "n_train", "n_test_good", "n_test_anomalous", "image_size", "note"]
-    parts.append(_table([{c: r.get(c) for c in cols} for r in classes], cols))
+    parts.append(html_table([{c: r.get(c) for c in cols} for r in classes], cols))
     return "".join(parts)
 
 
@@ -392,15 +392,15 @@ def section_mask_sweep(out: Path, sweep: dict | None) -> str:
     if suit:
         cols = ["class", "detector", "area_fraction", "gt_coverage", "fg_coverage", "fg_precision",
                 "auto_rating", "fallbacks", "n_test"]
-        parts.append("<h3>Mask suitability per class and detector</h3>" + _table(suit, cols))
+        parts.append("<h3>Mask suitability per class and detector</h3>" + html_table(suit, cols))
     rows = sweep.get("sweep") or []
     if rows:
         cols = ["method", "detector", "multiplier", *METRICS]
-        parts.append("<h3>Multiplier sweep, mean over classes</h3>" + _table(_sweep_means(rows), cols))
+        parts.append("<h3>Multiplier sweep, mean over classes</h3>" + html_table(_sweep_means(rows), cols))
         per_class = [r for r in rows if r.get("class") != "mean"]
         if per_class:
             parts.append("<details><summary>Full sweep, per class</summary>"
-                         + _table(per_class, ["class", *cols]) + "</details>")
+                         + html_table(per_class, ["class", *cols]) + "</details>")
     plots = sweep.get("plots") or []
     figs = "".join(_figure(out, p, Path(str(p)).stem.replace("_", " "), "half") for p in plots)
     parts.append(f"<div>{figs}</div></section>")
@@ -417,7 +417,7 @@ def section_layer_sweep(out: Path, sweep: dict | None) -> str:
     best = sweep.get("best") or []
     if best:
         cols = ["class", "method", "best_layers", "n_layers", "pixel_aupr", "pixel_auroc"]
-        parts.append("<h3>Best layer subset per class (by pixel AUPR)</h3>" + _table(best, cols))
+        parts.append("<h3>Best layer subset per class (by pixel AUPR)</h3>" + html_table(best, cols))
     counts = sweep.get("counts") or {}
     share = study.get("two_layer_best_class_share") or {}
     items = []
@@ -443,7 +443,7 @@ def section_layer_sweep(out: Path, sweep: dict | None) -> str:
     rows = sweep.get("rows") or []
     if rows:
         cols = list(dict.fromkeys(k for r in rows for k in r))
-        parts.append("<details><summary>Full layer sweep</summary>" + _table(rows, cols) + "</details>")
+        parts.append("<details><summary>Full layer sweep</summary>" + html_table(rows, cols) + "</details>")
     parts.append("</section>")
     return "".join(parts)
 

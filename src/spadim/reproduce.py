@@ -216,9 +216,9 @@ def write_outputs(out: Path, s: Settings, fx, methods, results: list[dict], dete
                         "figure5": "figure5.png"},
     }
     if auto_cols:
-        from .report_html import _table
+        from .report_html import html_table
 
-        context["extra_sections"] = [{"title": "Layers chosen from normal images (--layers auto)", "html": _table(
+        context["extra_sections"] = [{"title": "Layers chosen from normal images (--layers auto)", "html": html_table(
             table1, ["class", "method", "pixel_aupr", *auto_cols],
             f"pixel AUPR of the study's layers {combo_name(s.layers)} beside the auto choice's real AUPR")}]
     write_report(out, context)
