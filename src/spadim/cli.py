@@ -1,5 +1,4 @@
-"""Command line: ``spadim make-data | weights | fit | predict | evaluate | mask-sweep | layer-sweep | layer-select |
-reproduce``.
+"""Command line: make-data, weights, fit, predict, evaluate and the studies (sweeps, layer-select, reproduce).
 
 Bad input ends with one line on stderr and exit code 2. Results are written to a
 staging folder first and moved into ``--out`` only when the command succeeds, so a
