@@ -292,26 +292,6 @@ def regret_rows(name: str, sels: dict[str, Selection], real: dict[str, dict], fi
     return rows
 
 
-def _load_class(path: Path, sig: dict) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None  # a damaged file is recomputed
-    if saved.get("signature") != sig:
-        raise SpadimError(f"{path} holds a layer-select run with other settings: use another --out or delete it")
-    return saved
-
-
-def _save_class(path: Path, result: dict) -> None:
-    """One finished class, atomically, so an interrupted run resumes after it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=float))
-    tmp.replace(path)
-
-
 def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classes: str | None = None,
         sweep: Path | None = None, command: str = "", time_evaluate: bool = True) -> list[dict]:
     """``spadim layer-select``: per class and method the auto choice, and with real masks its regret.
@@ -320,7 +300,8 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
     resumes after it."""
     from .report_html import html_table, write_report
     from .reports import METRIC_COLUMNS, with_means, write_table
-    from .session import check_out_dir, class_summary, meta, progress, report_header, say, staged, start_study
+    from .session import (check_out_dir, class_summary, load_resumable, meta, progress, report_header,
+                          save_atomic, say, staged, start_study)
 
     s = dataclasses.replace(s, layers=(1, 2, 3)) if s.auto_layers else s  # the fixed baseline
     check_out_dir(out)
@@ -332,7 +313,7 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
     regret, results, subsets, summaries, choices = [], [], [], [], {}
     for cdir in dirs:
         data_c = load_class(cdir)
-        saved = _load_class(Path(out) / "per_class" / f"{data_c.name}.json", sig)
+        saved = load_resumable(Path(out) / "per_class" / f"{data_c.name}.json", sig, "layer-select run")
         if saved:  # finished by an earlier, interrupted run with the same settings
             say(f"{data_c.name}: already done")
             regret += saved["regret"]
@@ -382,7 +363,7 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
         for r in rows:
             r.update({"selection_s": t_sel, "evaluate_s": t_eval, "cost_ratio": t_sel / t_eval})
         regret += rows
-        _save_class(Path(out) / "per_class" / f"{data_c.name}.json",
+        save_atomic(Path(out) / "per_class" / f"{data_c.name}.json",
                     {"signature": sig, "regret": regret[n_rows[0]:], "results": results[n_rows[1]:],
                      "subsets": subsets[n_rows[2]:], "summary": summaries[-1], "choices": choices[data_c.name]})
         say(f"{data_c.name}: " + "; ".join(f"{r['method']} regret {r.get('regret', float('nan')):.4f}"

@@ -11,14 +11,12 @@ tables, figures and ``report.html`` are rebuilt from every saved class at the en
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from .errors import SpadimError
 from .features import ALL_COMBOS
 from .layersweep import best_rows, combo_name, correlation, figure5, spade_subset_maps, table3
 from .masksweep import sweep_plot, suitability_row
@@ -26,7 +24,8 @@ from .metrics import evaluate_maps, undefined_notes
 from .objmask import MaskConfig, foreground_estimate
 from .pipeline import Settings, class_object_masks, masked_result, prepare_class
 from .reports import METRIC_COLUMNS, best_worst_gallery, plot_curves, with_means, write_table
-from .session import check_out_dir, class_summary, meta, report_header, say, start_study
+from .session import (check_out_dir, class_summary, load_resumable, meta, report_header, save_atomic, say,
+                      start_study)
 
 DEFAULT_MULTIPLIERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 FORMAT = 1
@@ -39,25 +38,6 @@ def _signature(s: Settings, weights_id: str, methods, cfgs: dict[str, MaskConfig
             "methods": list(methods), "multipliers": list(multipliers),
             "masks": {det: dataclasses.asdict(cfg) for det, cfg in cfgs.items()},
             **({"auto_layers": True} if auto else {})}
-
-
-def _load(path: Path, sig: dict) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None  # a damaged file is recomputed
-    if saved.get("signature") != sig:
-        raise SpadimError(f"{path} holds a run with other settings: use another --out or delete it")
-    return saved
-
-
-def _save(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=float))
-    tmp.replace(path)
 
 
 def layer_subsets(cr, s: Settings, methods, bar) -> tuple[dict, dict]:
@@ -145,7 +125,7 @@ def run(s: Settings, data: Path, out: Path, cfgs: dict[str, MaskConfig], methods
     check_out_dir(out)
     methods, class_dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS)
     sig = _signature(s, fx.weights.sha256, methods, cfgs, multipliers, auto)
-    done = {c.name: _load(out / "per_class" / f"{c.name}.json", sig) for c in class_dirs}
+    done = {c.name: load_resumable(out / "per_class" / f"{c.name}.json", sig) for c in class_dirs}
     todo = [c for c in class_dirs if done[c.name] is None]
     say(f"{len(class_dirs) - len(todo)} of {len(class_dirs)} classes already done")
     steps = len(ALL_COMBOS) * len(methods) + len(cfgs)
@@ -153,7 +133,7 @@ def run(s: Settings, data: Path, out: Path, cfgs: dict[str, MaskConfig], methods
     t0 = time.perf_counter()
     for n, cdir in enumerate(todo, start=1):
         result = reproduce_class(fx, cdir, s, methods, cfgs, multipliers, out, bar, auto)
-        _save(out / "per_class" / f"{cdir.name}.json", {"signature": sig, **result})
+        save_atomic(out / "per_class" / f"{cdir.name}.json", {"signature": sig, **result})
         done[cdir.name] = result
         left = (time.perf_counter() - t0) / n * (len(todo) - n)
         say(f"{cdir.name}: done; {n}/{len(todo)} classes, about {left / 60:.1f} min left")

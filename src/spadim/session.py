@@ -8,6 +8,7 @@ from the command line, and the command line stays a thin layer over them.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -125,6 +126,30 @@ def report_header(title: str, command: str, s: Settings, fx: FeatureExtractor, d
                         "describe": w.describe()},
             "settings": {"layers": s.layers_label, "k": s.k, "d": s.padim_d, "seed": s.seed, "resize": s.resize,
                          "crop": s.crop, "spade_fusion": s.spade_fusion}}
+
+
+def load_resumable(path: Path, signature: dict, what: str = "run") -> dict | None:
+    """A finished unit of a resumable run, or None when absent or damaged (it is recomputed).
+
+    A file written with other settings is refused rather than mixed into the results.
+    """
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if saved.get("signature") != signature:
+        raise SpadimError(f"{path} holds a {what} with other settings: use another --out or delete it")
+    return saved
+
+
+def save_atomic(path: Path, content: dict) -> None:
+    """Write JSON via a temporary file and a rename, so an interruption never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content, indent=1, default=float))
+    tmp.replace(path)
 
 
 def meta(s: Settings, fx: FeatureExtractor, **extra) -> dict:
