@@ -228,8 +228,6 @@ def recorded_command(a) -> str:
     """The command as typed, naming the weights actually found when the user did not."""
     words = ["spadim", *a.argv]
     if a.weights is None:
-        from .backbone import locate
-
         words += ["--weights", str(locate(a.arch))]
     return shlex.join(words)
 

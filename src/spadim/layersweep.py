@@ -38,7 +38,7 @@ from .reports import (  # noqa: E402
     write_table,
 )
 from .data import load_class  # noqa: E402
-from .session import class_summary, meta, report_header, say, start_study  # noqa: E402
+from .session import class_summary, meta, report_header, save_atomic, say, start_study  # noqa: E402
 
 
 def combo_name(combo) -> str:
@@ -70,10 +70,7 @@ def _load_partial(path: Path, sig: dict) -> dict:
 
 
 def _save_partial(path: Path, sig: dict, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"signature": sig, "results": results}, indent=1))
-    tmp.replace(path)
+    save_atomic(path, {"signature": sig, "results": results})
 
 
 def table3(rows: list[dict], methods: list[str]) -> list[dict]:

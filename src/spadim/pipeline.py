@@ -216,12 +216,6 @@ def score_class(run: ClassRun, s: Settings, methods: list[str], layers: tuple[in
     return out
 
 
-def validate_classes(class_dirs: list[Path]) -> None:
-    """Index every class before any work so that bad layouts fail before anything is written."""
-    for c in class_dirs:
-        load_class(c)
-
-
 def reference_indices(n_train: int, n_refs: int) -> list[int]:
     """``n_refs`` training images spread evenly over the (sorted) training list."""
     n = min(n_refs, n_train)

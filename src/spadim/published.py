@@ -102,11 +102,6 @@ def source(source_id: str) -> dict:
     return data[source_id]
 
 
-def source_of(key: str) -> dict:
-    """The source entry of a per-class table."""
-    return source(table(key)["source"])
-
-
 def study() -> dict:
     """All the study's numbers (Table 1 means, Table 3 layer-4 AUPR, correlation, two-layer share)."""
     return load()["study"]

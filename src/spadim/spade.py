@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .features import FeatureSet, embed
-from .maps import blur, upsample
+from .maps import blur, upsample, upsample_blur
 from .nearest import NearestSearch, default_search
 
 FUSIONS = ("mean", "concat")
@@ -90,7 +90,7 @@ class Spade:
         """Anomaly maps [N, size, size] and image scores [N]."""
         dist, idx = self.neighbours(fs)
         if self.fusion == "concat":
-            maps = blur(upsample(self.concat_grid(fs, idx), size))
+            maps = upsample_blur(self.concat_grid(fs, idx), size)
         else:
             maps = self.fuse(list(self.layer_grids(fs, idx).values()), size)
         return maps, dist.mean(dim=1).numpy()
