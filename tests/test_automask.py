@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
+import torch
 
 from spadim import synth
-from spadim.automask import MaskPlanner, split_indices
+from spadim.automask import MaskPlanner, consensus, edge_defects, split_indices, validation_set
 from spadim.backbone import load_backbone
 from spadim.cli import main
 from spadim.cliargs import parse_detectors
 from spadim.data import Preprocess
 from spadim.features import FeatureExtractor
-from spadim.foreground import ForegroundConfig, clean, fit_foreground
+from spadim.foreground import ForegroundConfig, clean, fit_foreground, leading_eigenvectors
 from spadim.objmask import MaskConfig
 
 from conftest import CAFFE_WEIGHTS, FAST
@@ -88,8 +90,45 @@ def test_auto_is_deterministic_and_defects_lie_inside_the_mask():
     assert (da.mask, da.r, da.agreement, da.aupr_by_r, da.reason) == (db.mask, db.r, db.agreement, db.aupr_by_r,
                                                                      db.reason)
     if da.mask != "none":
-        truth, regions = a.synthetic
-        assert truth.any() and not (truth & ~regions).any()
+        truth, clutter_px, regions = a.synthetic
+        assert truth.any() and not (truth & clutter_px).any()
+
+
+def test_validation_set_defects_in_or_at_the_mask_clutter_away_from_it_and_exact():
+    frames, sil = scenes("nut", 6, 112)
+    regions = np.stack([cv2.dilate(m.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) for m in sil])
+    bad, truth, clutter_px = validation_set(frames, regions, frames[::-1], seed=3)
+    changed = (bad != frames).any(axis=3)
+    assert (changed == (truth | clutter_px)).all() and truth.any(1).any(1).all() and clutter_px.any(1).any(1).all()
+    # defects inside the mask or touching its boundary; clutter >= 4 px (112 // 28) from mask and defects
+    grown = np.stack([cv2.dilate(r.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=12).astype(bool)
+                      for r in regions])
+    assert not (truth & ~grown).any()
+    near = np.stack([cv2.dilate(m.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+                     for m in regions | truth])
+    assert not (clutter_px & near).any()
+    again = validation_set(frames, regions, frames[::-1], seed=3)
+    assert all((x == y).all() for x, y in zip(again, (bad, truth, clutter_px)))
+
+
+def test_consensus_is_the_strict_majority():
+    a, b, c = (np.array([[1, 1, 0, 0]], bool), np.array([[1, 0, 1, 0]], bool), np.array([[1, 1, 1, 0]], bool))
+    assert consensus([a, b, c]).tolist() == [[True, True, True, False]]
+    assert consensus([a, b]).tolist() == [[True, False, False, False]]  # 1 of 2 is no majority
+
+
+def test_edge_defects_change_the_silhouette_and_their_masks_are_exact():
+    rng = np.random.default_rng(0)
+    img = np.full((8, 64, 64, 3), 200, np.uint8)
+    img[:, 16:48, 16:48] = np.random.default_rng(1).integers(0, 80, (8, 32, 32, 3))  # textured dark square
+    reg = np.zeros((8, 64, 64), bool)
+    reg[:, 16:48, 16:48] = True
+    out, truth = edge_defects(img, reg, rng)
+    changed = (out != img).any(axis=3)
+    assert (truth == changed).all() and truth.any(1).any(1).all()
+    edge = reg & ~cv2.erode(reg[0].astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)[None]
+    for t, e in zip(truth, edge):  # every defect touches the boundary's neighbourhood
+        assert (t & cv2.dilate(e.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=6).astype(bool)).any()
 
 
 def test_split_indices_hold_back_and_fit_are_disjoint_and_seeded():
@@ -125,3 +164,13 @@ def test_mask_sweep_with_learned_masks(tiny_root, tmp_path):
 
 def test_predict_rejects_learned_masks(tmp_path):
     assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path), "--object-mask", "auto"]) == 2
+
+
+def test_leading_eigenvectors_match_a_full_eigendecomposition():
+    g = torch.Generator().manual_seed(2)
+    basis = torch.linalg.qr(torch.randn(200, 200, generator=g, dtype=torch.float64))[0]
+    spectrum = torch.cat([torch.tensor([9.0, 6.0, 4.0, 3.0]), torch.rand(196, generator=g, dtype=torch.float64)])
+    cov = basis @ torch.diag(spectrum) @ basis.T
+    v = leading_eigenvectors(cov, 4)
+    ref = torch.linalg.eigh(cov)[1][:, [-1, -2, -3, -4]]
+    assert torch.allclose((v * ref).sum(0).abs(), torch.ones(4, dtype=torch.float64), atol=1e-8)
