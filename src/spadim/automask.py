@@ -10,15 +10,16 @@ image's features, so no image passes the backbone twice. :meth:`MaskPlanner.deci
    frame (``TEXTURE_AREA``) or its split has no spatial layout, i.e. the normal images are
    statistically homogeneous over positions (:func:`spadim.foreground.spatial_structure` <
    ``TEXTURE_STRUCTURE``);
-2. which mask: on held-back normal images (not used to fit the projection, not used as keypoint
-   references), each candidate's masks are compared with every other candidate's (the learned
-   foreground is one candidate); the one with the highest mean IoU wins if it never fell back and
-   its agreement is at least ``MIN_AGREEMENT``, else the full frame;
-3. which r: one synthetic defect per held-back image (:func:`spadim.defects.make_defects`, placed
-   inside the chosen mask of the clean image), the chosen mask recomputed on the defective image as
-   at test time, and a nearest-neighbour scorer on the mask layer (SPADE's pixel step against the
-   training images not held back; the fitted methods cannot score images they were fitted on). The
-   largest r within ``R_TOLERANCE`` of the best pixel AUPR is taken (ties go to the milder r).
+2. candidates: on held-back normal images (not used to fit the projection, not used as keypoint
+   references) each candidate's masks (the learned foreground, each keypoint detector, and their
+   pixel-wise majority, ``consensus``) are compared with the others by mean IoU; a candidate is
+   stable if it never fell back and its agreement is at least ``MIN_AGREEMENT``; none stable: no mask;
+3. which mask and which r, together: the held-back images get synthetic defects (:func:`validation_set`:
+   half inside the object mask, half changing its silhouette) and unlabelled background clutter; each
+   stable candidate's mask is recomputed on them as at test time, and a nearest-neighbour scorer on the
+   mask layer (SPADE's pixel step against the training images not held back; the fitted methods cannot
+   score images they were fitted on) gives a pixel AUPR per (mask, r). Pairs within ``R_TOLERANCE`` of the
+   best tie; the mildest r wins, then the better-agreeing mask. r = 1 means no mask.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from .metrics import pixel_aupr
 from .objmask import MaskConfig, apply_outside_multiplier, object_mask, reference_features
 from .spade import Spade
 
-LEARNED = ("features", "auto")
-CONSENSUS = "consensus"  # auto's extra candidate: the majority of the others  # mask types beside the keypoint detectors of objmask.DETECTORS
+LEARNED = ("features", "auto")  # mask types beside the keypoint detectors of objmask.DETECTORS
+CONSENSUS = "consensus"  # auto's extra candidate: the majority of the others
 MULTIPLIERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 TEXTURE_AREA = 0.85  # learned foreground share of the frame above which a class is a texture
 TEXTURE_STRUCTURE = 0.25  # foreground.spatial_structure below which a class is a texture
@@ -211,8 +212,8 @@ class MaskPlanner:
         pool = [i for i in range(self.n) if i not in self.held]
         gallery = torch.stack([self.feats[i] for i in pool if i in self.feats])
         maps = scorer_maps(gallery, feats, self.layer, self.crop)
-        return {c: {float(r): pixel_aupr(apply_outside_multiplier(maps, obj[c], float(r)), truth) for r in multipliers}
-                for c in stable}
+        return {c: {float(r): pixel_aupr(apply_outside_multiplier(maps, obj[c], float(r)), truth)
+                    for r in multipliers} for c in stable}
 
 
 def layer_features(fx, images: np.ndarray, layer: int) -> torch.Tensor:
