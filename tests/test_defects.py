@@ -14,8 +14,8 @@ def _normals(n=8, size=64, seed=0):
 
 
 def test_masks_are_exactly_the_changed_pixels():
-    images = _normals()
-    out, masks, kinds = make_defects(images, _normals(seed=1), seed=3)
+    images = _normals(12)
+    out, masks, kinds = make_defects(images, _normals(seed=1), seed=3, cfg=DefectConfig(kinds=KINDS))
     assert out.shape == images.shape and out.dtype == np.uint8 and masks.dtype == bool
     assert set(kinds) == set(KINDS)
     changed = (out != images).any(axis=3)
@@ -27,7 +27,7 @@ def test_defects_stay_inside_the_region():
     images = _normals(12)
     regions = np.zeros(images.shape[:3], bool)
     regions[:, 20:44, 16:40] = True
-    out, masks, _ = make_defects(images, images, seed=5, regions=regions)
+    out, masks, _ = make_defects(images, images, seed=5, regions=regions, cfg=DefectConfig(kinds=KINDS))
     assert masks.any(axis=(1, 2)).all()
     assert not (masks & ~regions).any()
     assert np.array_equal(out[~regions], images[~regions])  # nothing outside the region was touched

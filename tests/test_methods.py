@@ -8,7 +8,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import cdist, mahalanobis
 
 from spadim.features import FeatureSet
-from spadim.padim import EPS, GaussianAccumulator, Padim, channel_subset, select_and_concat
+from spadim.padim import EPS, GaussianAccumulator, LowRankPadim, Padim, channel_subset, fit_padim, select_and_concat
 from spadim.nearest import FaissSearch, TorchSearch
 from spadim.spade import Spade
 
@@ -152,3 +152,22 @@ def test_padim_per_layer_selection_equals_select_after_concat():
     full = torch.cat([torch.nn.functional.interpolate(fs.layers[l], size=(8, 8), mode="nearest") for l in (1, 2, 3)], 1)
     expect = full[:, idx].flatten(2).transpose(1, 2)
     assert torch.equal(select_and_concat(fs, (1, 2, 3), idx), expect)
+
+
+def test_low_rank_padim_equals_numpy_mahalanobis_when_fewer_images_than_channels():
+    """The Woodbury form used by layer selection gives the reference distances, not an approximation."""
+    train, test = _fs(5, 21), _fs(2, 22)  # 5 images: covariance rank 4 < d
+    layers, d = (1, 2, 3), 10
+    low = fit_padim(layers, d, 3, train)
+    assert isinstance(low, LowRankPadim)
+    idx = channel_subset(3 + 4 + 5, d, 3).numpy()
+    tr = np.stack([_concat_np(train, i, layers)[idx] for i in range(5)])
+    te = np.stack([_concat_np(test, i, layers)[idx] for i in range(2)])
+    grid = low.distance_grid(test).numpy()
+    for y in range(tr.shape[2]):
+        for x in range(tr.shape[3]):
+            inv = np.linalg.inv(np.cov(tr[:, :, y, x], rowvar=False) + EPS * np.eye(d))
+            for i in range(2):
+                assert grid[i, y, x] == pytest.approx(mahalanobis(te[i, :, y, x], tr[:, :, y, x].mean(0), inv), rel=1e-4)
+    np.testing.assert_allclose(grid, Padim(layers, d, 3).fit(train).distance_grid(test).numpy(), rtol=1e-4)
+    assert not isinstance(fit_padim(layers, 3, 3, train), LowRankPadim)  # 5 - 1 >= d = 3: the d x d form

@@ -7,7 +7,11 @@ and DRAEM (Zavrtanik et al. 2021). Four kinds:
 - ``cutpaste``: a random irregular patch of another normal image, pasted at another place;
 - ``noise``: a blob filled with smoothed colour noise, blended over the image;
 - ``colour``: a blob whose brightness and colour are shifted;
-- ``scratch``: a thin random polyline of a contrasting colour.
+- ``scratch``: a thin random polyline of a contrasting colour;
+- ``shift``: the image itself, displaced by a few to 30 pixels inside the blob (a misaligned or
+  bent part: structure breaks while colours stay those of the product);
+- ``missing``: the blob inpainted from its surroundings (cv2.inpaint, Telea), as a missing or
+  cut part of the product.
 
 "Exact" means the returned mask is precisely the set of pixels whose value changed: every kind
 writes only inside its mask, and mask pixels where the write happened to leave the value unchanged
@@ -21,12 +25,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-KINDS = ("cutpaste", "noise", "colour", "scratch")
+KINDS = ("cutpaste", "noise", "colour", "scratch", "shift", "missing")
+APPEARANCE_KINDS = KINDS[:4]  # changes of colour and texture only
 
 
 @dataclass(frozen=True)
 class DefectConfig:
-    kinds: tuple[str, ...] = KINDS
+    kinds: tuple[str, ...] = APPEARANCE_KINDS
     min_size: float = 0.04  # blob diameter as a fraction of the frame side
     max_size: float = 0.18
     max_tries: int = 20  # placements tried before a defect that fits ``region`` is given up
@@ -96,6 +101,14 @@ def _paint(rng: np.random.Generator, kind: str, image: np.ndarray, footprint: np
     elif kind == "colour":
         gain = rng.uniform(0.5, 1.5, 3) if rng.random() < 0.5 else np.full(3, rng.choice([0.6, 1.4]))
         out[footprint] = out[footprint] * gain + rng.uniform(-25, 25, 3)
+    elif kind == "shift":
+        step = rng.integers(4, max(5, min(h, w) // 8), 2) * rng.choice([-1, 1], 2)
+        shifted = cv2.warpAffine(image, np.float32([[1, 0, step[1]], [0, 1, step[0]]]), (w, h),
+                                 borderMode=cv2.BORDER_REFLECT)
+        out[footprint] = shifted[footprint]
+    elif kind == "missing":
+        filled = cv2.inpaint(np.ascontiguousarray(image), footprint.astype(np.uint8), 5, cv2.INPAINT_TELEA)
+        out[footprint] = filled[footprint]
     elif kind == "scratch":
         mean = out[footprint].mean(0) if footprint.any() else np.full(3, 128.0)
         out[footprint] = np.where(mean > 127, rng.uniform(0, 60), rng.uniform(195, 255))

@@ -13,10 +13,10 @@ reused as the normal validation images and their frames as the defect canvases) 
 image passes once through ``fx.frames``. Selection only ever receives training paths or features,
 so it cannot read a test label (tested by failing any access to ``ground_truth/``).
 
-PaDiM needs one Gaussian fit per subset, and the 8 subsets with layer 1 have 3136 positions at
-224 px; to keep selection near the cost of one evaluate, PaDiM's selection fits are made on a
-strided lattice of at most ``PADIM_MAX_POSITIONS`` positions (every 2nd row and column of layer 1's
-56 x 56 grid) and the sampled map is upsampled to the frame. SPADE's per-layer maps are computed
+PaDiM needs one Gaussian fit per subset. The fit part has fewer images than PaDiM has channels, so
+each covariance has low rank and :func:`spadim.padim.fit_padim` scores it exactly through the
+Woodbury identity (an N x N factorisation per position instead of d x d): every subset is fitted
+and scored on the full grid with the reference's distances. SPADE's per-layer maps are computed
 once and every subset is their fusion (as in the layer sweep).
 """
 
@@ -39,13 +39,12 @@ from .errors import SpadimError
 from .features import ALL_COMBOS, FeatureExtractor, FeatureSet
 from .layersweep import combo_name, spade_subset_maps, spade_subsets
 from .metrics import pixel_aupr, undefined_notes
-from .padim import Padim
+from .padim import fit_padim
 from .pipeline import ClassRun, Settings, evaluate_class, evaluate_fitted, make_extractor, score_class
 
 VAL_FRACTION = 0.2
 COPIES = 2  # synthetic images per validation image (different defects), so every kind appears
 TOLERANCE = 1e-9  # AUPRs closer than this are a tie
-PADIM_MAX_POSITIONS = 784  # PaDiM selection fits at most a 28 x 28 lattice of positions
 
 
 @dataclass
@@ -130,26 +129,7 @@ def validation_set(fx: FeatureExtractor, train: FeatureSet, seed: int, fraction:
                       {"defects": t1 - t0, "synthetic_features": t2 - t1})
 
 
-class SampledPadim(Padim):
-    """PaDiM fitted and scored on a strided lattice of positions (selection only; see module doc)."""
-
-    def __init__(self, layers, d, seed, max_positions: int = PADIM_MAX_POSITIONS):
-        super().__init__(layers, d, seed)
-        self.max_positions = max_positions
-
-    def _vectors(self, fs: FeatureSet) -> torch.Tensor:
-        x = super()._vectors(fs)
-        side = self.grid[0]
-        stride = max(1, math.ceil(math.sqrt(side * side / self.max_positions)))
-        if stride == 1:
-            return x
-        x = x.reshape(len(x), side, side, -1)[:, ::stride, ::stride]
-        self.grid = tuple(x.shape[1:3])
-        return x.reshape(len(x), -1, x.shape[-1])
-
-
-def subset_auprs(method: str, v: Validation, s: Settings, combos=ALL_COMBOS,
-                 max_positions: int = PADIM_MAX_POSITIONS) -> dict[str, float]:
+def subset_auprs(method: str, v: Validation, s: Settings, combos=ALL_COMBOS) -> dict[str, float]:
     """Synthetic pixel AUPR of every layer subset of ``method`` (fit on ``v.fit``, scored on ``v.val``)."""
     out = {}
     if method == "spade" and s.spade_fusion == "mean":
@@ -158,7 +138,7 @@ def subset_auprs(method: str, v: Validation, s: Settings, combos=ALL_COMBOS,
         return out
     for combo in combos:
         if method == "padim":
-            fitted = SampledPadim(combo, s.padim_d, s.seed, max_positions).fit(v.fit)
+            fitted = fit_padim(combo, s.padim_d, s.seed, v.fit)
         else:
             fitted = s.method(method, combo).fit(v.fit)
         maps, _ = fitted.score(v.val, s.crop)
@@ -189,8 +169,7 @@ def training_features(fx: FeatureExtractor, data) -> FeatureSet:
 
 
 def select_many(fx: FeatureExtractor, data, s: Settings, methods, seed: int | None = None,
-                fraction: float = VAL_FRACTION, copies: int = COPIES, tolerance: float = TOLERANCE,
-                max_positions: int = PADIM_MAX_POSITIONS) -> dict[str, Selection]:
+                fraction: float = VAL_FRACTION, copies: int = COPIES, tolerance: float = TOLERANCE) -> dict[str, Selection]:
     """One :class:`Selection` per method, sharing the split, the defects and their backbone pass.
 
     ``data`` is training data only (see :func:`training_features`); ``fx`` must keep all four
@@ -208,7 +187,7 @@ def select_many(fx: FeatureExtractor, data, s: Settings, methods, seed: int | No
     out = {}
     for m in methods:
         t1 = time.perf_counter()
-        auprs = subset_auprs(m, v, s, ALL_COMBOS, max_positions)
+        auprs = subset_auprs(m, v, s, ALL_COMBOS)
         seconds = {"train_features": t_train, **v.seconds, "scoring": time.perf_counter() - t1}
         out[m] = Selection(m, pick(auprs, tolerance), auprs, v.fit_rows, v.val_rows, v.kinds, seed, seconds)
     return out
@@ -308,7 +287,7 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
     methods, dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS)
     sig = {"arch": s.arch, "weights": fx.weights.sha256, "resize": s.resize, "crop": s.crop, "k": s.k,
            "d": s.padim_d, "seed": s.seed, "spade_fusion": s.spade_fusion, "methods": methods,
-           "val_fraction": VAL_FRACTION, "copies": COPIES, "padim_max_positions": PADIM_MAX_POSITIONS,
+           "val_fraction": VAL_FRACTION, "copies": COPIES,
            "time_evaluate": time_evaluate, "sweep": str(sweep) if sweep else None}
     regret, results, subsets, summaries, choices = [], [], [], [], {}
     for cdir in dirs:
@@ -373,7 +352,7 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
         if r["class"] == "mean":
             r["chosen"] = r["oracle_layers"] = ""
     info = meta(s, fx, methods=methods, layer_choice="auto", val_fraction=VAL_FRACTION, copies=COPIES,
-                tolerance=TOLERANCE, padim_max_positions=PADIM_MAX_POSITIONS, sweep=str(sweep) if sweep else None,
+                tolerance=TOLERANCE, sweep=str(sweep) if sweep else None,
                 choices=choices)
     with staged(out) as stage:
         md = write_table(stage, "layer_select", regret, REGRET_COLUMNS,

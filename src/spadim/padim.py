@@ -206,3 +206,62 @@ class Padim:
         m.chol = torch.zeros(len(m.mean), d, d)
         m.chol[:, rows, cols] = t["chol_lower"]
         return m
+
+
+class LowRankPadim(Padim):
+    """PaDiM with the same Gaussians, scored through the Woodbury identity when N - 1 < d.
+
+    With N training vectors per position the sample covariance has rank <= N - 1, so
+    ``C = Xc^T Xc / (N - 1) + eps I`` with centred rows ``Xc`` [N, d] gives exactly
+    ``(x - mu)^T C^-1 (x - mu) = (|v|^2 - u^T (eps (N - 1) I + Xc Xc^T)^-1 u) / eps`` with
+    ``v = x - mu`` and ``u = Xc v``: an N x N factorisation per position instead of d x d.
+    Layer selection fits 15 subsets on a fraction of the training images, so this makes each
+    fit cheap without changing a single score (tested against :class:`Padim`). It keeps the
+    centred training vectors (memory grows with N), so it is used only when N - 1 < d.
+    """
+
+    def fit(self, fs: FeatureSet) -> "Padim":
+        with torch.inference_mode():
+            x = self._vectors(fs).transpose(0, 1)  # [L, N, d]
+            n = x.shape[1]
+            self.mean = x.double().mean(1).float()
+            self.centred = (x - self.mean[:, None]).contiguous()  # [L, N, d]
+            self.gram_chol = torch.empty(len(x), n, n, dtype=torch.float64)
+
+            def factorise(start: int) -> None:
+                sl = slice(start, start + self.chunk)
+                xc = self.centred[sl].double()
+                gram = xc @ xc.transpose(1, 2)
+                gram.diagonal(dim1=1, dim2=2).add_(EPS * max(n - 1, 1))
+                self.gram_chol[sl] = torch.linalg.cholesky(gram)
+
+            per_worker(factorise, range(0, len(x), self.chunk))
+        return self
+
+    def distance_grid(self, fs: FeatureSet) -> torch.Tensor:
+        grids = []
+        with torch.inference_mode():
+            for part in fs.batches(self.batch):
+                x = self._vectors(part)
+                n, positions, _ = x.shape
+                out = torch.empty(positions, n, dtype=torch.float64)
+
+                def solve(start: int, x=x, out=out) -> None:
+                    sl = slice(start, start + self.chunk)
+                    diff = (x[:, sl] - self.mean[sl]).permute(1, 2, 0).double()  # [l, d, n]
+                    proj = self.centred[sl].double() @ diff  # [l, N, n]
+                    within = torch.linalg.solve_triangular(self.gram_chol[sl], proj, upper=False)
+                    out[sl] = (diff.square().sum(1) - within.square().sum(1)) / EPS
+
+                per_worker(solve, range(0, positions, self.chunk))
+                grids.append(out.clamp_min(0).sqrt().float().T.reshape(n, *self.grid))
+        return torch.cat(grids)
+
+    def state(self) -> dict:
+        raise NotImplementedError("LowRankPadim is for layer selection only; save a Padim")
+
+
+def fit_padim(layers: tuple[int, ...], d: int, seed: int, fs: FeatureSet) -> Padim:
+    """The cheaper exact form for ``fs``: low rank when it has fewer images than channels + 1."""
+    model = LowRankPadim(layers, d, seed) if len(fs) - 1 < d else Padim(layers, d, seed)
+    return model.fit(fs)
