@@ -102,6 +102,7 @@ class FeatureExtractor:
         # the pooled vector needs layer 4; otherwise the forward pass stops at the last kept layer
         self.last = 4 if pooled else max(self.layers)
         self.n_forward = 0
+        self._shape_cache: dict | None = None
 
     def _key(self, path: Path) -> str:
         st = path.stat()
@@ -110,9 +111,12 @@ class FeatureExtractor:
         return hashlib.sha1(ident.encode()).hexdigest()
 
     def _shapes(self) -> dict:
-        with torch.inference_mode():
-            out = self.model.features(torch.zeros(1, 3, self.pre.crop, self.pre.crop), self.last)
-        return {k: tuple(v.shape[1:]) for k, v in out.items()}
+        """Output shapes per layer, from one dummy pass made once (every streamed chunk needs them)."""
+        if self._shape_cache is None:
+            with torch.inference_mode():
+                out = self.model.features(torch.zeros(1, 3, self.pre.crop, self.pre.crop), self.last)
+            self._shape_cache = {k: tuple(v.shape[1:]) for k, v in out.items()}
+        return self._shape_cache
 
     def __call__(self, paths: Sequence[Path], desc: str = "features") -> FeatureSet:
         paths = [Path(p) for p in paths]
