@@ -83,8 +83,9 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def auto_masks(decision: Decision, planner: "MaskPlanner", detector_masks) -> np.ndarray:
     """The test masks ``auto`` uses: the full frame, the learned masks, a keypoint detector's
-    (``detector_masks(detector)`` computes those) or the consensus of all candidates."""
-    if decision.mask == "none":
+    (``detector_masks(detector)`` computes those) or the consensus of all candidates. At r = 1 a mask
+    changes no score, so none is computed."""
+    if decision.mask == "none" or decision.r >= 1.0:
         return np.ones_like(planner.test_masks)
     if decision.mask == CONSENSUS:
         return consensus([planner.test_masks] + [detector_masks(d) for d in planner.kp_cfgs])
