@@ -20,7 +20,8 @@ from spadim.cli import main
 from spadim.cliargs import layers_arg
 from spadim.errors import SpadimError
 from spadim.features import ALL_COMBOS, FeatureSet
-from spadim.layerselect import pick, select_layers, select_many, split_rows
+from spadim.defects import KINDS
+from spadim.layerselect import COPIES, fold_rows, pick, select_layers, select_many
 from spadim.pipeline import AUTO, Settings, make_extractor
 
 from conftest import FAST
@@ -28,15 +29,16 @@ from conftest import FAST
 CROP = 64
 
 
-def test_split_is_seeded_disjoint_and_at_least_a_fifth():
+def test_folds_are_seeded_partitions_and_the_validated_one_is_at_least_a_fifth():
     for n in (2, 3, 6, 20, 51):
-        fit, val = split_rows(n, seed=3)
-        assert sorted(fit + val) == list(range(n)) and fit and val
-        assert len(val) >= 0.2 * n
-        assert (fit, val) == split_rows(n, seed=3)
-    assert split_rows(20, 0) != split_rows(20, 1)
+        folds = fold_rows(n, seed=3)
+        assert sorted(i for f in folds for i in f) == list(range(n))  # every image in exactly one part
+        assert len(folds) >= 2 and all(0 < len(f) < n for f in folds)
+        assert len(folds[0]) >= 0.2 * n  # the part that validates by default
+        assert folds == fold_rows(n, seed=3)
+    assert fold_rows(20, 0) != fold_rows(20, 1)
     with pytest.raises(SpadimError):
-        split_rows(1, 0)
+        fold_rows(1, 0)
 
 
 def test_pick_breaks_ties_towards_fewer_then_lower_layers():
@@ -105,9 +107,9 @@ def test_fine_defects_choose_a_subset_with_layer_1(method):
     assert 1 in sel.chosen, sel.synthetic_aupr
     assert set(sel.synthetic_aupr) == {"+".join(map(str, c)) for c in ALL_COMBOS}
     assert sel.synthetic_aupr["1"] > sel.synthetic_aupr["4"]
-    assert len(sel.val_rows) >= 4 and not set(sel.val_rows) & set(sel.fit_rows)
-    assert fx.n_forward == 20 + 2 * len(sel.val_rows)  # only the synthetic frames passed again
-    assert set(sel.kinds) == {"cutpaste", "noise", "colour", "scratch"}
+    assert len(sel.folds) == 1 and len(sel.folds[0]) >= 4
+    assert fx.n_forward == 20 + COPIES * len(sel.folds[0])  # only the synthetic frames passed again
+    assert len(sel.kinds) == COPIES * len(sel.folds[0]) and set(sel.kinds) <= set(KINDS)
 
 
 def test_choice_is_deterministic_for_a_seed():
@@ -118,7 +120,7 @@ def test_choice_is_deterministic_for_a_seed():
         runs.append(select_many(fx, fx.features(_normal_images(12, 1)), s, ["spade", "padim"], seed=5))
     for m in ("spade", "padim"):
         a, b = runs[0][m], runs[1][m]
-        assert a.chosen == b.chosen and a.val_rows == b.val_rows and a.kinds == b.kinds
+        assert a.chosen == b.chosen and a.folds == b.folds and a.kinds == b.kinds
         assert a.synthetic_aupr == pytest.approx(b.synthetic_aupr, rel=1e-6)
 
 
@@ -214,3 +216,14 @@ def test_layer_select_writes_regret_table_and_report(tiny_root, tmp_path):
     before = (out / "layer_select.csv").read_text()
     assert main(["layer-select", str(tiny_root), "--out", str(out), *FAST]) == 0  # resumes: nothing recomputed
     assert (out / "layer_select.csv").read_text() == before
+
+
+def test_cross_validation_pools_every_fold_and_one_fold_is_its_first_part():
+    s = Settings(arch="resnet18", resize=72, crop=CROP, k=3, d=40)
+    fx = FineOnlyBackbone()
+    train = fx.features(_normal_images(10, 2))
+    full = select_many(fx, train, s, ["spade"], seed=1, folds=5, validated=5, copies=1)["spade"]
+    assert sorted(i for f in full.folds for i in f) == list(range(10)) and len(full.kinds) == 10
+    one = select_many(fx, train, s, ["spade"], seed=1, folds=5, validated=1, copies=1)["spade"]
+    assert one.folds == full.folds[:1]
+    assert one.synthetic_aupr != full.synthetic_aupr  # pooled over 5 folds, not the first one alone

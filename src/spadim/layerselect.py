@@ -1,12 +1,15 @@
 """Choose the layer subset per class from normal images alone (``--layers auto``), and its regret.
 
 The study found that the best subset differs between classes, but a user has no defect masks for a
-new product. So the training images are split (seeded) into a fit part and a validation part
-(>= 20%, at least one image); each validation image gets synthetic defects with exact masks
-(:func:`spadim.defects.make_defects`, patches cut from the fit part); every subset of layers 1-4 is
-fitted on the fit part and scored on the validation images, normal and defective; the subset with
-the highest synthetic pixel AUPR wins, ties (within ``TOLERANCE``) going to fewer, then lower layers.
-The caller then refits on all training images with the chosen subset.
+new product. So the training images are split, seeded, into ``FOLDS`` parts; the first part (20%,
+at least one image) validates and the others fit. Each validation image gets ``COPIES`` synthetic
+defects with exact masks (:func:`spadim.defects.make_defects`, structural and appearance kinds,
+patches cut from the fit part), and every subset of layers 1-4 is fitted on the fit part and scored
+on the validation images, normal and defective. The subset with the highest synthetic pixel AUPR
+wins; ties (within ``TOLERANCE``) go to fewer, then lower layers. The caller then refits on all
+training images with the chosen subset. ``validated=FOLDS`` turns this into full cross-validation
+(pooled AUPR over the folds); it changed no mean regret beyond noise here and costs FOLDS times as
+much (README), so one part validates by default.
 
 The backbone pass is shared: training features are extracted once (their validation rows are
 reused as the normal validation images and their frames as the defect canvases) and each synthetic
@@ -28,23 +31,28 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from .data import ClassData, load_class, load_masks
-from .defects import DefectConfig, make_defects
+from .defects import KINDS, DefectConfig, make_defects
 from .errors import SpadimError
 from .features import ALL_COMBOS, FeatureExtractor, FeatureSet
-from .layersweep import combo_name, spade_subset_maps, spade_subsets
+from .layersweep import combo_name, spade_subsets
+from .maps import upsample_blur
 from .metrics import pixel_aupr, undefined_notes
 from .padim import fit_padim
+from .spade import Spade
 from .pipeline import ClassRun, Settings, evaluate_class, evaluate_fitted, make_extractor, score_class
 
-VAL_FRACTION = 0.2
-COPIES = 2  # synthetic images per validation image (different defects), so every kind appears
+FOLDS = 5  # the training images are split into 5 seeded parts (each 20%) ...
+VALIDATED = 1  # ... of which this many validate in turn (FOLDS for full cross-validation)
+COPIES = 2  # synthetic defective copies per validation image
 TOLERANCE = 1e-9  # AUPRs closer than this are a tie
+#: every kind (appearance and structure) at sizes up to 30% of the frame side: with only the four
+#: appearance kinds up to 18%, selection leaned towards layer 2 whatever the real defects were
+DEFECTS = DefectConfig(kinds=KINDS, min_size=0.06, max_size=0.3)
 
 
 @dataclass
@@ -54,8 +62,7 @@ class Selection:
     method: str
     chosen: tuple[int, ...]
     synthetic_aupr: dict[str, float]  # subset name ("1+2") -> pixel AUPR on the synthetic set
-    fit_rows: list[int]  # rows of the training list used to fit
-    val_rows: list[int]  # rows used as validation images
+    folds: list[list[int]]  # training rows validated in each fold (which fits on the other rows)
     kinds: list[str]  # defect kind of each synthetic image
     seed: int
     seconds: dict[str, float] = field(default_factory=dict)  # shared (split, defects, frames) and scoring
@@ -73,25 +80,33 @@ class Selection:
 
 
 @dataclass
-class Validation:
-    """The fit part and the synthetic validation set (normal validation images, then defective ones)."""
+class Folds:
+    """The training features, the synthetic frames and, per fold, which rows validate.
 
-    fit: FeatureSet
-    val: FeatureSet
-    masks: np.ndarray  # bool [2 * copies * ... , crop, crop]; all False for the normal images
-    fit_rows: list[int]
-    val_rows: list[int]
-    kinds: list[str]
-    seconds: dict[str, float]
+    Fold f fits on the training rows outside ``val_rows[f]`` and validates on those rows (normal)
+    followed by their synthetic copies ``synth[synth_rows[f]]``. Folds are materialised one at a
+    time (:meth:`fold`), so memory holds the features once, not once per fold.
+    """
+
+    train: FeatureSet
+    synth: FeatureSet
+    val_rows: list[list[int]]
+    synth_rows: list[list[int]]
+    masks: list[np.ndarray]  # per fold: bool [n_val + n_synth, crop, crop]; False for normal images
+    kinds: list[str]  # defect kind of each synthetic frame, in order
+
+    def fold(self, f: int) -> tuple[FeatureSet, FeatureSet]:
+        held = set(self.val_rows[f])
+        fit = take(self.train, [i for i in range(len(self.train)) if i not in held])
+        return fit, concat([take(self.train, self.val_rows[f]), take(self.synth, self.synth_rows[f])])
 
 
-def split_rows(n: int, seed: int, fraction: float = VAL_FRACTION) -> tuple[list[int], list[int]]:
-    """Seeded (fit rows, validation rows); at least one of each and >= ``fraction`` validation."""
+def fold_rows(n: int, seed: int, folds: int = FOLDS) -> list[list[int]]:
+    """Seeded partition of ``range(n)`` into min(folds, n) validation parts (each fits on the rest)."""
     if n < 2:
         raise SpadimError(f"--layers auto needs at least 2 training images to split (got {n})")
-    n_val = min(n - 1, max(1, math.ceil(fraction * n)))
     perm = np.random.default_rng(seed).permutation(n)
-    return sorted(int(i) for i in perm[n_val:]), sorted(int(i) for i in perm[:n_val])
+    return [sorted(int(i) for i in perm[f::min(folds, n)]) for f in range(min(folds, n))]
 
 
 def take(fs: FeatureSet, rows: list[int]) -> FeatureSet:
@@ -108,43 +123,57 @@ def concat(parts: list[FeatureSet]) -> FeatureSet:
                       np.concatenate([fs.images for fs in parts]), [s for fs in parts for s in fs.shapes])
 
 
-def validation_set(fx: FeatureExtractor, train: FeatureSet, seed: int, fraction: float = VAL_FRACTION,
-                   copies: int = COPIES, cfg: DefectConfig = DefectConfig()) -> Validation:
-    """Split ``train`` and build the synthetic validation set; only the synthetic frames hit the backbone."""
+def validation_folds(fx: FeatureExtractor, train: FeatureSet, seed: int, folds: int = FOLDS,
+                     copies: int = COPIES, cfg: DefectConfig = DEFECTS, validated: int = VALIDATED
+                     ) -> tuple[Folds, dict[str, float]]:
+    """The first ``validated`` folds with their synthetic defects (patches cut from the fold's fit
+    part); all synthetic frames pass the backbone in one call, nothing else does."""
     t0 = time.perf_counter()
-    fit_rows, val_rows = split_rows(len(train), seed, fraction)
-    fit, val = take(train, fit_rows), take(train, val_rows)
-    defective, masks, kinds = [], [], []
-    for c in range(copies):
-        img, m, k = make_defects(val.images, fit.images, seed * 1000 + c, cfg)
-        defective.append(img)
-        masks.append(m)
-        kinds += k
-    defective = np.concatenate(defective)
+    parts = fold_rows(len(train), seed, folds)[:validated]
+    defective, masks, kinds, synth_rows = [], [], [], []
+    for f, val_rows in enumerate(parts):
+        fit_rows = [i for i in range(len(train)) if i not in set(val_rows)]
+        fold_masks = [np.zeros((len(val_rows), *train.images.shape[1:3]), bool)]
+        start = sum(len(d) for d in defective)
+        for c in range(copies):
+            img, m, k = make_defects(train.images[val_rows], train.images[fit_rows], seed * 1000 + 17 * f + c, cfg)
+            defective.append(img)
+            fold_masks.append(m)
+            kinds += k
+        synth_rows.append(list(range(start, start + copies * len(val_rows))))
+        masks.append(np.concatenate(fold_masks))
     t1 = time.perf_counter()
-    synth = fx.frames(defective, "synthetic defects")
+    synth = fx.frames(np.concatenate(defective), "synthetic defects")
     t2 = time.perf_counter()
-    masks = np.concatenate([np.zeros(val.images.shape[:3], bool), *masks])
-    return Validation(fit, concat([val, synth]), masks, fit_rows, val_rows, kinds,
-                      {"defects": t1 - t0, "synthetic_features": t2 - t1})
+    return Folds(train, synth, parts, synth_rows, masks, kinds), {"defects": t1 - t0, "synthetic_features": t2 - t1}
 
 
-def subset_auprs(method: str, v: Validation, s: Settings, combos=ALL_COMBOS) -> dict[str, float]:
-    """Synthetic pixel AUPR of every layer subset of ``method`` (fit on ``v.fit``, scored on ``v.val``)."""
-    out = {}
-    if method == "spade" and s.spade_fusion == "mean":
-        for combo, maps, _ in spade_subset_maps(SimpleNamespace(train=v.fit, test=v.val), s, combos):
-            out[combo_name(combo)] = pixel_aupr(maps, v.masks)
-        return out
-    for combo in combos:
-        if method == "padim":
-            fitted = fit_padim(combo, s.padim_d, s.seed, v.fit)
-        else:
-            fitted = s.method(method, combo).fit(v.fit)
-        maps, _ = fitted.score(v.val, s.crop)
-        del fitted
-        out[combo_name(combo)] = pixel_aupr(maps, v.masks)
-    return out
+def subset_auprs(method: str, folds: Folds, s: Settings, combos=ALL_COMBOS) -> dict[str, float]:
+    """Synthetic pixel AUPR of every layer subset of ``method``, pooled over the folds (each fitted on
+    its fit part). Only native-resolution distance grids are kept per fold; a subset's maps are
+    upsampled once, from all folds together."""
+    masks = np.concatenate(folds.masks)
+    spade_mean = method == "spade" and s.spade_fusion == "mean"
+    used = tuple(sorted({l for c in combos for l in c}))
+    grids: dict = {}  # SPADE: layer -> grids per fold; others: combo -> grids per fold
+    for f in range(len(folds.val_rows)):
+        fit, val = folds.fold(f)
+        if spade_mean:  # per-layer grids once per fold; every subset is their fusion
+            spade = s.method("spade", used).fit(fit)
+            for l, g in spade.layer_grids(val, spade.neighbours(val)[1]).items():
+                grids.setdefault(l, []).append(g)
+            continue
+        for combo in combos:  # PaDiM keeps its distance grids; any other method its maps
+            if method == "padim":
+                grids.setdefault(combo, []).append(fit_padim(combo, s.padim_d, s.seed, fit).distance_grid(val))
+            else:
+                grids.setdefault(combo, []).append(torch.from_numpy(s.method(method, combo).fit(fit).score(val, s.crop)[0]))
+    joined = {k: torch.cat(v) for k, v in grids.items()}
+    if spade_mean:
+        return {combo_name(c): pixel_aupr(Spade.fuse([joined[l] for l in c], s.crop), masks) for c in combos}
+    if method == "padim":
+        return {combo_name(c): pixel_aupr(upsample_blur(joined[c], s.crop), masks) for c in combos}
+    return {combo_name(c): pixel_aupr(joined[c].numpy(), masks) for c in combos}
 
 
 def pick(auprs: dict[str, float], tolerance: float = TOLERANCE) -> tuple[int, ...]:
@@ -169,7 +198,8 @@ def training_features(fx: FeatureExtractor, data) -> FeatureSet:
 
 
 def select_many(fx: FeatureExtractor, data, s: Settings, methods, seed: int | None = None,
-                fraction: float = VAL_FRACTION, copies: int = COPIES, tolerance: float = TOLERANCE) -> dict[str, Selection]:
+                folds: int = FOLDS, copies: int = COPIES, tolerance: float = TOLERANCE,
+                cfg: DefectConfig = DEFECTS, validated: int = VALIDATED) -> dict[str, Selection]:
     """One :class:`Selection` per method, sharing the split, the defects and their backbone pass.
 
     ``data`` is training data only (see :func:`training_features`); ``fx`` must keep all four
@@ -183,13 +213,13 @@ def select_many(fx: FeatureExtractor, data, s: Settings, methods, seed: int | No
     if missing:
         raise SpadimError(f"layer selection needs all 4 layers; the features lack {missing}: "
                           f"make the extractor with layer_sets=ALL_COMBOS")
-    v = validation_set(fx, train, seed, fraction, copies)
+    parts, shared = validation_folds(fx, train, seed, folds, copies, cfg, validated)
     out = {}
     for m in methods:
         t1 = time.perf_counter()
-        auprs = subset_auprs(m, v, s, ALL_COMBOS)
-        seconds = {"train_features": t_train, **v.seconds, "scoring": time.perf_counter() - t1}
-        out[m] = Selection(m, pick(auprs, tolerance), auprs, v.fit_rows, v.val_rows, v.kinds, seed, seconds)
+        auprs = subset_auprs(m, parts, s, ALL_COMBOS)
+        seconds = {"train_features": t_train, **shared, "scoring": time.perf_counter() - t1}
+        out[m] = Selection(m, pick(auprs, tolerance), auprs, parts.val_rows, parts.kinds, seed, seconds)
     return out
 
 
@@ -287,7 +317,7 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
     methods, dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS)
     sig = {"arch": s.arch, "weights": fx.weights.sha256, "resize": s.resize, "crop": s.crop, "k": s.k,
            "d": s.padim_d, "seed": s.seed, "spade_fusion": s.spade_fusion, "methods": methods,
-           "val_fraction": VAL_FRACTION, "copies": COPIES,
+           "folds": FOLDS, "validated": VALIDATED, "copies": COPIES, "defects": json.loads(json.dumps(dataclasses.asdict(DEFECTS))),
            "time_evaluate": time_evaluate, "sweep": str(sweep) if sweep else None}
     regret, results, subsets, summaries, choices = [], [], [], [], {}
     for cdir in dirs:
@@ -351,7 +381,7 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
     for r in regret:
         if r["class"] == "mean":
             r["chosen"] = r["oracle_layers"] = ""
-    info = meta(s, fx, methods=methods, layer_choice="auto", val_fraction=VAL_FRACTION, copies=COPIES,
+    info = meta(s, fx, methods=methods, layer_choice="auto", folds=FOLDS, validated=VALIDATED, copies=COPIES,
                 tolerance=TOLERANCE, sweep=str(sweep) if sweep else None,
                 choices=choices)
     with staged(out) as stage:

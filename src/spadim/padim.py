@@ -222,11 +222,12 @@ class LowRankPadim(Padim):
 
     def fit(self, fs: FeatureSet) -> "Padim":
         with torch.inference_mode():
-            x = self._vectors(fs).transpose(0, 1)  # [L, N, d]
-            n = x.shape[1]
-            self.mean = x.double().mean(1).float()
-            self.centred = (x - self.mean[:, None]).contiguous()  # [L, N, d]
-            self.gram_chol = torch.empty(len(x), n, n, dtype=torch.float64)
+            x = self._vectors(fs)  # [N, L, d]
+            n, positions, _ = x.shape
+            self.mean = x.mean(0)
+            self.centred = (x - self.mean).transpose(0, 1).contiguous()  # [L, N, d]
+            del x
+            self.gram_chol = torch.empty(positions, n, n, dtype=torch.float64)
 
             def factorise(start: int) -> None:
                 sl = slice(start, start + self.chunk)
@@ -235,7 +236,7 @@ class LowRankPadim(Padim):
                 gram.diagonal(dim1=1, dim2=2).add_(EPS * max(n - 1, 1))
                 self.gram_chol[sl] = torch.linalg.cholesky(gram)
 
-            per_worker(factorise, range(0, len(x), self.chunk))
+            per_worker(factorise, range(0, positions, self.chunk))
         return self
 
     def distance_grid(self, fs: FeatureSet) -> torch.Tensor:
