@@ -24,9 +24,12 @@ from spadim.layerselect import select_many
 from spadim.pipeline import Settings, make_extractor
 
 VARIANTS = {
-    "appearance kinds, sizes 0.04-0.18, 3 folds": dict(cfg=DefectConfig(APPEARANCE_KINDS, 0.04, 0.18), folds=3),
-    "all kinds, sizes 0.06-0.30, 3 folds (default)": dict(cfg=DefectConfig(KINDS, 0.06, 0.30), folds=3),
-    "all kinds, sizes 0.06-0.30, 5 folds": dict(cfg=DefectConfig(KINDS, 0.06, 0.30), folds=5),
+    "appearance kinds, sizes 0.04-0.18, one 20% part, 2 copies":
+        {"cfg": DefectConfig(APPEARANCE_KINDS, 0.04, 0.18), "folds": 5, "validated": 1, "copies": 2},
+    "all kinds, sizes 0.06-0.30, one 20% part, 2 copies (default)":
+        {"cfg": DefectConfig(KINDS, 0.06, 0.30), "folds": 5, "validated": 1, "copies": 2},
+    "all kinds, sizes 0.06-0.30, 5-fold cross-validation, 1 copy":
+        {"cfg": DefectConfig(KINDS, 0.06, 0.30), "folds": 5, "validated": 5, "copies": 1},
 }
 
 
