@@ -231,8 +231,8 @@ class LowRankPadim(Padim):
 
             def factorise(start: int) -> None:
                 sl = slice(start, start + self.chunk)
-                xc = self.centred[sl].double()
-                gram = xc @ xc.transpose(1, 2)
+                xc = self.centred[sl]
+                gram = torch.bmm(xc, xc.transpose(1, 2)).double()  # float32 products, float64 factor
                 gram.diagonal(dim1=1, dim2=2).add_(EPS * max(n - 1, 1))
                 self.gram_chol[sl] = torch.linalg.cholesky(gram)
 
@@ -249,10 +249,10 @@ class LowRankPadim(Padim):
 
                 def solve(start: int, x=x, out=out) -> None:
                     sl = slice(start, start + self.chunk)
-                    diff = (x[:, sl] - self.mean[sl]).permute(1, 2, 0).double()  # [l, d, n]
-                    proj = self.centred[sl].double() @ diff  # [l, N, n]
+                    diff = (x[:, sl] - self.mean[sl]).permute(1, 2, 0)  # [l, d, n]
+                    proj = torch.bmm(self.centred[sl], diff).double()  # [l, N, n]
                     within = torch.linalg.solve_triangular(self.gram_chol[sl], proj, upper=False)
-                    out[sl] = (diff.square().sum(1) - within.square().sum(1)) / EPS
+                    out[sl] = (diff.double().square().sum(1) - within.square().sum(1)) / EPS
 
                 per_worker(solve, range(0, positions, self.chunk))
                 grids.append(out.clamp_min(0).sqrt().float().T.reshape(n, *self.grid))
