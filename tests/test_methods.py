@@ -171,3 +171,11 @@ def test_low_rank_padim_equals_numpy_mahalanobis_when_fewer_images_than_channels
                 assert grid[i, y, x] == pytest.approx(mahalanobis(te[i, :, y, x], tr[:, :, y, x].mean(0), inv), rel=1e-4)
     np.testing.assert_allclose(grid, Padim(layers, d, 3).fit(train).distance_grid(test).numpy(), rtol=1e-4)
     assert not isinstance(fit_padim(layers, 3, 3, train), LowRankPadim)  # 5 - 1 >= d = 3: the d x d form
+
+
+def test_padim_selection_equals_nearest_interpolation_on_uneven_grids():
+    """Crops whose layer grids do not divide each other (72 px: 18, 9, 5) take the index path."""
+    fs = _fs(3, 4, hw=(18, 9, 5, 3))
+    idx = channel_subset(3 + 4 + 5, 9, 2)
+    full = torch.cat([torch.nn.functional.interpolate(fs.layers[l], size=(18, 18), mode="nearest") for l in (1, 2, 3)], 1)
+    assert torch.equal(select_and_concat(fs, (1, 2, 3), idx), full[:, idx].flatten(2).transpose(1, 2))

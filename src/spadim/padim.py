@@ -47,20 +47,25 @@ def select_and_concat(fs: FeatureSet, layers: tuple[int, ...], idx: torch.Tensor
     (``floor(dst * h / size)``, as ``F.interpolate(mode="nearest")``) and the concatenation write
     each position's vector contiguously, with no transpose of the result.
     """
-    parts, offset = [], 0
-    size = max(fs.layers[l].shape[-1] for l in layers)
+    n, size = len(fs), max(fs.layers[l].shape[-1] for l in layers)
+    out = torch.empty(n, size, size, len(idx), dtype=fs.layers[layers[0]].dtype)
+    offset, filled = 0, 0
     for l in layers:
         c, h = fs.layers[l].shape[1], fs.layers[l].shape[-1]
         local = idx[(idx >= offset) & (idx < offset + c)] - offset
         offset += c
-        if len(local):
-            chosen = fs.layers[l].permute(0, 2, 3, 1)[..., local]  # [N, h, w, c_sel]
-            if h != size:
-                rows = torch.arange(size) * h // size
-                chosen = chosen[:, rows][:, :, rows]
-            parts.append(chosen)
-    x = torch.cat(parts, -1)
-    return x.reshape(len(x), size * size, -1)
+        if not len(local):
+            continue
+        chosen = fs.layers[l].permute(0, 2, 3, 1)[..., local]  # [N, h, w, c_sel]
+        cols = slice(filled, filled + len(local))
+        filled += len(local)
+        if size % h == 0:  # each cell repeated f x f times, written by broadcasting: one copy
+            f = size // h
+            out.view(n, h, f, h, f, -1)[..., cols] = chosen[:, :, None, :, None, :]
+        else:
+            rows = torch.arange(size) * h // size
+            out[..., cols] = chosen[:, rows][:, :, rows]
+    return out.reshape(n, size * size, -1)
 
 
 def per_worker(work, starts) -> None:
