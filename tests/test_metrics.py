@@ -221,3 +221,21 @@ def test_aupro_handles_full_benchmark_size() -> None:
     maps = rng.random(masks.shape, dtype=np.float32) + masks
     value = aupro(maps, masks)
     assert 0.0 < value <= 1.0
+
+
+def test_aupr_by_multiplier_equals_masking_then_scoring_exactly():
+    from spadim.metrics import pixel_aupr_by_multiplier
+    from spadim.objmask import apply_outside_multiplier
+
+    rng = np.random.default_rng(4)
+    maps = np.round(rng.gamma(2.0, 1.0, (5, 24, 24)), 1).astype(np.float32)  # rounded: many ties
+    truth = rng.random((5, 24, 24)) < 0.08
+    maps[truth] += 0.7
+    inside = rng.random((5, 24, 24)) < 0.6
+    rs = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    got = pixel_aupr_by_multiplier(maps, inside, truth, rs)
+    for r in rs:
+        assert got[r] == pixel_aupr(apply_outside_multiplier(maps, inside, r), truth)
+    assert len(set(got.values())) > 2  # r changes the ranking here, so the check is not vacuous
+    with pytest.raises(SpadimError):
+        pixel_aupr_by_multiplier(maps, inside, truth, (1.5,))
