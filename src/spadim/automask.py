@@ -222,11 +222,8 @@ class MaskPlanner:
 
 
 def layer_features(fx, images: np.ndarray, layer: int) -> torch.Tensor:
-    """One layer's features of in-memory frames [N, crop, crop, 3] uint8, the pass stopping there.
-
-    ``FeatureExtractor.frames`` would also run a shape probe (one more forward pass, 2.5 s of the
-    7 s that 5 validation frames cost on the shared 2-core machine) and keep every layer.
-    """
+    """One layer's features of in-memory frames [N, crop, crop, 3] uint8, the pass stopping there
+    (``FeatureExtractor.frames`` would run on to the extractor's last layer and keep every layer)."""
     x = torch.from_numpy(normalize(images)).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         out = fx.model.features(x, layer)[layer]
