@@ -171,6 +171,9 @@ class Padim:
         self.partial_fit(fs)
         return self.finish_fit()
 
+    #: dtype of the squared distances per chunk (the low-rank form subtracts, so it needs float64)
+    distance_dtype = torch.float32
+
     def distance_grid(self, fs: FeatureSet) -> torch.Tensor:
         """[N, h, w] Mahalanobis distance of every position to its Gaussian."""
         grids = []
@@ -178,16 +181,19 @@ class Padim:
             for part in fs.batches(self.batch):
                 x = self._vectors(part)
                 n, positions, _ = x.shape
-                out = torch.empty(positions, n)
+                out = torch.empty(positions, n, dtype=self.distance_dtype)
 
                 def solve(start: int, x=x, out=out) -> None:
                     sl = slice(start, start + self.chunk)
-                    diff = (x[:, sl] - self.mean[sl]).permute(1, 2, 0)
-                    out[sl] = torch.linalg.solve_triangular(self.chol[sl], diff, upper=False).square().sum(1)
+                    out[sl] = self._squared_distances(sl, (x[:, sl] - self.mean[sl]).permute(1, 2, 0))
 
                 per_worker(solve, range(0, positions, self.chunk))
-                grids.append(out.sqrt().T.reshape(n, *self.grid))
+                grids.append(out.clamp_min(0).sqrt().float().T.reshape(n, *self.grid))
         return torch.cat(grids)
+
+    def _squared_distances(self, sl: slice, diff: torch.Tensor) -> torch.Tensor:
+        """[l, n] squared distances of ``diff`` [l, d, n] (centred queries) at positions ``sl``."""
+        return torch.linalg.solve_triangular(self.chol[sl], diff, upper=False).square().sum(1)
 
     def score(self, fs: FeatureSet, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Anomaly maps [N, size, size] and image scores (max of each map) [N]."""
@@ -244,24 +250,12 @@ class LowRankPadim(Padim):
             per_worker(factorise, range(0, positions, self.chunk))
         return self
 
-    def distance_grid(self, fs: FeatureSet) -> torch.Tensor:
-        grids = []
-        with torch.inference_mode():
-            for part in fs.batches(self.batch):
-                x = self._vectors(part)
-                n, positions, _ = x.shape
-                out = torch.empty(positions, n, dtype=torch.float64)
+    distance_dtype = torch.float64
 
-                def solve(start: int, x=x, out=out) -> None:
-                    sl = slice(start, start + self.chunk)
-                    diff = (x[:, sl] - self.mean[sl]).permute(1, 2, 0)  # [l, d, n]
-                    proj = torch.bmm(self.centred[sl], diff).double()  # [l, N, n]
-                    within = torch.linalg.solve_triangular(self.gram_chol[sl], proj, upper=False)
-                    out[sl] = (diff.double().square().sum(1) - within.square().sum(1)) / EPS
-
-                per_worker(solve, range(0, positions, self.chunk))
-                grids.append(out.clamp_min(0).sqrt().float().T.reshape(n, *self.grid))
-        return torch.cat(grids)
+    def _squared_distances(self, sl: slice, diff: torch.Tensor) -> torch.Tensor:
+        proj = torch.bmm(self.centred[sl], diff).double()  # [l, N, n]: float32 products
+        within = torch.linalg.solve_triangular(self.gram_chol[sl], proj, upper=False)
+        return (diff.double().square().sum(1) - within.square().sum(1)) / EPS
 
     def state(self) -> dict:
         raise NotImplementedError("LowRankPadim is for layer selection only; save a Padim")
