@@ -2,7 +2,7 @@
 
 A user has no defect masks for a new product, so layer subsets and outside-mask multipliers are
 chosen on normal validation images with pasted defects, in the style of CutPaste (Li et al. 2021)
-and DRAEM (Zavrtanik et al. 2021). Four kinds:
+and DRAEM (Zavrtanik et al. 2021). Six kinds, four of appearance and two of structure:
 
 - ``cutpaste``: a random irregular patch of another normal image, pasted at another place;
 - ``noise``: a blob filled with smoothed colour noise, blended over the image;

@@ -96,8 +96,7 @@ class Folds:
     kinds: list[str]  # defect kind of each synthetic frame, in order
 
     def fold(self, f: int) -> tuple[FeatureSet, FeatureSet]:
-        held = set(self.val_rows[f])
-        fit = take(self.train, [i for i in range(len(self.train)) if i not in held])
+        fit = take(self.train, other_rows(len(self.train), self.val_rows[f]))
         return fit, concat([take(self.train, self.val_rows[f]), take(self.synth, self.synth_rows[f])])
 
 
@@ -107,6 +106,12 @@ def fold_rows(n: int, seed: int, folds: int = FOLDS) -> list[list[int]]:
         raise SpadimError(f"--layers auto needs at least 2 training images to split (got {n})")
     perm = np.random.default_rng(seed).permutation(n)
     return [sorted(int(i) for i in perm[f::min(folds, n)]) for f in range(min(folds, n))]
+
+
+def other_rows(n: int, rows: list[int]) -> list[int]:
+    """The rows of ``range(n)`` not in ``rows``: a fold's fit part."""
+    held = set(rows)
+    return [i for i in range(n) if i not in held]
 
 
 def take(fs: FeatureSet, rows: list[int]) -> FeatureSet:
@@ -132,7 +137,7 @@ def validation_folds(fx: FeatureExtractor, train: FeatureSet, seed: int, folds: 
     parts = fold_rows(len(train), seed, folds)[:validated]
     defective, masks, kinds, synth_rows = [], [], [], []
     for f, val_rows in enumerate(parts):
-        fit_rows = [i for i in range(len(train)) if i not in set(val_rows)]
+        fit_rows = other_rows(len(train), val_rows)
         fold_masks = [np.zeros((len(val_rows), *train.images.shape[1:3]), bool)]
         start = sum(len(d) for d in defective)
         for c in range(copies):

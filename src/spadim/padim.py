@@ -171,8 +171,7 @@ class Padim:
         self.partial_fit(fs)
         return self.finish_fit()
 
-    #: dtype of the squared distances per chunk (the low-rank form subtracts, so it needs float64)
-    distance_dtype = torch.float32
+    distance_dtype = torch.float32  # of the squared distances per chunk
 
     def distance_grid(self, fs: FeatureSet) -> torch.Tensor:
         """[N, h, w] Mahalanobis distance of every position to its Gaussian."""
@@ -231,6 +230,9 @@ class LowRankPadim(Padim):
     centred training vectors (memory grows with N), so it is used only when N - 1 < d.
     """
 
+    streams_training = False  # needs all training vectors at once (no partial_fit)
+    distance_dtype = torch.float64  # the Woodbury form subtracts two large terms
+
     def fit(self, fs: FeatureSet) -> "Padim":
         with torch.inference_mode():
             x = self._vectors(fs)  # [N, L, d]
@@ -249,8 +251,6 @@ class LowRankPadim(Padim):
 
             per_worker(factorise, range(0, positions, self.chunk))
         return self
-
-    distance_dtype = torch.float64
 
     def _squared_distances(self, sl: slice, diff: torch.Tensor) -> torch.Tensor:
         proj = torch.bmm(self.centred[sl], diff).double()  # [l, N, n]: float32 products
