@@ -23,13 +23,21 @@ from spadim.features import ALL_COMBOS
 from spadim.layerselect import select_many
 from spadim.pipeline import Settings, make_extractor
 
-VARIANTS = {
-    "appearance kinds, sizes 0.04-0.18, one 20% part, 2 copies":
-        {"cfg": DefectConfig(APPEARANCE_KINDS, 0.04, 0.18), "folds": 5, "validated": 1, "copies": 2},
-    "all kinds, sizes 0.06-0.30, one 20% part, 2 copies (default)":
-        {"cfg": DefectConfig(KINDS, 0.06, 0.30), "folds": 5, "validated": 1, "copies": 2},
-    "all kinds, sizes 0.06-0.30, 5-fold cross-validation, 1 copy":
-        {"cfg": DefectConfig(KINDS, 0.06, 0.30), "folds": 5, "validated": 5, "copies": 1},
+VARIANTS = {  # short name -> (description, select_many keywords)
+    "appearance": ("appearance kinds, sizes 0.04-0.18, one 20% part, 2 copies",
+                   {"cfg": DefectConfig(APPEARANCE_KINDS, 0.04, 0.18), "folds": 5, "validated": 1, "copies": 2}),
+    "default": ("all kinds, sizes 0.06-0.30, one 20% part, 2 copies (default)",
+                {"cfg": DefectConfig(KINDS, 0.06, 0.30), "folds": 5, "validated": 1, "copies": 2}),
+    "cv": ("all kinds, sizes 0.06-0.30, 5-fold cross-validation, 1 copy",
+           {"cfg": DefectConfig(KINDS, 0.06, 0.30), "folds": 5, "validated": 5, "copies": 1}),
+    # part-scale changes (a whole part moved or removed): the real optimum on transistor is layer 3
+    "larger": ("all kinds, sizes 0.06-0.45, one 20% part, 2 copies",
+               {"cfg": DefectConfig(KINDS, 0.06, 0.45), "folds": 5, "validated": 1, "copies": 2}),
+    "part-scale": ("all kinds, sizes 0.30-0.60, one 20% part, 2 copies",
+                   {"cfg": DefectConfig(KINDS, 0.30, 0.60), "folds": 5, "validated": 1, "copies": 2}),
+    "part-structure": ("shift and missing only, sizes 0.30-0.60, one 20% part, 2 copies",
+                       {"cfg": DefectConfig(("shift", "missing"), 0.30, 0.60), "folds": 5, "validated": 1,
+                        "copies": 2}),
 }
 
 
@@ -39,6 +47,7 @@ def main() -> None:
     p.add_argument("--arch", default="resnet50_caffe")
     p.add_argument("--weights", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     a = p.parse_args()
     s = Settings(arch=a.arch, weights=a.weights, seed=a.seed)
     fx = make_extractor(s, None, ("spade", "padim"), ALL_COMBOS)
@@ -51,7 +60,7 @@ def main() -> None:
     train = {d.name: fx(load_class(d, need_test=False).train, d.name) for d in dirs}
     print("| variant | method | chosen per class | mean regret | mean AUPR auto | mean AUPR 1,2,3 |")
     print("|---|---|---|---|---|---|")
-    for name, kw in VARIANTS.items():
+    for name, kw in (VARIANTS[v] for v in a.variants):
         sels = {c: select_many(fx, feats, s, ["spade", "padim"], **kw) for c, feats in train.items()}
         for m in ("spade", "padim"):
             regret, auto, fixed, chosen = [], [], [], []
