@@ -10,8 +10,8 @@ can go below on these data.
 A second column asks what real labelled defects would buy: the test images are split in two halves
 at random (good and defective separately); the subset best on one half is scored on the other, and
 the regret there is averaged over splits and both directions. That is a selector that sees real
-defects and their masks, on half as many images; it is pessimistic by that halving, and it bounds
-how close any choice made from normal images can be expected to come. With ``--choices`` the
+defects and their masks, on half as many images; it is pessimistic by that halving, and it is the
+yardstick for any choice made from normal images, which see less. With ``--choices`` the
 subsets chosen by earlier ``layer-select`` runs, and the fixed 1+2+3, are scored on the same halves,
 so the three selectors are compared on equal terms. Usage:
 
