@@ -25,7 +25,8 @@ from spadim.pipeline import Settings, make_extractor
 
 VARIANTS = {  # short name -> (description, select_many keywords)
     "appearance": ("appearance kinds, sizes 0.04-0.18, one 20% part, 2 copies",
-                   {"cfg": DefectConfig(APPEARANCE_KINDS, 0.04, 0.18), "folds": 5, "validated": 1, "copies": 2}),
+                   {"cfg": DefectConfig(APPEARANCE_KINDS, 0.04, 0.18), "folds": 5, "validated": 1,
+                    "copies": 2}),
     "default": ("all kinds, sizes 0.06-0.30, one 20% part, 2 copies (default)",
                 {"cfg": DefectConfig(KINDS, 0.06, 0.30), "folds": 5, "validated": 1, "copies": 2}),
     "cv": ("all kinds, sizes 0.06-0.30, 5-fold cross-validation, 1 copy",

@@ -57,7 +57,8 @@ def subset_maps(cr, s: Settings, method: str):
     if method == "spade":
         yield from ((c, maps) for c, maps, _ in spade_subset_maps(cr, s, ALL_COMBOS))
     else:
-        yield from ((c, fit_padim(c, s.padim_d, s.seed, cr.train).score(cr.test, s.crop)[0]) for c in ALL_COMBOS)
+        for c in ALL_COMBOS:
+            yield c, fit_padim(c, s.padim_d, s.seed, cr.train).score(cr.test, s.crop)[0]
 
 
 def stored_choices(dirs: list[str]) -> dict[tuple[str, str], str]:
@@ -109,7 +110,8 @@ def main() -> None:
                     order = np.argsort(-flat, kind="stable")
                     flat, truth, image = flat[order], truth[order], image[order]
                     full[combo] = weighted_ap(flat, truth, np.ones_like(truth))
-                    assert abs(full[combo] - average_precision_score(cr.masks.reshape(-1), maps.reshape(-1))) < 1e-6
+                    reference = average_precision_score(cr.masks.reshape(-1), maps.reshape(-1))
+                    assert abs(full[combo] - reference) < 1e-6
                     boot.append([weighted_ap(flat, truth, counts[b][image]) for b in range(a.resamples)])
                     first.append([weighted_ap(flat, truth, split[b][image]) for b in range(a.resamples)])
                     second.append([weighted_ap(flat, truth, 1 - split[b][image]) for b in range(a.resamples)])
@@ -123,8 +125,9 @@ def main() -> None:
                         row = names.index(chosen)
                         values.append(float(np.mean([np.mean(h.max(0) - h[row]) for h in (first, second)])))
                 means[method].append(values)
-                print(f"| {cr.data.name} | {method} | {len(good)} / {len(bad)} | {names[best]} | "
-                      f"{full[ALL_COMBOS[best]]:.3f} | " + " | ".join(f"{v:.3f}" for v in values) + " |", flush=True)
+                cells = [cr.data.name, method, f"{len(good)} / {len(bad)}", names[best],
+                         f"{full[ALL_COMBOS[best]]:.3f}", *(f"{v:.3f}" for v in values)]
+                print("| " + " | ".join(cells) + " |", flush=True)
     for method, rows in means.items():
         print(f"| **mean** | {method} | | | | " + " | ".join(f"{v:.3f}" for v in np.mean(rows, 0)) + " |")
 

@@ -141,7 +141,8 @@ def validation_folds(fx: FeatureExtractor, train: FeatureSet, seed: int, folds: 
         fold_masks = [np.zeros((len(val_rows), *train.images.shape[1:3]), bool)]
         start = sum(len(d) for d in defective)
         for c in range(copies):
-            img, m, k = make_defects(train.images[val_rows], train.images[fit_rows], seed * 1000 + 17 * f + c, cfg)
+            img, m, k = make_defects(train.images[val_rows], train.images[fit_rows],
+                                     seed * 1000 + 17 * f + c, cfg)
             defective.append(img)
             fold_masks.append(m)
             kinds += k
@@ -150,7 +151,8 @@ def validation_folds(fx: FeatureExtractor, train: FeatureSet, seed: int, folds: 
     t1 = time.perf_counter()
     synth = fx.frames(np.concatenate(defective), "synthetic defects")
     t2 = time.perf_counter()
-    return Folds(train, synth, parts, synth_rows, masks, kinds), {"defects": t1 - t0, "synthetic_features": t2 - t1}
+    seconds = {"defects": t1 - t0, "synthetic_features": t2 - t1}
+    return Folds(train, synth, parts, synth_rows, masks, kinds), seconds
 
 
 def subset_auprs(method: str, folds: Folds, s: Settings, combos=ALL_COMBOS) -> dict[str, float]:
@@ -170,9 +172,10 @@ def subset_auprs(method: str, folds: Folds, s: Settings, combos=ALL_COMBOS) -> d
             continue
         for combo in combos:  # PaDiM keeps its distance grids; any other method its maps
             if method == "padim":
-                grids.setdefault(combo, []).append(fit_padim(combo, s.padim_d, s.seed, fit).distance_grid(val))
+                grid = fit_padim(combo, s.padim_d, s.seed, fit).distance_grid(val)
             else:
-                grids.setdefault(combo, []).append(torch.from_numpy(s.method(method, combo).fit(fit).score(val, s.crop)[0]))
+                grid = torch.from_numpy(s.method(method, combo).fit(fit).score(val, s.crop)[0])
+            grids.setdefault(combo, []).append(grid)
     joined = {k: torch.cat(v) for k, v in grids.items()}
     if spade_mean:
         return {combo_name(c): pixel_aupr(Spade.fuse([joined[l] for l in c], s.crop), masks) for c in combos}
@@ -322,7 +325,8 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
     methods, dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS)
     sig = {"arch": s.arch, "weights": fx.weights.sha256, "resize": s.resize, "crop": s.crop, "k": s.k,
            "d": s.padim_d, "seed": s.seed, "spade_fusion": s.spade_fusion, "methods": methods,
-           "folds": FOLDS, "validated": VALIDATED, "copies": COPIES, "defects": json.loads(json.dumps(dataclasses.asdict(DEFECTS))),
+           "folds": FOLDS, "validated": VALIDATED, "copies": COPIES,
+           "defects": {**dataclasses.asdict(DEFECTS), "kinds": list(DEFECTS.kinds)},  # as JSON reads it back
            "time_evaluate": time_evaluate, "sweep": str(sweep) if sweep else None}
     regret, results, subsets, summaries, choices = [], [], [], [], {}
     for cdir in dirs:
@@ -400,8 +404,9 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
             write_table(stage, "results", results, ["class", "method", "layers", *METRIC_COLUMNS],
                         "Real test metrics of the chosen subsets", info)
         (stage / "summary.md").write_text(md)
-        html = html_table(regret, REGRET_COLUMNS, "regret = oracle AUPR - AUPR of the auto choice (real test masks); "
-                      "fixed = layers 1,2,3; cost_ratio = selection time / one evaluate of the class")
+        html = html_table(regret, REGRET_COLUMNS,
+                          "regret = oracle AUPR - AUPR of the auto choice (real test masks); "
+                          "fixed = layers 1,2,3; cost_ratio = selection time / one evaluate of the class")
         header = report_header("spadim layer-select", command, s, fx, Path(data), summaries)
         header["settings"]["layers"] = "auto"
         write_report(stage, {**header, "results": results,
