@@ -46,7 +46,7 @@ def _split(n_test: int) -> tuple[int, int]:
 
 def _generate(root: Path, n_train: int, n_test: int, size: int) -> Path:
     """A cached synthetic class (make_dataset is a no-op when its marker matches)."""
-    from spadim.synth import make_dataset
+    from spadim.data.embedded.dataset import make_dataset
 
     good, per_defect = _split(n_test)
     folder = root / f"{CLASS}-n{n_train}-g{good}-d{per_defect}-s{size}"
@@ -58,7 +58,7 @@ def _generate(root: Path, n_train: int, n_test: int, size: int) -> Path:
 def _link(dst: Path, train: Path, test_class: Path, n_train: int | None = None) -> Path:
     """Class folder ``dst`` of symlinks: the first ``n_train`` of ``train`` and the test set of
     ``test_class`` (so that runs compared with each other share their images)."""
-    from spadim.data import list_images
+    from spadim.data.mvtec import list_images
 
     stamp = f"{train.resolve()}|{test_class.resolve()}|{n_train}"
     marker = dst / ".bench-links"
@@ -80,7 +80,7 @@ def _link(dst: Path, train: Path, test_class: Path, n_train: int | None = None) 
 
 
 def _settings(cfg: dict, layers=(1, 2, 3)):
-    from spadim.pipeline import Settings
+    from spadim.run.pipeline import Settings
 
     return Settings(arch=cfg["arch"], weights=cfg["weights"], resize=cfg["resize"], crop=cfg["crop"],
                     layers=tuple(layers), batch_size=cfg["batch_size"])
@@ -158,8 +158,8 @@ class _TimedMethod:
 def _backbone_child(cfg: dict) -> dict:
     """The backbone alone, as SPADE+PaDiM extract (layers 1-3 kept, forward to layer 4)."""
     import torch
-    from spadim.data import load_class
-    from spadim.pipeline import make_extractor
+    from spadim.data.mvtec import load_class
+    from spadim.run.pipeline import make_extractor
 
     s = _settings(cfg)
     fx = make_extractor(s, methods=["spade", "padim"], layer_sets=[s.layers])
@@ -179,8 +179,8 @@ def _backbone_child(cfg: dict) -> dict:
 
 def _method_child(cfg: dict, method: str) -> dict:
     """One method through the real end-to-end path (evaluate_class), timed per stage."""
-    from spadim.data import load_class
-    from spadim.pipeline import Settings, evaluate_class, make_extractor
+    from spadim.data.mvtec import load_class
+    from spadim.run.pipeline import Settings, evaluate_class, make_extractor
 
     s = _settings(cfg)
     clock = _Clock()
@@ -203,9 +203,9 @@ def _method_child(cfg: dict, method: str) -> dict:
 
 def _sweep_child(cfg: dict) -> dict:
     """SPADE's 15-subset sweep (per-layer maps once, every subset fused) vs one 4-layer scoring."""
-    from spadim.data import load_class
-    from spadim.features import ALL_COMBOS
-    from spadim.pipeline import make_extractor
+    from spadim.data.mvtec import load_class
+    from spadim.features.extractor import ALL_COMBOS
+    from spadim.run.pipeline import make_extractor
 
     layers = (1, 2, 3, 4)
     s = _settings(cfg, layers)
@@ -230,9 +230,9 @@ def _sweep_child(cfg: dict) -> dict:
 
 def _padim_sweep_child(cfg: dict) -> dict:
     """PaDiM's 15 fits and scorings on one set of features (slow at d=550: opt-in)."""
-    from spadim.data import load_class
-    from spadim.features import ALL_COMBOS
-    from spadim.pipeline import make_extractor
+    from spadim.data.mvtec import load_class
+    from spadim.features.extractor import ALL_COMBOS
+    from spadim.run.pipeline import make_extractor
 
     s = _settings(cfg, (1, 2, 3, 4))
     fx = make_extractor(s, methods=["padim"], layer_sets=[(1, 2, 3, 4)])
@@ -381,7 +381,7 @@ def _table(b: dict) -> str:
 
 def _resolve_weights(arch: str, spec: str | None) -> tuple[str, str]:
     """(weights argument for Settings, "imagenet" or "random")."""
-    from spadim.backbone import find_checkpoint
+    from spadim.features.backbone import find_checkpoint
 
     if spec == "random":
         return "random", "random"
@@ -432,7 +432,7 @@ def main(argv=None) -> dict:
         large_cls = _link(data / f"links-{main_cls.parent.name}-with-{test_cls.parent.name}" / CLASS, main_cls,
                           test_cls)
 
-    from spadim.pipeline import Settings
+    from spadim.run.pipeline import Settings
 
     cfg = {"arch": args.arch, "weights": weights, "resize": args.crop * 8 // 7, "crop": args.crop,
            "batch_size": args.batch_size, "class_dir": str(main_cls)}

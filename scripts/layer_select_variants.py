@@ -1,7 +1,7 @@
 """Regret of --layers auto under variants of the synthetic validation set.
 
 Why: the defect kinds, their sizes and the number of folds are design choices of
-``spadim.layerselect``; this measures each variant's choice against the real test masks, using the
+``spadim.studies.layerselect``; this measures each variant's choice against the real test masks, using the
 real AUPR of every subset that ``spadim layer-select`` already stored (``subsets.json``), so only the
 selection itself is recomputed. Usage:
 
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from spadim.data import load_class
-from spadim.defects import APPEARANCE_KINDS, KINDS, DefectConfig
-from spadim.features import ALL_COMBOS
-from spadim.layerselect import select_many
-from spadim.pipeline import Settings, make_extractor
+from spadim.data.mvtec import load_class
+from spadim.data.defects import APPEARANCE_KINDS, KINDS, DefectConfig
+from spadim.features.extractor import ALL_COMBOS
+from spadim.studies.layerselect import select_many
+from spadim.run.pipeline import Settings, make_extractor
 
 VARIANTS = {  # short name -> (description, select_many keywords)
     "appearance": ("appearance kinds, sizes 0.04-0.18, one 20% part, 2 copies",

@@ -5,8 +5,8 @@ target on ``nut`` out of reach because even masks built from the test labels do 
 bound came from ad-hoc scripts outside the repository; this script reproduces it from the package's
 public functions, so the claim can be re-run and cited.
 
-For one class folder it runs the normal evaluation (``spadim.pipeline.evaluate_class`` with a
-``spadim.automask.MaskPlanner`` riding along, exactly as ``spadim mask-sweep`` does) and prints, per
+For one class folder it runs the normal evaluation (``spadim.run.pipeline.evaluate_class`` with a
+``spadim.masks.auto.MaskPlanner`` riding along, exactly as ``spadim mask-sweep`` does) and prints, per
 method, a markdown table of pixel AUPR:
 
 * no mask (r = 1);
@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spadim.automask import CONSENSUS, MULTIPLIERS, MaskPlanner, auto_masks, consensus
-from spadim.metrics import pixel_aupr
-from spadim.objmask import MaskConfig, apply_outside_multiplier, foreground_estimate
-from spadim.pipeline import Settings, class_object_masks, evaluate_class
-from spadim.session import start_study
+from spadim.masks.auto import CONSENSUS, MULTIPLIERS, MaskPlanner, auto_masks, consensus
+from spadim.metrics.ranking import pixel_aupr
+from spadim.masks.keypoints import MaskConfig, apply_outside_multiplier, foreground_estimate
+from spadim.run.pipeline import Settings, class_object_masks, evaluate_class
+from spadim.run.session import start_study
 
 DETECTORS = ("orb", "akaze", "brisk")  # auto's keypoint candidates, as in the README's runs
 

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-from spadim.features import ALL_COMBOS
-from spadim.layersweep import combo_name, spade_subset_maps
-from spadim.padim import fit_padim
-from spadim.pipeline import Settings, make_extractor, prepare_class
+from spadim.features.extractor import ALL_COMBOS
+from spadim.studies.layersweep import combo_name, spade_subset_maps
+from spadim.methods.padim import fit_padim
+from spadim.run.pipeline import Settings, make_extractor, prepare_class
 
 
 def weighted_ap(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> float:

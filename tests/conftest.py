@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from spadim.synth import make_dataset
+from spadim.data.embedded.dataset import make_dataset
 
 # Tests never reach the internet: weight downloads are off unless a test serves them on 127.0.0.1.
 os.environ["SPADIM_OFFLINE"] = "1"

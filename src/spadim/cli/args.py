@@ -1,0 +1,119 @@
+"""Argument parsing for the command line: flags, their checks and what they turn into.
+
+Only argparse-facing code lives here; run plumbing shared with the studies is in
+:mod:`spadim.run.session`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from spadim.methods.spade import FUSIONS
+from spadim.features.backbone import ARCHS
+from spadim.errors import SpadimError
+from spadim.features.extractor import parse_layers
+from spadim.lists import parse_list
+from spadim.masks.auto import LEARNED
+from spadim.masks.keypoints import DETECTORS, MaskConfig, available_detectors
+from spadim.run.pipeline import AUTO, Settings
+from spadim.run.session import check_out_dir, check_out_file
+
+
+def add_common(p: argparse.ArgumentParser, layers: bool = True) -> None:
+    g = p.add_argument_group("backbone and preprocessing")
+    g.add_argument("--arch", default="wide_resnet50_2", choices=ARCHS, help="backbone (default: %(default)s)")
+    g.add_argument("--weights", default=None, metavar="FILE|DIR|random",
+                   help="ImageNet checkpoint (torchvision .pth) or folder; default: $SPADIM_WEIGHTS, then the torch hub "
+                        "cache; 'random' = untrained network (plumbing only, flagged in every report)")
+    g.add_argument("--resize", type=int, default=256, help="shorter side before cropping (default: %(default)s)")
+    g.add_argument("--crop", type=int, default=224, help="centre crop size (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--cache-dir", type=Path, default=None, help="also cache per-image features on disk here")
+    g.add_argument("--seed", type=int, default=0, help="seeds PaDiM's channel subset and random weights")
+    m = p.add_argument_group("methods")
+    if layers:
+        m.add_argument("--layers", default="1,2,3", help="backbone layers to use, subset of 1,2,3,4, or 'auto': "
+                       "chosen per class from normal images with synthetic defects (default: %(default)s)")
+    m.add_argument("--k", type=int, default=5, help="SPADE: nearest training images (default: %(default)s)")
+    m.add_argument("--d", type=int, default=None, help="PaDiM: random channels kept (default: 100 resnet18, 550 others)")
+    m.add_argument("--spade-fusion", default="mean", choices=FUSIONS,
+                   help="SPADE: 'mean' of per-layer distance maps (reference code) or one search over "
+                        "'concat'enated layers (default: %(default)s)")
+
+
+def add_mask_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
+    g = p.add_argument_group("object mask (proposal 1)")
+    if not sweep:
+        g.add_argument("--object-mask", choices=DETECTORS + LEARNED, default=None,
+                       help="suppress scores outside an object mask: a keypoint detector, 'features' (learned from "
+                            "the normal images' features) or 'auto' (type and r chosen per class from normal images)")
+        g.add_argument("--outside-multiplier", type=float, default=0.6, help="factor for scores outside the mask, 0..1 (default: %(default)s)")
+    g.add_argument("--refs", type=int, default=3, help="normal reference images matched per test image (default: %(default)s)")
+    g.add_argument("--ratio", type=float, default=0.8, help="Lowe ratio test threshold, 1 disables (default: %(default)s)")
+    g.add_argument("--cross-check", action="store_true", help="mutual best matches instead of the ratio test")
+    g.add_argument("--radius", type=int, default=12, help="disc radius around matched keypoints, px (default: %(default)s)")
+    g.add_argument("--close", type=int, default=15, help="closing kernel, px; 0 disables (default: %(default)s)")
+    g.add_argument("--no-hull", action="store_true", help="do not fill convex hulls of mask components")
+    g.add_argument("--min-matches", type=int, default=8, help="fewer matches -> full-frame fallback (default: %(default)s)")
+
+
+def layers_arg(text: str):
+    """--layers: 'auto' (case-insensitive) keeps the marker; anything else goes to the strict parse_layers."""
+    return AUTO if str(text).strip().lower() == AUTO else parse_layers(text)
+
+
+def settings_from(a) -> Settings:
+    return Settings(
+        arch=a.arch, weights=a.weights, resize=a.resize, crop=a.crop,
+        layers=layers_arg(a.layers) if hasattr(a, "layers") else (1, 2, 3),
+        k=a.k, d=a.d, seed=a.seed, batch_size=a.batch_size, cache_dir=a.cache_dir, spade_fusion=a.spade_fusion,
+    )
+
+
+def mask_config(a, detector: str) -> MaskConfig:
+    if detector not in available_detectors():
+        raise SpadimError(f"detector {detector!r} is not in this OpenCV build ({', '.join(available_detectors())} are): reinstall spadim's dependencies")
+    return MaskConfig(detector=detector, n_refs=a.refs, ratio=a.ratio, cross_check=a.cross_check, radius=a.radius,
+                      close=a.close, hull=not a.no_hull, min_matches=a.min_matches)
+
+
+def parse_multipliers(text: str) -> list[float]:
+    vals = parse_list(text, "multiplier", "--multipliers", convert=float, example="0,0.2,0.4,0.6,0.8,1")
+    if any(not 0 <= v <= 1 for v in vals):
+        raise SpadimError(f"--multipliers {text!r} must be numbers in [0, 1], e.g. --multipliers 0,0.2,0.4,0.6,0.8,1")
+    return vals
+
+
+def parse_detectors(text: str) -> list[str]:
+    return parse_list(text.lower(), "detector", "--detectors", DETECTORS + LEARNED, example="orb,akaze,features,auto")
+
+
+# flag -> (attribute, smallest sensible value, what it is)
+_MINIMUMS = {
+    "--batch-size": ("batch_size", 1, "the number of images per backbone batch"),
+    "--k": ("k", 1, "the number of nearest training images"),
+    "--d": ("d", 1, "the number of random channels PaDiM keeps"),
+    "--refs": ("refs", 1, "the number of normal reference images for object masks"),
+    "--examples": ("examples", 0, "the number of example figures per class"),
+    "--radius": ("radius", 1, "the disc radius around matched keypoints, in px"),
+    "--close": ("close", 0, "the closing kernel size in px (0 disables it)"),
+    "--min-matches": ("min_matches", 0, "the match count below which a mask falls back to the full frame"),
+}
+
+
+def check_args(a: argparse.Namespace) -> None:
+    """Checks every command gets before any work: counts in range and a usable --out.
+
+    argparse only checks types; a zero batch size would otherwise end in a traceback
+    from deep inside the backbone, and a bad --out only after the whole run.
+    """
+    for flag, (attr, low, what) in _MINIMUMS.items():
+        value = getattr(a, attr, None)
+        if value is not None and value < low:
+            raise SpadimError(f"{flag} must be >= {low} (got {value}): it is {what}")
+    vmin, vmax = getattr(a, "vmin", None), getattr(a, "vmax", None)
+    if vmin is not None and vmax is not None and vmin >= vmax:
+        raise SpadimError(f"--vmin {vmin} must be below --vmax {vmax}: they are the heatmap colour range")
+    if getattr(a, "out", None) is not None:
+        (check_out_file if getattr(a, "out_is_file", False) else check_out_dir)(a.out)

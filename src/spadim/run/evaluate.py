@@ -1,0 +1,129 @@
+"""``spadim evaluate`` as a function: fit and evaluate the methods on every class of a data set.
+
+Per class: fit (choosing the layers from normal images with ``--layers auto``), stream the test set,
+optionally suppress scores outside an object mask (keypoints, learned, or chosen automatically), then
+the tables, ROC/PR curves, the best/worst gallery, heatmap panels and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from spadim.studies import layerselect
+from spadim.masks.auto import LEARNED, MaskPlanner, auto_masks
+from spadim.errors import SpadimError
+from spadim.metrics.ranking import undefined_notes
+from spadim.masks.keypoints import MaskConfig
+from .pipeline import Settings, class_object_masks, evaluate_class, masked_result
+from spadim.report.html import html_table, write_report
+from spadim.report.tables import (
+    METRIC_COLUMNS,
+    best_worst_gallery,
+    colorize,
+    overlay,
+    panel_figure,
+    pick_examples,
+    plot_curves,
+    with_means,
+    write_table,
+)
+from .session import class_summary, meta, report_header, say, staged, start_study
+
+
+def run(s: Settings, data: Path, out_dir: Path, methods: str = "spade,padim", classes: str | None = None,
+        object_mask: str | None = None, cfg: MaskConfig | None = None, candidates: dict | None = None,
+        r: float = 0.6, examples: int = 4, command: str = "") -> list[dict]:
+    """Evaluate and write everything into ``out_dir`` (staged: a failure leaves earlier results);
+    returns the result rows, class means included. ``cfg`` configures a keypoint ``object_mask``;
+    ``candidates`` are the keypoint configs ``object_mask="auto"`` chooses from."""
+    learned = object_mask in LEARNED
+    candidates = candidates or {}
+    if learned and s.auto_layers:
+        raise SpadimError(f"--object-mask {object_mask} with --layers auto is not supported yet: give --layers")
+    methods, classes, fx = start_study(s, data, methods, classes)
+    rows, warnings, summaries, curves, galleries, choices, decisions = [], [], [], {}, {}, [], []
+    with staged(out_dir) as out:
+        for cdir in classes:
+            t0 = time.perf_counter()
+            if s.auto_layers:  # choose per method from the training images, then refit on all of them
+                run, metrics, sels = layerselect.evaluate_auto(fx, cdir, s, methods)
+                choices += [{"class": run.data.name, "method": m, "layers": sel.name, "synthetic_aupr": sel.aupr,
+                             "selection_s": layerselect.selection_seconds(sels)} for m, sel in sels.items()]
+                say(f"{run.data.name}: --layers auto chose " + ", ".join(f"{m} {sel.name}" for m, sel in sels.items()))
+            else:
+                planner = MaskPlanner(fx.layers, s.crop, s.seed, candidates) if learned else None
+                run, metrics = evaluate_class(fx, cdir, s, methods, observer=planner)
+            notes = undefined_notes(run.masks, run.labels)
+            for n in notes:
+                say(f"warning: {run.data.name}: {n}")
+            obj = None
+            if cfg:
+                obj, warn = class_object_masks(run, cfg)
+                warnings += warn
+                for name in methods:
+                    run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r)
+            elif learned:
+                obj, r_class = planner.test_masks, r
+                if object_mask == "auto":
+                    dec = planner.decide(fx, run.train.images)
+                    t_masks = time.perf_counter()  # the test masks auto asks for are part of its cost
+                    obj, r_class = auto_masks(dec, planner, lambda d: class_object_masks(run, candidates[d])[0]), dec.r
+                    auto_s = planner.seconds + time.perf_counter() - t_masks
+                    decisions.append({**dec.row(run.data.name), "auto_s": round(auto_s, 2)})
+                    say(f"{run.data.name}: --object-mask auto chose {dec.mask}, r={dec.r} ({dec.reason})")
+                for name in methods:
+                    run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r_class)
+            summaries.append(class_summary(run.data, run.test.shapes))
+            note = {"note": "; ".join(notes)} if notes else {}
+            for name in methods:
+                chosen = {"layers": sels[name].name} if s.auto_layers else {}
+                rows.append({"class": run.data.name, "method": name, **chosen, **metrics[name],
+                             "n_train": len(run.train), "n_test": len(run.test), **note})
+                say(f"{run.data.name:>12} {name:>6}: " + "  ".join(f"{c}={metrics[name][c]:.3f}" for c in METRIC_COLUMNS))
+            curves[run.data.name] = f"curves/{run.data.name}.png"
+            plot_curves(out / curves[run.data.name], f"{run.data.name}: pixel ROC and PR",
+                        run.maps, run.masks, fx.weights.banner)
+            galleries[run.data.name] = best_worst_gallery(out, run, methods, obj, object_mask, fx.weights.banner)
+            _heatmaps(out / "heatmaps" / run.data.name, run, methods, examples, fx)
+            say(f"{run.data.name}: done in {time.perf_counter() - t0:.1f} s")
+        rows = with_means(rows, ["method"])
+        extra = {"object_mask": object_mask, "outside_multiplier": r if cfg or learned else None,
+                 "mask_warnings": warnings}
+        cols = ["class", "method", *(["layers"] if s.auto_layers else []), *METRIC_COLUMNS, "n_train", "n_test"]
+        cols += ["note"] if any("note" in r for r in rows) else []
+        extra_sections = []
+        if s.auto_layers:
+            extra["layer_choices"] = choices
+            extra_sections.append({"title": "Layers chosen from normal images (--layers auto)",
+                                   "html": html_table(choices, ["class", "method", "layers", "synthetic_aupr",
+                                                                "selection_s"],
+                                                      "subset with the highest pixel AUPR on synthetic defects on "
+                                                      "held-out training images; then refitted on all of them")})
+        if decisions:
+            extra["mask_decisions"] = decisions
+            extra_sections.append({"title": "Object mask chosen from normal images (--object-mask auto)",
+                                   "html": html_table(decisions, list(dict.fromkeys(k for d in decisions for k in d)),
+                                                      "mask type, reason and outside multiplier r per class, from "
+                                                      "the training images only")})
+        md = write_table(out, "results", rows, cols,
+                         "spadim evaluate", meta(s, fx, methods=methods, **extra))
+        write_report(out, {**report_header("spadim evaluate", command, s, fx, Path(data), summaries),
+                           "results": rows, "curves": curves, "galleries": galleries,
+                           "extra_sections": extra_sections})
+    print(md)
+    for w in warnings:
+        say(f"warning: object mask fell back to the full frame: {w}")
+    say(f"results in {out_dir}/ (report.html, results.csv/.json/.md, curves/, gallery/, heatmaps/)")
+    return rows
+
+
+def _heatmaps(folder: Path, run, methods: list[str], n: int, fx) -> None:
+    ranges = {name: (float(run.maps[name].min()), float(run.maps[name].max())) for name in methods}
+    for i in pick_examples(run.data.defects, n):
+        panels = [("image", run.test.images[i]), ("ground truth", run.masks[i])]
+        for name in methods:
+            heat = colorize(run.maps[name][i], *ranges[name])
+            panels += [(f"{name} map", heat), (f"{name} overlay", overlay(run.test.images[i], heat))]
+        p = run.data.test[i]
+        panel_figure(folder / f"{p.parent.name}_{p.stem}.png", f"{run.data.name}/{p.parent.name}/{p.name}", panels, fx.weights.banner)

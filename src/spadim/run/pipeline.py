@@ -1,0 +1,257 @@
+"""Fit and score methods on MVTec classes; every image passes the backbone once per run.
+
+:func:`evaluate_class` holds a class's training features, fits every method, then streams
+the test images through the backbone and all fitted methods in chunks, keeping only the
+maps and scores the metrics need: memory does not grow with the number of test images.
+:func:`prepare_class` + :func:`score_class` keep the test features too, for studies that
+re-score the same images many times (the layer sweep).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from spadim.features.backbone import load_backbone
+from spadim.data.mvtec import ClassData, Preprocess, load_class, load_masks
+from spadim.errors import SpadimError
+from spadim.features.extractor import FeatureExtractor, FeatureSet
+from spadim.metrics.ranking import evaluate_maps
+from spadim.methods import registry
+from spadim.masks.keypoints import (
+    MaskConfig,
+    apply_outside_multiplier,
+    object_mask,
+    reference_features,
+)
+from spadim.methods.padim import DEFAULT_D
+from spadim.methods.spade import FUSIONS
+
+
+AUTO = "auto"  # Settings.layers marker: choose the subset per class (spadim.studies.layerselect)
+
+
+@dataclass
+class Settings:
+    """Everything that defines a run; defaults follow the papers' reference code."""
+
+    arch: str = "wide_resnet50_2"
+    weights: str | None = None  # None: look up a checkpoint; "random"; or a path
+    resize: int = 256
+    crop: int = 224
+    layers: tuple[int, ...] | str = (1, 2, 3)  # or AUTO: chosen per class from normal images
+    k: int = 5
+    d: int | None = None  # None: 100 for resnet18, 550 for the 50-layer nets
+    seed: int = 0
+    batch_size: int = 8
+    cache_dir: Path | None = None
+    spade_fusion: str = "mean"  # "mean" of per-layer maps (reference) or "concat"
+    stream_size: int = 32  # test images scored per chunk when streaming
+
+    def __post_init__(self):
+        if self.arch not in DEFAULT_D:
+            raise SpadimError(f"unknown backbone {self.arch!r}: choose one of {', '.join(DEFAULT_D)}")
+        for flag, value in (("--k", self.k), ("--d", self.padim_d), ("--batch-size", self.batch_size)):
+            if value < 1:
+                raise SpadimError(f"{flag} must be >= 1 (got {value})")
+        Preprocess(self.resize, self.crop)  # raises SpadimError on bad sizes
+        if self.spade_fusion not in FUSIONS:
+            raise SpadimError(f"--spade-fusion {self.spade_fusion!r}: choose {' or '.join(FUSIONS)}")
+        if isinstance(self.layers, str) and self.layers != AUTO:
+            raise SpadimError(f"--layers {self.layers!r}: give ids such as 1,2,3 or {AUTO!r}")
+
+    @property
+    def auto_layers(self) -> bool:
+        """True when the layer subset is chosen per class (``--layers auto``, see spadim.studies.layerselect)."""
+        return self.layers == AUTO
+
+    @property
+    def layers_label(self):
+        """``layers`` for reports: a list of ids, or the 'auto' marker."""
+        return AUTO if self.auto_layers else list(self.layers)
+
+    @property
+    def padim_d(self) -> int:
+        return self.d if self.d is not None else DEFAULT_D[self.arch]
+
+    @property
+    def pre(self) -> Preprocess:
+        return Preprocess(self.resize, self.crop)
+
+    def method(self, name: str, layers: tuple[int, ...] | None = None):
+        if layers is None and self.auto_layers:
+            raise SpadimError("layers are 'auto': choose them first (spadim.studies.layerselect) and pass them")
+        return registry.create(name, self, layers)
+
+
+def needed_features(methods: list[str], layer_sets) -> tuple[tuple[int, ...], bool]:
+    """Layers to keep and whether SPADE's pooled layer-4 vector is needed."""
+    layers = tuple(sorted({l for combo in layer_sets for l in combo}))
+    return layers, "spade" in methods
+
+
+def make_extractor(s: Settings, progress=None, methods=("spade", "padim"), layer_sets=None) -> FeatureExtractor:
+    """The backbone with real (or explicitly random) weights, keeping only what the run needs."""
+    model, weights = load_backbone(s.arch, s.weights, s.seed)
+    if layer_sets is None and s.auto_layers:
+        from spadim.features.extractor import ALL_COMBOS
+
+        layer_sets = ALL_COMBOS  # the choice needs every layer
+    layers, pooled = needed_features(list(methods), layer_sets or [s.layers])
+    return FeatureExtractor(model, weights, s.pre, s.batch_size, s.cache_dir, progress, layers, pooled)
+
+
+@dataclass
+class ClassRun:
+    """One class's test set with features, ground truth and, per method, maps and scores."""
+
+    data: ClassData
+    train: FeatureSet
+    test: FeatureSet
+    masks: np.ndarray  # bool [N, crop, crop]
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.data.labels
+
+
+def prepare_class(fx: FeatureExtractor, class_dir: Path) -> ClassRun:
+    """Index a class, extract train and test features (both kept), read the masks."""
+    data = load_class(class_dir)
+    train = fx(data.train, f"{data.name} train")
+    test = fx(data.test, f"{data.name} test")
+    return ClassRun(data, train, test, load_masks(data, fx.pre, test.shapes))
+
+
+def images_only(paths: list[Path], chunks: list[FeatureSet]) -> FeatureSet:
+    """The frames and sizes of streamed chunks, without features."""
+    return FeatureSet(list(paths), {}, None, np.concatenate([c.images for c in chunks]),
+                      [shape for c in chunks for shape in c.shapes])
+
+
+def fit_methods(fx: FeatureExtractor, paths: list[Path], s: Settings, methods: list[str],
+                layers: tuple[int, ...] | None = None, desc: str = "train",
+                on_chunk=None) -> tuple[dict, FeatureSet]:
+    """Fitted methods and the training FeatureSet.
+
+    When every method can fit chunk by chunk (PaDiM), the training features are streamed
+    and only the frames are kept; SPADE's gallery is the training features, so with SPADE
+    they are held once and shared. ``on_chunk(features)`` sees the training features in order
+    (one whole set or chunk by chunk), e.g. for a learned object mask.
+    """
+    fresh = {name: s.method(name, layers) for name in methods}
+    if not all(getattr(m, "streams_training", False) for m in fresh.values()):
+        train = fx(paths, desc)
+        if on_chunk:
+            on_chunk(train)
+        return {name: m.fit(train) for name, m in fresh.items()}, train
+    frames = []
+    for chunk in fx.stream(paths, s.stream_size, desc):
+        for method in fresh.values():
+            method.partial_fit(chunk)
+        if on_chunk:
+            on_chunk(chunk)
+        frames.append(FeatureSet([], {}, None, chunk.images, chunk.shapes))
+        del chunk
+    return {name: m.finish_fit() for name, m in fresh.items()}, images_only(paths, frames)
+
+
+def score_stream(fx: FeatureExtractor, paths: list[Path], fitted: dict, chunk_size: int, size: int,
+                 desc: str = "test", on_chunk=None) -> tuple[FeatureSet, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Frames, maps [N, size, size] and image scores per method; features live one chunk at a time
+    (``on_chunk(features)`` sees each chunk, e.g. to compute learned object masks)."""
+    frames, maps, scores = [], {n: [] for n in fitted}, {n: [] for n in fitted}
+    for chunk in fx.stream(paths, chunk_size, desc):
+        for name, method in fitted.items():
+            chunk_maps, chunk_scores = method.score(chunk, size)
+            maps[name].append(chunk_maps)
+            scores[name].append(chunk_scores)
+        if on_chunk:
+            on_chunk(chunk)
+        frames.append(FeatureSet([], {}, None, chunk.images, chunk.shapes))
+        del chunk
+    return (images_only(paths, frames), {n: np.concatenate(m) for n, m in maps.items()},
+            {n: np.concatenate(v) for n, v in scores.items()})
+
+
+def evaluate_class(fx: FeatureExtractor, class_dir: Path, s: Settings, methods: list[str],
+                   layers: tuple[int, ...] | None = None, observer=None) -> tuple[ClassRun, dict[str, dict]]:
+    """Fit each method on the training features, stream the test set through all of them.
+
+    The returned run's ``test`` holds the test images (for pictures and object masks) but
+    no features. ``observer`` (e.g. :class:`spadim.masks.auto.MaskPlanner`) gets ``start(data)``,
+    then ``train_chunk`` / ``test_chunk`` with the features as they stream past.
+    """
+    data = load_class(class_dir)
+    if observer is not None:
+        observer.start(data)
+    fitted, train = fit_methods(fx, data.train, s, methods, layers, f"{data.name} train",
+                                observer.train_chunk if observer is not None else None)
+    return evaluate_fitted(fx, data, s, fitted, train, observer)
+
+
+def evaluate_fitted(fx: FeatureExtractor, data: ClassData, s: Settings, fitted: dict,
+                    train: FeatureSet, observer=None) -> tuple[ClassRun, dict[str, dict]]:
+    """Stream the test set through already fitted methods (``fitted`` is emptied to free them)."""
+    methods = list(fitted)
+    test, maps, scores = score_stream(fx, data.test, fitted, s.stream_size, s.crop, f"{data.name} test",
+                                      observer.test_chunk if observer is not None else None)
+    fitted.clear()  # PaDiM's factors (3.8 GB at d=550) are not needed by the metrics
+    run = ClassRun(data, train, test, load_masks(data, fx.pre, test.shapes), maps, scores)
+    metrics = {n: evaluate_maps(run.maps[n], run.masks, run.scores[n], run.labels) for n in methods}
+    return run, metrics
+
+
+def score_class(run: ClassRun, s: Settings, methods: list[str], layers: tuple[int, ...] | None = None) -> dict[str, dict]:
+    """Fit each method on the train features, score the test set; returns metrics per method."""
+    out = {}
+    for name in methods:
+        m = s.method(name, layers).fit(run.train)
+        run.maps[name], run.scores[name] = m.score(run.test, s.crop)
+        out[name] = evaluate_maps(run.maps[name], run.masks, run.scores[name], run.labels)
+    return out
+
+
+def reference_indices(n_train: int, n_refs: int) -> list[int]:
+    """``n_refs`` training images spread evenly over the (sorted) training list."""
+    n = min(n_refs, n_train)
+    return sorted({round(i * (n_train - 1) / max(n - 1, 1)) for i in range(n)})
+
+
+def object_masks(test_images: np.ndarray, ref_images: np.ndarray, cfg: MaskConfig) -> tuple[np.ndarray, list[str]]:
+    """Keypoint object masks [N, H, W] of the test images and one warning per fallback."""
+    refs = reference_features(list(ref_images), cfg)
+    masks, warnings = [], []
+    for i, img in enumerate(test_images):
+        res = object_mask(img, [], cfg, ref_features=refs)
+        masks.append(res.mask)
+        if res.fallback:
+            warnings.append(f"image {i}: {res.fallback}")
+    return np.stack(masks), warnings
+
+
+def class_object_masks(run: ClassRun, cfg: MaskConfig) -> tuple[np.ndarray, list[str]]:
+    """Object masks of a class's test images against evenly spread training references."""
+    refs = run.train.images[reference_indices(len(run.train), cfg.n_refs)]
+    masks, warnings = object_masks(run.test.images, refs, cfg)
+    return masks, [f"{run.data.name}: {w}" for w in warnings]
+
+
+def suppress_outside(name: str, maps: np.ndarray, scores: np.ndarray, obj: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray]:
+    """Scale scores outside the object masks by ``r``.
+
+    PaDiM's image score is its map maximum, so it is recomputed on the masked map;
+    SPADE's image score (kNN over pooled features) is unchanged.
+    """
+    maps = apply_outside_multiplier(maps, obj, r)
+    return maps, (maps.reshape(len(maps), -1).max(1) if name == "padim" else scores)
+
+
+def masked_result(run: ClassRun, name: str, obj: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Maps, image scores and metrics of method ``name`` after :func:`suppress_outside`."""
+    maps, scores = suppress_outside(name, run.maps[name], run.scores[name], obj, r)
+    return maps, scores, evaluate_maps(maps, run.masks, scores, run.labels)

@@ -1,0 +1,175 @@
+"""Run plumbing shared by the CLI and the study modules: progress, staged output, output
+checks, run metadata and the common start of a study.
+
+Nothing here knows about argparse, so the studies can be driven from Python as well as
+from the command line, and the command line stays a thin layer over them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from spadim import __version__
+from spadim.data.mvtec import ClassData, check_class, find_classes, load_class, read_rgb
+from spadim.errors import SpadimError
+from spadim.features.extractor import FeatureExtractor
+from spadim.methods.registry import parse_methods
+from .pipeline import Settings, make_extractor
+
+
+def progress(items, desc: str, total_images: int):
+    """tqdm over batches, shown on terminals only (CI logs stay readable)."""
+    return tqdm(items, desc=f"{desc} ({total_images} img)", unit="batch", disable=None, leave=False)
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _existing_ancestor(path: Path, flag: str) -> Path:
+    """The nearest existing folder at or above ``path``; a file on the way is an error."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise SpadimError(f"{flag} {path}: {p} is a file, not a folder: give a path in a folder")
+            if not os.access(p, os.W_OK):
+                raise SpadimError(f"{flag} {path}: folder {p} is not writable: give a writable path")
+            return p
+    return Path(".")
+
+
+def check_out_dir(path: Path, flag: str = "--out") -> None:
+    """Results folder: checked before any work, so a bad path costs seconds, not the run."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SpadimError(f"{flag} {path} is a file: give a folder for the results")
+    _existing_ancestor(path, flag)
+
+
+def check_out_file(path: Path, flag: str = "--out") -> None:
+    """Output file (a model): must not be a folder, and its folder must be creatable."""
+    path = Path(path)
+    if path.is_dir():
+        raise SpadimError(f"{flag} {path} is a folder: give a file name for the model, e.g. {path / 'm.pt'}")
+    _existing_ancestor(path.parent, flag)
+
+
+@contextlib.contextmanager
+def staged(out: Path):
+    """Yield a staging folder; on success move its entries into ``out``, else delete it."""
+    out = Path(out)
+    check_out_dir(out)
+    stage = out.parent / f".{out.name}.staging-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in stage.iterdir():
+        dest = out / entry.name
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        entry.replace(dest)
+    stage.rmdir()
+
+
+def check_multiplier(r: float, flag: str = "--outside-multiplier") -> float:
+    if not 0.0 <= r <= 1.0:
+        raise SpadimError(f"{flag} {r} is outside [0, 1]: 1 keeps scores, 0 zeroes them outside the mask")
+    return r
+
+
+#: Full MVTec AD classes (train/good images, original side in px) for the classes whose sizes
+#: ../shared/data/README.md states; a run on fewer or smaller images says so next to published numbers.
+FULL_MVTEC = {"grid": (264, 1024), "hazelnut": (391, 1024), "transistor": (213, 1024), "screw": (320, 1024)}
+
+
+def class_summary(data: ClassData, shapes=None) -> dict:
+    """Image counts and sizes of a class, with a note when it is a subset or resized copy of MVTec AD.
+
+    ``shapes`` are the test images' original (H, W); read from the files when not given.
+    """
+    if shapes is None:
+        shapes = [read_rgb(p).shape[:2] for p in data.test]
+    sizes = sorted({f"{w}x{h}" for h, w in shapes})
+    summary = {"name": data.name, "n_train": len(data.train), "n_test_good": int((data.labels == 0).sum()),
+               "n_test_anomalous": int(data.labels.sum()), "image_size": sizes[0] if len(sizes) == 1 else
+               f"mixed ({', '.join(sizes[:3])}{', ...' if len(sizes) > 3 else ''})"}
+    notes = []
+    if data.name in FULL_MVTEC:
+        full_train, full_side = FULL_MVTEC[data.name]
+        if len(data.train) < full_train:
+            notes.append(f"subset: {len(data.train)} of the full class's {full_train} training images")
+        if max(max(h, w) for h, w in shapes) < full_side:
+            notes.append(f"resized: {summary['image_size']} copies of {full_side} px originals")
+    summary["note"] = "; ".join(notes)
+    return summary
+
+
+def report_header(title: str, command: str, s: Settings, fx: FeatureExtractor, data: Path, summaries) -> dict:
+    """The part of a report context every command shares: what ran, on what, with which weights."""
+    w = fx.weights
+    return {"title": title, "command": command, "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "data": {"root": str(data), "classes": list(summaries)},
+            "weights": {"arch": w.arch, "source": w.source, "sha256": w.sha256, "pretrained": w.pretrained,
+                        "describe": w.describe()},
+            "settings": {"layers": s.layers_label, "k": s.k, "d": s.padim_d, "seed": s.seed, "resize": s.resize,
+                         "crop": s.crop, "spade_fusion": s.spade_fusion}}
+
+
+def load_resumable(path: Path, signature: dict, what: str = "run") -> dict | None:
+    """A finished unit of a resumable run, or None when absent or damaged (it is recomputed).
+
+    A file written with other settings is refused rather than mixed into the results.
+    """
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if saved.get("signature") != signature:
+        raise SpadimError(f"{path} holds a {what} with other settings: use another --out or delete it")
+    return saved
+
+
+def save_atomic(path: Path, content: dict) -> None:
+    """Write JSON via a temporary file and a rename, so an interruption never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content, indent=1, default=float))
+    tmp.replace(path)
+
+
+def meta(s: Settings, fx: FeatureExtractor, **extra) -> dict:
+    return {"spadim": __version__, "weights": fx.weights.describe(), "pretrained": fx.weights.pretrained,
+            "arch": s.arch, "resize": s.resize, "crop": s.crop, "layers": s.layers_label, "k": s.k,
+            "d": s.padim_d, "spade_fusion": s.spade_fusion, "seed": s.seed, **extra}
+
+
+def start_study(s: Settings, data: Path, methods: str, classes: str | None = None, layer_sets=None
+                ) -> tuple[list[str], list[Path], FeatureExtractor]:
+    """Common start of evaluate and the studies -> (methods, class folders, extractor).
+
+    Methods, the layout of every class and every image and mask (fully decoded) are checked
+    before the backbone is loaded, so a bad file in the last class fails in seconds instead
+    of discarding the finished classes. The weights in use are announced on stderr.
+    """
+    names = parse_methods(methods)
+    dirs = find_classes(data, classes)
+    for c in [load_class(c) for c in dirs]:  # every layout first: cheap, then the decoding
+        check_class(c)
+    fx = make_extractor(s, progress, names, layer_sets)
+    say(fx.weights.describe())
+    return names, dirs, fx

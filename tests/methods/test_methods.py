@@ -1,0 +1,181 @@
+"""SPADE and PaDiM against direct, independent computations on small random features."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+from scipy.spatial.distance import cdist, mahalanobis
+
+from spadim.features.extractor import FeatureSet
+from spadim.methods.padim import EPS, GaussianAccumulator, LowRankPadim, Padim, channel_subset, fit_padim, select_and_concat
+from spadim.methods.nearest import FaissSearch, TorchSearch
+from spadim.methods.spade import Spade
+
+
+def _fs(n, seed, c=(3, 4, 5, 6), hw=(8, 4, 2, 1)):
+    g = torch.Generator().manual_seed(seed)
+    layers = {l: torch.randn(n, c[l - 1], hw[l - 1], hw[l - 1], generator=g) for l in (1, 2, 3, 4)}
+    return FeatureSet([], layers, torch.randn(n, 6, generator=g), np.zeros((n, 1, 1, 3), np.uint8), [])
+
+
+def _concat_np(fs, idx, layers):
+    """Independent concatenation: numpy repeat of each layer up to the largest grid."""
+    size = max(fs.layers[l].shape[-1] for l in layers)
+    parts = []
+    for l in layers:
+        a = fs.layers[l][idx].numpy()
+        f = size // a.shape[-1]
+        parts.append(a.repeat(f, axis=-2).repeat(f, axis=-1))
+    return np.concatenate(parts, axis=0)  # [C, H, W]
+
+
+def _upsample_cv2(grid: np.ndarray, size: int) -> np.ndarray:
+    """Independent bilinear upsampling (OpenCV's half-pixel INTER_LINEAR = torch align_corners=False)."""
+    return cv2.resize(grid.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def _reference_nn(test, train, k):
+    d_img = cdist(test.pooled.numpy(), train.pooled.numpy())
+    kk = min(k, len(train.pooled))
+    return d_img, np.argsort(d_img, axis=1)[:, :kk], kk
+
+
+@pytest.mark.parametrize("search", [TorchSearch(chunk=5), FaissSearch()], ids=["torch", "faiss"])
+@pytest.mark.parametrize("layers,k", [((1, 2, 3), 3), ((2, 4), 1), ((1, 2, 3, 4), 10)])
+def test_spade_per_layer_mean_against_cdist(layers, k, search):
+    """The reference computation: per layer, nearest gallery vector among the K images' same layer;
+    each layer's map upsampled bilinearly, the maps averaged, then blurred with sigma 4."""
+    train, test = _fs(7, 0), _fs(3, 1)
+    m = Spade(layers, k, search=search).fit(train)
+    d_img, nn, kk = _reference_nn(test, train, k)
+    dist, idx = m.neighbours(test)
+    assert np.array_equal(np.sort(idx.numpy(), 1), np.sort(nn, 1))
+    grids = m.layer_grids(test, idx)
+    size = 32
+    expect_maps = []
+    for i in range(3):
+        per_layer = []
+        for l in layers:
+            q = test.layers[l][i].numpy()
+            c, h, w = q.shape
+            gallery = np.concatenate([train.layers[l][j].numpy().reshape(c, -1).T for j in nn[i]])
+            expect = cdist(q.reshape(c, -1).T, gallery).min(1).reshape(h, w)
+            np.testing.assert_allclose(grids[l][i].numpy(), expect, rtol=1e-4, atol=1e-4)
+            per_layer.append(_upsample_cv2(expect, size))
+        expect_maps.append(gaussian_filter(np.mean(per_layer, axis=0), 4))
+    maps, scores = m.score(test, size)
+    np.testing.assert_allclose(maps, np.stack(expect_maps), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores, np.sort(d_img, 1)[:, :kk].mean(1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("layers", [(1, 2, 3), (2, 4)])
+def test_spade_concat_fusion_against_cdist(layers):
+    train, test = _fs(7, 0), _fs(3, 1)
+    m = Spade(layers, 3, fusion="concat").fit(train)
+    _, nn, _ = _reference_nn(test, train, 3)
+    grid = m.concat_grid(test, m.neighbours(test)[1]).numpy()
+    for i in range(3):
+        q = _concat_np(test, i, layers)
+        c, h, w = q.shape
+        gallery = np.concatenate([_concat_np(train, j, layers).reshape(c, -1).T for j in nn[i]])
+        np.testing.assert_allclose(grid[i], cdist(q.reshape(c, -1).T, gallery).min(1).reshape(h, w), rtol=1e-4, atol=1e-4)
+    maps = m.score(test, 16)[0]
+    expect = np.stack([gaussian_filter(_upsample_cv2(g, 16), 4) for g in grid])
+    np.testing.assert_allclose(maps, expect, rtol=1e-4, atol=1e-4)
+
+
+def test_nearest_searches_match_cdist_on_realistic_sizes():
+    g = torch.Generator().manual_seed(0)
+    queries, gallery = torch.randn(700, 64, generator=g).relu() + 3, torch.randn(2500, 64, generator=g).relu() + 3
+    expect = cdist(queries.numpy(), gallery.numpy()).min(1)
+    for search in (TorchSearch(chunk=256), FaissSearch()):
+        np.testing.assert_allclose(search.min_distances(queries, gallery).numpy(), expect, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layers,d", [((1, 2, 3), 6), ((3, 4), 100), ((1,), 2)])
+def test_padim_against_numpy(layers, d):
+    train, test = _fs(9, 2), _fs(2, 3)
+    m = Padim(layers, d, seed=5, batch=4, chunk=7).fit(train)
+    idx = channel_subset(sum((3, 4, 5, 6)[l - 1] for l in layers), d, 5).numpy()
+    assert np.array_equal(m.idx.numpy(), idx)
+    tr = np.stack([_concat_np(train, i, layers)[idx] for i in range(9)])  # [N, d, H, W]
+    te = np.stack([_concat_np(test, i, layers)[idx] for i in range(2)])
+    grid = m.distance_grid(test).numpy()
+    h, w = tr.shape[2:]
+    for y in range(h):
+        for x in range(w):
+            mu = tr[:, :, y, x].mean(0)
+            cov = np.cov(tr[:, :, y, x], rowvar=False).reshape(len(idx), len(idx)) + 0.01 * np.eye(len(idx))
+            inv = np.linalg.inv(cov)
+            for i in range(2):
+                assert grid[i, y, x] == pytest.approx(mahalanobis(te[i, :, y, x], mu, inv), rel=1e-4)
+    maps, scores = m.score(test, 16)
+    up = torch.nn.functional.interpolate(torch.from_numpy(grid)[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
+    expect = np.stack([gaussian_filter(u, 4) for u in up.numpy()])
+    np.testing.assert_allclose(maps, expect, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(scores, expect.reshape(2, -1).max(1), rtol=1e-4)
+
+
+def test_padim_subset_seeded_and_capped():
+    assert np.array_equal(channel_subset(100, 10, 1), channel_subset(100, 10, 1))
+    assert not np.array_equal(channel_subset(100, 10, 1), channel_subset(100, 10, 2))
+    assert np.array_equal(channel_subset(8, 550, 0), np.arange(8))
+    train = _fs(6, 0)
+    m = Padim((3, 4), 550).fit(train)
+    assert m.chol.shape == (4, 11, 11)  # d capped by 5+6 channels, 2x2 grid
+    state = m.state()
+    assert state["tensors"]["chol_lower"].numel() == 4 * 11 * 12 // 2  # only the lower triangles are stored
+    m2 = Padim.from_state(state)
+    test = _fs(2, 9)
+    assert np.array_equal(m.distance_grid(test).numpy(), m2.distance_grid(test).numpy())
+
+
+def test_streamed_covariance_matches_np_cov_with_a_large_offset():
+    """float32 sums around a shift stay accurate even when the mean dwarfs the spread."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(50, 3, 20, generator=g) * torch.linspace(0.1, 2, 20) + 40.0  # [n, L, d]
+    acc = GaussianAccumulator()
+    for part in x.split(7):
+        acc.add(part)
+    np.testing.assert_allclose(acc.mean().numpy(), x.double().mean(0).numpy(), rtol=1e-6)
+    factors = acc.cholesky_(EPS).double()
+    for pos in range(3):
+        cov = (factors[pos] @ factors[pos].T).numpy() - EPS * np.eye(20)
+        expect = np.cov(x[:, pos].double().numpy(), rowvar=False)
+        np.testing.assert_allclose(cov, expect, rtol=1e-5, atol=1e-5 * np.abs(expect).max())
+
+
+def test_padim_per_layer_selection_equals_select_after_concat():
+    fs = _fs(4, 3)
+    idx = channel_subset(3 + 4 + 5, 7, 0)
+    full = torch.cat([torch.nn.functional.interpolate(fs.layers[l], size=(8, 8), mode="nearest") for l in (1, 2, 3)], 1)
+    expect = full[:, idx].flatten(2).transpose(1, 2)
+    assert torch.equal(select_and_concat(fs, (1, 2, 3), idx), expect)
+
+
+def test_low_rank_padim_equals_numpy_mahalanobis_when_fewer_images_than_channels():
+    """The Woodbury form used by layer selection gives the reference distances, not an approximation."""
+    train, test = _fs(5, 21), _fs(2, 22)  # 5 images: covariance rank 4 < d
+    layers, d = (1, 2, 3), 10
+    low = fit_padim(layers, d, 3, train)
+    assert isinstance(low, LowRankPadim)
+    idx = channel_subset(3 + 4 + 5, d, 3).numpy()
+    tr = np.stack([_concat_np(train, i, layers)[idx] for i in range(5)])
+    te = np.stack([_concat_np(test, i, layers)[idx] for i in range(2)])
+    grid = low.distance_grid(test).numpy()
+    for y in range(tr.shape[2]):
+        for x in range(tr.shape[3]):
+            inv = np.linalg.inv(np.cov(tr[:, :, y, x], rowvar=False) + EPS * np.eye(d))
+            for i in range(2):
+                assert grid[i, y, x] == pytest.approx(mahalanobis(te[i, :, y, x], tr[:, :, y, x].mean(0), inv), rel=1e-4)
+    np.testing.assert_allclose(grid, Padim(layers, d, 3).fit(train).distance_grid(test).numpy(), rtol=1e-4)
+    assert not isinstance(fit_padim(layers, 3, 3, train), LowRankPadim)  # 5 - 1 >= d = 3: the d x d form
+
+
+def test_padim_selection_equals_nearest_interpolation_on_uneven_grids():
+    """Crops whose layer grids do not divide each other (72 px: 18, 9, 5) take the index path."""
+    fs = _fs(3, 4, hw=(18, 9, 5, 3))
+    idx = channel_subset(3 + 4 + 5, 9, 2)
+    full = torch.cat([torch.nn.functional.interpolate(fs.layers[l], size=(18, 18), mode="nearest") for l in (1, 2, 3)], 1)
+    assert torch.equal(select_and_concat(fs, (1, 2, 3), idx), full[:, idx].flatten(2).transpose(1, 2))
