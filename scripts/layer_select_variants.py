@@ -20,7 +20,7 @@ import numpy as np
 from spadim.data.mvtec import load_class
 from spadim.data.defects import APPEARANCE_KINDS, KINDS, DefectConfig
 from spadim.features.extractor import ALL_COMBOS
-from spadim.studies.layerselect import select_many
+from spadim.run.layerchoice import select_many
 from spadim.run.pipeline import Settings, make_extractor
 
 VARIANTS = {  # short name -> (description, select_many keywords)

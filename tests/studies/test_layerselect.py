@@ -21,7 +21,7 @@ from spadim.cli.args import layers_arg
 from spadim.errors import SpadimError
 from spadim.features.extractor import ALL_COMBOS, FeatureSet
 from spadim.data.defects import KINDS
-from spadim.studies.layerselect import COPIES, fold_rows, pick, select_layers, select_many
+from spadim.run.layerchoice import COPIES, fold_rows, pick, select_layers, select_many
 from spadim.run.pipeline import AUTO, Settings, make_extractor
 
 from conftest import FAST

@@ -21,6 +21,7 @@ import numpy as np
 from spadim import __version__
 from spadim.run import evaluate
 from spadim.studies import layerselect
+from spadim.run import layerchoice
 from spadim.studies import layersweep
 from spadim.studies import masksweep
 from spadim.studies import reproduce
@@ -51,11 +52,7 @@ from spadim.run.pipeline import (
     score_stream,
     suppress_outside,
 )
-from spadim.report.tables import (
-    colorize,
-    overlay,
-    save_rgb,
-)
+from spadim.report.figures import colorize, overlay, save_rgb
 from spadim.run.session import (
     check_multiplier,
     progress,
@@ -116,7 +113,7 @@ def cmd_fit(a) -> None:
     t0 = time.perf_counter()
     if s.auto_layers:  # choose from the training images, then refit on all of them (features held once)
         train = fx(data.train, f"{data.name} train")
-        sel = layerselect.select_layers(fx, train, s, method_name)
+        sel = layerchoice.select_layers(fx, train, s, method_name)
         method = s.method(method_name, sel.chosen).fit(train)
         say(f"--layers auto chose {sel.name} for {method_name} (synthetic pixel AUPR {sel.aupr:.3f})")
     else:

@@ -28,6 +28,11 @@ ALL_COMBOS: tuple[tuple[int, ...], ...] = tuple(
 )
 
 
+def combo_name(combo) -> str:
+    """(1, 2) -> '1+2': the name a layer subset has in tables and files."""
+    return "+".join(str(l) for l in combo)
+
+
 def parse_layers(text: str | Iterable[int]) -> tuple[int, ...]:
     """'1,2,3' -> (1, 2, 3); unknown or empty ids raise SpadimError."""
     return tuple(sorted(parse_list(text, "layer", "--layers", LAYER_IDS, int, example="1,2,3")))

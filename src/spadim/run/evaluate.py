@@ -10,24 +10,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from spadim.studies import layerselect
+from . import layerchoice
 from spadim.masks.auto import LEARNED, MaskPlanner, auto_masks
 from spadim.errors import SpadimError
 from spadim.metrics.ranking import undefined_notes
 from spadim.masks.keypoints import MaskConfig
 from .pipeline import Settings, class_object_masks, evaluate_class, masked_result
 from spadim.report.html import html_table, write_report
-from spadim.report.tables import (
-    METRIC_COLUMNS,
-    best_worst_gallery,
-    colorize,
-    overlay,
-    panel_figure,
-    pick_examples,
-    plot_curves,
-    with_means,
-    write_table,
-)
+from spadim.report.tables import METRIC_COLUMNS, with_means, write_table
+from spadim.report.figures import best_worst_gallery, colorize, overlay, panel_figure, pick_examples, plot_curves
 from .session import class_summary, meta, report_header, say, staged, start_study
 
 
@@ -47,9 +38,9 @@ def run(s: Settings, data: Path, out_dir: Path, methods: str = "spade,padim", cl
         for cdir in classes:
             t0 = time.perf_counter()
             if s.auto_layers:  # choose per method from the training images, then refit on all of them
-                run, metrics, sels = layerselect.evaluate_auto(fx, cdir, s, methods)
+                run, metrics, sels = layerchoice.evaluate_auto(fx, cdir, s, methods)
                 choices += [{"class": run.data.name, "method": m, "layers": sel.name, "synthetic_aupr": sel.aupr,
-                             "selection_s": layerselect.selection_seconds(sels)} for m, sel in sels.items()]
+                             "selection_s": layerchoice.selection_seconds(sels)} for m, sel in sels.items()]
                 say(f"{run.data.name}: --layers auto chose " + ", ".join(f"{m} {sel.name}" for m, sel in sels.items()))
             else:
                 planner = MaskPlanner(fx.layers, s.crop, s.seed, candidates) if learned else None

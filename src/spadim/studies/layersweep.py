@@ -25,24 +25,15 @@ from scipy.stats import pearsonr  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from spadim.errors import SpadimError  # noqa: E402
-from spadim.features.extractor import ALL_COMBOS  # noqa: E402
+from spadim.features.extractor import ALL_COMBOS, combo_name  # noqa: E402
 from spadim.metrics.ranking import evaluate_maps, undefined_notes  # noqa: E402
 from spadim.methods.padim import DEFAULT_D  # noqa: E402
 from spadim.run.pipeline import Settings, prepare_class, score_class  # noqa: E402
 from spadim.report.html import write_report  # noqa: E402
-from spadim.report.tables import (  # noqa: E402
-    METRIC_COLUMNS,
-    markdown_table,
-    save_figure,
-    with_means,
-    write_table,
-)
+from spadim.report.tables import METRIC_COLUMNS, markdown_table, with_means, write_table  # noqa: E402
+from spadim.report.figures import save_figure  # noqa: E402
 from spadim.data.mvtec import load_class  # noqa: E402
 from spadim.run.session import class_summary, meta, report_header, save_atomic, say, start_study  # noqa: E402
-
-
-def combo_name(combo) -> str:
-    return "+".join(str(l) for l in combo)
 
 
 def _signature(s, methods: list[str], weights_id: str) -> dict:

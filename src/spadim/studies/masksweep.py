@@ -31,16 +31,8 @@ from spadim.run.pipeline import (  # noqa: E402
     suppress_outside,
 )
 from spadim.report.html import html_table, write_report  # noqa: E402
-from spadim.report.tables import (  # noqa: E402
-    METRIC_COLUMNS,
-    colorize,
-    markdown_table,
-    panel_figure,
-    pick_examples,
-    save_figure,
-    with_means,
-    write_table,
-)
+from spadim.report.tables import METRIC_COLUMNS, markdown_table, with_means, write_table  # noqa: E402
+from spadim.report.figures import colorize, panel_figure, pick_examples, save_figure  # noqa: E402
 from spadim.run.session import class_summary, meta, report_header, say, staged, start_study  # noqa: E402
 
 DEFAULT_MULTIPLIERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)

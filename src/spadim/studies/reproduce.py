@@ -23,7 +23,8 @@ from .masksweep import sweep_plot, suitability_row
 from spadim.metrics.ranking import evaluate_maps, undefined_notes
 from spadim.masks.keypoints import MaskConfig, foreground_estimate
 from spadim.run.pipeline import Settings, class_object_masks, masked_result, prepare_class
-from spadim.report.tables import METRIC_COLUMNS, best_worst_gallery, plot_curves, with_means, write_table
+from spadim.report.tables import METRIC_COLUMNS, with_means, write_table
+from spadim.report.figures import best_worst_gallery, plot_curves
 from spadim.run.session import (check_out_dir, class_summary, load_resumable, meta, report_header, save_atomic, say,
                       start_study)
 
@@ -66,7 +67,7 @@ def layer_subsets(cr, s: Settings, methods, bar) -> tuple[dict, dict]:
 def auto_choice(fx, cr, s: Settings, methods, layers: dict) -> dict:
     """Per method, the ``--layers auto`` subset chosen from the held training features alone, its
     synthetic AUPR and its real AUPR (looked up among the 15 subsets already scored)."""
-    from .layerselect import select_many, selection_seconds
+    from spadim.run.layerchoice import select_many, selection_seconds
 
     sels = select_many(fx, cr.train, s, methods)
     return {m: {"layers": sel.name, "synthetic_aupr": sel.aupr, "pixel_aupr": layers[f"{sel.name}/{m}"]["pixel_aupr"],
