@@ -55,29 +55,30 @@ def test_object_mask_multiplier_one_changes_nothing(evaluated, tiny_root, tmp_pa
 
 
 def test_fit_predict_round_trip(tiny_root, tmp_path, evaluated):
+    """A cropped-frame model file reproduces evaluate's SPADE maps (same pixel metrics), and predict
+    writes one record, mask, heatmap and overlay per image."""
+    from spadim.data.mvtec import Preprocess, load_class, load_images, load_masks
+    from spadim.inspect import Inspector
+
     model = tmp_path / "nut.pt"
-    assert _run("fit", tiny_root / "nut", "--method", "spade", "--out", model, *FAST) == 0
+    assert _run("fit", tiny_root / "nut", "--method", "spade", "--frame", "crop", "--out", model, *FAST) == 0
     test_imgs = sorted((tiny_root / "nut" / "test").rglob("*.png"))
     out = tmp_path / "pred"
     folders = sorted(p for p in (tiny_root / "nut" / "test").iterdir())
-    assert _run("predict", model, *folders, "--out", out) == 0
-    lines = (out / "scores.csv").read_text().splitlines()
+    assert _run("predict", model, *folders, "--out", out, "--save-maps") == 0
+    lines = (out / "predictions.csv").read_text().splitlines()
     assert len(lines) == 1 + len(test_imgs)
-    assert len(list((out / "heatmaps").glob("*.png"))) == len(test_imgs) == len(list((out / "overlays").glob("*.png")))
-    maps = np.load(out / "maps.npz")["maps"]
-    assert maps.shape == (len(test_imgs), 64, 64)
-    # the saved model reproduces evaluate's SPADE maps: same pixel metrics on the class
-    from spadim.data.mvtec import Preprocess, load_class, load_images, load_masks
-
+    for sub in ("heatmaps", "overlays", "masks", "maps"):
+        assert len(list((out / sub).iterdir())) == len(test_imgs), sub
     data = load_class(tiny_root / "nut")
     pre = Preprocess(72, 64)
-    paths = [str(p) for p in np.load(out / "maps.npz")["paths"]]
-    order = [paths.index(str(p)) for p in data.test]
-    masks = load_masks(data, pre, load_images(data.test, pre)[1])
+    frames, shapes = load_images(data.test, pre)
+    maps, _, _ = Inspector.load(model).score_frames(frames)
+    masks = load_masks(data, pre, shapes)
     row = next(r for r in json.loads((evaluated / "results.json").read_text())["rows"]
                if r["class"] == "nut" and r["method"] == "spade")
-    assert pixel_auroc(maps[order], masks) == pytest.approx(row["pixel_auroc"], abs=1e-9)
-    assert pixel_aupr(maps[order], masks) == pytest.approx(row["pixel_aupr"], abs=1e-9)
+    assert pixel_auroc(maps, masks) == pytest.approx(row["pixel_auroc"], abs=1e-9)
+    assert pixel_aupr(maps, masks) == pytest.approx(row["pixel_aupr"], abs=1e-9)
     assert _run("predict", model, tiny_root / "nut" / "test" / "good", "--out", tmp_path / "p2", "--object-mask", "akaze") == 0
 
 
@@ -120,8 +121,9 @@ def test_corrupt_and_grayscale_images(tiny_copy, tmp_path, capsys):
 def test_bad_data_folders(tmp_path, tiny_copy, capsys):
     assert _run("evaluate", tmp_path / "missing", *FAST) == 2
     (tiny_copy / "nut" / "train" / "good").rename(tiny_copy / "nut" / "train" / "ok")
+    capsys.readouterr()
     assert _run("fit", tiny_copy / "nut", "--out", tmp_path / "m.pt", *FAST) == 2
-    assert "train/good" in capsys.readouterr().err
+    assert "so not only normal images" in capsys.readouterr().err  # a class folder without train/good
     assert not (tmp_path / "m.pt").exists()
 
 
@@ -170,11 +172,15 @@ def no_backbone(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the backbone was loaded before the input error was found")
     import spadim.cli.commands
+    import spadim.inspect.fitting
+    import spadim.inspect.inspector
     import spadim.run.session
 
-    for mod in (spadim.cli.commands, spadim.run.session):
-        monkeypatch.setattr(mod, "make_extractor", boom)
-    monkeypatch.setattr(spadim.cli.commands, "load_backbone", boom)
+    for mod in (spadim.cli.commands, spadim.run.session, spadim.inspect.fitting):
+        if hasattr(mod, "make_extractor"):
+            monkeypatch.setattr(mod, "make_extractor", boom)
+    for mod in (spadim.cli.commands, spadim.inspect.inspector):
+        monkeypatch.setattr(mod, "load_backbone", boom)
 
 
 @pytest.mark.parametrize("command,flag,value,low", [
@@ -247,9 +253,9 @@ def test_truncated_image_given_to_predict(tiny_root, tmp_path, capsys, monkeypat
     bad.write_bytes((tiny_root / "tile" / "test" / "good" / "000.png").read_bytes())
     _truncate(bad)
     capsys.readouterr()
-    import spadim.cli.commands
+    import spadim.inspect.inspector
 
-    monkeypatch.setattr(spadim.cli.commands, "load_backbone", lambda *a, **k: pytest.fail("backbone loaded"))
+    monkeypatch.setattr(spadim.inspect.inspector, "load_backbone", lambda *a, **k: pytest.fail("backbone loaded"))
     assert _run("predict", model, tiny_root / "tile" / "test" / "good", bad, "--out", tmp_path / "p") == 2
     _one_error(capsys, bad, "truncated")
     assert not (tmp_path / "p").exists()
@@ -283,9 +289,9 @@ def test_predict_object_mask_needs_reference_images(tiny_root, tmp_path, capsys,
     blob["ref_images"] = blob["ref_images"][:0]  # as written by an older spadim with --refs 0
     torch.save(blob, tmp_path / "norefs.pt")
     capsys.readouterr()
-    import spadim.cli.commands
+    import spadim.inspect.inspector
 
-    monkeypatch.setattr(spadim.cli.commands, "load_backbone", lambda *a, **k: pytest.fail("backbone loaded"))
+    monkeypatch.setattr(spadim.inspect.inspector, "load_backbone", lambda *a, **k: pytest.fail("backbone loaded"))
     images = tiny_root / "tile" / "test" / "good"
     assert _run("predict", tmp_path / "norefs.pt", images, "--object-mask", "orb", "--out", tmp_path / "p") == 2
     _one_error(capsys, "norefs.pt", "no reference images", "--refs")
@@ -337,9 +343,10 @@ def test_no_anomalous_test_images_are_named(tiny_copy, tmp_path, capsys):
 def test_object_mask_below_one_scales_only_outside_and_padim_score_follows(tiny_root, tmp_path):
     """r < 1 end to end: inside the (independently recomputed) object mask the maps are unchanged,
     outside they are r times the unmasked maps, and PaDiM's image score is the masked map's maximum."""
-    from spadim.cli.commands import build_parser
     from spadim.cli.args import mask_config
+    from spadim.cli.commands import build_parser
     from spadim.data.mvtec import Preprocess, load_images
+    from spadim.inspect import Inspector, ObjectMask
     from spadim.run.modelfile import load_model
     from spadim.run.pipeline import object_masks
 
@@ -347,14 +354,20 @@ def test_object_mask_below_one_scales_only_outside_and_padim_score_follows(tiny_
     model = tmp_path / "nut.pt"
     assert _run("fit", tiny_root / "nut", "--method", "padim", "--out", model, *args) == 0
     images = sorted((tiny_root / "nut" / "test").rglob("*.png"))
-    assert _run("predict", model, *images, "--out", tmp_path / "plain") == 0
+    parsed = build_parser().parse_args(["predict", str(model), str(images[0]), "--object-mask", "orb"])
+    config = mask_config(parsed, "orb")
+    inspector = Inspector.load(model)
+    frames = load_images(images, Preprocess(96, 96, "whole"))[0]
+    plain_maps, _, _ = inspector.score_frames(frames)
+    masked_maps, masked_scores, _ = inspector.score_frames(frames, ObjectMask(config, 0.25))
+    obj, _ = object_masks(frames, load_model(model)[1]["ref_images"].numpy(), config)
+    assert (~obj).any() and obj.any()  # the test is only meaningful with pixels on both sides
+    np.testing.assert_array_equal(masked_maps[obj], plain_maps[obj])
+    np.testing.assert_allclose(masked_maps[~obj], 0.25 * plain_maps[~obj], rtol=1e-6)
+    np.testing.assert_allclose(masked_scores, masked_maps.reshape(len(images), -1).max(1), rtol=1e-6)
+    # the CLI applies the same mask: its recorded scores are the masked ones
     assert _run("predict", model, *images, "--out", tmp_path / "masked", "--object-mask", "orb",
                 "--outside-multiplier", "0.25") == 0
-    plain, masked = np.load(tmp_path / "plain" / "maps.npz"), np.load(tmp_path / "masked" / "maps.npz")
-    a = build_parser().parse_args(["predict", str(model), str(images[0]), "--object-mask", "orb"])
-    frames = load_images(images, Preprocess(96, 96))[0]
-    obj, _ = object_masks(frames, load_model(model)[1]["ref_images"].numpy(), mask_config(a, "orb"))
-    assert (~obj).any() and obj.any()  # the test is only meaningful with pixels on both sides
-    np.testing.assert_array_equal(masked["maps"][obj], plain["maps"][obj])
-    np.testing.assert_allclose(masked["maps"][~obj], 0.25 * plain["maps"][~obj], rtol=1e-6)
-    np.testing.assert_allclose(masked["scores"], masked["maps"].reshape(len(images), -1).max(1), rtol=1e-6)
+    records = [json.loads(line) for line in (tmp_path / "masked" / "predictions.jsonl").read_text().splitlines()]
+    by_name = {r["image"]: r["score"] for r in records}
+    np.testing.assert_allclose([by_name[str(p)] for p in images], masked_scores, rtol=1e-5)

@@ -38,19 +38,21 @@ def test_hazelnut_metrics_with_real_weights(evaluated):
 
 @pytest.mark.parametrize("method", ["spade", "padim"])
 def test_fit_save_load_predict_reproduces_evaluate(method, evaluated, tmp_path):
+    from spadim.inspect import Inspector
+
     model = tmp_path / f"{method}.pt"
-    assert main(["fit", str(HAZELNUT), "--method", method, "--out", str(model), *REAL]) == 0
-    out = tmp_path / "pred"
-    folders = sorted(p for p in (HAZELNUT / "test").iterdir())
-    assert main(["predict", str(model), *map(str, folders), "--out", str(out), "--weights", str(CAFFE_WEIGHTS)]) == 0
-    saved = np.load(out / "maps.npz")
+    assert main(["fit", str(HAZELNUT), "--method", method, "--frame", "crop", "--out", str(model), *REAL]) == 0
     data = load_class(HAZELNUT)
-    order = [list(saved["paths"]).index(str(p)) for p in data.test]
-    maps = saved["maps"][order]
-    masks = load_masks(data, Preprocess(), load_images(data.test, Preprocess())[1])
+    frames, shapes = load_images(data.test, Preprocess())
+    maps, _, _ = Inspector.load(model, str(CAFFE_WEIGHTS)).score_frames(frames)
+    masks = load_masks(data, Preprocess(), shapes)
     # the saved model gives evaluate's maps: the same pixel metrics to 1e-6
     assert pixel_auroc(maps, masks) == pytest.approx(evaluated[method]["pixel_auroc"], abs=1e-6)
     assert pixel_aupr(maps, masks) == pytest.approx(evaluated[method]["pixel_aupr"], abs=1e-6)
+    out = tmp_path / "pred"
+    folders = sorted(p for p in (HAZELNUT / "test").iterdir())
+    assert main(["predict", str(model), *map(str, folders), "--out", str(out), "--weights", str(CAFFE_WEIGHTS)]) == 0
+    assert len((out / "predictions.csv").read_text().splitlines()) == 1 + len(data.test)
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,11 @@ from pathlib import Path
 
 from spadim.methods.spade import FUSIONS
 from spadim.features.backbone import ARCHS
+from spadim.data.folders import load_plain
+from spadim.data.mvtec import FRAMES, ClassData
 from spadim.errors import SpadimError
 from spadim.features.extractor import parse_layers
+from spadim.inspect.calibration import check_far
 from spadim.lists import parse_list
 from spadim.masks.auto import LEARNED
 from spadim.masks.keypoints import DETECTORS, MaskConfig, available_detectors
@@ -20,7 +23,7 @@ from spadim.run.pipeline import AUTO, Settings
 from spadim.run.session import check_out_dir, check_out_file
 
 
-def add_common(p: argparse.ArgumentParser, layers: bool = True) -> None:
+def add_common(p: argparse.ArgumentParser, layers: bool = True, frame: str = "crop") -> None:
     g = p.add_argument_group("backbone and preprocessing")
     g.add_argument("--arch", default="wide_resnet50_2", choices=ARCHS, help="backbone (default: %(default)s)")
     g.add_argument("--weights", default=None, metavar="FILE|DIR|random",
@@ -28,6 +31,9 @@ def add_common(p: argparse.ArgumentParser, layers: bool = True) -> None:
                         "cache; 'random' = untrained network (plumbing only, flagged in every report)")
     g.add_argument("--resize", type=int, default=256, help="shorter side before cropping (default: %(default)s)")
     g.add_argument("--crop", type=int, default=224, help="centre crop size (default: %(default)s)")
+    g.add_argument("--frame", default=frame, choices=FRAMES,
+                   help="'crop': resize the shorter side to --resize and centre-crop --crop, as the papers; 'whole': "
+                        "squash the whole image to --crop x --crop so no border is lost (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--cache-dir", type=Path, default=None, help="also cache per-image features on disk here")
     g.add_argument("--seed", type=int, default=0, help="seeds PaDiM's channel subset and random weights")
@@ -58,6 +64,36 @@ def add_mask_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     g.add_argument("--min-matches", type=int, default=8, help="fewer matches -> full-frame fallback (default: %(default)s)")
 
 
+def add_plain_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("plain folders (instead of DATA)")
+    g.add_argument("--train", type=Path, default=None, metavar="DIR",
+                   help="normal training images, any depth")
+    g.add_argument("--test", type=Path, default=None, metavar="DIR",
+                   help="test images in good/ (or ok/, normal/) and one folder per defect type")
+    g.add_argument("--masks", type=Path, default=None, metavar="DIR",
+                   help="ground truth as <defect>/<stem>.png or <defect>/<stem>_mask.png; without it only "
+                        "image metrics are measured (pixel metrics n/a)")
+    g.add_argument("--name", default=None, help="class name (default: the --train folder's parent)")
+
+
+def evaluation_data(a: argparse.Namespace) -> Path | ClassData:
+    """DATA (an MVTec AD root or class folder) or the class of --train/--test [--masks] [--name];
+    exactly one of the two. Plain folders are indexed here, so a bad layout fails before any work."""
+    plain = {flag: getattr(a, flag.lstrip("-")) for flag in ("--train", "--test", "--masks", "--name")}
+    given = [flag for flag, value in plain.items() if value is not None]
+    if a.data is not None and given:
+        raise SpadimError(f"give either DATA ({a.data}) or {given[0]} with --train/--test, not both")
+    if a.data is not None:
+        return a.data
+    if plain["--train"] is None or plain["--test"] is None:
+        raise SpadimError("give DATA (an MVTec AD root or class folder), or --train DIR --test DIR "
+                          "[--masks DIR] for plain folders")
+    if a.classes:
+        raise SpadimError("--classes picks classes of an MVTec AD root; with --train/--test name the "
+                          "one class with --name")
+    return load_plain(plain["--train"], plain["--test"], plain["--masks"], plain["--name"])
+
+
 def layers_arg(text: str):
     """--layers: 'auto' (case-insensitive) keeps the marker; anything else goes to the strict parse_layers."""
     return AUTO if str(text).strip().lower() == AUTO else parse_layers(text)
@@ -68,6 +104,7 @@ def settings_from(a) -> Settings:
         arch=a.arch, weights=a.weights, resize=a.resize, crop=a.crop,
         layers=layers_arg(a.layers) if hasattr(a, "layers") else (1, 2, 3),
         k=a.k, d=a.d, seed=a.seed, batch_size=a.batch_size, cache_dir=a.cache_dir, spade_fusion=a.spade_fusion,
+        frame=getattr(a, "frame", "crop"),
     )
 
 
@@ -99,6 +136,8 @@ _MINIMUMS = {
     "--radius": ("radius", 1, "the disc radius around matched keypoints, in px"),
     "--close": ("close", 0, "the closing kernel size in px (0 disables it)"),
     "--min-matches": ("min_matches", 0, "the match count below which a mask falls back to the full frame"),
+    "--folds": ("folds", 2, "the number of calibration folds (each scored by a model of the others)"),
+    "--min-area": ("min_area", 0, "the smallest defect region as a fraction of the image area"),
 }
 
 
@@ -112,8 +151,7 @@ def check_args(a: argparse.Namespace) -> None:
         value = getattr(a, attr, None)
         if value is not None and value < low:
             raise SpadimError(f"{flag} must be >= {low} (got {value}): it is {what}")
-    vmin, vmax = getattr(a, "vmin", None), getattr(a, "vmax", None)
-    if vmin is not None and vmax is not None and vmin >= vmax:
-        raise SpadimError(f"--vmin {vmin} must be below --vmax {vmax}: they are the heatmap colour range")
+    if getattr(a, "far", None) is not None:
+        check_far(a.far)
     if getattr(a, "out", None) is not None:
         (check_out_file if getattr(a, "out_is_file", False) else check_out_dir)(a.out)

@@ -8,20 +8,15 @@ failed run never overwrites earlier results.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 
-from spadim import __version__
+from spadim import __version__, inspect
 from spadim.run import evaluate
 from spadim.studies import layerselect
-from spadim.run import layerchoice
 from spadim.studies import layersweep
 from spadim.studies import masksweep
 from spadim.studies import reproduce
@@ -29,35 +24,25 @@ from spadim.features.backbone import ARCHS, load_backbone, locate, weights_repor
 from .args import (
     add_common,
     add_mask_args,
+    add_plain_args,
     check_args,
+    evaluation_data,
     mask_config,
     parse_detectors,
     parse_multipliers,
     settings_from,
 )
-from spadim.data.mvtec import IMAGE_EXTS, Preprocess, check_images, list_images, load_class
+from spadim.data.folders import find_images
+from spadim.data.mvtec import IMAGE_EXTS, check_images
 from spadim.errors import SpadimError
-from spadim.features.extractor import FeatureExtractor
 from spadim.lists import parse_list
 from spadim.methods.registry import parse_methods
-from spadim.run.modelfile import load_model, save_model
 from spadim.masks.auto import LEARNED
 from spadim.masks.keypoints import DETECTORS, available_detectors
-from spadim.run.pipeline import (
-    fit_methods,
-    make_extractor,
-    needed_features,
-    object_masks,
-    reference_indices,
-    score_stream,
-    suppress_outside,
-)
-from spadim.report.figures import colorize, overlay, save_rgb
 from spadim.run.session import (
     check_multiplier,
     progress,
     say,
-    staged,
 )
 from spadim.data.embedded.dataset import make_dataset
 
@@ -99,38 +84,25 @@ def cmd_evaluate(a) -> None:
     cfg = mask_config(a, a.object_mask) if a.object_mask and not learned else None
     candidates = {d: mask_config(a, d) for d in available_detectors()} if a.object_mask == "auto" else {}
     r = check_multiplier(a.outside_multiplier)
-    evaluate.run(settings_from(a), a.data, a.out, a.methods, a.classes, a.object_mask, cfg, candidates, r,
+    data = evaluation_data(a)
+    evaluate.run(settings_from(a), data, a.out, a.methods, a.classes, a.object_mask, cfg, candidates, r,
                  a.examples, recorded_command(a))
 
 
 def cmd_fit(a) -> None:
-    s = settings_from(a)
     (method_name,) = parse_methods(a.method)
-    data = load_class(a.data, need_test=False)
-    check_images(data.train)  # a bad file fails now, not after the backbone has run
-    fx = make_extractor(s, progress, [method_name])
-    say(fx.weights.describe())
-    t0 = time.perf_counter()
-    if s.auto_layers:  # choose from the training images, then refit on all of them (features held once)
-        train = fx(data.train, f"{data.name} train")
-        sel = layerchoice.select_layers(fx, train, s, method_name)
-        method = s.method(method_name, sel.chosen).fit(train)
-        say(f"--layers auto chose {sel.name} for {method_name} (synthetic pixel AUPR {sel.aupr:.3f})")
-    else:
-        fitted, train = fit_methods(fx, data.train, s, [method_name], desc=f"{data.name} train")
-        method = fitted[method_name]
-    refs = train.images[reference_indices(len(train), a.refs)]
-    save_model(a.out, method, fx.weights, s.pre, data.name, refs)
-    if s.auto_layers:
-        Path(f"{a.out}.layers.json").write_text(json.dumps(sel.to_json(), indent=1))
-    say(f"fitted {method_name} on {len(train)} images of {data.name} in {time.perf_counter() - t0:.1f} s -> {a.out}")
+    inspect.fit_model(a.data, a.out, settings_from(a), method_name, a.far, a.folds, a.refs, say, progress)
+
+
+def cmd_calibrate(a) -> None:
+    inspect.calibrate_model(a.model, a.images, a.far, a.out, a.weights, say)
 
 
 def _expand_images(items: list[Path]) -> list[Path]:
     paths = []
     for p in items:
         if p.is_dir():
-            found = list_images(p)
+            found = find_images(p)
             if not found:
                 raise SpadimError(f"no images ({', '.join(IMAGE_EXTS)}) in folder {p}: point predict at image files or folders")
             paths += found
@@ -142,56 +114,24 @@ def _expand_images(items: list[Path]) -> list[Path]:
 
 
 def cmd_predict(a) -> None:
-    method, blob = load_model(a.model)
-    bb = blob["backbone"]
     if a.object_mask in LEARNED:
         raise SpadimError(f"predict --object-mask {a.object_mask} is not supported (it needs the class's training "
                           f"features): use orb, akaze or brisk, or spadim evaluate")
-    cfg = mask_config(a, a.object_mask) if a.object_mask else None
-    r = check_multiplier(a.outside_multiplier)
-    if cfg and len(blob["ref_images"]) == 0:
-        raise SpadimError(f"model {a.model} holds no reference images, which --object-mask needs: "
-                          f"refit it with `spadim fit --refs 3`, or drop --object-mask")
+    object_mask = (inspect.ObjectMask(mask_config(a, a.object_mask), check_multiplier(a.outside_multiplier))
+                   if a.object_mask else None)
     paths = _expand_images(a.images)
-    check_images(paths)
-    weights = "random" if bb["source"] == "random" else a.weights
-    seed = int(bb["sha256"].removeprefix("random-seed")) if bb["source"] == "random" else 0
-    model, w = load_backbone(bb["arch"], weights, seed)
-    if w.sha256 != bb["sha256"]:
-        raise SpadimError(f"model {a.model} was fitted with {bb['arch']} weights sha256 {bb['sha256'][:12]} but the "
-                          f"weights found are {w.sha256[:12]} ({w.source}): pass the same checkpoint with --weights")
-    say(w.describe())
-    pre = Preprocess(**blob["preprocess"])
-    layers, pooled = needed_features([method.name], [method.layers])
-    fx = FeatureExtractor(model, w, pre, a.batch_size, None, progress, layers, pooled)
-    fs, maps, scores = score_stream(fx, paths, {method.name: method}, max(32, a.batch_size), pre.crop, "predict")
-    maps, scores = maps[method.name], scores[method.name]
-    warnings = []
-    if cfg:
-        obj, warnings = object_masks(fs.images, blob["ref_images"].numpy(), cfg)
-        maps, scores = suppress_outside(method.name, maps, scores, obj, r)
-    vmin, vmax = (a.vmin if a.vmin is not None else float(maps.min())), (a.vmax if a.vmax is not None else float(maps.max()))
-    with staged(a.out) as out:
-        rows = []
-        for i, p in enumerate(paths):
-            stem = f"{i:04d}_{p.stem}"
-            heat = colorize(maps[i], vmin, vmax)
-            save_rgb(out / "heatmaps" / f"{stem}.png", heat)
-            save_rgb(out / "overlays" / f"{stem}.png", overlay(fs.images[i], heat))
-            rows.append({"image": str(p), "image_score": f"{scores[i]:.6g}", "max_pixel_score": f"{maps[i].max():.6g}",
-                         "heatmap": f"heatmaps/{stem}.png"})
-        with open(out / "scores.csv", "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-            wr.writeheader()
-            wr.writerows(rows)
-        np.savez_compressed(out / "maps.npz", maps=maps, scores=scores, paths=np.array([str(p) for p in paths]))
-        (out / "README.txt").write_text(
-            f"{w.describe()}\nmethod {method.name} fitted on class {blob['class_name']}; heatmap colour range "
-            f"[{vmin:.4g}, {vmax:.4g}] (score units); raw maps in maps.npz\n"
-            + "".join(f"warning: object mask fell back to the full frame: {x}\n" for x in warnings))
-    for x in warnings:
-        say(f"warning: object mask fell back to the full frame: {x}")
-    say(f"{len(paths)} image(s) -> {a.out}/ (scores.csv, heatmaps/, overlays/, maps.npz)")
+    check_images(paths)  # every file decodes before the backbone loads
+    inspector = inspect.Inspector.load(a.model, a.weights, a.batch_size, object_mask)
+    point = inspector.operating_point(a.threshold, a.far)
+    say(inspector.extractor.weights.describe())
+    for warning in inspector.warnings(point):
+        say(f"warning: {warning}")
+    summary = inspect.predict_paths(inspector, paths, a.out, point, a.min_area, a.save_maps, a.batch_size, progress,
+                                    object_mask)
+    rate = summary["new"] / summary["seconds"] if summary["seconds"] > 0 else float("nan")
+    say(f"{summary['images']} image(s) in {a.out}/ ({summary['defect']} defect, {summary['ok']} ok; "
+        f"{summary['new']} new at {rate:.1f} images/s, {summary['resumed_after']} from an earlier run): "
+        f"predictions.csv/.jsonl, masks/, heatmaps/, overlays/, colorbar.png")
 
 
 def cmd_layer_sweep(a) -> None:
@@ -201,6 +141,20 @@ def cmd_layer_sweep(a) -> None:
 def cmd_layer_select(a) -> None:
     layerselect.run(settings_from(a), a.data, a.out, a.methods, a.classes, a.sweep, recorded_command(a),
                     time_evaluate=not a.no_timing)
+
+
+def cmd_serve(a) -> None:
+    from spadim import serve  # FastAPI and uvicorn load for this command only
+
+    if not a.max_upload_mb > 0:
+        raise SpadimError(f"--max-upload-mb must be a positive size in MB (got {a.max_upload_mb})")
+    listener = serve.bind(a.host, a.port)  # a port in use fails before the models take seconds to load
+    try:
+        inspectors = serve.load_inspectors(a.models, a.weights)
+        max_upload_bytes = round(a.max_upload_mb * (1 << 20))
+        serve.serve(inspectors, max_upload_bytes=max_upload_bytes, listener=listener, say=say)
+    finally:
+        listener.close()
 
 
 def cmd_mask_sweep(a) -> None:
@@ -264,35 +218,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="checkpoint file or folder to check")
     p.set_defaults(func=cmd_weights)
 
-    p = sub.add_parser("evaluate", help="fit and evaluate methods on one class or all classes of a root")
-    p.add_argument("data", type=Path, help="MVTec AD root or one class folder")
+    p = sub.add_parser("evaluate", help="fit and evaluate methods on one class or all classes of a root, "
+                       "or on plain folders (--train/--test)")
+    p.add_argument("data", type=Path, nargs="?", default=None,
+                   help="MVTec AD root or one class folder (or give --train and --test instead)")
     p.add_argument("--classes", default=None, help="comma-separated class names (default: all)")
     p.add_argument("--methods", default="spade,padim")
     p.add_argument("--out", type=Path, default=Path("runs/evaluate"))
     p.add_argument("--examples", type=int, default=4, help="heatmap figures per class (default: %(default)s)")
+    add_plain_args(p)
     add_common(p)
     add_mask_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("fit", help="fit one method on <class>/train/good and save the model")
-    p.add_argument("data", type=Path, help="class folder with train/good")
+    p = sub.add_parser("fit", help="fit and calibrate one method on good images; save the model")
+    p.add_argument("data", type=Path, help="an MVTec class folder (uses train/good) or any folder of good images "
+                   "(recursive)")
     p.add_argument("--method", default="padim", help="spade or padim (default: %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="model file to write")
     p.set_defaults(out_is_file=True)
+    p.add_argument("--far", type=float, default=inspect.DEFAULT_FAR,
+                   help="target false-alarm rate on normal images for the stored thresholds (default: %(default)s)")
+    p.add_argument("--folds", type=int, default=inspect.DEFAULT_FOLDS,
+                   help="out-of-fold calibration folds (default: %(default)s)")
     p.add_argument("--refs", type=int, default=3, help="normal images kept for object masks at predict time")
-    add_common(p)
+    add_common(p, frame="whole")
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("predict", help="score new images with a fitted model: heatmaps, overlays, scores.csv")
+    p = sub.add_parser("calibrate", help="recalibrate a model's thresholds on held-out good images (no refit)")
     p.add_argument("model", type=Path)
-    p.add_argument("images", type=Path, nargs="+", help="image files or folders")
-    p.add_argument("--out", type=Path, default=Path("runs/predict"))
+    p.add_argument("images", type=Path, help="folder of good images the model was not fitted on (recursive)")
+    p.add_argument("--far", type=float, default=inspect.DEFAULT_FAR, help="target false-alarm rate (%(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="model file to write (default: update MODEL in place)")
+    p.add_argument("--weights", default=None, help="checkpoint the model was fitted with (default lookup as in fit)")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("predict", help="decide ok/defect for new images with a fitted model: predictions.csv/.jsonl, "
+                       "defect masks, heatmaps, overlays (streamed, resumable)")
+    p.add_argument("model", type=Path)
+    p.add_argument("images", type=Path, nargs="+", help="image files or folders (recursive)")
+    p.add_argument("--out", type=Path, default=Path("runs/predict"),
+                   help="output folder; a rerun with the same folder resumes (default: %(default)s)")
     p.add_argument("--weights", default=None, help="checkpoint the model was fitted with (default lookup as in fit)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--vmin", type=float, default=None, help="heatmap colour range (default: min/max over the images)")
-    p.add_argument("--vmax", type=float, default=None)
+    p.add_argument("--threshold", type=float, default=None, help="image score threshold (default: the calibrated one)")
+    p.add_argument("--far", type=float, default=None,
+                   help="false-alarm rate: thresholds from the model's calibration at this rate")
+    p.add_argument("--min-area", type=float, default=inspect.DEFAULT_MIN_AREA,
+                   help="smallest defect region, as a fraction of the image area (default: %(default)s)")
+    p.add_argument("--save-maps", action="store_true", help="also save each raw anomaly map (maps/*.npy)")
     add_mask_args(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="serve fitted models over HTTP: a JSON API (/predict, /models, "
+                       "/health) and a page at / to drop images on")
+    p.add_argument("models", type=Path, nargs="+", help="model files; clients pick one by its file stem")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="default: %(default)s; 0 lets the OS pick")
+    p.add_argument("--weights", default=None,
+                   help="checkpoint the models were fitted with (default lookup as in fit)")
+    p.add_argument("--max-upload-mb", type=float, default=20,
+                   help="largest image accepted (default: %(default)s)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("mask-sweep", help="proposal 1: detector suitability and outside-multiplier sweep")
     p.add_argument("data", type=Path, help="MVTec AD root or one class folder")

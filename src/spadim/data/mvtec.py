@@ -31,20 +31,31 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
+FRAMES = ("crop", "whole")
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize the shorter side to ``resize``, then centre-crop ``crop`` x ``crop``."""
+    """``frame="crop"`` (the papers): resize the shorter side to ``resize``, centre-crop ``crop`` x ``crop``.
+    ``frame="whole"`` (inspection): squash the whole image to ``crop`` x ``crop``, so that no border is
+    lost; the aspect ratio is not kept because SPADE's and PaDiM's per-position statistics need one grid
+    for every image (a line's camera gives one aspect ratio anyway)."""
 
     resize: int = 256
     crop: int = 224
+    frame: str = "crop"
 
     def __post_init__(self):
         if self.resize < 1 or self.crop < 1 or self.crop > self.resize:
             raise SpadimError(
                 f"invalid sizes resize={self.resize} crop={self.crop}: need 1 <= crop <= resize"
             )
+        if self.frame not in FRAMES:
+            raise SpadimError(f"unknown frame {self.frame!r}: choose one of {', '.join(FRAMES)}")
 
     def _geometry(self, h: int, w: int) -> tuple[int, int, int, int]:
+        if self.frame == "whole":
+            return self.crop, self.crop, 0, 0
         scale = self.resize / min(h, w)
         nh, nw = max(self.resize, round(h * scale)), max(self.resize, round(w * scale))
         return nh, nw, (nh - self.crop) // 2, (nw - self.crop) // 2
@@ -61,6 +72,16 @@ class Preprocess:
         nh, nw, top, left = self._geometry(*mask.shape[:2])
         out = cv2.resize(mask.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST)
         return out[top : top + self.crop, left : left + self.crop].astype(bool)
+
+    def to_original(self, score_map: np.ndarray, shape: tuple[int, int], fill: float = 0.0) -> np.ndarray:
+        """float crop x crop map -> float32 H x W on the original image's pixels (bilinear).
+
+        With ``frame="crop"`` the border that was cropped away was never inspected; it gets ``fill``."""
+        h, w = int(shape[0]), int(shape[1])
+        nh, nw, top, left = self._geometry(h, w)
+        canvas = np.full((nh, nw), fill, np.float32)
+        canvas[top : top + self.crop, left : left + self.crop] = score_map
+        return cv2.resize(canvas, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def normalize(images: np.ndarray) -> np.ndarray:
@@ -106,7 +127,21 @@ def _decode(path: Path, flags: int, what: str) -> np.ndarray:
 
 def read_rgb(path: Path) -> np.ndarray:
     """Read an image as uint8 RGB; grayscale is replicated to 3 channels, alpha dropped."""
-    img = _decode(path, cv2.IMREAD_UNCHANGED, "image")
+    return _to_rgb(_decode(path, cv2.IMREAD_UNCHANGED, "image"), path)
+
+
+def decode_rgb(data: bytes, name: str = "upload") -> np.ndarray:
+    """An encoded image held in memory (an upload) -> uint8 RGB, with the file checks of read_rgb."""
+    why = _truncation(data)
+    if why:
+        raise SpadimError(f"cannot read image {name}: file is truncated ({why}); send the whole file")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if img is None or img.size == 0:
+        raise SpadimError(f"cannot read image {name}: not an image OpenCV can decode (PNG, JPEG, BMP, TIFF)")
+    return _to_rgb(img, name)
+
+
+def _to_rgb(img: np.ndarray, path) -> np.ndarray:
     if img.dtype == np.uint16:
         img = (img / 257.0).round().astype(np.uint8)
     elif img.dtype != np.uint8:
@@ -138,7 +173,10 @@ def list_images(folder: Path) -> list[Path]:
 
 @dataclass
 class ClassData:
-    """One MVTec class: training images and labelled test images."""
+    """One class: training images and labelled test images (MVTec AD layout or plain folders).
+
+    ``has_masks=False``: no ground truth was given at all, so pixel metrics are not measured ("n/a"),
+    which is not the same as a class whose masks happen to be empty (undefined, NaN)."""
 
     name: str
     root: Path
@@ -146,6 +184,8 @@ class ClassData:
     test: list[Path]
     defects: list[str] = field(default_factory=list)  # per test image: "good" or defect type
     masks: list[Path | None] = field(default_factory=list)  # per test image, None for good
+    has_masks: bool = True
+    origin: str = ""  # where the images came from, for reports; empty for the MVTec AD layout
 
     @property
     def labels(self) -> np.ndarray:

@@ -111,7 +111,8 @@ class FeatureExtractor:
 
     def _key(self, path: Path) -> str:
         st = path.stat()
-        ident = (f"{self.weights.arch}|{self.weights.sha256}|{self.pre.resize}|{self.pre.crop}|{path.resolve()}|"
+        frame = "whole|" if self.pre.frame == "whole" else ""  # crop-mode keys as before: old caches stay valid
+        ident = (f"{self.weights.arch}|{self.weights.sha256}|{self.pre.resize}|{self.pre.crop}|{frame}{path.resolve()}|"
                  f"{st.st_size}|{st.st_mtime_ns}")
         return hashlib.sha1(ident.encode()).hexdigest()
 

@@ -176,7 +176,7 @@ def section_results(context: dict, notes: _Notes) -> str:
     return (f'<section id="results"><h2>Results and published numbers</h2>{cav_html}{table}'
             '<p class="muted">Values shown with 3 decimals; Δ = ours − published '
             '(<span class="pos">green ≥ 0</span>, <span class="neg">red &lt; 0</span>); '
-            '“–” = not available.</p></section>')
+            '“–” = not available or undefined; “n/a” = not measured (no ground-truth masks).</p></section>')
 
 
 def _ref_cells(ours: Any, refs: list[tuple[Any, str, str]]) -> str:

@@ -79,7 +79,10 @@ def _delta(ours: Any, ref: Any) -> str:
 
 
 def _cell(value: Any, attrs: str = "") -> str:
-    """A value cell: 3 decimals shown, full value kept in data-value."""
+    """A value cell: 3 decimals shown, full value kept in data-value; None (not measured, e.g. pixel
+    metrics without ground-truth masks) shows "n/a", unlike NaN (undefined), which shows "–"."""
+    if value is None:
+        return f'<td class="num muted"{attrs} data-value="n/a">n/a</td>'
     return f'<td class="num"{attrs} data-value="{_data_value(value)}">{_fmt(value)}</td>'
 
 

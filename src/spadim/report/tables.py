@@ -1,4 +1,8 @@
-"""Result tables as CSV, JSON and Markdown, with per-group means."""
+"""Result tables as CSV, JSON and Markdown, with per-group means.
+
+A metric is a float, NaN when undefined on the labels (no anomalous pixel, say) or None when it was
+not measured at all (no ground-truth masks): "nan" and "n/a" in CSV/Markdown, NaN and null in JSON.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ METRIC_COLUMNS = ("pixel_auroc", "pixel_aupr", "image_auroc", "aupro")
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.4f}"
     return str(v)
@@ -26,15 +32,18 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 
 def with_means(rows: list[dict], group: Sequence[str], metrics: Sequence[str] = METRIC_COLUMNS) -> list[dict]:
-    """Append one 'mean' row per value of ``group`` columns (class column set to 'mean')."""
+    """Append one 'mean' row per value of ``group`` columns (class column set to 'mean').
+
+    A mean is over the defined values; NaN when none is, None (n/a) when none was measured."""
     keys = list(dict.fromkeys(tuple(r[g] for g in group) for r in rows))
     means = []
     for key in keys:
         sel = [r for r in rows if tuple(r[g] for g in group) == key]
         m = {"class": "mean", **dict(zip(group, key))}
         for c in metrics:
-            vals = [r[c] for r in sel if not math.isnan(r[c])]
-            m[c] = float(np.mean(vals)) if vals else float("nan")
+            measured = [r[c] for r in sel if r[c] is not None]
+            vals = [v for v in measured if not math.isnan(v)]
+            m[c] = float(np.mean(vals)) if vals else float("nan") if measured else None
         means.append(m)
     return rows + means
 

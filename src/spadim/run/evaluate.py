@@ -1,8 +1,10 @@
 """``spadim evaluate`` as a function: fit and evaluate the methods on every class of a data set.
 
-Per class: fit (choosing the layers from normal images with ``--layers auto``), stream the test set,
-optionally suppress scores outside an object mask (keypoints, learned, or chosen automatically), then
-the tables, ROC/PR curves, the best/worst gallery, heatmap panels and ``report.html``.
+The data is an MVTec AD root or class folder, or one class of plain folders (a ClassData from
+:func:`spadim.data.folders.load_plain`); both take the same path from here on. Per class: fit
+(choosing the layers from normal images with ``--layers auto``), stream the test set, optionally
+suppress scores outside an object mask (keypoints, learned, or chosen automatically), then the
+tables, ROC/PR curves, the best/worst gallery, heatmap panels and ``report.html``.
 """
 
 from __future__ import annotations
@@ -13,18 +15,18 @@ from pathlib import Path
 from . import layerchoice
 from spadim.masks.auto import LEARNED, MaskPlanner, auto_masks
 from spadim.errors import SpadimError
-from spadim.metrics.ranking import undefined_notes
 from spadim.masks.keypoints import MaskConfig
-from .pipeline import Settings, class_object_masks, evaluate_class, masked_result
+from spadim.data.mvtec import ClassData
+from .pipeline import (Settings, class_object_masks, evaluate_class, masked_result, metric_notes)
 from spadim.report.html import html_table, write_report
 from spadim.report.tables import METRIC_COLUMNS, with_means, write_table
 from spadim.report.figures import best_worst_gallery, colorize, overlay, panel_figure, pick_examples, plot_curves
 from .session import class_summary, meta, report_header, say, staged, start_study
 
 
-def run(s: Settings, data: Path, out_dir: Path, methods: str = "spade,padim", classes: str | None = None,
-        object_mask: str | None = None, cfg: MaskConfig | None = None, candidates: dict | None = None,
-        r: float = 0.6, examples: int = 4, command: str = "") -> list[dict]:
+def run(s: Settings, data: Path | ClassData, out_dir: Path, methods: str = "spade,padim",
+        classes: str | None = None, object_mask: str | None = None, cfg: MaskConfig | None = None,
+        candidates: dict | None = None, r: float = 0.6, examples: int = 4, command: str = "") -> list[dict]:
     """Evaluate and write everything into ``out_dir`` (staged: a failure leaves earlier results);
     returns the result rows, class means included. ``cfg`` configures a keypoint ``object_mask``;
     ``candidates`` are the keypoint configs ``object_mask="auto"`` chooses from."""
@@ -35,17 +37,17 @@ def run(s: Settings, data: Path, out_dir: Path, methods: str = "spade,padim", cl
     methods, classes, fx = start_study(s, data, methods, classes)
     rows, warnings, summaries, curves, galleries, choices, decisions = [], [], [], {}, {}, [], []
     with staged(out_dir) as out:
-        for cdir in classes:
+        for source in classes:
             t0 = time.perf_counter()
             if s.auto_layers:  # choose per method from the training images, then refit on all of them
-                run, metrics, sels = layerchoice.evaluate_auto(fx, cdir, s, methods)
+                run, metrics, sels = layerchoice.evaluate_auto(fx, source, s, methods)
                 choices += [{"class": run.data.name, "method": m, "layers": sel.name, "synthetic_aupr": sel.aupr,
                              "selection_s": layerchoice.selection_seconds(sels)} for m, sel in sels.items()]
                 say(f"{run.data.name}: --layers auto chose " + ", ".join(f"{m} {sel.name}" for m, sel in sels.items()))
             else:
                 planner = MaskPlanner(fx.layers, s.crop, s.seed, candidates) if learned else None
-                run, metrics = evaluate_class(fx, cdir, s, methods, observer=planner)
-            notes = undefined_notes(run.masks, run.labels)
+                run, metrics = evaluate_class(fx, source, s, methods, observer=planner)
+            notes = metric_notes(run.data, run.masks)
             for n in notes:
                 say(f"warning: {run.data.name}: {n}")
             obj = None
@@ -71,10 +73,12 @@ def run(s: Settings, data: Path, out_dir: Path, methods: str = "spade,padim", cl
                 chosen = {"layers": sels[name].name} if s.auto_layers else {}
                 rows.append({"class": run.data.name, "method": name, **chosen, **metrics[name],
                              "n_train": len(run.train), "n_test": len(run.test), **note})
-                say(f"{run.data.name:>12} {name:>6}: " + "  ".join(f"{c}={metrics[name][c]:.3f}" for c in METRIC_COLUMNS))
-            curves[run.data.name] = f"curves/{run.data.name}.png"
-            plot_curves(out / curves[run.data.name], f"{run.data.name}: pixel ROC and PR",
-                        run.maps, run.masks, fx.weights.banner)
+                say(f"{run.data.name:>12} {name:>6}: " + "  ".join(f"{c}={_shown(metrics[name][c])}"
+                                                                    for c in METRIC_COLUMNS))
+            if run.data.has_masks:  # pixel curves need pixel labels
+                curves[run.data.name] = f"curves/{run.data.name}.png"
+                plot_curves(out / curves[run.data.name], f"{run.data.name}: pixel ROC and PR",
+                            run.maps, run.masks, fx.weights.banner)
             galleries[run.data.name] = best_worst_gallery(out, run, methods, obj, object_mask, fx.weights.banner)
             _heatmaps(out / "heatmaps" / run.data.name, run, methods, examples, fx)
             say(f"{run.data.name}: done in {time.perf_counter() - t0:.1f} s")
@@ -99,7 +103,8 @@ def run(s: Settings, data: Path, out_dir: Path, methods: str = "spade,padim", cl
                                                       "the training images only")})
         md = write_table(out, "results", rows, cols,
                          "spadim evaluate", meta(s, fx, methods=methods, **extra))
-        write_report(out, {**report_header("spadim evaluate", command, s, fx, Path(data), summaries),
+        where = (data.origin or str(data.root)) if isinstance(data, ClassData) else Path(data)
+        write_report(out, {**report_header("spadim evaluate", command, s, fx, where, summaries),
                            "results": rows, "curves": curves, "galleries": galleries,
                            "extra_sections": extra_sections})
     print(md)
@@ -109,10 +114,17 @@ def run(s: Settings, data: Path, out_dir: Path, methods: str = "spade,padim", cl
     return rows
 
 
+def _shown(value) -> str:
+    """A metric for the log line: 3 decimals, 'nan' when undefined, 'n/a' when not measured."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _heatmaps(folder: Path, run, methods: list[str], n: int, fx) -> None:
     ranges = {name: (float(run.maps[name].min()), float(run.maps[name].max())) for name in methods}
     for i in pick_examples(run.data.defects, n):
-        panels = [("image", run.test.images[i]), ("ground truth", run.masks[i])]
+        panels = [("image", run.test.images[i])]
+        if run.data.has_masks:  # an all-black "ground truth" would claim there is no defect
+            panels.append(("ground truth", run.masks[i]))
         for name in methods:
             heat = colorize(run.maps[name][i], *ranges[name])
             panels += [(f"{name} map", heat), (f"{name} overlay", overlay(run.test.images[i], heat))]

@@ -42,7 +42,7 @@ from spadim.methods.maps import upsample_blur
 from spadim.metrics.ranking import pixel_aupr
 from spadim.methods.padim import fit_padim
 from spadim.methods.spade import Spade
-from .pipeline import ClassRun, Settings, evaluate_fitted
+from .pipeline import ClassRun, Settings, class_data, evaluate_fitted
 
 FOLDS = 5  # the training images are split into 5 seeded parts (each 20%) ...
 VALIDATED = 1  # ... of which this many validate in turn (FOLDS for full cross-validation)
@@ -242,11 +242,12 @@ def selection_seconds(sels: dict[str, Selection]) -> float:
     return shared + sum(sel.seconds["scoring"] for sel in sels.values())
 
 
-def evaluate_auto(fx: FeatureExtractor, class_dir: Path, s: Settings, methods: list[str]
+def evaluate_auto(fx: FeatureExtractor, source: Path | ClassData, s: Settings, methods: list[str]
                   ) -> tuple[ClassRun, dict[str, dict], dict[str, Selection]]:
     """``evaluate`` with ``--layers auto``: select per method on the training images, refit each
-    method on all of them with its subset (features held, not re-extracted), stream the test set."""
-    data = load_class(class_dir)
+    method on all of them with its subset (features held, not re-extracted), stream the test set.
+    ``source`` is a class folder or a class of any layout (:func:`spadim.run.pipeline.class_data`)."""
+    data = class_data(source)
     train = fx(data.train, f"{data.name} train")
     sels = select_many(fx, train, s, methods)
     fitted = {m: s.method(m, sels[m].chosen).fit(train) for m in methods}

@@ -20,12 +20,15 @@ from spadim.errors import SpadimError
 from spadim.methods.registry import from_state
 
 FORMAT = "spadim-model"
-FORMAT_VERSION = 2  # 2: per-layer SPADE fusion, PaDiM lower-triangle factors
+FORMAT_VERSION = 3  # 3: calibration (operating point) and preprocessing frame; 2: no calibration
+READABLE_VERSIONS = (2, 3)  # version 2 files load as uncalibrated, cropped-frame models
 
 
-def save_model(path: Path, method, weights: Weights, pre: Preprocess, class_name: str, ref_images: np.ndarray) -> None:
+def save_model(path: Path, method, weights: Weights, pre: Preprocess, class_name: str, ref_images: np.ndarray,
+               calibration: dict | None = None, fit_info: dict | None = None) -> None:
     """Write atomically (temporary file, then rename). ``ref_images`` (uint8 [n, crop, crop, 3])
-    are normal frames kept for keypoint object masks at predict time."""
+    are normal frames kept for keypoint object masks at predict time; ``calibration`` is
+    :meth:`spadim.inspect.calibration.Calibration.to_json` (plain data, loadable without code)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
@@ -35,10 +38,17 @@ def save_model(path: Path, method, weights: Weights, pre: Preprocess, class_name
         "method": method.name,
         "class_name": class_name,
         "backbone": {"arch": weights.arch, "source": weights.source, "sha256": weights.sha256},
-        "preprocess": {"resize": pre.resize, "crop": pre.crop},
+        "preprocess": {"resize": pre.resize, "crop": pre.crop, "frame": pre.frame},
+        "calibration": calibration,
+        "fit": fit_info or {},
         "state": method.state(),
         "ref_images": torch.from_numpy(np.ascontiguousarray(ref_images)),
     }
+    write_blob(path, blob)
+
+
+def write_blob(path: Path, blob: dict) -> None:
+    """Atomic: a crash leaves the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(blob, tmp)
     tmp.replace(path)
@@ -55,10 +65,15 @@ def load_model(path: Path) -> tuple[object, dict]:
         raise SpadimError(f"{path} is not a spadim model file (unreadable): create one with `spadim fit`") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise SpadimError(f"{path} is not a spadim model file: create one with `spadim fit`")
-    if blob.get("format_version") != FORMAT_VERSION:
+    if blob.get("format_version") not in READABLE_VERSIONS:
         raise SpadimError(
             f"model file {path} has format version {blob.get('format_version')} (spadim {blob.get('spadim_version')}), "
-            f"this spadim ({__version__}) reads version {FORMAT_VERSION}: refit it with `spadim fit`"
+            f"this spadim ({__version__}) reads versions {READABLE_VERSIONS}: refit it with `spadim fit`"
         )
-    method = from_state(blob["method"], blob["state"])
+    try:
+        method = from_state(blob["method"], blob["state"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SpadimError(f"model file {path} is damaged ({type(exc).__name__}: {exc}): refit it with `spadim fit`") from None
+    blob.setdefault("calibration", None)
+    blob["preprocess"].setdefault("frame", "crop")
     return method, blob

@@ -9,6 +9,7 @@ re-score the same images many times (the layer sweep).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from spadim.features.backbone import load_backbone
 from spadim.data.mvtec import ClassData, Preprocess, load_class, load_masks
 from spadim.errors import SpadimError
 from spadim.features.extractor import FeatureExtractor, FeatureSet
-from spadim.metrics.ranking import evaluate_maps
+from spadim.metrics.ranking import evaluate_maps, image_auroc, undefined_notes
 from spadim.methods import registry
 from spadim.masks.keypoints import (
     MaskConfig,
@@ -49,6 +50,7 @@ class Settings:
     cache_dir: Path | None = None
     spade_fusion: str = "mean"  # "mean" of per-layer maps (reference) or "concat"
     stream_size: int = 32  # test images scored per chunk when streaming
+    frame: str = "crop"  # "crop" as the papers (evaluate, studies) or "whole" (fit/predict/serve inspect it all)
 
     def __post_init__(self):
         if self.arch not in DEFAULT_D:
@@ -56,7 +58,7 @@ class Settings:
         for flag, value in (("--k", self.k), ("--d", self.padim_d), ("--batch-size", self.batch_size)):
             if value < 1:
                 raise SpadimError(f"{flag} must be >= 1 (got {value})")
-        Preprocess(self.resize, self.crop)  # raises SpadimError on bad sizes
+        Preprocess(self.resize, self.crop, self.frame)  # raises SpadimError on bad sizes
         if self.spade_fusion not in FUSIONS:
             raise SpadimError(f"--spade-fusion {self.spade_fusion!r}: choose {' or '.join(FUSIONS)}")
         if isinstance(self.layers, str) and self.layers != AUTO:
@@ -78,7 +80,7 @@ class Settings:
 
     @property
     def pre(self) -> Preprocess:
-        return Preprocess(self.resize, self.crop)
+        return Preprocess(self.resize, self.crop, self.frame)
 
     def method(self, name: str, layers: tuple[int, ...] | None = None):
         if layers is None and self.auto_layers:
@@ -119,9 +121,38 @@ class ClassRun:
         return self.data.labels
 
 
-def prepare_class(fx: FeatureExtractor, class_dir: Path) -> ClassRun:
+#: Row note of a class without ground truth; its pixel metrics are None ("n/a"), not NaN.
+NO_MASKS = "no ground-truth masks given: pixel metrics n/a"
+NO_IMAGE_AUROC = "image AUROC n/a: it needs both normal and defective test images"
+
+
+def class_data(source: Path | ClassData) -> ClassData:
+    """A class folder in the MVTec AD layout, indexed; a ClassData (any other layout) as it is."""
+    return source if isinstance(source, ClassData) else load_class(source)
+
+
+def class_metrics(data: ClassData, maps: np.ndarray, masks: np.ndarray, scores: np.ndarray) -> dict:
+    """:func:`evaluate_maps`; without ground truth only image AUROC, pixel metrics None (not measured).
+
+    None rather than NaN: NaN says "undefined on these labels", None says "there were no labels"."""
+    if data.has_masks:
+        return evaluate_maps(maps, masks, scores, data.labels)
+    auroc = image_auroc(scores, data.labels)
+    return {"pixel_auroc": None, "pixel_aupr": None, "image_auroc": None if math.isnan(auroc) else auroc,
+            "aupro": None}
+
+
+def metric_notes(data: ClassData, masks: np.ndarray) -> list[str]:
+    """Why some of a class's metrics are NaN or n/a, in words for tables and logs (empty if none is)."""
+    if data.has_masks:
+        return undefined_notes(masks, data.labels)
+    labels = data.labels
+    return [NO_MASKS] + ([NO_IMAGE_AUROC] if labels.all() or not labels.any() else [])
+
+
+def prepare_class(fx: FeatureExtractor, source: Path | ClassData) -> ClassRun:
     """Index a class, extract train and test features (both kept), read the masks."""
-    data = load_class(class_dir)
+    data = class_data(source)
     train = fx(data.train, f"{data.name} train")
     test = fx(data.test, f"{data.name} test")
     return ClassRun(data, train, test, load_masks(data, fx.pre, test.shapes))
@@ -178,15 +209,17 @@ def score_stream(fx: FeatureExtractor, paths: list[Path], fitted: dict, chunk_si
             {n: np.concatenate(v) for n, v in scores.items()})
 
 
-def evaluate_class(fx: FeatureExtractor, class_dir: Path, s: Settings, methods: list[str],
+def evaluate_class(fx: FeatureExtractor, source: Path | ClassData, s: Settings, methods: list[str],
                    layers: tuple[int, ...] | None = None, observer=None) -> tuple[ClassRun, dict[str, dict]]:
     """Fit each method on the training features, stream the test set through all of them.
+
+    ``source`` is an MVTec AD class folder or the ClassData of any layout (:func:`class_data`).
 
     The returned run's ``test`` holds the test images (for pictures and object masks) but
     no features. ``observer`` (e.g. :class:`spadim.masks.auto.MaskPlanner`) gets ``start(data)``,
     then ``train_chunk`` / ``test_chunk`` with the features as they stream past.
     """
-    data = load_class(class_dir)
+    data = class_data(source)
     if observer is not None:
         observer.start(data)
     fitted, train = fit_methods(fx, data.train, s, methods, layers, f"{data.name} train",
@@ -202,7 +235,7 @@ def evaluate_fitted(fx: FeatureExtractor, data: ClassData, s: Settings, fitted: 
                                       observer.test_chunk if observer is not None else None)
     fitted.clear()  # PaDiM's factors (3.8 GB at d=550) are not needed by the metrics
     run = ClassRun(data, train, test, load_masks(data, fx.pre, test.shapes), maps, scores)
-    metrics = {n: evaluate_maps(run.maps[n], run.masks, run.scores[n], run.labels) for n in methods}
+    metrics = {n: class_metrics(data, run.maps[n], run.masks, run.scores[n]) for n in methods}
     return run, metrics
 
 
@@ -212,7 +245,7 @@ def score_class(run: ClassRun, s: Settings, methods: list[str], layers: tuple[in
     for name in methods:
         m = s.method(name, layers).fit(run.train)
         run.maps[name], run.scores[name] = m.score(run.test, s.crop)
-        out[name] = evaluate_maps(run.maps[name], run.masks, run.scores[name], run.labels)
+        out[name] = class_metrics(run.data, run.maps[name], run.masks, run.scores[name])
     return out
 
 
@@ -254,4 +287,4 @@ def suppress_outside(name: str, maps: np.ndarray, scores: np.ndarray, obj: np.nd
 def masked_result(run: ClassRun, name: str, obj: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray, dict]:
     """Maps, image scores and metrics of method ``name`` after :func:`suppress_outside`."""
     maps, scores = suppress_outside(name, run.maps[name], run.scores[name], obj, r)
-    return maps, scores, evaluate_maps(maps, run.masks, scores, run.labels)
+    return maps, scores, class_metrics(run.data, maps, run.masks, scores)

@@ -18,11 +18,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from spadim import __version__
-from spadim.data.mvtec import ClassData, check_class, find_classes, load_class, read_rgb
+from spadim.data.mvtec import ClassData, check_class, find_classes, read_rgb
 from spadim.errors import SpadimError
 from spadim.features.extractor import FeatureExtractor
 from spadim.methods.registry import parse_methods
-from .pipeline import Settings, make_extractor
+from .pipeline import NO_MASKS, Settings, class_data, make_extractor
 
 
 def progress(items, desc: str, total_images: int):
@@ -113,12 +113,17 @@ def class_summary(data: ClassData, shapes=None) -> dict:
             notes.append(f"subset: {len(data.train)} of the full class's {full_train} training images")
         if max(max(h, w) for h, w in shapes) < full_side:
             notes.append(f"resized: {summary['image_size']} copies of {full_side} px originals")
+    if not data.has_masks:
+        notes.append(NO_MASKS)
     summary["note"] = "; ".join(notes)
     return summary
 
 
-def report_header(title: str, command: str, s: Settings, fx: FeatureExtractor, data: Path, summaries) -> dict:
-    """The part of a report context every command shares: what ran, on what, with which weights."""
+def report_header(title: str, command: str, s: Settings, fx: FeatureExtractor, data: Path | str,
+                  summaries) -> dict:
+    """The part of a report context every command shares: what ran, on what, with which weights.
+
+    ``data`` is the data root, or for plain folders a line naming them (:attr:`ClassData.origin`)."""
     w = fx.weights
     return {"title": title, "command": command, "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "data": {"root": str(data), "classes": list(summaries)},
@@ -158,18 +163,26 @@ def meta(s: Settings, fx: FeatureExtractor, **extra) -> dict:
             "d": s.padim_d, "spade_fusion": s.spade_fusion, "seed": s.seed, **extra}
 
 
-def start_study(s: Settings, data: Path, methods: str, classes: str | None = None, layer_sets=None
-                ) -> tuple[list[str], list[Path], FeatureExtractor]:
-    """Common start of evaluate and the studies -> (methods, class folders, extractor).
+def start_study(s: Settings, data: Path | ClassData, methods: str, classes: str | None = None,
+                layer_sets=None) -> tuple[list[str], list[Path | ClassData], FeatureExtractor]:
+    """Common start of evaluate and the studies -> (methods, class sources, extractor).
 
-    Methods, the layout of every class and every image and mask (fully decoded) are checked
-    before the backbone is loaded, so a bad file in the last class fails in seconds instead
-    of discarding the finished classes. The weights in use are announced on stderr.
+    ``data`` is an MVTec AD root or class folder (the sources are class folders), or one class in
+    another layout, already indexed (the source is that ClassData). Methods, the layout of every
+    class and every image and mask (fully decoded) are checked before the backbone is loaded, so a
+    bad file in the last class fails in seconds instead of discarding the finished classes. The
+    weights in use are announced on stderr.
     """
     names = parse_methods(methods)
-    dirs = find_classes(data, classes)
-    for c in [load_class(c) for c in dirs]:  # every layout first: cheap, then the decoding
+    if isinstance(data, ClassData):
+        if classes:
+            raise SpadimError(f"--classes {classes!r} picks classes of an MVTec AD root; {data.name!r} is a "
+                              f"single class: drop --classes")
+        sources = [data]
+    else:
+        sources = find_classes(data, classes)
+    for c in [class_data(c) for c in sources]:  # every layout first: cheap, then the decoding
         check_class(c)
     fx = make_extractor(s, progress, names, layer_sets)
     say(fx.weights.describe())
-    return names, dirs, fx
+    return names, sources, fx

@@ -1,0 +1,16 @@
+"""Inspection: a calibrated OK/defect decision, a defect mask and regions per image, from good images only.
+
+``fit_model`` fits and calibrates (out-of-fold, split-conformal thresholds), ``calibrate_model``
+recalibrates on held-out good images, :class:`Inspector` predicts, ``predict_paths`` streams folders.
+The CLI (``fit``, ``calibrate``, ``predict``) and the HTTP server are thin shells over these.
+"""
+
+from .calibration import DEFAULT_FAR, DEFAULT_FOLDS, Calibration, conformal_threshold
+from .fitting import calibrate_model, fit_model
+from .inspector import DEFAULT_MIN_AREA, Inspector, ObjectMask, OperatingPoint, Prediction
+from .regions import Region, find_regions
+from .stream import predict_paths
+
+__all__ = ["DEFAULT_FAR", "DEFAULT_FOLDS", "DEFAULT_MIN_AREA", "Calibration", "Inspector", "ObjectMask", "OperatingPoint",
+           "Prediction", "Region", "calibrate_model", "conformal_threshold", "find_regions", "fit_model",
+           "predict_paths"]

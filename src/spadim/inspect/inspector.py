@@ -1,0 +1,205 @@
+"""A fitted, calibrated model ready for a line: images in, decisions, scores, regions and masks out.
+
+:class:`Inspector` loads a model file once (backbone, method, calibration) and serves
+:meth:`Inspector.predict` to ``spadim predict`` (which streams folders through it) and to
+``spadim serve`` (one upload at a time). Scores are mapped back onto the original pixels, so a
+region's box and area are in the image the user sent, not in the network's 224 px frame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from spadim.data.mvtec import Preprocess
+from spadim.errors import SpadimError
+from spadim.features.backbone import load_backbone
+from spadim.features.extractor import FeatureExtractor
+from spadim.report.figures import colorize, overlay
+from spadim.run.modelfile import load_model
+from spadim.masks.keypoints import MaskConfig
+from spadim.run.pipeline import needed_features, object_masks, suppress_outside
+from .calibration import Calibration, check_far
+from .regions import Region, find_regions
+
+DEFAULT_MIN_AREA = 0.001  # smallest region kept, as a fraction of the image area
+
+
+@dataclass
+class ObjectMask:
+    """Keypoint object mask at predict time (proposal 1): scores outside the part times ``multiplier``."""
+
+    config: MaskConfig
+    multiplier: float = 0.6
+
+
+@dataclass
+class OperatingPoint:
+    """The thresholds in force for one call: the model's calibration, or a user's override."""
+
+    image_threshold: float
+    pixel_threshold: float
+    source: str  # "calibrated at far=0.01", "--threshold 3.2", ...
+    far: float | None
+    guaranteed: bool
+
+
+@dataclass
+class Prediction:
+    name: str
+    height: int
+    width: int
+    score: float
+    normalized_score: float | None
+    decision: str  # "ok" or "defect"
+    regions: list[Region]
+    anomaly_map: np.ndarray = field(repr=False)  # float32 [height, width], raw score units
+    defect_mask: np.ndarray = field(repr=False)  # bool [height, width]: pixels of the kept regions
+
+    def to_json(self, point: OperatingPoint) -> dict:
+        return {"image": self.name, "width": self.width, "height": self.height, "score": self.score,
+                "normalized_score": self.normalized_score, "decision": self.decision,
+                "image_threshold": point.image_threshold, "pixel_threshold": point.pixel_threshold,
+                "operating_point": point.source, "defect_pixels": int(self.defect_mask.sum()),
+                "regions": [r.to_json() for r in self.regions]}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Inspector:
+    """One model, loaded once. ``frame`` overrides the model's frame only for experiments."""
+
+    def __init__(self, method, meta: dict, extractor: FeatureExtractor, model_path: Path | None = None):
+        self.method, self.meta, self.extractor = method, meta, extractor
+        self.pre: Preprocess = extractor.pre
+        self.model_path = model_path
+        self.calibration = Calibration.from_json(meta["calibration"]) if meta.get("calibration") else None
+        self.sha256 = file_sha256(model_path) if model_path else ""
+
+    @classmethod
+    def load(cls, path: Path, weights: str | None = None, batch_size: int = 8,
+             object_mask: ObjectMask | None = None) -> "Inspector":
+        """Read the model and its backbone; a checkpoint other than the one it was fitted with is refused.
+        A model that cannot serve ``object_mask`` is refused before the backbone loads."""
+        method, meta = load_model(path)
+        if object_mask is not None and len(meta["ref_images"]) == 0:
+            raise SpadimError(f"model {path} holds no reference images, which --object-mask needs: "
+                              f"refit it with `spadim fit --refs 3`, or drop --object-mask")
+        backbone = meta["backbone"]
+        random = backbone["source"] == "random"
+        seed = int(backbone["sha256"].removeprefix("random-seed")) if random else 0
+        network, found = load_backbone(backbone["arch"], "random" if random else weights, seed)
+        if found.sha256 != backbone["sha256"]:
+            raise SpadimError(f"model {path} was fitted with {backbone['arch']} weights sha256 "
+                              f"{backbone['sha256'][:12]} but the weights found are {found.sha256[:12]} "
+                              f"({found.source}): pass the same checkpoint with --weights")
+        layers, pooled = needed_features([method.name], [method.layers])
+        extractor = FeatureExtractor(network, found, Preprocess(**meta["preprocess"]), batch_size, None, None,
+                                     layers, pooled)
+        return cls(method, meta, extractor, Path(path))
+
+    # ------------------------------------------------------------ operating point
+    def operating_point(self, threshold: float | None = None, far: float | None = None) -> OperatingPoint:
+        if threshold is not None and far is not None:
+            raise SpadimError("give --threshold or --far, not both: --far picks a threshold from the calibration")
+        cal = self.calibration
+        if threshold is not None:
+            if not np.isfinite(threshold):
+                raise SpadimError(f"--threshold must be a finite score (got {threshold})")
+            pixel = cal.pixel_threshold_for(threshold) if cal else float(threshold)
+            return OperatingPoint(float(threshold), pixel, f"threshold {threshold:g} given by the user", None, False)
+        if cal is None:
+            raise SpadimError(f"model {self.model_path} has no calibration (fitted by an older spadim): run "
+                              f"`spadim calibrate {self.model_path} GOOD_IMAGES_DIR` or give --threshold")
+        if far is not None:
+            cal = cal.at(check_far(far))
+        return OperatingPoint(cal.image_threshold, cal.pixel_threshold,
+                              f"calibrated at far={cal.far:g} ({cal.how}, n={cal.n_images})", cal.far, cal.guaranteed)
+
+    def warnings(self, point: OperatingPoint) -> list[str]:
+        if self.meta["backbone"]["source"] == "random":
+            out = ["RANDOM UNTRAINED WEIGHTS: scores are not meaningful"]
+        else:
+            out = []
+        if point.far is not None and not point.guaranteed:
+            cal = self.calibration.at(point.far)
+            out.append(cal.warning())
+        return out
+
+    # ------------------------------------------------------------ scoring
+    def check_object_mask(self, object_mask: ObjectMask | None) -> None:
+        if object_mask is not None and len(self.meta["ref_images"]) == 0:
+            raise SpadimError(f"model {self.model_path} holds no reference images, which --object-mask needs: "
+                              f"refit it with `spadim fit --refs 3`, or drop --object-mask")
+
+    def score_frames(self, frames: np.ndarray, object_mask: ObjectMask | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Preprocessed uint8 frames [N, crop, crop, 3] -> maps [N, crop, crop], image scores [N] and the
+        object mask's fallback warnings."""
+        with torch.inference_mode():
+            features = self.extractor.frames(frames, "predict")
+            maps, scores = self.method.score(features, self.pre.crop)
+        if object_mask is None:
+            return maps, scores, []
+        self.check_object_mask(object_mask)
+        inside, warnings = object_masks(frames, self.meta["ref_images"].numpy(), object_mask.config)
+        maps, scores = suppress_outside(self.method.name, maps, scores, inside, object_mask.multiplier)
+        return maps, scores, warnings
+
+    def predict(self, images: list[np.ndarray], names: list[str], point: OperatingPoint,
+                min_area: float = DEFAULT_MIN_AREA, object_mask: ObjectMask | None = None) -> list[Prediction]:
+        """Original-resolution RGB images (any sizes) -> one :class:`Prediction` each, in one batch pass."""
+        if not images:
+            return []
+        frames = np.stack([self.pre.image(rgb) for rgb in images])
+        maps, scores, _ = self.score_frames(frames, object_mask)
+        out = []
+        for rgb, name, frame_map, score in zip(images, names, maps, scores):
+            height, width = rgb.shape[:2]
+            full = self.pre.to_original(frame_map, (height, width))
+            regions, mask = find_regions(full, point.pixel_threshold, max(1, round(min_area * height * width)),
+                                         self.calibration.normalize_pixels if self.calibration else None)
+            normalized = float(self.calibration.normalize_image(score, point.image_threshold)) if self.calibration \
+                else None
+            out.append(Prediction(name, height, width, float(score), normalized,
+                                  "defect" if score > point.image_threshold else "ok", regions, full, mask))
+        return out
+
+    # ------------------------------------------------------------ pictures
+    def colour_range(self, point: OperatingPoint) -> tuple[float, float]:
+        """Raw pixel scores shown from the normal median (blue) to twice the threshold's distance from it
+        (red), so the threshold sits at the middle of the colour bar on every image, batch and call."""
+        low = self.calibration.pixel_median if self.calibration else 0.0
+        return low, low + 2.0 * (point.pixel_threshold - low)
+
+    def heatmap(self, prediction: Prediction, point: OperatingPoint) -> np.ndarray:
+        return colorize(prediction.anomaly_map, *self.colour_range(point))
+
+    def overlay(self, rgb: np.ndarray, prediction: Prediction, point: OperatingPoint) -> np.ndarray:
+        """Heatmap blended over the image, with the defect regions outlined in white."""
+        picture = overlay(rgb, self.heatmap(prediction, point))
+        contours, _ = cv2.findContours(prediction.defect_mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(picture, contours, -1, (255, 255, 255), max(1, round(max(rgb.shape[:2]) / 300)))
+        return picture
+
+    def describe(self) -> dict:
+        """What ``GET /models`` and ``predict``'s run.json say about the model."""
+        meta = self.meta
+        return {"method": self.method.name, "layers": list(self.method.layers), "class_name": meta["class_name"],
+                "backbone": meta["backbone"], "preprocess": meta["preprocess"], "model_sha256": self.sha256,
+                "spadim_version": meta.get("spadim_version"), "format_version": meta.get("format_version"),
+                "calibration": None if self.calibration is None else {
+                    k: v for k, v in self.calibration.to_json().items() if k not in ("image_scores", "pixel_max")},
+                "fit": meta.get("fit", {})}

@@ -1,0 +1,151 @@
+"""``spadim predict`` as a function: stream any number of images through an :class:`Inspector`.
+
+Results are appended image by image (``predictions.jsonl`` and ``predictions.csv``, flushed), so
+memory stays flat in the number of images and a crash loses at most the batch in flight. A rerun
+with the same ``--out`` checks that model and operating point are the same, drops a half-written
+last line and resumes after the last finished image; other settings are refused, never mixed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from spadim.data.mvtec import read_rgb  # noqa: E402
+from spadim.errors import SpadimError  # noqa: E402
+from spadim.report.figures import save_rgb  # noqa: E402
+from .inspector import DEFAULT_MIN_AREA, Inspector, ObjectMask, OperatingPoint  # noqa: E402
+
+CSV_COLUMNS = ["image", "decision", "score", "normalized_score", "regions", "defect_pixels", "largest_region",
+               "mask", "overlay"]
+RUN_FILE = "run.json"
+
+
+def _settings(inspector: Inspector, point: OperatingPoint, min_area: float, save_maps: bool) -> dict:
+    return {"model_sha256": inspector.sha256, "image_threshold": point.image_threshold,
+            "pixel_threshold": point.pixel_threshold, "min_area": min_area, "save_maps": save_maps}
+
+
+def _finished(jsonl: Path) -> list[dict]:
+    """Complete lines of an earlier run; a half-written last line (a crash) is cut off the file."""
+    if not jsonl.is_file():
+        return []
+    raw = jsonl.read_bytes()
+    done, keep = [], 0
+    for line in raw.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            done.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+        keep += len(line)
+    if keep != len(raw):
+        with open(jsonl, "r+b") as handle:
+            handle.truncate(keep)
+    return done
+
+
+def _start(out: Path, settings: dict, inspector: Inspector, point: OperatingPoint) -> list[dict]:
+    run_file = out / RUN_FILE
+    if out.exists() and any(out.iterdir()):
+        if not run_file.is_file():
+            raise SpadimError(f"--out {out} is not empty and holds no predict run ({RUN_FILE}): choose a new --out")
+        earlier = json.loads(run_file.read_text()).get("settings", {})
+        changed = {k: (earlier.get(k), v) for k, v in settings.items() if earlier.get(k) != v}
+        if changed:
+            raise SpadimError(f"--out {out} holds predictions made with other settings {sorted(changed)}: "
+                              f"choose a new --out (results are never mixed or overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    done = _finished(out / "predictions.jsonl")
+    low, high = inspector.colour_range(point)
+    info = {"settings": settings, "model": inspector.describe(), "operating_point": point.__dict__,
+            "colour_range": {"low": low, "high": high, "threshold": point.pixel_threshold},
+            "warnings": inspector.warnings(point)}
+    (out / RUN_FILE).write_text(json.dumps(info, indent=1))
+    _colour_bar(out / "colorbar.png", low, high, point.pixel_threshold)
+    with open(out / "predictions.csv", "w", newline="") as handle:  # rebuilt from the complete JSON lines
+        writer = csv.DictWriter(handle, CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(_csv_row(record) for record in done)
+    return done
+
+
+def _colour_bar(path: Path, low: float, high: float, threshold: float) -> None:
+    """The fixed colour scale of every heatmap and overlay, with the pixel threshold marked."""
+    fig, ax = plt.subplots(figsize=(5, 0.9))
+    ax.imshow(np.linspace(0, 1, 256)[None], aspect="auto", cmap="jet", extent=(low, high, 0, 1))
+    ax.axvline(threshold, color="white", lw=2)
+    ax.axvline(threshold, color="black", lw=1, ls="--")
+    ax.set_yticks([])
+    ax.set_xlabel(f"pixel score (threshold {threshold:.4g}; blue = normal median)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _csv_row(record: dict) -> dict:
+    largest = max(record["regions"], key=lambda r: r["area"], default=None)
+    return {"image": record["image"], "decision": record["decision"], "score": f"{record['score']:.6g}",
+            "normalized_score": "n/a" if record["normalized_score"] is None else f"{record['normalized_score']:.4f}",
+            "regions": len(record["regions"]), "defect_pixels": record["defect_pixels"],
+            "largest_region": "" if largest is None else
+            f"x={largest['x']} y={largest['y']} w={largest['width']} h={largest['height']}",
+            "mask": record.get("mask", ""), "overlay": record.get("overlay", "")}
+
+
+def predict_paths(inspector: Inspector, paths: list[Path], out: Path, point: OperatingPoint,
+                  min_area: float = DEFAULT_MIN_AREA, save_maps: bool = False, batch_size: int = 8,
+                  progress=None, object_mask: ObjectMask | None = None) -> dict:
+    """Predict every path not finished in ``out`` yet; returns counts and timing of this call."""
+    out = Path(out)
+    inspector.check_object_mask(object_mask)
+    settings = {**_settings(inspector, point, min_area, save_maps),
+                "object_mask": None if object_mask is None else {**object_mask.config.__dict__,
+                                                                 "multiplier": object_mask.multiplier}}
+    done = _start(out, settings, inspector, point)
+    finished = {record["image"] for record in done}
+    todo = [(i, p) for i, p in enumerate(paths) if str(p) not in finished]
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    started = time.perf_counter()
+    with open(out / "predictions.jsonl", "a") as jsonl, open(out / "predictions.csv", "a", newline="") as table:
+        writer = csv.DictWriter(table, CSV_COLUMNS)
+        for batch in progress(batches, "predict", len(todo)) if progress and batches else batches:
+            images = [read_rgb(p) for _, p in batch]
+            predictions = inspector.predict(images, [str(p) for _, p in batch], point, min_area, object_mask)
+            for (index, path), rgb, prediction in zip(batch, images, predictions):
+                record = _write_pictures(out, f"{index:05d}_{path.stem}", inspector, rgb, prediction, point,
+                                         save_maps)
+                record = {**prediction.to_json(point), **record}
+                jsonl.write(json.dumps(record) + "\n")
+                writer.writerow(_csv_row(record))
+            jsonl.flush()
+            table.flush()
+    seconds = time.perf_counter() - started
+    records = _finished(out / "predictions.jsonl")
+    defects = sum(r["decision"] == "defect" for r in records)
+    return {"images": len(records), "new": len(todo), "resumed_after": len(done), "defect": defects,
+            "ok": len(records) - defects, "seconds": seconds}
+
+
+def _write_pictures(out: Path, stem: str, inspector: Inspector, rgb: np.ndarray, prediction, point,
+                    save_maps: bool) -> dict:
+    paths = {"mask": f"masks/{stem}.png", "overlay": f"overlays/{stem}.png", "heatmap": f"heatmaps/{stem}.png"}
+    (out / "masks").mkdir(exist_ok=True)
+    cv2.imwrite(str(out / paths["mask"]), prediction.defect_mask.astype(np.uint8) * 255)
+    save_rgb(out / paths["heatmap"], inspector.heatmap(prediction, point))
+    save_rgb(out / paths["overlay"], inspector.overlay(rgb, prediction, point))
+    if save_maps:
+        paths["map"] = f"maps/{stem}.npy"
+        (out / "maps").mkdir(exist_ok=True)
+        np.save(out / paths["map"], prediction.anomaly_map.astype(np.float32))
+    return paths

@@ -1,0 +1,103 @@
+"""Calibration: the conformal quantile, out-of-fold scores and normalisation, each against an
+independent computation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from spadim.errors import SpadimError
+from spadim.features.extractor import FeatureSet
+from spadim.inspect.calibration import Calibration, check_far, conformal_threshold, out_of_fold
+from spadim.run.layerchoice import fold_rows, other_rows, take
+from spadim.run.pipeline import Settings
+
+
+@pytest.mark.parametrize("n,far", [(19, 0.05), (99, 0.01), (200, 0.05), (10, 0.2), (57, 0.1)])
+def test_conformal_threshold_is_the_finite_sample_quantile(n, far):
+    scores = np.random.default_rng(n).normal(size=n)
+    threshold, guaranteed = conformal_threshold(scores, far)
+    rank = math.ceil((n + 1) * (1 - far))  # 1-based, by the split-conformal rule
+    assert guaranteed and threshold == sorted(scores)[rank - 1]
+    # at most floor(far (n+1)) - 1 ... i.e. the share of calibration scores above it is <= far
+    assert np.mean(scores > threshold) <= far
+
+
+def test_conformal_guarantee_holds_on_fresh_exchangeable_scores():
+    """Monte Carlo: over many calibration sets, a new score exceeds the threshold at rate <= far."""
+    rng = np.random.default_rng(0)
+    far, n, trials = 0.1, 29, 20000
+    calibration = rng.exponential(size=(trials, n))
+    fresh = rng.exponential(size=trials)
+    thresholds = np.sort(calibration, axis=1)[:, math.ceil((n + 1) * (1 - far)) - 1]
+    assert conformal_threshold(calibration[0], far)[0] == thresholds[0]
+    rate = np.mean(fresh > thresholds)
+    assert rate <= far + 3 * math.sqrt(far * (1 - far) / trials)  # exact value is 3/30 = 0.1
+    assert rate > far - 0.02  # and not wastefully conservative
+
+
+def test_too_few_images_warn_and_are_not_silently_guaranteed():
+    cal = Calibration(0.01, "out-of-fold", 5, 20, list(np.linspace(1, 2, 20)), list(np.linspace(3, 4, 20)), 0.5)
+    assert not cal.guaranteed and cal.image_threshold == 2.0 and cal.pixel_threshold == 4.0
+    assert "NOT guaranteed" in cal.warning() and "1/(n+1) = 0.0476" in cal.warning()
+    assert cal.at(0.05).guaranteed and cal.at(0.05).warning() is None
+
+
+@pytest.mark.parametrize("far", [0, 1, -0.1, 1.5, float("nan")])
+def test_far_outside_zero_one_is_refused(far):
+    with pytest.raises(SpadimError, match="between 0 and 1"):
+        check_far(far)
+
+
+def test_normalised_scores_are_zero_at_the_median_and_half_at_the_threshold():
+    scores = list(np.arange(1.0, 100.0))
+    cal = Calibration(0.1, "out-of-fold", 5, len(scores), scores, [s + 10 for s in scores], 5.0)
+    assert cal.normalize_image(cal.image_median) == pytest.approx(0.0)
+    assert cal.normalize_image(cal.image_threshold) == pytest.approx(0.5)
+    assert cal.normalize_image(2 * cal.image_threshold - cal.image_median) == pytest.approx(1.0)
+    assert cal.normalize_pixels(cal.pixel_threshold) == pytest.approx(0.5)
+    assert cal.normalize_pixels(5.0) == pytest.approx(0.0)
+    # a user's image threshold moves the pixel threshold by the same normalised amount
+    user = cal.image_threshold + 7
+    assert cal.normalize_pixels(cal.pixel_threshold_for(user)) == pytest.approx(cal.normalize_image(user))
+    assert Calibration.from_json(cal.to_json()).to_json() == cal.to_json()
+
+
+class _MeanDistance:
+    """A stand-in method: image score = distance of the pooled vector to the fitted mean."""
+
+    name = "toy"
+
+    def __init__(self, layers):
+        self.layers = layers
+
+    def fit(self, fs):
+        self.mean = fs.pooled.mean(0)
+        return self
+
+    def score(self, fs, size):
+        scores = (fs.pooled - self.mean).norm(dim=1).numpy()
+        return np.repeat(scores[:, None, None], size, 1).repeat(size, 2).astype(np.float32), scores
+
+
+class _ToySettings(Settings):
+    def method(self, name, layers=None):
+        return _MeanDistance(layers)
+
+
+def test_out_of_fold_scores_each_image_with_a_model_that_never_saw_it():
+    import torch
+
+    n = 13
+    pooled = torch.from_numpy(np.random.default_rng(1).normal(size=(n, 4)).astype(np.float32))
+    train = FeatureSet([f"{i}.png" for i in range(n)], {}, pooled, np.zeros((n, 4, 4, 3), np.uint8), [(4, 4)] * n)
+    settings = _ToySettings(arch="resnet18", weights="random", resize=4, crop=4)
+    scores, maps = out_of_fold("toy", settings, (1,), train, folds=5)
+    for held in fold_rows(n, settings.seed, 5):
+        mean = pooled[other_rows(n, held)].mean(0)
+        expected = (pooled[held] - mean).norm(dim=1).numpy()
+        np.testing.assert_allclose(scores[held], expected, rtol=1e-6)
+    assert all(m.shape == (4, 4) for m in maps)
+    assert len(take(train, [0, 2]).paths) == 2
