@@ -1,4 +1,4 @@
-"""Benchmark SPADE and PaDiM: where the time goes, peak memory, and the issue-8 targets.
+"""Benchmark SPADE and PaDiM: where the time goes, peak memory, and the issue-8 and issue-17 targets.
 
 Runs on a generated MVTec-layout class (``nut``; default 200 training and 50 test images at
 256 px, cached under ``--data``) and writes ``<out>/bench.json`` plus a table with pass/fail
@@ -8,12 +8,21 @@ per target. Measured, each in a fresh process so that timings and peak memory ar
 * per method, the real end-to-end path (``evaluate_class``: extract train, fit, stream the
   test set): fit s, inference ms/img excluding the backbone, peak RSS (``ru_maxrss``);
 * the same at N=50 training images (growth with N) and with 500 test images (memory);
-* SPADE's 15-subset layer sweep against one SPADE scoring with layers 1,2,3,4.
+* SPADE's 15-subset layer sweep against one SPADE scoring with layers 1,2,3,4;
+* the inspection path (issue 17; ``frame="whole"`` as ``spadim fit``, ``predict`` and ``serve``):
+  ``fit_model``'s out-of-fold calibration seconds against features + final fit, SPADE and PaDiM
+  (case ``calibration``); ``predict_paths`` over 200 and 2,000 distinct paths (symlinks cycling
+  over the class's images), each size in a fresh process for its peak RSS, against the backbone
+  alone over the same frames and batches (``stream``); ``spadim serve`` on 127.0.0.1 at an
+  OS-picked port: median warm latency of one-image ``POST /predict`` against one batch-1 backbone
+  forward in the same process, then concurrent clients, which must see no error (``serve``;
+  reported as "serve: not available" when ``spadim.serve`` does not import).
 
 Uses ``resnet50_caffe`` ImageNet weights when a checkpoint is found, else random weights
 (timings and memory do not depend on the weight values); the output says which.
 
     python scripts/benchmark.py [--n-train 200] [--n-test 50] [--arch resnet50_caffe] [--skip-large]
+        [--only calibration,stream,serve] [--stream-sizes 200,2000] [--serve-requests 20]
 """
 
 from __future__ import annotations
@@ -74,6 +83,22 @@ def _link(dst: Path, train: Path, test_class: Path, n_train: int | None = None) 
         (dst / sub).symlink_to((test_class / sub).resolve(), target_is_directory=True)
     marker.write_text(stamp)
     return dst
+
+
+def _many(dst: Path, sources: list[Path], n: int) -> list[Path]:
+    """``n`` distinct paths (symlinks ``00000_<name>``, ...) cycling over ``sources``, made once."""
+    names = [f"{i:05d}_{sources[i % len(sources)].name}" for i in range(n)]
+    stamp = "|".join(str(p.resolve()) for p in sources) + f"|{n}"
+    marker = dst / ".bench-links"
+    if not (marker.is_file() and marker.read_text() == stamp):
+        if dst.exists():
+            for p in dst.iterdir():
+                p.unlink()
+        dst.mkdir(parents=True, exist_ok=True)
+        for i, name in enumerate(names):
+            (dst / name).symlink_to(sources[i % len(sources)].resolve())
+        marker.write_text(stamp)
+    return [dst / name for name in names]
 
 
 # ---------------------------------------------------------------- child processes
@@ -246,6 +271,212 @@ def _padim_sweep_child(cfg: dict) -> dict:
     return {"per_combo_s": per, "sweep_s": sum(per.values()), "peak_rss_gib": _peak_rss_gib()}
 
 
+# ---------------------------------------------------------------- inspection path (fit, predict, serve)
+
+
+def _inspect_settings(cfg: dict):
+    """As ``spadim fit`` / ``predict`` / ``serve``: the whole image squashed to the crop (frame="whole")."""
+    from spadim.run.pipeline import Settings
+
+    return Settings(arch=cfg["arch"], weights=cfg["weights"], resize=cfg["resize"], crop=cfg["crop"],
+                    layers=(1, 2, 3), batch_size=cfg["batch_size"], frame="whole")
+
+
+def _calibration_child(cfg: dict, method: str, model: str) -> dict:
+    """``fit_model`` (features once, out-of-fold calibration, final fit, save) with its own stage clock."""
+    from spadim.data.mvtec import load_class
+    from spadim.inspect import fit_model
+    from spadim.run.pipeline import make_extractor
+
+    s = _inspect_settings(cfg)
+    warm = make_extractor(s, methods=[method], layer_sets=[s.layers])
+    warm(load_class(Path(cfg["class_dir"])).train[: s.batch_size])  # warm-up batch, not timed
+    del warm
+    result = fit_model(Path(cfg["class_dir"]), Path(model), s, method, say=lambda *a, **k: None)
+    sec, cal = result["seconds"], result["calibration"]
+    one = sec["features"] + sec["fit"]
+    return {"method": method, "n_images": cal.n_images, "folds": cal.folds, "far": cal.far,
+            "features_s": sec["features"], "calibration_s": sec["calibration"], "fit_s": sec["fit"],
+            "ratio": sec["calibration"] / one if one > 0 else float("nan"), "seconds": sec,
+            "image_threshold": cal.image_threshold, "pixel_threshold": cal.pixel_threshold,
+            "guaranteed": cal.guaranteed, "model": model, "model_bytes": Path(model).stat().st_size,
+            "peak_rss_gib": _peak_rss_gib()}
+
+
+def _current_rss_gib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024 / GIB
+    return float("nan")
+
+
+def _load_inspector(cfg: dict, model: str):
+    from spadim.inspect import Inspector
+
+    return Inspector.load(Path(model), cfg["weights"], batch_size=cfg["batch_size"])
+
+
+def _stream_child(cfg: dict, model: str, paths: list[str], out: str) -> dict:
+    """``predict_paths`` over ``paths`` (results, masks, heatmaps, overlays written), then the backbone
+    alone over the same number of frames and batch size (after the peak RSS of the stream is taken)."""
+    import numpy as np
+    import torch
+    from spadim.data.mvtec import read_rgb
+    from spadim.inspect import predict_paths
+
+    inspector = _load_inspector(cfg, model)
+    point = inspector.operating_point()
+    paths = [Path(p) for p in paths]
+    bs = cfg["batch_size"]
+    inspector.predict([read_rgb(p) for p in paths[:bs]], [str(p) for p in paths[:bs]], point)  # warm-up, not timed
+    loaded = _peak_rss_gib()
+    r = predict_paths(inspector, paths, Path(out), point, batch_size=bs)
+    peak = _peak_rss_gib()
+    current = _current_rss_gib()
+    # the backbone alone: the same frames (preprocessed once, outside the clock), the same batches
+    frames: dict[Path, np.ndarray] = {}
+    order = []
+    for p in paths:
+        src = p.resolve()
+        if src not in frames:
+            frames[src] = inspector.pre.image(read_rgb(src))
+        order.append(src)
+    backbone_s = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(order), bs):
+            batch = np.stack([frames[src] for src in order[start:start + bs]])
+            t0 = time.perf_counter()
+            inspector.extractor.frames(batch, "backbone")
+            backbone_s += time.perf_counter() - t0
+    n = r["new"]
+    stream_rate, backbone_rate = n / r["seconds"], len(order) / backbone_s
+    return {"n_images": len(paths), "predicted": r["images"], "new": n, "defect": r["defect"],
+            "stream_s": r["seconds"], "stream_img_s": stream_rate, "backbone_s": backbone_s,
+            "backbone_img_s": backbone_rate, "ratio": stream_rate / backbone_rate, "batch_size": bs,
+            "last_layer": inspector.extractor.last, "peak_rss_gib": peak, "peak_rss_after_load_gib": loaded,
+            "rss_end_gib": current}
+
+
+def _multipart(name: str, data: bytes) -> tuple[bytes, str]:
+    boundary = f"spadim-bench-{os.getpid()}-{time.perf_counter_ns()}"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n").encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+class _Client:
+    """One keep-alive HTTP connection (standard library only: the bench needs no client package)."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port, self.conn = host, port, None
+
+    def post(self, body: bytes, kind: str) -> tuple[float, int, str]:
+        """(seconds, status, error text or ''); a broken connection is reopened for the next call."""
+        import http.client
+
+        t0 = time.perf_counter()
+        try:
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=600)
+            self.conn.request("POST", "/predict", body, {"Content-Type": kind})
+            resp = self.conn.getresponse()
+            payload = resp.read()
+            seconds = time.perf_counter() - t0
+            if resp.status != 200:
+                return seconds, resp.status, payload[:200].decode("utf-8", "replace")
+            if b'"decision"' not in payload:
+                return seconds, resp.status, "no decision in the answer"
+            return seconds, resp.status, ""
+        except Exception as e:  # noqa: BLE001 - counted as an error
+            self.close()
+            return time.perf_counter() - t0, 0, f"{type(e).__name__}: {e}"
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _serve_child(cfg: dict, model: str, images: list[str], requests: int, clients: int, total: int) -> dict:
+    """``spadim serve`` (uvicorn on 127.0.0.1, an OS-picked port) in this process: warm single-image
+    latency, interleaved with the backbone forward of one image (batch 1); then ``clients`` threads."""
+    import statistics
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    from spadim.data.mvtec import read_rgb
+    from spadim.serve import bind, serve
+
+    inspector = _load_inspector(cfg, model)
+    files = [Path(p) for p in images]
+    bodies = [_multipart(p.name, p.read_bytes()) for p in files]
+    frames = [inspector.pre.image(read_rgb(p))[None] for p in files]
+    listener = bind("127.0.0.1", 0)
+    host, port = listener.getsockname()[:2]
+    box: dict = {}
+    ready = threading.Event()
+
+    def started(server, url):
+        box.update(server=server, url=url)
+        ready.set()
+
+    options = {"inspectors": {"bench": inspector}, "listener": listener, "say": lambda *a, **k: None,
+               "started": started, "log_level": "warning"}
+    thread = threading.Thread(target=serve, kwargs=options, daemon=True)
+    thread.start()
+    if not ready.wait(120):
+        raise RuntimeError("the server did not start within 120 s")
+    server = box["server"]
+    deadline = time.perf_counter() + 120
+    while not server.started and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    try:
+        client = _Client(host, port)
+        for i in range(2):  # warm-up requests, not timed
+            client.post(*bodies[i % len(bodies)])
+        with torch.inference_mode():
+            inspector.extractor.frames(frames[0], "backbone")  # warm-up, not timed
+        latency, backbone, single_errors = [], [], []
+        for i in range(requests):  # interleaved, so that both see the same load on the machine
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                inspector.extractor.frames(frames[i % len(frames)], "backbone")
+                backbone.append(time.perf_counter() - t0)
+            seconds, status, error = client.post(*bodies[i % len(bodies)])
+            latency.append(seconds)
+            if error:
+                single_errors.append(f"{status}: {error}")
+        client.close()
+
+        def worker(k: int) -> list[tuple[float, int, str]]:
+            c = _Client(host, port)
+            try:
+                return [c.post(*bodies[i % len(bodies)]) for i in range(k, total, clients)]
+            finally:
+                c.close()
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            results = [r for part in pool.map(worker, range(clients)) for r in part]
+        wall = time.perf_counter() - t0
+    finally:
+        server.should_exit = True
+        thread.join(60)
+    errors = [f"{status}: {error}" for _, status, error in results if error]
+    times = sorted(s for s, _, error in results if not error)
+    med, bb = statistics.median(latency), statistics.median(backbone)
+    return {"url": box["url"], "requests": requests, "latency_ms_median": 1000 * med,
+            "latency_ms": [1000 * s for s in latency], "backbone_1_ms_median": 1000 * bb,
+            "ratio": med / bb, "single_errors": len(single_errors), "clients": clients, "total": total,
+            "concurrent_errors": len(errors), "concurrent_error_samples": errors[:5],
+            "concurrent_wall_s": wall, "concurrent_req_s": total / wall,
+            "concurrent_ms_p50": 1000 * times[len(times) // 2] if times else None,
+            "concurrent_ms_p95": 1000 * times[min(len(times) - 1, int(0.95 * len(times)))] if times else None,
+            "last_layer": inspector.extractor.last, "torch_threads": torch.get_num_threads(),
+            "peak_rss_gib": _peak_rss_gib()}
+
+
 def _entry(conn, target, args) -> None:
     try:
         out = target(*args)
@@ -287,40 +518,76 @@ def _ok(r: dict | None) -> bool:
     return bool(r) and "error" not in r
 
 
-def _target(name: str, value, limit: float, unit: str = "") -> dict:
+def _target(name: str, value, limit: float, unit: str = "", op: str = "<=") -> dict:
     bad = value is None or (isinstance(value, float) and math.isnan(value))
-    return {"name": name, "value": None if bad else round(value, 4), "limit": limit, "unit": unit,
-            "pass": None if bad else bool(value <= limit)}
+    ok = None if bad else bool(value <= limit if op == "<=" else value >= limit)
+    return {"name": name, "value": None if bad else round(value, 4), "limit": limit, "unit": unit, "op": op,
+            "pass": ok}
+
+
+def _get(r, key):
+    return r[key] if _ok(r) else None
+
+
+def _ratio(v, ref):
+    return None if v is None or not ref else v / ref
 
 
 def _targets(b: dict) -> list[dict]:
-    bb = b["backbone_ms_per_img"]
-    sp, pd, n50, big, sw = b["spade"], b["padim"], b["n50"], b.get("large"), b["sweep"]
-
-    def get(r, key):
-        return r[key] if _ok(r) else None
-
-    def ratio(v, ref):
-        return None if v is None or not ref else v / ref
-
+    """The targets of the cases that ran (issue 8: backbone and methods; issue 17: inspection path)."""
+    cases = b["cases"]
+    bb = b.get("backbone_ms_per_img")
+    sp, pd = b.get("spade"), b.get("padim")
     d = b["padim_d"]
-    t = [
-        _target("PaDiM inference / backbone (per image)", ratio(get(pd, "infer_ms_per_img"), bb), 1.5, "x"),
-        _target("SPADE inference / backbone (per image, K=5)", ratio(get(sp, "infer_ms_per_img"), bb), 4.0, "x"),
-        _target("PaDiM fit / backbone over the training images",
-                ratio(get(pd, "fit_s"), bb and bb * b["n_train"] / 1000), 2.0, "x"),
-        _target(f"SPADE peak RSS, N={b['n_train']}", get(sp, "peak_rss_gib"), 6.0, "GiB"),
-        _target(f"PaDiM peak RSS, N={b['n_train']}, d={d}", get(pd, "peak_rss_gib"), 6.0, "GiB"),
-    ]
-    p50, p200 = get(n50["padim"], "peak_rss_gib"), get(pd, "peak_rss_gib")
-    growth = None if p50 is None or p200 is None else abs(p200 - p50) / p50
-    t.append(_target(f"PaDiM peak RSS change N={n50['n_train']} -> N={b['n_train']}", growth, 0.10, "fraction"))
+    t = []
+    if "methods" in cases:
+        if "backbone" in cases:
+            t += [
+                _target("PaDiM inference / backbone (per image)", _ratio(_get(pd, "infer_ms_per_img"), bb), 1.5, "x"),
+                _target("SPADE inference / backbone (per image, K=5)", _ratio(_get(sp, "infer_ms_per_img"), bb), 4.0,
+                        "x"),
+                _target("PaDiM fit / backbone over the training images",
+                        _ratio(_get(pd, "fit_s"), bb and bb * b["n_train"] / 1000), 2.0, "x"),
+            ]
+        t += [
+            _target(f"SPADE peak RSS, N={b['n_train']}", _get(sp, "peak_rss_gib"), 6.0, "GiB"),
+            _target(f"PaDiM peak RSS, N={b['n_train']}, d={d}", _get(pd, "peak_rss_gib"), 6.0, "GiB"),
+        ]
+        if "growth" in cases:
+            n50 = b["n50"]
+            p50, p200 = _get(n50["padim"], "peak_rss_gib"), _get(pd, "peak_rss_gib")
+            growth = None if p50 is None or p200 is None else abs(p200 - p50) / p50
+            t.append(_target(f"PaDiM peak RSS change N={n50['n_train']} -> N={b['n_train']}", growth, 0.10,
+                             "fraction"))
+    big = b.get("large")
     if big is not None:
         for m in ("spade", "padim"):
             t.append(_target(f"{m.upper() if m == 'spade' else 'PaDiM'} peak RSS, "
-                             f"{big['n_train']} train / {big['n_test']} test", get(big[m], "peak_rss_gib"), 6.0,
+                             f"{big['n_train']} train / {big['n_test']} test", _get(big[m], "peak_rss_gib"), 6.0,
                              "GiB"))
-    t.append(_target("SPADE 15-subset sweep / one scoring with layers 1,2,3,4", get(sw, "ratio"), 1.3, "x"))
+    if "sweep" in cases:
+        t.append(_target("SPADE 15-subset sweep / one scoring with layers 1,2,3,4", _get(b["sweep"], "ratio"), 1.3,
+                         "x"))
+    if "calibration" in cases:
+        for m in ("spade", "padim"):
+            r = b["calibration"][m]
+            t.append(_target(f"{'SPADE' if m == 'spade' else 'PaDiM'} fit_model calibration / (features + fit), "
+                             f"N={_get(r, 'n_images') or b['n_train']}", _get(r, "ratio"), 1.0, "x"))
+    if "stream" in cases:
+        runs = b["stream"]["runs"]
+        for r in runs:
+            t.append(_target(f"predict stream / backbone-only rate, {r['n']} images", _get(r, "ratio"), 0.8, "x",
+                             ">="))
+        if len(runs) >= 2:
+            small, large = runs[0], runs[-1]
+            t.append(_target(f"predict stream peak RSS, {large['n']} / {small['n']} images",
+                             _ratio(_get(large, "peak_rss_gib"), _get(small, "peak_rss_gib")), 1.1, "x"))
+    sv = b.get("serve")
+    if sv is not None and sv.get("available"):
+        t.append(_target("serve median POST /predict latency / backbone forward of 1 image", _get(sv, "ratio"), 1.5,
+                         "x"))
+        t.append(_target(f"serve errors, {sv.get('clients', '?')} concurrent clients x {sv.get('total', '?')} "
+                         f"requests", _get(sv, "concurrent_errors"), 0, "errors"))
     return t
 
 
@@ -328,28 +595,20 @@ def _fmt(v, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _table(b: dict) -> str:
-    bb = b["backbone_ms_per_img"]
-    m = b["machine"]
-    w = f"ImageNet ({b['weights_source']})" if b["weights"] == "imagenet" else "RANDOM (untrained)"
-    gpu = "GPU present, unused" if m["gpu"] else "no GPU"
-    lines = [
-        f"spadim benchmark: {m['nproc']} CPU cores, {gpu}, torch {m['torch']} ({m['torch_threads']} threads)",
-        f"arch {b['arch']}, weights {w}",
-        f"data: synthetic '{CLASS}', {b['n_train']} train / {b['n_test']} test at {b['image_size']} px, "
-        f"crop {b['crop']}; PaDiM d={b['padim_d']}, SPADE K={b['k']}, batch {b['batch_size']}",
-        "",
-        f"backbone alone (load + forward to layer 4): {_fmt(bb, '.1f')} ms/img "
-        f"({b['backbone'].get('n_images', '-')} images)",
-        "",
-        "| run | method | fit s | infer ms/img | infer / backbone | backbone ms/img in run | peak RSS GiB "
-        "| total s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    runs = [(f"N={b['n_train']}, {b['n_test']} test", b)]
-    runs.append((f"N={b['n50']['n_train']}, {b['n50']['n_test']} test", b["n50"]))
+def _method_rows(b: dict) -> list[str]:
+    bb = b.get("backbone_ms_per_img")
+    runs = []
+    if "methods" in b["cases"]:
+        runs.append((f"N={b['n_train']}, {b['n_test']} test", b))
+    if "growth" in b["cases"]:
+        runs.append((f"N={b['n50']['n_train']}, {b['n50']['n_test']} test", b["n50"]))
     if b.get("large"):
         runs.append((f"N={b['large']['n_train']}, {b['large']['n_test']} test", b["large"]))
+    if not runs:
+        return []
+    lines = ["| run | method | fit s | infer ms/img | infer / backbone | backbone ms/img in run | peak RSS GiB "
+             "| total s |",
+             "|---|---|---|---|---|---|---|---|"]
     for label, block in runs:
         for name in ("spade", "padim"):
             r = block[name]
@@ -360,19 +619,92 @@ def _table(b: dict) -> str:
                          f"{_fmt(r['infer_ms_per_img'] / bb if bb else None)}x | "
                          f"{r['backbone_ms_per_img']:.1f} | "
                          f"{r['peak_rss_gib']:.2f} | {r['total_s']:.1f} |")
-    sw = b["sweep"]
-    if _ok(sw):
-        lines += ["", f"SPADE layer sweep ({sw['n_combos']} subsets of layers 1-4): "
-                      f"one scoring {sw['one_score_s']:.1f} s;"
-                      f" sweep {sw['sweep_s']:.1f} s (neighbours + per-layer maps {sw['grids_s']:.1f} s, "
-                      f"fusions {sw['fuse_s']:.1f} s) = {sw['ratio']:.2f}x"]
-    ps = b["padim_sweep"]
-    lines.append(f"PaDiM layer sweep: {ps['note']}")
+    return lines
+
+
+def _inspect_lines(b: dict) -> list[str]:
+    """The issue-17 cases: fit_model's calibration cost, the predict stream, the server."""
+    lines = []
+    if "calibration" in b["cases"]:
+        lines += ["", "fit_model (frame whole, out-of-fold calibration, then the final fit):", "",
+                  "| method | images | folds | features s | calibration s | fit s | calibration / (features + fit) "
+                  "| peak RSS GiB |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for m in ("spade", "padim"):
+            r = b["calibration"][m]
+            if not _ok(r):
+                lines.append(f"| {m} | failed: {r.get('error', '?')[:60]} | | | | | | |")
+                continue
+            lines.append(f"| {m} | {r['n_images']} | {r['folds']} | {r['features_s']:.1f} | {r['calibration_s']:.1f} "
+                         f"| {r['fit_s']:.1f} | {r['ratio']:.2f}x | {r['peak_rss_gib']:.2f} |")
+    if "stream" in b["cases"]:
+        st = b["stream"]
+        lines += ["", f"predict_paths (PaDiM, frame whole, batch {b['batch_size']}; JSON lines, CSV, mask, heatmap and "
+                      f"overlay per image), each size in a fresh process; backbone alone = the same frames and "
+                      f"batches through the model's extractor (to layer {st.get('last_layer', '?')}):", "",
+                  "| images | stream s | stream img/s | backbone-only s | backbone-only img/s | stream / backbone "
+                  "| peak RSS GiB |",
+                  "|---|---|---|---|---|---|---|"]
+        if not _ok(st.get("model")):
+            lines.append(f"| failed to fit the model: {st.get('model', {}).get('error', '?')[:80]} | | | | | | |")
+        for r in st["runs"]:
+            if not _ok(r):
+                lines.append(f"| {r['n']} | failed: {r.get('error', '?')[:60]} | | | | | |")
+                continue
+            lines.append(f"| {r['n']} | {r['stream_s']:.1f} | {r['stream_img_s']:.2f} | {r['backbone_s']:.1f} | "
+                         f"{r['backbone_img_s']:.2f} | {r['ratio']:.2f}x | {r['peak_rss_gib']:.2f} |")
+    sv = b.get("serve")
+    if sv is not None:
+        lines.append("")
+        if not sv.get("available"):
+            lines.append(f"serve: not available ({sv.get('reason', '?')})")
+        elif not _ok(sv):
+            lines.append(f"serve: failed: {sv.get('error', '?')}")
+        else:
+            lines.append(f"serve (uvicorn at {sv['url']}, PaDiM, frame whole): median POST /predict "
+                         f"{sv['latency_ms_median']:.1f} ms over {sv['requests']} warm requests "
+                         f"({sv['single_errors']} errors) vs backbone forward of 1 image "
+                         f"{sv['backbone_1_ms_median']:.1f} ms = {sv['ratio']:.2f}x; {sv['clients']} concurrent "
+                         f"clients, {sv['total']} requests: "
+                         f"{sv['concurrent_errors']} errors, {sv['concurrent_req_s']:.2f} req/s, p50 "
+                         f"{_fmt(sv['concurrent_ms_p50'], '.0f')} ms, p95 {_fmt(sv['concurrent_ms_p95'], '.0f')} ms")
+    return lines
+
+
+def _table(b: dict) -> str:
+    bb = b.get("backbone_ms_per_img")
+    m = b["machine"]
+    w = f"ImageNet ({b['weights_source']})" if b["weights"] == "imagenet" else "RANDOM (untrained)"
+    gpu = "GPU present, unused" if m["gpu"] else "no GPU"
+    load = "/".join(f"{x:.2f}" for x in m["load_avg_start"])
+    lines = [
+        f"spadim benchmark: {m['nproc']} CPU cores, {gpu}, torch {m['torch']} ({m['torch_threads']} threads)",
+        f"cpu {m['cpu_model']}; load average at start {load} (1/5/15 min)",
+        f"arch {b['arch']}, weights {w}",
+        f"data: synthetic '{CLASS}', {b['n_train']} train / {b['n_test']} test at {b['image_size']} px, "
+        f"crop {b['crop']}; PaDiM d={b['padim_d']}, SPADE K={b['k']}, batch {b['batch_size']}",
+        f"cases: {', '.join(b['cases'])}",
+    ]
+    if "backbone" in b["cases"]:
+        lines += ["", f"backbone alone (load + forward to layer 4): {_fmt(bb, '.1f')} ms/img "
+                      f"({b['backbone'].get('n_images', '-')} images)"]
+    rows = _method_rows(b)
+    if rows:
+        lines += [""] + rows
+    if "sweep" in b["cases"]:
+        sw = b["sweep"]
+        if _ok(sw):
+            lines += ["", f"SPADE layer sweep ({sw['n_combos']} subsets of layers 1-4): "
+                          f"one scoring {sw['one_score_s']:.1f} s;"
+                          f" sweep {sw['sweep_s']:.1f} s (neighbours + per-layer maps {sw['grids_s']:.1f} s, "
+                          f"fusions {sw['fuse_s']:.1f} s) = {sw['ratio']:.2f}x"]
+        lines.append(f"PaDiM layer sweep: {b['padim_sweep']['note']}")
+    lines += _inspect_lines(b)
     lines += ["", "| target | value | limit | result |", "|---|---|---|---|"]
     for t in b["targets"]:
         res = "skipped/failed" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
         unit = t["unit"]
-        lines.append(f"| {t['name']} | {_fmt(t['value'], '.3f')} {unit} | <= {t['limit']} {unit} | {res} |")
+        lines.append(f"| {t['name']} | {_fmt(t['value'], '.3f')} {unit} | {t['op']} {t['limit']} {unit} | {res} |")
     return "\n".join(lines)
 
 
@@ -397,6 +729,117 @@ def _stage(msg: str, t0: float) -> None:
     print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", file=sys.stderr, flush=True)
 
 
+CASES = ("backbone", "methods", "growth", "large", "sweep", "calibration", "stream", "serve")
+
+
+def _cases(only: str | None, skip_large: bool) -> list[str]:
+    if only is None:
+        chosen = list(CASES)
+    else:
+        chosen = [c.strip() for c in only.split(",") if c.strip()]
+        unknown = sorted(set(chosen) - set(CASES))
+        if unknown or not chosen:
+            sys.exit(f"benchmark: --only {only!r}: choose among {','.join(CASES)}")
+    return [c for c in CASES if c in chosen and not (c == "large" and skip_large)]
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        sizes = []
+    if not sizes or sizes[0] < 1:
+        sys.exit(f"benchmark: --stream-sizes {text!r}: give image counts such as 200,2000")
+    return sizes
+
+
+def _serve_available() -> tuple[bool, str]:
+    import importlib
+
+    try:
+        importlib.import_module("spadim.serve")
+    except ImportError as e:
+        return False, f"{type(e).__name__}: {e}"
+    return True, ""
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _inspect_cases(b: dict, args, cfg: dict, main_cls: Path, data: Path, out: Path, t0: float) -> None:
+    """Issue 17: fit_model's calibration cost, the predict stream and the server (PaDiM model shared)."""
+    import shutil
+
+    from spadim.data.mvtec import load_class
+
+    cases = b["cases"]
+    models = out / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    padim_model = None  # fitted in this invocation (frame whole), for stream and serve
+    try:
+        if "calibration" in cases:
+            b["calibration"] = {}
+            for name in ("spade", "padim"):
+                _stage(f"fit_model {name}: {args.n_train} train, out-of-fold calibration", t0)
+                path = models / f"{name}-whole.spadim"
+                b["calibration"][name] = r = _child(_calibration_child, cfg, name, str(path))
+                if name == "padim" and _ok(r):
+                    padim_model = path
+                elif path.exists():
+                    path.unlink()
+        if ("stream" in cases or "serve" in cases) and padim_model is None:
+            _stage(f"fit_model padim: {args.n_train} train (model for stream / serve)", t0)
+            path = models / "padim-whole.spadim"
+            fitted = _child(_calibration_child, cfg, "padim", str(path))
+            padim_model = path if _ok(fitted) else None
+        else:
+            fitted = b.get("calibration", {}).get("padim")
+        if "stream" in cases:
+            sources = load_class(main_cls).train + load_class(main_cls).test
+            sizes = _sizes(args.stream_sizes)
+            paths = _many(data / f"stream-{main_cls.parent.name}", sources, sizes[-1])
+            b["stream"] = {"model": fitted, "runs": [], "sizes": sizes}
+            for n in sizes:
+                _stage(f"predict stream: {n} images", t0)
+                dst = out / "stream" / f"n{n}"
+                if dst.exists():
+                    shutil.rmtree(dst)
+                if padim_model is None:
+                    r = {"error": "no PaDiM model (its fit failed)"}
+                else:
+                    r = _child(_stream_child, cfg, str(padim_model), [str(p) for p in paths[:n]], str(dst))
+                b["stream"]["runs"].append({"n": n, **r})
+                if dst.exists():
+                    shutil.rmtree(dst)  # thousands of pictures; the numbers are in bench.json
+            b["stream"]["last_layer"] = next((r["last_layer"] for r in b["stream"]["runs"] if _ok(r)), None)
+        if "serve" in cases:
+            available, reason = _serve_available()
+            if not available:
+                b["serve"] = {"available": False, "reason": reason}
+            elif padim_model is None:
+                b["serve"] = {"available": True, "error": "no PaDiM model (its fit failed)"}
+            else:
+                _stage(f"serve: {args.serve_requests} requests, then {args.serve_clients} clients x "
+                       f"{args.serve_total} requests", t0)
+                test = [str(p) for p in load_class(main_cls).test]
+                b["serve"] = {"available": True, **_child(_serve_child, cfg, str(padim_model), test,
+                                                          args.serve_requests, args.serve_clients,
+                                                          args.serve_total)}
+    finally:
+        if padim_model is not None and padim_model.exists():
+            padim_model.unlink()  # about 2 GB at d=550; refitted by every run
+        for folder in (models, out / "stream"):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-train", type=int, default=200, help="training images (default: %(default)s)")
@@ -412,9 +855,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--data", default="runs/bench/data", help="generated data cache (default: %(default)s)")
     ap.add_argument("--out", default="runs/bench", help="folder for bench.json (default: %(default)s)")
+    ap.add_argument("--only", default=None,
+                    help=f"comma-separated cases to run, of {','.join(CASES)} (default: all)")
     ap.add_argument("--skip-large", action="store_true", help="skip the 500-test-image memory run")
     ap.add_argument("--padim-sweep", action="store_true", help="also time PaDiM's 15 fits+scorings (slow)")
+    ap.add_argument("--stream-sizes", default="200,2000",
+                    help="images streamed through predict, one fresh process each (default: %(default)s)")
+    ap.add_argument("--serve-requests", type=int, default=20,
+                    help="sequential warm requests for the server's median latency (default: %(default)s)")
+    ap.add_argument("--serve-clients", type=int, default=4, help="concurrent clients (default: %(default)s)")
+    ap.add_argument("--serve-total", type=int, default=100,
+                    help="requests of the concurrent clients together (default: %(default)s)")
     args = ap.parse_args(argv)
+    cases = _cases(args.only, args.skip_large)
     if not os.environ.get("SPADIM_WEIGHTS") and (REPO.parent / "shared" / "weights").is_dir():
         os.environ["SPADIM_WEIGHTS"] = str(REPO.parent / "shared" / "weights")  # as the Makefile does
     t0 = time.perf_counter()
@@ -424,10 +877,11 @@ def main(argv=None) -> dict:
 
     _stage(f"generating / reusing data under {data}", t0)
     main_cls = _generate(data, args.n_train, args.n_test, args.size)
-    small_cls = _link(data / f"links-n{args.n_train_small}-of-{main_cls.parent.name}" / CLASS, main_cls, main_cls,
-                      args.n_train_small)
-    large_cls = None
-    if not args.skip_large:
+    small_cls = large_cls = None
+    if "growth" in cases:
+        small_cls = _link(data / f"links-n{args.n_train_small}-of-{main_cls.parent.name}" / CLASS, main_cls,
+                          main_cls, args.n_train_small)
+    if "large" in cases:
         test_cls = _generate(data, 1, args.n_test_large, args.size)
         large_cls = _link(data / f"links-{main_cls.parent.name}-with-{test_cls.parent.name}" / CLASS, main_cls,
                           test_cls)
@@ -441,26 +895,31 @@ def main(argv=None) -> dict:
 
     b: dict = {"arch": args.arch, "weights": kind, "weights_source": weights if kind == "imagenet" else "random",
                "image_size": args.size, "crop": args.crop, "resize": cfg["resize"], "padim_d": s.padim_d,
-               "k": s.k, "batch_size": args.batch_size, "stream_size": s.stream_size,
+               "k": s.k, "batch_size": args.batch_size, "stream_size": s.stream_size, "cases": cases,
+               "n_train": args.n_train, "n_test": args.n_test,
                "machine": {"nproc": os.cpu_count(), "gpu": torch.cuda.is_available(), "torch": torch.__version__,
                            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-                           "cpu": platform.processor() or platform.machine()}}
+                           "cpu": platform.processor() or platform.machine(), "cpu_model": _cpu_model(),
+                           "load_avg_start": list(os.getloadavg())}}
 
-    _stage("backbone alone", t0)
-    b["backbone"] = _child(_backbone_child, cfg)
-    b["backbone_ms_per_img"] = b["backbone"].get("ms_per_img")
-    for name in ("spade", "padim"):
-        _stage(f"{name}: {args.n_train} train / {args.n_test} test", t0)
-        b[name] = _child(_method_child, cfg, name)
-    b["n_train"] = b["padim"].get("n_train", args.n_train)
-    b["n_test"] = b["padim"].get("n_test", args.n_test)
+    if "backbone" in cases:
+        _stage("backbone alone", t0)
+        b["backbone"] = _child(_backbone_child, cfg)
+        b["backbone_ms_per_img"] = b["backbone"].get("ms_per_img")
+    if "methods" in cases:
+        for name in ("spade", "padim"):
+            _stage(f"{name}: {args.n_train} train / {args.n_test} test", t0)
+            b[name] = _child(_method_child, cfg, name)
+        b["n_train"] = b["padim"].get("n_train", args.n_train)
+        b["n_test"] = b["padim"].get("n_test", args.n_test)
 
-    b["n50"] = {"n_train": args.n_train_small, "n_test": b["n_test"]}
-    for name in ("spade", "padim"):
-        _stage(f"{name}: {args.n_train_small} train / {args.n_test} test", t0)
-        b["n50"][name] = _child(_method_child, {**cfg, "class_dir": str(small_cls)}, name)
-    # same network depth as the backbone-alone run (SPADE keeps the pooled layer-4 vector)
-    b["n50"]["backbone_ms_per_img"] = b["n50"]["spade"].get("backbone_ms_per_img")
+    if "growth" in cases:
+        b["n50"] = {"n_train": args.n_train_small, "n_test": b["n_test"]}
+        for name in ("spade", "padim"):
+            _stage(f"{name}: {args.n_train_small} train / {args.n_test} test", t0)
+            b["n50"][name] = _child(_method_child, {**cfg, "class_dir": str(small_cls)}, name)
+        # same network depth as the backbone-alone run (SPADE keeps the pooled layer-4 vector)
+        b["n50"]["backbone_ms_per_img"] = b["n50"]["spade"].get("backbone_ms_per_img")
 
     if large_cls is not None:
         b["large"] = {"n_train": b["n_train"]}
@@ -471,27 +930,34 @@ def main(argv=None) -> dict:
     else:
         b["large"] = None
 
-    _stage("SPADE layer sweep", t0)
-    b["sweep"] = _child(_sweep_child, cfg)
-    if args.padim_sweep:
-        _stage("PaDiM layer sweep", t0)
-        b["padim_sweep"] = _child(_padim_sweep_child, cfg)
-        b["padim_sweep"]["note"] = (f"15 fits + scorings {b['padim_sweep'].get('sweep_s', float('nan')):.1f} s, "
-                                    "measured")
-    else:
-        pd = b["padim"]
-        one = pd["fit_s"] + pd["infer_ms_per_img"] * b["n_test"] / 1000 if _ok(pd) else None
-        b["padim_sweep"] = {"measured": False, "one_fit_score_s_layers_123": one,
-                            "note": f"not measured (--padim-sweep); one fit + scoring with layers 1,2,3 takes "
-                                    f"{_fmt(one, '.1f')} s"}
+    if "sweep" in cases:
+        _stage("SPADE layer sweep", t0)
+        b["sweep"] = _child(_sweep_child, cfg)
+        if args.padim_sweep:
+            _stage("PaDiM layer sweep", t0)
+            b["padim_sweep"] = _child(_padim_sweep_child, cfg)
+            b["padim_sweep"]["note"] = (f"15 fits + scorings "
+                                        f"{b['padim_sweep'].get('sweep_s', float('nan')):.1f} s, measured")
+        else:
+            pd = b.get("padim")
+            one = pd["fit_s"] + pd["infer_ms_per_img"] * b["n_test"] / 1000 if _ok(pd) else None
+            b["padim_sweep"] = {"measured": False, "one_fit_score_s_layers_123": one,
+                                "note": f"not measured (--padim-sweep); one fit + scoring with layers 1,2,3 takes "
+                                        f"{_fmt(one, '.1f')} s"}
+
+    if {"calibration", "stream", "serve"} & set(cases):
+        _inspect_cases(b, args, cfg, main_cls, data, out, t0)
+
     b["targets"] = _targets(b)
     b["elapsed_s"] = time.perf_counter() - t0
+    b["machine"]["load_avg_end"] = list(os.getloadavg())
     path = out / "bench.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(b, indent=2, default=str) + "\n")
     tmp.replace(path)
     print(_table(b))
-    print(f"\nwrote {path} in {b['elapsed_s']:.0f} s")
+    load = "/".join(f"{x:.2f}" for x in b["machine"]["load_avg_end"])
+    print(f"\nwrote {path} in {b['elapsed_s']:.0f} s (load average at the end {load})")
     return b
 
 

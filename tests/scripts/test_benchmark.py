@@ -7,6 +7,18 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
 METHOD_KEYS = {"fit_s", "infer_ms_per_img", "peak_rss_gib", "backbone_ms_per_img", "n_train", "n_test"}
+TINY = ["--n-train", "4", "--n-train-small", "2", "--n-test", "4", "--n-test-large", "6", "--size", "64",
+        "--crop", "56", "--arch", "resnet18", "--weights", "random", "--stream-sizes", "3,10", "--serve-requests", "3",
+        "--serve-clients", "2", "--serve-total", "6"]
+
+
+def _run(tmp_path: Path, *extra: str) -> tuple[dict, subprocess.CompletedProcess]:
+    out = tmp_path / "bench"
+    args = [*TINY, "--data", str(tmp_path / "data"), "--out", str(out), *extra]
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert "!!!" not in proc.stderr, proc.stderr  # a child process failed
+    return json.loads((out / "bench.json").read_text()), proc
 
 
 def _method_ok(block: dict, n_train: int, n_test: int) -> None:
@@ -19,26 +31,59 @@ def _method_ok(block: dict, n_train: int, n_test: int) -> None:
         assert 0 < r["peak_rss_gib"] < 64
 
 
+def _stream_ok(b: dict, sizes: list[int]) -> None:
+    assert [r["n"] for r in b["stream"]["runs"]] == sizes
+    for r in b["stream"]["runs"]:
+        assert "error" not in r, r.get("traceback")
+        assert r["predicted"] == r["new"] == r["n"]  # every distinct path predicted once
+        assert r["stream_img_s"] > 0 and r["backbone_img_s"] > 0 and r["ratio"] > 0
+        assert 0 < r["peak_rss_gib"] < 64
+
+
+def _rows(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.endswith(("| PASS |", "| FAIL |"))]
+
+
 def test_benchmark_tiny(tmp_path):
-    out = tmp_path / "bench"
-    args = ["--n-train", "4", "--n-train-small", "2", "--n-test", "4", "--n-test-large", "6", "--size", "64",
-            "--crop", "56", "--arch", "resnet18", "--weights", "random", "--data", str(tmp_path / "data"),
-            "--out", str(out)]
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    b = json.loads((out / "bench.json").read_text())
+    b, proc = _run(tmp_path)
     assert {"backbone_ms_per_img", "n_train", "n_test", "arch", "weights", "spade", "padim", "n50", "large",
-            "sweep", "targets", "machine"} <= b.keys()
+            "sweep", "calibration", "stream", "serve", "targets", "machine"} <= b.keys()
     assert (b["arch"], b["weights"], b["n_train"], b["n_test"]) == ("resnet18", "random", 4, 4)
     assert b["backbone_ms_per_img"] > 0 and b["machine"]["gpu"] is False
     _method_ok(b, 4, 4)
     _method_ok(b["n50"], 2, 4)
     _method_ok(b["large"], 4, 6)
     assert b["sweep"]["one_score_s"] > 0 and b["sweep"]["ratio"] > 0
-    assert len(b["targets"]) == 9
+    for name in ("spade", "padim"):
+        c = b["calibration"][name]
+        assert "error" not in c, c.get("traceback")
+        assert c["n_images"] == 4 and c["calibration_s"] > 0 and c["features_s"] > 0 and c["ratio"] > 0
+    _stream_ok(b, [3, 10])
+    sv = b["serve"]
+    if sv["available"]:
+        assert "error" not in sv, sv.get("traceback")
+        assert sv["single_errors"] == 0 and sv["concurrent_errors"] == 0 and len(sv["latency_ms"]) == 3
+        assert sv["latency_ms_median"] > 0 and sv["backbone_1_ms_median"] > 0
+    else:
+        assert "serve: not available" in proc.stdout
+    # issue 8: 9 targets; issue 17: 2 calibration, 2 stream rates, 1 stream memory, 2 serve
+    assert len(b["targets"]) == 9 + 5 + (2 if sv["available"] else 0)
     for t in b["targets"]:
-        assert {"name", "value", "limit", "pass"} <= t.keys()
+        assert {"name", "value", "limit", "pass", "op"} <= t.keys()
         assert t["value"] is not None and t["value"] >= 0 and isinstance(t["pass"], bool)
     assert "RANDOM" in proc.stdout and f"{b['machine']['nproc']} CPU cores" in proc.stdout
-    rows = [line for line in proc.stdout.splitlines() if line.endswith(("| PASS |", "| FAIL |"))]
-    assert len(rows) == len(b["targets"])
+    assert len(_rows(proc.stdout)) == len(b["targets"])
+    assert not (tmp_path / "bench" / "models").exists()  # the fitted models are removed
+
+
+def test_benchmark_only_stream(tmp_path):
+    """--only runs the chosen cases alone; the stream then fits its own model."""
+    b, proc = _run(tmp_path, "--only", "stream", "--stream-sizes", "2,5")
+    assert b["cases"] == ["stream"]
+    assert not {"backbone", "spade", "padim", "n50", "sweep", "calibration", "serve"} & b.keys()
+    assert b["large"] is None
+    assert "error" not in b["stream"]["model"], b["stream"]["model"].get("traceback")
+    _stream_ok(b, [2, 5])
+    assert [t["name"].split(",")[0] for t in b["targets"]] == ["predict stream / backbone-only rate"] * 2 + [
+        "predict stream peak RSS"]
+    assert len(_rows(proc.stdout)) == 3

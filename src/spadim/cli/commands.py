@@ -85,8 +85,9 @@ def cmd_evaluate(a) -> None:
     candidates = {d: mask_config(a, d) for d in available_detectors()} if a.object_mask == "auto" else {}
     r = check_multiplier(a.outside_multiplier)
     data = evaluation_data(a)
+    far = None if a.no_operating_point else a.far
     evaluate.run(settings_from(a), data, a.out, a.methods, a.classes, a.object_mask, cfg, candidates, r,
-                 a.examples, recorded_command(a))
+                 a.examples, recorded_command(a), far, a.folds)
 
 
 def cmd_fit(a) -> None:
@@ -226,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="spade,padim")
     p.add_argument("--out", type=Path, default=Path("runs/evaluate"))
     p.add_argument("--examples", type=int, default=4, help="heatmap figures per class (default: %(default)s)")
+    p.add_argument("--far", type=float, default=inspect.DEFAULT_FAR,
+                   help="calibrate each method out-of-fold at this false-alarm rate and score the test set at "
+                        "that operating point beside the F1-best oracle (default: %(default)s)")
+    p.add_argument("--folds", type=int, default=inspect.DEFAULT_FOLDS, help="calibration folds (%(default)s)")
+    p.add_argument("--no-operating-point", action="store_true", help="skip the calibration and its table")
     add_plain_args(p)
     add_common(p)
     add_mask_args(p)

@@ -5,7 +5,7 @@ recalibrates on held-out good images, :class:`Inspector` predicts, ``predict_pat
 The CLI (``fit``, ``calibrate``, ``predict``) and the HTTP server are thin shells over these.
 """
 
-from .calibration import DEFAULT_FAR, DEFAULT_FOLDS, Calibration, conformal_threshold
+from spadim.run.calibration import DEFAULT_FAR, DEFAULT_FOLDS, Calibration, conformal_threshold
 from .fitting import calibrate_model, fit_model
 from .inspector import DEFAULT_MIN_AREA, Inspector, ObjectMask, OperatingPoint, Prediction
 from .regions import Region, find_regions

@@ -20,7 +20,8 @@ from spadim.features.extractor import ALL_COMBOS
 from spadim.run.layerchoice import select_layers
 from spadim.run.modelfile import load_model, save_model, write_blob
 from spadim.run.pipeline import Settings, make_extractor, reference_indices
-from .calibration import DEFAULT_FAR, DEFAULT_FOLDS, Calibration, calibrate_out_of_fold, check_far, summarize
+from spadim.run.calibration import (DEFAULT_FAR, DEFAULT_FOLDS, Calibration, calibrate_out_of_fold, check_far,
+                                    summarize)
 from .inspector import Inspector
 
 

@@ -24,7 +24,7 @@ from spadim.report.figures import colorize, overlay
 from spadim.run.modelfile import load_model
 from spadim.masks.keypoints import MaskConfig
 from spadim.run.pipeline import needed_features, object_masks, suppress_outside
-from .calibration import Calibration, check_far
+from spadim.run.calibration import Calibration, check_far
 from .regions import Region, find_regions
 
 DEFAULT_MIN_AREA = 0.001  # smallest region kept, as a fraction of the image area

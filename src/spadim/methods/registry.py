@@ -15,6 +15,7 @@ import numpy as np
 from spadim.features.extractor import FeatureSet
 from spadim.lists import parse_list
 from .padim import Padim
+from .patchcore import PatchCore
 from .spade import Spade
 
 
@@ -38,7 +39,7 @@ class AnomalyMethod(Protocol):
     def from_state(cls, state: dict) -> "AnomalyMethod": ...
 
 
-METHODS: dict[str, type] = {cls.name: cls for cls in (Spade, Padim)}
+METHODS: dict[str, type] = {cls.name: cls for cls in (Spade, Padim, PatchCore)}
 
 
 def parse_methods(text: str, flag: str = "--methods") -> list[str]:

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 from . import layerchoice
+from .calibration import DEFAULT_FAR, DEFAULT_FOLDS, calibrate_out_of_fold
+from spadim.metrics.operating_point import at_threshold, best_f1
 from spadim.masks.auto import LEARNED, MaskPlanner, auto_masks
 from spadim.errors import SpadimError
 from spadim.masks.keypoints import MaskConfig
@@ -26,16 +28,20 @@ from .session import class_summary, meta, report_header, say, staged, start_stud
 
 def run(s: Settings, data: Path | ClassData, out_dir: Path, methods: str = "spade,padim",
         classes: str | None = None, object_mask: str | None = None, cfg: MaskConfig | None = None,
-        candidates: dict | None = None, r: float = 0.6, examples: int = 4, command: str = "") -> list[dict]:
+        candidates: dict | None = None, r: float = 0.6, examples: int = 4, command: str = "",
+        far: float | None = DEFAULT_FAR, folds: int = DEFAULT_FOLDS) -> list[dict]:
     """Evaluate and write everything into ``out_dir`` (staged: a failure leaves earlier results);
     returns the result rows, class means included. ``cfg`` configures a keypoint ``object_mask``;
-    ``candidates`` are the keypoint configs ``object_mask="auto"`` chooses from."""
+    ``candidates`` are the keypoint configs ``object_mask="auto"`` chooses from. With ``far``, each
+    method is also calibrated out-of-fold on the training images and scored at that operating point
+    beside the F1-best oracle (``operating_point.*``); ``far=None`` skips it."""
     learned = object_mask in LEARNED
     candidates = candidates or {}
     if learned and s.auto_layers:
         raise SpadimError(f"--object-mask {object_mask} with --layers auto is not supported yet: give --layers")
     methods, classes, fx = start_study(s, data, methods, classes)
     rows, warnings, summaries, curves, galleries, choices, decisions = [], [], [], {}, {}, [], []
+    points = []
     with staged(out_dir) as out:
         for source in classes:
             t0 = time.perf_counter()
@@ -46,7 +52,7 @@ def run(s: Settings, data: Path | ClassData, out_dir: Path, methods: str = "spad
                 say(f"{run.data.name}: --layers auto chose " + ", ".join(f"{m} {sel.name}" for m, sel in sels.items()))
             else:
                 planner = MaskPlanner(fx.layers, s.crop, s.seed, candidates) if learned else None
-                run, metrics = evaluate_class(fx, source, s, methods, observer=planner)
+                run, metrics = evaluate_class(fx, source, s, methods, observer=planner, hold_train=far is not None)
             notes = metric_notes(run.data, run.masks)
             for n in notes:
                 say(f"warning: {run.data.name}: {n}")
@@ -67,6 +73,10 @@ def run(s: Settings, data: Path | ClassData, out_dir: Path, methods: str = "spad
                     say(f"{run.data.name}: --object-mask auto chose {dec.mask}, r={dec.r} ({dec.reason})")
                 for name in methods:
                     run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r_class)
+            if far is not None:
+                for name in methods:
+                    layers = sels[name].chosen if s.auto_layers else tuple(s.layers)
+                    points.append(operating_point_row(run, name, layers, s, far, folds))
             summaries.append(class_summary(run.data, run.test.shapes))
             note = {"note": "; ".join(notes)} if notes else {}
             for name in methods:
@@ -101,6 +111,13 @@ def run(s: Settings, data: Path | ClassData, out_dir: Path, methods: str = "spad
                                    "html": html_table(decisions, list(dict.fromkeys(k for d in decisions for k in d)),
                                                       "mask type, reason and outside multiplier r per class, from "
                                                       "the training images only")})
+        if points:
+            points = with_means(points, ["method"], POINT_MEANS)
+            write_table(out, "operating_point", points, POINT_COLUMNS, "spadim evaluate: at the calibrated "
+                        "operating point vs the F1-best oracle", meta(s, fx, methods=methods, far=far, folds=folds))
+            extra_sections.append({"title": f"At the operating point (calibrated at far={far:g} from normal "
+                                            f"images) vs the oracle", "html": html_table(points, POINT_COLUMNS,
+                                   POINT_CAPTION)})
         md = write_table(out, "results", rows, cols,
                          "spadim evaluate", meta(s, fx, methods=methods, **extra))
         where = (data.origin or str(data.root)) if isinstance(data, ClassData) else Path(data)
@@ -112,6 +129,33 @@ def run(s: Settings, data: Path | ClassData, out_dir: Path, methods: str = "spad
         say(f"warning: object mask fell back to the full frame: {w}")
     say(f"results in {out_dir}/ (report.html, results.csv/.json/.md, curves/, gallery/, heatmaps/)")
     return rows
+
+
+POINT_COLUMNS = ["class", "method", "n_calibration", "guaranteed", "image_threshold", "image_precision",
+                 "image_recall", "image_f1", "image_false_alarm_rate", "oracle_image_f1", "pixel_threshold",
+                 "pixel_f1", "pixel_iou", "oracle_pixel_f1", "oracle_pixel_iou", "pixel_f1_ratio"]
+POINT_MEANS = ("image_precision", "image_recall", "image_f1", "image_false_alarm_rate", "oracle_image_f1",
+               "pixel_f1", "pixel_iou", "oracle_pixel_f1", "oracle_pixel_iou", "pixel_f1_ratio")
+POINT_CAPTION = ("thresholds from out-of-fold scores of the training images only (split-conformal, see README); "
+                 "the oracle picks the F1-best threshold with the test labels; pixel metrics pool every test "
+                 "pixel at the frame's resolution, without the minimum-area filter of predict")
+
+
+def operating_point_row(run, name: str, layers, s: Settings, far: float, folds: int) -> dict:
+    """One method on one class at its calibrated thresholds, beside the oracle's."""
+    cal = calibrate_out_of_fold(name, s, layers, run.train, far, folds)
+    labels = run.labels.astype(bool)
+    row = {"class": run.data.name, "method": name, "n_calibration": cal.n_images, "guaranteed": cal.guaranteed,
+           "image_threshold": cal.image_threshold, "pixel_threshold": cal.pixel_threshold}
+    if labels.any() and (~labels).any():
+        image, oracle = at_threshold(run.scores[name], labels, cal.image_threshold), best_f1(run.scores[name], labels)
+        row.update({"image_precision": image["precision"], "image_recall": image["recall"], "image_f1": image["f1"],
+                    "image_false_alarm_rate": image["false_alarm_rate"], "oracle_image_f1": oracle["f1"]})
+    if run.data.has_masks and run.masks.any():
+        pixel, oracle = at_threshold(run.maps[name], run.masks, cal.pixel_threshold), best_f1(run.maps[name], run.masks)
+        row.update({"pixel_f1": pixel["f1"], "pixel_iou": pixel["iou"], "oracle_pixel_f1": oracle["f1"],
+                    "oracle_pixel_iou": oracle["iou"], "pixel_f1_ratio": pixel["f1"] / oracle["f1"]})
+    return {column: row.get(column) for column in POINT_COLUMNS}
 
 
 def _shown(value) -> str:

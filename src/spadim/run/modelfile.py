@@ -28,7 +28,7 @@ def save_model(path: Path, method, weights: Weights, pre: Preprocess, class_name
                calibration: dict | None = None, fit_info: dict | None = None) -> None:
     """Write atomically (temporary file, then rename). ``ref_images`` (uint8 [n, crop, crop, 3])
     are normal frames kept for keypoint object masks at predict time; ``calibration`` is
-    :meth:`spadim.inspect.calibration.Calibration.to_json` (plain data, loadable without code)."""
+    :meth:`spadim.run.calibration.Calibration.to_json` (plain data, loadable without code)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {

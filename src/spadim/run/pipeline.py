@@ -51,14 +51,19 @@ class Settings:
     spade_fusion: str = "mean"  # "mean" of per-layer maps (reference) or "concat"
     stream_size: int = 32  # test images scored per chunk when streaming
     frame: str = "crop"  # "crop" as the papers (evaluate, studies) or "whole" (fit/predict/serve inspect it all)
+    coreset: float = 0.1  # PatchCore: fraction of training patches kept in the memory bank, in (0, 1]
+    patchcore_dim: int = 1024  # PatchCore: per-layer and final patch-feature dimension
 
     def __post_init__(self):
         if self.arch not in DEFAULT_D:
             raise SpadimError(f"unknown backbone {self.arch!r}: choose one of {', '.join(DEFAULT_D)}")
-        for flag, value in (("--k", self.k), ("--d", self.padim_d), ("--batch-size", self.batch_size)):
+        for flag, value in (("--k", self.k), ("--d", self.padim_d), ("--batch-size", self.batch_size),
+                            ("--patchcore-dim", self.patchcore_dim)):
             if value < 1:
                 raise SpadimError(f"{flag} must be >= 1 (got {value})")
         Preprocess(self.resize, self.crop, self.frame)  # raises SpadimError on bad sizes
+        if not 0 < self.coreset <= 1:
+            raise SpadimError(f"--coreset must be in (0, 1] (got {self.coreset})")
         if self.spade_fusion not in FUSIONS:
             raise SpadimError(f"--spade-fusion {self.spade_fusion!r}: choose {' or '.join(FUSIONS)}")
         if isinstance(self.layers, str) and self.layers != AUTO:
@@ -166,16 +171,17 @@ def images_only(paths: list[Path], chunks: list[FeatureSet]) -> FeatureSet:
 
 def fit_methods(fx: FeatureExtractor, paths: list[Path], s: Settings, methods: list[str],
                 layers: tuple[int, ...] | None = None, desc: str = "train",
-                on_chunk=None) -> tuple[dict, FeatureSet]:
+                on_chunk=None, hold: bool = False) -> tuple[dict, FeatureSet]:
     """Fitted methods and the training FeatureSet.
 
     When every method can fit chunk by chunk (PaDiM), the training features are streamed
     and only the frames are kept; SPADE's gallery is the training features, so with SPADE
-    they are held once and shared. ``on_chunk(features)`` sees the training features in order
+    they are held once and shared (also with ``hold``, e.g. for out-of-fold calibration).
+    ``on_chunk(features)`` sees the training features in order
     (one whole set or chunk by chunk), e.g. for a learned object mask.
     """
     fresh = {name: s.method(name, layers) for name in methods}
-    if not all(getattr(m, "streams_training", False) for m in fresh.values()):
+    if hold or not all(getattr(m, "streams_training", False) for m in fresh.values()):
         train = fx(paths, desc)
         if on_chunk:
             on_chunk(train)
@@ -210,8 +216,10 @@ def score_stream(fx: FeatureExtractor, paths: list[Path], fitted: dict, chunk_si
 
 
 def evaluate_class(fx: FeatureExtractor, source: Path | ClassData, s: Settings, methods: list[str],
-                   layers: tuple[int, ...] | None = None, observer=None) -> tuple[ClassRun, dict[str, dict]]:
+                   layers: tuple[int, ...] | None = None, observer=None, hold_train: bool = False
+                   ) -> tuple[ClassRun, dict[str, dict]]:
     """Fit each method on the training features, stream the test set through all of them.
+    ``hold_train`` keeps the training features in the run (for calibration) even for PaDiM.
 
     ``source`` is an MVTec AD class folder or the ClassData of any layout (:func:`class_data`).
 
@@ -223,7 +231,7 @@ def evaluate_class(fx: FeatureExtractor, source: Path | ClassData, s: Settings, 
     if observer is not None:
         observer.start(data)
     fitted, train = fit_methods(fx, data.train, s, methods, layers, f"{data.name} train",
-                                observer.train_chunk if observer is not None else None)
+                                observer.train_chunk if observer is not None else None, hold_train)
     return evaluate_fitted(fx, data, s, fitted, train, observer)
 
 

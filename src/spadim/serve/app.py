@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 from spadim.data.mvtec import decode_rgb
 from spadim.errors import SpadimError
 from spadim.inspect import Inspector, OperatingPoint
-from spadim.inspect.calibration import check_far
+from spadim.run.calibration import check_far
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000

@@ -31,7 +31,7 @@ import numpy as np
 from spadim.errors import SpadimError
 from spadim.features.extractor import FeatureSet
 from spadim.methods.padim import fit_padim
-from spadim.run.layerchoice import fold_rows, other_rows, take
+from .layerchoice import fold_rows, other_rows, take
 
 DEFAULT_FAR = 0.01
 DEFAULT_FOLDS = 5

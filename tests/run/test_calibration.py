@@ -10,7 +10,7 @@ import pytest
 
 from spadim.errors import SpadimError
 from spadim.features.extractor import FeatureSet
-from spadim.inspect.calibration import Calibration, check_far, conformal_threshold, out_of_fold
+from spadim.run.calibration import Calibration, check_far, conformal_threshold, out_of_fold
 from spadim.run.layerchoice import fold_rows, other_rows, take
 from spadim.run.pipeline import Settings
 
