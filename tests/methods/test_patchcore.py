@@ -150,7 +150,8 @@ def test_coreset_size_and_projection():
 
 # ---------------------------------------------------------------- patch features
 
-@pytest.mark.parametrize("layers,dim,target", [((2, 3), 5, 3), ((2, 3), 7, 11), ((1, 2, 3), 4, 6), ((3,), 2, 2)])
+@pytest.mark.parametrize("layers,dim,target", [((2, 3), 5, 3), ((2, 3), 7, 11), ((1, 2, 3), 4, 6), ((3,), 2, 2),
+                                               ((2, 3), 6, 4)])  # the last: layer 2 takes the unfold path
 def test_patch_features_equal_a_naive_per_position_computation(layers, dim, target):
     fs = _fs(2, 3)
     emb, grid = embed_patches(fs, layers, dim, target)
@@ -240,7 +241,10 @@ def test_registry_and_settings():
     default = registry.create("patchcore", Settings())
     assert isinstance(default, PatchCore) and default.layers == (2, 3) and default.coreset == 0.1
     assert default.dim == default.target_dim == 1024 and not default.streams_training
-    custom = registry.create("patchcore", Settings(layers=(3, 4), coreset=0.5, patchcore_dim=64, seed=7))
+    assert registry.create("spade", Settings()).layers == (1, 2, 3)  # each method's own default
+    assert registry.create("patchcore", Settings(layers=(1, 2, 3), layers_given=True)).layers == (1, 2, 3)
+    custom = registry.create("patchcore", Settings(layers=(3, 4), layers_given=True, coreset=0.5, patchcore_dim=64,
+                                                   seed=7))
     assert (custom.layers, custom.coreset, custom.dim, custom.seed) == ((3, 4), 0.5, 64, 7)
     assert registry.parse_methods("spade,patchcore") == ["spade", "patchcore"]
     for bad in (0, -0.1, 1.5):

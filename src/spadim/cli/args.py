@@ -39,9 +39,12 @@ def add_common(p: argparse.ArgumentParser, layers: bool = True, frame: str = "cr
     g.add_argument("--seed", type=int, default=0, help="seeds PaDiM's channel subset and random weights")
     m = p.add_argument_group("methods")
     if layers:
-        m.add_argument("--layers", default="1,2,3", help="backbone layers to use, subset of 1,2,3,4, or 'auto': "
-                       "chosen per class from normal images with synthetic defects (default: %(default)s)")
+        m.add_argument("--layers", default=None, help="backbone layers to use, subset of 1,2,3,4, or 'auto': "
+                       "chosen per class from normal images with synthetic defects (default: 1,2,3 for SPADE "
+                       "and PaDiM, 2,3 for PatchCore)")
     m.add_argument("--k", type=int, default=5, help="SPADE: nearest training images (default: %(default)s)")
+    m.add_argument("--coreset", type=float, default=0.1,
+                   help="PatchCore: share of training patches kept by greedy coreset selection (default: %(default)s)")
     m.add_argument("--d", type=int, default=None, help="PaDiM: random channels kept (default: 100 resnet18, 550 others)")
     m.add_argument("--spade-fusion", default="mean", choices=FUSIONS,
                    help="SPADE: 'mean' of per-layer distance maps (reference code) or one search over "
@@ -102,9 +105,10 @@ def layers_arg(text: str):
 def settings_from(a) -> Settings:
     return Settings(
         arch=a.arch, weights=a.weights, resize=a.resize, crop=a.crop,
-        layers=layers_arg(a.layers) if hasattr(a, "layers") else (1, 2, 3),
+        layers=layers_arg(a.layers) if getattr(a, "layers", None) else (1, 2, 3),
+        layers_given=getattr(a, "layers", None) is not None,
         k=a.k, d=a.d, seed=a.seed, batch_size=a.batch_size, cache_dir=a.cache_dir, spade_fusion=a.spade_fusion,
-        frame=getattr(a, "frame", "crop"),
+        frame=getattr(a, "frame", "crop"), coreset=a.coreset,
     )
 
 

@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit and calibrate one method on good images; save the model")
     p.add_argument("data", type=Path, help="an MVTec class folder (uses train/good) or any folder of good images "
                    "(recursive)")
-    p.add_argument("--method", default="padim", help="spade or padim (default: %(default)s)")
+    p.add_argument("--method", default="padim", help="spade, padim or patchcore (default: %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="model file to write")
     p.set_defaults(out_is_file=True)
     p.add_argument("--far", type=float, default=inspect.DEFAULT_FAR,

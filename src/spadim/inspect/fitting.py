@@ -48,7 +48,7 @@ def fit_model(folder: Path, out: Path, settings: Settings, method_name: str, far
         layers = selection.chosen
         seconds["layer_choice"] = time.perf_counter() - mark
         say(f"--layers auto chose {selection.name} for {method_name} (synthetic pixel AUPR {selection.aupr:.3f})")
-    layers = tuple(layers or settings.layers)
+    layers = tuple(layers or settings.method_layers(method_name))
     mark = time.perf_counter()
     calibration = calibrate_out_of_fold(method_name, settings, layers, train, far, folds)
     seconds["calibration"] = time.perf_counter() - mark

@@ -49,7 +49,9 @@ def parse_methods(text: str, flag: str = "--methods") -> list[str]:
 
 def create(name: str, settings, layers: tuple[int, ...] | None = None) -> AnomalyMethod:
     (name,) = parse_methods(name, "--method")
-    return METHODS[name].configure(settings, tuple(layers or settings.layers))
+    if not layers:  # the run's layers, or the method's own default when the user gave none
+        layers = settings.method_layers(name) if hasattr(settings, "method_layers") else settings.layers
+    return METHODS[name].configure(settings, tuple(layers))
 
 
 def from_state(name: str, state: dict) -> AnomalyMethod:

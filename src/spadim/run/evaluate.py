@@ -75,7 +75,7 @@ def run(s: Settings, data: Path | ClassData, out_dir: Path, methods: str = "spad
                     run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r_class)
             if far is not None:
                 for name in methods:
-                    layers = sels[name].chosen if s.auto_layers else tuple(s.layers)
+                    layers = sels[name].chosen if s.auto_layers else s.method_layers(name)
                     points.append(operating_point_row(run, name, layers, s, far, folds))
             summaries.append(class_summary(run.data, run.test.shapes))
             note = {"note": "; ".join(notes)} if notes else {}

@@ -43,6 +43,7 @@ class Settings:
     resize: int = 256
     crop: int = 224
     layers: tuple[int, ...] | str = (1, 2, 3)  # or AUTO: chosen per class from normal images
+    layers_given: bool = False  # True when the user chose the layers (else each method's default)
     k: int = 5
     d: int | None = None  # None: 100 for resnet18, 550 for the 50-layer nets
     seed: int = 0
@@ -87,10 +88,16 @@ class Settings:
     def pre(self) -> Preprocess:
         return Preprocess(self.resize, self.crop, self.frame)
 
+    def method_layers(self, name: str) -> tuple[int, ...]:
+        """The layers ``name`` runs with: ``--layers`` when given, else the method's own default
+        (PatchCore's paper setting 2,3; SPADE's and PaDiM's 1,2,3)."""
+        default = getattr(registry.METHODS[name], "default_layers", None)
+        return tuple(self.layers) if self.layers_given or default is None else tuple(default)
+
     def method(self, name: str, layers: tuple[int, ...] | None = None):
         if layers is None and self.auto_layers:
             raise SpadimError("layers are 'auto': choose them first (spadim.studies.layerselect) and pass them")
-        return registry.create(name, self, layers)
+        return registry.create(name, self, layers or self.method_layers(name))
 
 
 def needed_features(methods: list[str], layer_sets) -> tuple[tuple[int, ...], bool]:
@@ -106,7 +113,7 @@ def make_extractor(s: Settings, progress=None, methods=("spade", "padim"), layer
         from spadim.features.extractor import ALL_COMBOS
 
         layer_sets = ALL_COMBOS  # the choice needs every layer
-    layers, pooled = needed_features(list(methods), layer_sets or [s.layers])
+    layers, pooled = needed_features(list(methods), layer_sets or [s.method_layers(m) for m in methods])
     return FeatureExtractor(model, weights, s.pre, s.batch_size, s.cache_dir, progress, layers, pooled)
 
 
