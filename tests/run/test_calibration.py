@@ -10,7 +10,7 @@ import pytest
 
 from spadim.errors import SpadimError
 from spadim.features.extractor import FeatureSet
-from spadim.run.calibration import Calibration, check_far, conformal_threshold, out_of_fold
+from spadim.run.calibration import Calibration, check_far, conformal_threshold, out_of_fold, summarize
 from spadim.run.layerchoice import fold_rows, other_rows, take
 from spadim.run.pipeline import Settings
 
@@ -38,9 +38,15 @@ def test_conformal_guarantee_holds_on_fresh_exchangeable_scores():
     assert rate > far - 0.02  # and not wastefully conservative
 
 
+def _calibration(far, image_scores, maps, pixel_far=0.001):
+    return Calibration(far, "out-of-fold", 5, len(image_scores), **summarize(np.array(image_scores), maps),
+                       pixel_far=pixel_far)
+
+
 def test_too_few_images_warn_and_are_not_silently_guaranteed():
-    cal = Calibration(0.01, "out-of-fold", 5, 20, list(np.linspace(1, 2, 20)), list(np.linspace(3, 4, 20)), 0.5)
-    assert not cal.guaranteed and cal.image_threshold == 2.0 and cal.pixel_threshold == 4.0
+    maps = [np.full((4, 4), v, np.float32) for v in np.linspace(3, 4, 20)]
+    cal = _calibration(0.01, list(np.linspace(1, 2, 20)), maps)
+    assert not cal.guaranteed and cal.image_threshold == 2.0
     assert "NOT guaranteed" in cal.warning() and "1/(n+1) = 0.0476" in cal.warning()
     assert cal.at(0.05).guaranteed and cal.at(0.05).warning() is None
 
@@ -51,14 +57,29 @@ def test_far_outside_zero_one_is_refused(far):
         check_far(far)
 
 
+def test_pixel_threshold_is_the_quantile_of_all_normal_pixels():
+    rng = np.random.default_rng(2)
+    maps = [rng.gamma(2.0, size=(32, 32)).astype(np.float32) for _ in range(30)]
+    pixels = np.concatenate([m.ravel() for m in maps])
+    for pixel_far in (0.001, 0.004, 0.01):
+        cal = _calibration(0.1, list(rng.normal(size=30)), maps, pixel_far)
+        assert np.mean(pixels > cal.pixel_threshold) <= pixel_far
+        assert np.mean(pixels >= cal.pixel_threshold) > pixel_far  # the smallest such threshold
+        assert cal.mask_alarm_rate == pytest.approx(np.mean([m.max() > cal.pixel_threshold for m in maps]))
+    assert cal.pixel_median == pytest.approx(float(np.median(pixels)))
+    with pytest.raises(SpadimError, match="--pixel-far"):
+        _calibration(0.1, list(rng.normal(size=30)), maps, 0.02)
+
+
 def test_normalised_scores_are_zero_at_the_median_and_half_at_the_threshold():
     scores = list(np.arange(1.0, 100.0))
-    cal = Calibration(0.1, "out-of-fold", 5, len(scores), scores, [s + 10 for s in scores], 5.0)
+    maps = [np.full((10, 10), s, np.float32) for s in np.linspace(0, 20, 99)]
+    cal = _calibration(0.1, scores, maps)
     assert cal.normalize_image(cal.image_median) == pytest.approx(0.0)
     assert cal.normalize_image(cal.image_threshold) == pytest.approx(0.5)
     assert cal.normalize_image(2 * cal.image_threshold - cal.image_median) == pytest.approx(1.0)
     assert cal.normalize_pixels(cal.pixel_threshold) == pytest.approx(0.5)
-    assert cal.normalize_pixels(5.0) == pytest.approx(0.0)
+    assert cal.normalize_pixels(cal.pixel_median) == pytest.approx(0.0)
     # a user's image threshold moves the pixel threshold by the same normalised amount
     user = cal.image_threshold + 7
     assert cal.normalize_pixels(cal.pixel_threshold_for(user)) == pytest.approx(cal.normalize_image(user))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 
 from spadim import __version__, inspect
+from spadim.run.calibration import DEFAULT_PIXEL_FAR
 from spadim.run import evaluate
 from spadim.studies import layerselect
 from spadim.studies import layersweep
@@ -92,11 +93,12 @@ def cmd_evaluate(a) -> None:
 
 def cmd_fit(a) -> None:
     (method_name,) = parse_methods(a.method)
-    inspect.fit_model(a.data, a.out, settings_from(a), method_name, a.far, a.folds, a.refs, say, progress)
+    inspect.fit_model(a.data, a.out, settings_from(a), method_name, a.far, a.folds, a.refs, say, progress,
+                      a.pixel_far)
 
 
 def cmd_calibrate(a) -> None:
-    inspect.calibrate_model(a.model, a.images, a.far, a.out, a.weights, say)
+    inspect.calibrate_model(a.model, a.images, a.far, a.out, a.weights, say, a.pixel_far)
 
 
 def _expand_images(items: list[Path]) -> list[Path]:
@@ -247,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target false-alarm rate on normal images for the stored thresholds (default: %(default)s)")
     p.add_argument("--folds", type=int, default=inspect.DEFAULT_FOLDS,
                    help="out-of-fold calibration folds (default: %(default)s)")
+    p.add_argument("--pixel-far", type=float, default=DEFAULT_PIXEL_FAR,
+                   help="share of normal pixels allowed above the defect-mask threshold (default: %(default)s)")
     p.add_argument("--refs", type=int, default=3, help="normal images kept for object masks at predict time")
     add_common(p, frame="whole")
     p.set_defaults(func=cmd_fit)
@@ -255,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path)
     p.add_argument("images", type=Path, help="folder of good images the model was not fitted on (recursive)")
     p.add_argument("--far", type=float, default=inspect.DEFAULT_FAR, help="target false-alarm rate (%(default)s)")
+    p.add_argument("--pixel-far", type=float, default=DEFAULT_PIXEL_FAR,
+                   help="share of normal pixels allowed above the defect-mask threshold (default: %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="model file to write (default: update MODEL in place)")
     p.add_argument("--weights", default=None, help="checkpoint the model was fitted with (default lookup as in fit)")
     p.set_defaults(func=cmd_calibrate)

@@ -20,13 +20,14 @@ from spadim.features.extractor import ALL_COMBOS
 from spadim.run.layerchoice import select_layers
 from spadim.run.modelfile import load_model, save_model, write_blob
 from spadim.run.pipeline import Settings, make_extractor, reference_indices
-from spadim.run.calibration import (DEFAULT_FAR, DEFAULT_FOLDS, Calibration, calibrate_out_of_fold, check_far,
-                                    summarize)
+from spadim.run.calibration import (DEFAULT_FAR, DEFAULT_FOLDS, DEFAULT_PIXEL_FAR, Calibration,
+                                    calibrate_out_of_fold, check_far, summarize)
 from .inspector import Inspector
 
 
 def fit_model(folder: Path, out: Path, settings: Settings, method_name: str, far: float = DEFAULT_FAR,
-              folds: int = DEFAULT_FOLDS, refs: int = 3, say=print, progress=None) -> dict:
+              folds: int = DEFAULT_FOLDS, refs: int = 3, say=print, progress=None,
+              pixel_far: float = DEFAULT_PIXEL_FAR) -> dict:
     """Fit, calibrate out-of-fold, refit on all images, save. Returns what was done and measured."""
     check_far(far)
     if folds < 2:
@@ -50,7 +51,7 @@ def fit_model(folder: Path, out: Path, settings: Settings, method_name: str, far
         say(f"--layers auto chose {selection.name} for {method_name} (synthetic pixel AUPR {selection.aupr:.3f})")
     layers = tuple(layers or settings.method_layers(method_name))
     mark = time.perf_counter()
-    calibration = calibrate_out_of_fold(method_name, settings, layers, train, far, folds)
+    calibration = calibrate_out_of_fold(method_name, settings, layers, train, far, folds, pixel_far)
     seconds["calibration"] = time.perf_counter() - mark
     mark = time.perf_counter()
     method = settings.method(method_name, layers).fit(train)
@@ -70,7 +71,7 @@ def fit_model(folder: Path, out: Path, settings: Settings, method_name: str, far
 
 
 def calibrate_model(model: Path, folder: Path, far: float = DEFAULT_FAR, out: Path | None = None,
-                    weights: str | None = None, say=print) -> Calibration:
+                    weights: str | None = None, say=print, pixel_far: float = DEFAULT_PIXEL_FAR) -> Calibration:
     """Recalibrate a fitted model on held-out good images (never seen in training), without refitting."""
     check_far(far)
     paths = find_images(Path(folder))
@@ -82,9 +83,8 @@ def calibrate_model(model: Path, folder: Path, far: float = DEFAULT_FAR, out: Pa
         chunk_maps, chunk_scores = inspector.method.score(chunk, inspector.pre.crop)
         scores += list(chunk_scores)
         maps += list(chunk_maps)
-    image_scores, pixel_max, pixel_median = summarize(np.array(scores), maps)
-    calibration = Calibration(far, "held-out folder", 0, len(paths), image_scores, pixel_max, pixel_median,
-                              f"{len(paths)} held-out good images from {folder}")
+    calibration = Calibration(far, "held-out folder", 0, len(paths), **summarize(np.array(scores), maps),
+                              pixel_far=pixel_far, source=f"{len(paths)} held-out good images from {folder}")
     _, blob = load_model(model)
     blob["calibration"] = calibration.to_json()
     blob["format_version"] = 3

@@ -201,5 +201,6 @@ class Inspector:
                 "backbone": meta["backbone"], "preprocess": meta["preprocess"], "model_sha256": self.sha256,
                 "spadim_version": meta.get("spadim_version"), "format_version": meta.get("format_version"),
                 "calibration": None if self.calibration is None else {
-                    k: v for k, v in self.calibration.to_json().items() if k not in ("image_scores", "pixel_max")},
+                    k: v for k, v in self.calibration.to_json().items()
+                    if k not in ("image_scores", "pixel_max", "pixel_tail")},
                 "fit": meta.get("fit", {})}

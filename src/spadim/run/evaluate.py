@@ -133,7 +133,8 @@ def run(s: Settings, data: Path | ClassData, out_dir: Path, methods: str = "spad
 
 POINT_COLUMNS = ["class", "method", "n_calibration", "guaranteed", "image_threshold", "image_precision",
                  "image_recall", "image_f1", "image_false_alarm_rate", "oracle_image_f1", "pixel_threshold",
-                 "pixel_f1", "pixel_iou", "oracle_pixel_f1", "oracle_pixel_iou", "pixel_f1_ratio"]
+                 "mask_alarm_rate", "pixel_f1", "pixel_iou", "oracle_pixel_f1", "oracle_pixel_iou",
+                 "pixel_f1_ratio"]
 POINT_MEANS = ("image_precision", "image_recall", "image_f1", "image_false_alarm_rate", "oracle_image_f1",
                "pixel_f1", "pixel_iou", "oracle_pixel_f1", "oracle_pixel_iou", "pixel_f1_ratio")
 POINT_CAPTION = ("thresholds from out-of-fold scores of the training images only (split-conformal, see README); "
@@ -146,7 +147,8 @@ def operating_point_row(run, name: str, layers, s: Settings, far: float, folds: 
     cal = calibrate_out_of_fold(name, s, layers, run.train, far, folds)
     labels = run.labels.astype(bool)
     row = {"class": run.data.name, "method": name, "n_calibration": cal.n_images, "guaranteed": cal.guaranteed,
-           "image_threshold": cal.image_threshold, "pixel_threshold": cal.pixel_threshold}
+           "image_threshold": cal.image_threshold, "pixel_threshold": cal.pixel_threshold,
+           "mask_alarm_rate": cal.mask_alarm_rate}
     if labels.any() and (~labels).any():
         image, oracle = at_threshold(run.scores[name], labels, cal.image_threshold), best_f1(run.scores[name], labels)
         row.update({"image_precision": image["precision"], "image_recall": image["recall"], "image_f1": image["f1"],
