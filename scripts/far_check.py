@@ -31,8 +31,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/far-check"))
     args = parser.parse_args()
     classes = tuple(args.classes.split(","))
-    root = make_dataset(args.out / "data", classes=classes, n_train=args.train, n_test_good=args.good,
-                        n_test_defect=1, seed=1)
+    root = make_dataset(
+        args.out / "data", classes=classes, n_train=args.train, n_test_good=args.good, n_test_defect=1, seed=1
+    )
     settings = Settings(arch=args.arch, weights=str(locate(args.arch)), frame="whole")
     rows = []
     for name in classes:
@@ -40,7 +41,9 @@ def main() -> int:
         for method in args.methods.split(","):
             model = args.out / f"{name}-{method}.pt"
             started = time.perf_counter()
-            fit_model(root / name, model, settings, method, args.far, say=lambda msg: print(msg, file=sys.stderr))
+            fit_model(
+                root / name, model, settings, method, args.far, say=lambda msg: print(msg, file=sys.stderr)
+            )
             inspector = Inspector.load(model)
             point = inspector.operating_point()
             out = args.out / f"pred-{name}-{method}"
@@ -48,10 +51,19 @@ def main() -> int:
             records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
             image_rate = sum(r["decision"] == "defect" for r in records) / len(records)
             pixel_rate = sum(r["defect_pixels"] > 0 for r in records) / len(records)
-            rows.append({"class": name, "method": method, "n_train": args.train, "n_good_test": len(records),
-                         "far": args.far, "image_false_alarm_rate": image_rate,
-                         "mask_false_alarm_rate": pixel_rate, "guaranteed": inspector.calibration.guaranteed,
-                         "seconds": round(time.perf_counter() - started, 1)})
+            rows.append(
+                {
+                    "class": name,
+                    "method": method,
+                    "n_train": args.train,
+                    "n_good_test": len(records),
+                    "far": args.far,
+                    "image_false_alarm_rate": image_rate,
+                    "mask_false_alarm_rate": pixel_rate,
+                    "guaranteed": inspector.calibration.guaranteed,
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     (args.out / "far.json").write_text(json.dumps(rows, indent=1))
     return 0

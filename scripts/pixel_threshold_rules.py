@@ -24,9 +24,14 @@ from spadim.metrics.operating_point import at_threshold, best_f1
 from spadim.run.calibration import conformal_threshold, out_of_fold
 from spadim.run.pipeline import Settings, make_extractor
 
-RULES = {"image-max far=0.01": ("max", 0.01), "image-max far=0.1": ("max", 0.1),
-         "image-max far=0.3": ("max", 0.3), "pixel quantile 1-1e-3": ("pixel", 1e-3),
-         "pixel quantile 1-1e-4": ("pixel", 1e-4), "pixel quantile 1-1e-5": ("pixel", 1e-5)}
+RULES = {
+    "image-max far=0.01": ("max", 0.01),
+    "image-max far=0.1": ("max", 0.1),
+    "image-max far=0.3": ("max", 0.3),
+    "pixel quantile 1-1e-3": ("pixel", 1e-3),
+    "pixel quantile 1-1e-4": ("pixel", 1e-4),
+    "pixel quantile 1-1e-5": ("pixel", 1e-5),
+}
 
 
 def main() -> int:

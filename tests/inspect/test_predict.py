@@ -26,9 +26,9 @@ def test_regions_match_scipy_labelling():
     assert sorted(r.area for r in regions) == sorted(int(sizes[i - 1]) for i in kept)
     np.testing.assert_array_equal(mask, np.isin(labels, kept))
     for region in regions:
-        inside = mask[region.y:region.y + region.height, region.x:region.x + region.width]
+        inside = mask[region.y : region.y + region.height, region.x : region.x + region.width]
         assert inside.sum() >= region.area  # the box holds the whole component
-        box = score_map[region.y:region.y + region.height, region.x:region.x + region.width]
+        box = score_map[region.y : region.y + region.height, region.x : region.x + region.width]
         assert region.peak == pytest.approx(float(box[inside].max()))
     assert [r.peak for r in regions] == sorted((r.peak for r in regions), reverse=True)
 
@@ -48,7 +48,10 @@ def test_whole_frame_keeps_every_pixel_and_maps_back():
 @pytest.fixture(scope="module")
 def model(tiny_root, tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "nut.pt"
-    assert main(["fit", str(tiny_root / "nut"), "--method", "padim", "--far", "0.2", "--out", str(path), *FAST]) == 0
+    assert (
+        main(["fit", str(tiny_root / "nut"), "--method", "padim", "--far", "0.2", "--out", str(path), *FAST])
+        == 0
+    )
     return path
 
 
@@ -104,8 +107,20 @@ def test_predict_refuses_to_mix_operating_points_and_overrides_work(model, tiny_
     assert "other settings" in capsys.readouterr().err
     assert (out / "predictions.jsonl").read_bytes() == before
     lowest = min(r["score"] for r in _records(out))
-    assert main(["predict", str(model), *map(str, images), "--out", str(tmp_path / "t"),
-                 "--threshold", str(lowest - 1)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(model),
+                *map(str, images),
+                "--out",
+                str(tmp_path / "t"),
+                "--threshold",
+                str(lowest - 1),
+            ]
+        )
+        == 0
+    )
     assert {r["decision"] for r in _records(tmp_path / "t")} == {"defect"}
     for bad in (["--far", "1.5"], ["--far", "0.1", "--threshold", "3"]):
         assert main(["predict", str(model), str(images[0]), "--out", str(tmp_path / "x"), *bad]) == 2
@@ -124,8 +139,12 @@ def test_calibrate_replaces_the_operating_point_without_refitting(model, tiny_ro
     cal = Inspector.load(recalibrated).calibration
     assert cal.how == "held-out folder" and cal.n_images == len(list(good.glob("*.png"))) and cal.far == 0.3
     inspector = Inspector.load(model)
-    frames = np.stack([inspector.pre.image(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB))
-                       for p in sorted(good.glob("*.png"))])
+    frames = np.stack(
+        [
+            inspector.pre.image(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB))
+            for p in sorted(good.glob("*.png"))
+        ]
+    )
     _, scores, _ = inspector.score_frames(frames)
     assert cal.image_scores == pytest.approx(sorted(scores.tolist()), rel=1e-5)
 

@@ -27,6 +27,7 @@ def _fs(n, seed, c=(3, 4, 6, 5), hw=(8, 4, 2, 1)):
 
 # ---------------------------------------------------------------- independent reference computations
 
+
 def _adaptive_pool(v: np.ndarray, size: int) -> np.ndarray:
     """torch's adaptive average pooling of a vector, by its definition: bin i is [floor(iL/s), ceil((i+1)L/s))."""
     n = len(v)
@@ -35,11 +36,13 @@ def _adaptive_pool(v: np.ndarray, size: int) -> np.ndarray:
 
 def _bilinear(a: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """[..., h, w] -> [..., out_h, out_w], half-pixel centres (align_corners=False), edges clamped."""
+
     def axis(n_in, n_out):
         src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0)
         lo = np.minimum(np.floor(src).astype(int), n_in - 1)
         hi = np.minimum(lo + 1, n_in - 1)
         return lo, hi, src - lo
+
     ylo, yhi, fy = axis(a.shape[-2], out_h)
     xlo, xhi, fx = axis(a.shape[-1], out_w)
     rows = a[..., ylo, :] * (1 - fy)[:, None] + a[..., yhi, :] * fy[:, None]
@@ -100,12 +103,17 @@ def _brute_coreset(x: np.ndarray, count: int, starts: np.ndarray | None) -> list
 
 # ---------------------------------------------------------------- coreset
 
+
 @pytest.mark.parametrize("starts", [10, 3, 0])
 def test_coreset_equals_brute_force_greedy(starts):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(300, 16, generator=g)
     picked = greedy_coreset(x, 40, starts, torch.Generator().manual_seed(9)).tolist()
-    start_idx = None if starts == 0 else torch.randperm(300, generator=torch.Generator().manual_seed(9))[:starts].numpy()
+    start_idx = (
+        None
+        if starts == 0
+        else torch.randperm(300, generator=torch.Generator().manual_seed(9))[:starts].numpy()
+    )
     assert picked == _brute_coreset(x.double().numpy(), 40, start_idx)
     assert len(set(picked)) == 40
 
@@ -114,7 +122,7 @@ def test_exact_coreset_picks_the_farthest_point_each_step():
     x = torch.randn(200, 5, generator=torch.Generator().manual_seed(1))
     picked = greedy_coreset(x, 25, starts=0).tolist()
     dist = cdist(x.double().numpy(), x.double().numpy())
-    assert picked[0] == int(np.argmax((dist ** 2).sum(1)))
+    assert picked[0] == int(np.argmax((dist**2).sum(1)))
     for k in range(1, 25):
         assert picked[k] == int(np.argmax(dist[:, picked[:k]].min(1)))
 
@@ -144,14 +152,16 @@ def test_coreset_memory_is_linear_in_n(starts):
 def test_coreset_size_and_projection():
     assert coreset_size(1000, 0.1) == 100 and coreset_size(9, 0.1) == 1 and coreset_size(7, 1.0) == 7
     p = random_projection(1024, torch.Generator().manual_seed(0))
-    assert p.shape == (1024, 128) and p.abs().max() <= 1024 ** -0.5
+    assert p.shape == (1024, 128) and p.abs().max() <= 1024**-0.5
     assert torch.equal(p, random_projection(1024, torch.Generator().manual_seed(0)))
 
 
 # ---------------------------------------------------------------- patch features
 
-@pytest.mark.parametrize("layers,dim,target", [((2, 3), 5, 3), ((2, 3), 7, 11), ((1, 2, 3), 4, 6), ((3,), 2, 2),
-                                               ((2, 3), 6, 4)])  # the last: layer 2 takes the unfold path
+
+@pytest.mark.parametrize(
+    "layers,dim,target", [((2, 3), 5, 3), ((2, 3), 7, 11), ((1, 2, 3), 4, 6), ((3,), 2, 2), ((2, 3), 6, 4)]
+)  # the last: layer 2 takes the unfold path
 def test_patch_features_equal_a_naive_per_position_computation(layers, dim, target):
     fs = _fs(2, 3)
     emb, grid = embed_patches(fs, layers, dim, target)
@@ -171,6 +181,7 @@ def test_patch_features_of_a_full_channel_bin_are_3x3_means():
 
 # ---------------------------------------------------------------- fitting and scoring
 
+
 @pytest.mark.parametrize("search", [TorchSearch(chunk=7), FaissSearch()], ids=["torch", "faiss"])
 def test_grid_and_maps_equal_brute_force_nearest_distances(search):
     train, test = _fs(4, 0), _fs(3, 1)
@@ -181,10 +192,13 @@ def test_grid_and_maps_equal_brute_force_nearest_distances(search):
     expect = (cdist(emb.double().numpy(), bank.double().numpy()) ** 2).min(1).reshape(3, 4, 4)
     grid, scores = m.distance_grid(test)
     np.testing.assert_allclose(grid.numpy(), expect, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(scores, expect.reshape(3, -1).max(1), rtol=1e-4)  # neighbours=0: the reference's max
+    np.testing.assert_allclose(
+        scores, expect.reshape(3, -1).max(1), rtol=1e-4
+    )  # neighbours=0: the reference's max
     maps, _ = m.score(test, 16)
-    np.testing.assert_allclose(maps, np.stack([gaussian_filter(_bilinear(g, 16, 16), 4) for g in expect]),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        maps, np.stack([gaussian_filter(_bilinear(g, 16, 16), 4) for g in expect]), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_fit_keeps_the_coreset_of_the_projected_training_patches():
@@ -209,8 +223,12 @@ def test_reweighted_score_equals_eq7_by_hand():
     d = [math.hypot(0.1, 0.3), math.hypot(0.4, 0.2), math.hypot(0.9, 0.3)]
     by_hand = (1 - math.exp(d[0]) / sum(math.exp(v) for v in d)) * d[0]
     assert reweighted_score(query, bank, sq, 3) == pytest.approx(by_hand, rel=1e-6)
-    assert reweighted_score(query, bank, sq, 5) == pytest.approx(_eq7(query.numpy(), bank.numpy(), 5), rel=1e-6)
-    assert reweighted_score(query, bank[:1], sq[:1], 9) == pytest.approx(math.hypot(0.9, 0.3))  # bank of one: s*
+    assert reweighted_score(query, bank, sq, 5) == pytest.approx(
+        _eq7(query.numpy(), bank.numpy(), 5), rel=1e-6
+    )
+    assert reweighted_score(query, bank[:1], sq[:1], 9) == pytest.approx(
+        math.hypot(0.9, 0.3)
+    )  # bank of one: s*
 
 
 def test_image_scores_are_eq7_of_each_images_worst_patch():
@@ -243,8 +261,9 @@ def test_registry_and_settings():
     assert default.dim == default.target_dim == 1024 and not default.streams_training
     assert registry.create("spade", Settings()).layers == (1, 2, 3)  # each method's own default
     assert registry.create("patchcore", Settings(layers=(1, 2, 3), layers_given=True)).layers == (1, 2, 3)
-    custom = registry.create("patchcore", Settings(layers=(3, 4), layers_given=True, coreset=0.5, patchcore_dim=64,
-                                                   seed=7))
+    custom = registry.create(
+        "patchcore", Settings(layers=(3, 4), layers_given=True, coreset=0.5, patchcore_dim=64, seed=7)
+    )
     assert (custom.layers, custom.coreset, custom.dim, custom.seed) == ((3, 4), 0.5, 64, 7)
     assert registry.parse_methods("spade,patchcore") == ["spade", "patchcore"]
     for bad in (0, -0.1, 1.5):

@@ -39,8 +39,14 @@ def test_conformal_guarantee_holds_on_fresh_exchangeable_scores():
 
 
 def _calibration(far, image_scores, maps, pixel_far=0.001):
-    return Calibration(far, "out-of-fold", 5, len(image_scores), **summarize(np.array(image_scores), maps),
-                       pixel_far=pixel_far)
+    return Calibration(
+        far,
+        "out-of-fold",
+        5,
+        len(image_scores),
+        **summarize(np.array(image_scores), maps),
+        pixel_far=pixel_far,
+    )
 
 
 def test_too_few_images_warn_and_are_not_silently_guaranteed():
@@ -113,7 +119,9 @@ def test_out_of_fold_scores_each_image_with_a_model_that_never_saw_it():
 
     n = 13
     pooled = torch.from_numpy(np.random.default_rng(1).normal(size=(n, 4)).astype(np.float32))
-    train = FeatureSet([f"{i}.png" for i in range(n)], {}, pooled, np.zeros((n, 4, 4, 3), np.uint8), [(4, 4)] * n)
+    train = FeatureSet(
+        [f"{i}.png" for i in range(n)], {}, pooled, np.zeros((n, 4, 4, 3), np.uint8), [(4, 4)] * n
+    )
     settings = _ToySettings(arch="resnet18", weights="random", resize=4, crop=4)
     scores, maps = out_of_fold("toy", settings, (1,), train, folds=5)
     for held in fold_rows(n, settings.seed, 5):

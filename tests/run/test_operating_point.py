@@ -18,12 +18,46 @@ from spadim.metrics.operating_point import at_threshold, best_f1
 @pytest.mark.parametrize("method", ["padim", "spade"])
 def test_operating_point_matches_a_fitted_models_calibration(method, tiny_root, tmp_path):
     out, model = tmp_path / "ev", tmp_path / "m.pt"
-    assert main(["evaluate", str(tiny_root), "--classes", "nut", "--methods", method, "--far", "0.2",
-                 "--examples", "0", "--out", str(out), *FAST]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tiny_root),
+                "--classes",
+                "nut",
+                "--methods",
+                method,
+                "--far",
+                "0.2",
+                "--examples",
+                "0",
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     rows = json.loads((out / "operating_point.json").read_text())["rows"]
     row = next(r for r in rows if r["class"] == "nut")
-    assert main(["fit", str(tiny_root / "nut"), "--method", method, "--far", "0.2", "--frame", "crop",
-                 "--out", str(model), *FAST]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(tiny_root / "nut"),
+                "--method",
+                method,
+                "--far",
+                "0.2",
+                "--frame",
+                "crop",
+                "--out",
+                str(model),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     inspector = Inspector.load(model)
     cal = inspector.calibration
     assert row["image_threshold"] == pytest.approx(cal.image_threshold, rel=1e-5)

@@ -51,8 +51,9 @@ def upload(tiny_root) -> bytes:
 
 
 def _post(client, image: bytes, name: str = "part.png", **fields):
-    return client.post("/predict", files={"image": (name, image, "image/png")},
-                       data={k: str(v) for k, v in fields.items()})
+    return client.post(
+        "/predict", files={"image": (name, image, "image/png")}, data={k: str(v) for k, v in fields.items()}
+    )
 
 
 def _png(text: str) -> np.ndarray:
@@ -139,7 +140,10 @@ def test_simultaneous_requests_get_the_sequential_answer(client, upload):
     for thread in threads:
         thread.join(60)
     for answer in answers:
-        assert answer["score"] == pytest.approx(alone["score"], rel=1e-6) and answer["mask_png"] == alone["mask_png"]
+        assert (
+            answer["score"] == pytest.approx(alone["score"], rel=1e-6)
+            and answer["mask_png"] == alone["mask_png"]
+        )
 
 
 def test_uploads_over_the_limit_get_413(inspector, upload):
@@ -150,16 +154,21 @@ def test_uploads_over_the_limit_get_413(inspector, upload):
     assert huge.status_code == 413 and huge.json()["error"].startswith("upload is over")
 
     def chunks():  # no Content-Length: the limit is counted as the body streams in
-        yield b"--x\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n"
+        yield b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
         for _ in range(20):
             yield bytes(10_000)
         yield b"\r\n--x--\r\n"
 
-    streamed = small.post("/predict", content=chunks(),
-                          headers={"content-type": "multipart/form-data; boundary=x"})
+    streamed = small.post(
+        "/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"}
+    )
     assert streamed.status_code == 413 and streamed.json()["error"].startswith("upload is over")
-    assert TestClient(create_app({"nut": inspector})).post(
-        "/predict", files={"image": ("a.png", upload, "image/png")}).status_code == 200
+    assert (
+        TestClient(create_app({"nut": inspector}))
+        .post("/predict", files={"image": ("a.png", upload, "image/png")})
+        .status_code
+        == 200
+    )
 
 
 def test_the_page_is_served_and_self_contained(client):

@@ -45,8 +45,11 @@ def find_images(folder: Path) -> list[Path]:
         seen.add(real)
         dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
         here = Path(dirpath)
-        found += [here / f for f in filenames
-                  if not _is_hidden(f) and Path(f).suffix.lower() in IMAGE_EXTS and (here / f).is_file()]
+        found += [
+            here / f
+            for f in filenames
+            if not _is_hidden(f) and Path(f).suffix.lower() in IMAGE_EXTS and (here / f).is_file()
+        ]
     if not found:
         exts = ", ".join(IMAGE_EXTS)
         raise SpadimError(f"no images ({exts}) under {folder}: add images or give another folder")
@@ -70,12 +73,16 @@ def training_images(folder: Path) -> tuple[str, list[Path]]:
     classes = _mvtec_classes(folder)
     if classes:
         more = ", ..." if len(classes) > 4 else ""
-        raise SpadimError(f"{folder} is an MVTec AD root (classes {', '.join(classes[:4])}{more}): give one "
-                          f"class folder, e.g. {folder / classes[0]}")
+        raise SpadimError(
+            f"{folder} is an MVTec AD root (classes {', '.join(classes[:4])}{more}): give one "
+            f"class folder, e.g. {folder / classes[0]}"
+        )
     mixed = sorted(c.name for c in folder.iterdir() if c.is_dir() and c.name.lower() in NOT_TRAINING)
     if mixed:
-        raise SpadimError(f"{folder} holds a {mixed[0]}/ folder, so not only normal images: give the folder "
-                          f"of normal training images (e.g. {folder / 'train'})")
+        raise SpadimError(
+            f"{folder} holds a {mixed[0]}/ folder, so not only normal images: give the folder "
+            f"of normal training images (e.g. {folder / 'train'})"
+        )
     return name, find_images(folder)
 
 
@@ -97,18 +104,22 @@ def _find_mask(img: Path, test_dir: Path, masks_dir: Path, index: dict[Path, lis
     keys = [rel.parent / f"{img.stem}{suffix}" for suffix in MASK_SUFFIXES]
     matches = [m for key in keys for m in index.get(key, [])]
     if len(matches) > 1:
-        raise SpadimError(f"{len(matches)} masks match test image {img}: {', '.join(map(str, matches))}; "
-                          f"keep one of them")
+        raise SpadimError(
+            f"{len(matches)} masks match test image {img}: {', '.join(map(str, matches))}; keep one of them"
+        )
     if not matches:
         expected = " or ".join(str(masks_dir / k) + ".png" for k in keys)
-        raise SpadimError(f"missing mask for test image {img}: expected {expected} (any image extension); "
-                          f"add it, move the image to {test_dir / 'good'}, or drop --masks (image metrics "
-                          f"only)")
+        raise SpadimError(
+            f"missing mask for test image {img}: expected {expected} (any image extension); "
+            f"add it, move the image to {test_dir / 'good'}, or drop --masks (image metrics "
+            f"only)"
+        )
     return matches[0]
 
 
-def load_plain(train_dir: Path, test_dir: Path, masks_dir: Path | None = None,
-               name: str | None = None) -> ClassData:
+def load_plain(
+    train_dir: Path, test_dir: Path, masks_dir: Path | None = None, name: str | None = None
+) -> ClassData:
     """One class from plain folders (see the module docstring); named ``name`` or after the training
     folder's parent. Without ``masks_dir`` the class has no pixel labels (``has_masks=False``)."""
     train_dir, test_dir = Path(train_dir), Path(test_dir)
@@ -117,23 +128,34 @@ def load_plain(train_dir: Path, test_dir: Path, masks_dir: Path | None = None,
         if folder is not None and not folder.is_dir():
             raise SpadimError(f"{flag} {folder} does not exist or is not a folder: give a folder of images")
     if _inside(test_dir, train_dir) or _inside(train_dir, test_dir):
-        raise SpadimError(f"--train {train_dir} and --test {test_dir} overlap: give two separate folders, "
-                          f"or the training images would be tested (or the test images trained on)")
+        raise SpadimError(
+            f"--train {train_dir} and --test {test_dir} overlap: give two separate folders, "
+            f"or the training images would be tested (or the test images trained on)"
+        )
     if masks_dir is not None and (_inside(masks_dir, train_dir) or _inside(masks_dir, test_dir)):
-        raise SpadimError(f"--masks {masks_dir} lies inside --train or --test: move the masks to a folder "
-                          f"of their own, or they would be read as images")
+        raise SpadimError(
+            f"--masks {masks_dir} lies inside --train or --test: move the masks to a folder "
+            f"of their own, or they would be read as images"
+        )
     name = name or train_dir.resolve().parent.name
     masks_text = masks_dir or "none (image metrics only)"
-    data = ClassData(name=name, root=train_dir.resolve().parent, train=find_images(train_dir), test=[],
-                     has_masks=masks_dir is not None,
-                     origin=f"train {train_dir}, test {test_dir}, masks {masks_text}")
+    data = ClassData(
+        name=name,
+        root=train_dir.resolve().parent,
+        train=find_images(train_dir),
+        test=[],
+        has_masks=masks_dir is not None,
+        origin=f"train {train_dir}, test {test_dir}, masks {masks_text}",
+    )
     index = _mask_index(masks_dir) if masks_dir is not None else {}
     for img in find_images(test_dir):
         rel = img.relative_to(test_dir)
         if len(rel.parts) == 1:
-            raise SpadimError(f"test image {img} is directly in {test_dir}: move it to {test_dir / 'good'}/ "
-                              f"if it is normal, or to a folder named after its defect, e.g. "
-                              f"{test_dir / 'scratch'}/")
+            raise SpadimError(
+                f"test image {img} is directly in {test_dir}: move it to {test_dir / 'good'}/ "
+                f"if it is normal, or to a folder named after its defect, e.g. "
+                f"{test_dir / 'scratch'}/"
+            )
         normal = rel.parts[0].lower() in NORMAL_NAMES
         data.test.append(img)
         data.defects.append("good" if normal else rel.parts[0])

@@ -11,6 +11,19 @@ from .inspector import DEFAULT_MIN_AREA, Inspector, ObjectMask, OperatingPoint, 
 from .regions import Region, find_regions
 from .stream import predict_paths
 
-__all__ = ["DEFAULT_FAR", "DEFAULT_FOLDS", "DEFAULT_MIN_AREA", "Calibration", "Inspector", "ObjectMask", "OperatingPoint",
-           "Prediction", "Region", "calibrate_model", "conformal_threshold", "find_regions", "fit_model",
-           "predict_paths"]
+__all__ = [
+    "DEFAULT_FAR",
+    "DEFAULT_FOLDS",
+    "DEFAULT_MIN_AREA",
+    "Calibration",
+    "Inspector",
+    "ObjectMask",
+    "OperatingPoint",
+    "Prediction",
+    "Region",
+    "calibrate_model",
+    "conformal_threshold",
+    "find_regions",
+    "fit_model",
+    "predict_paths",
+]

@@ -20,14 +20,30 @@ from spadim.features.extractor import ALL_COMBOS
 from spadim.run.layerchoice import select_layers
 from spadim.run.modelfile import load_model, save_model, write_blob
 from spadim.run.pipeline import Settings, make_extractor, reference_indices
-from spadim.run.calibration import (DEFAULT_FAR, DEFAULT_FOLDS, DEFAULT_PIXEL_FAR, Calibration,
-                                    calibrate_out_of_fold, check_far, summarize)
+from spadim.run.calibration import (
+    DEFAULT_FAR,
+    DEFAULT_FOLDS,
+    DEFAULT_PIXEL_FAR,
+    Calibration,
+    calibrate_out_of_fold,
+    check_far,
+    summarize,
+)
 from .inspector import Inspector
 
 
-def fit_model(folder: Path, out: Path, settings: Settings, method_name: str, far: float = DEFAULT_FAR,
-              folds: int = DEFAULT_FOLDS, refs: int = 3, say=print, progress=None,
-              pixel_far: float = DEFAULT_PIXEL_FAR) -> dict:
+def fit_model(
+    folder: Path,
+    out: Path,
+    settings: Settings,
+    method_name: str,
+    far: float = DEFAULT_FAR,
+    folds: int = DEFAULT_FOLDS,
+    refs: int = 3,
+    say=print,
+    progress=None,
+    pixel_far: float = DEFAULT_PIXEL_FAR,
+) -> dict:
     """Fit, calibrate out-of-fold, refit on all images, save. Returns what was done and measured."""
     check_far(far)
     if folds < 2:
@@ -35,8 +51,12 @@ def fit_model(folder: Path, out: Path, settings: Settings, method_name: str, far
     name, paths = training_images(folder)  # MVTec train/good, or any folder
     check_images(paths)  # a bad file fails now, not after the backbone has run
     if len(paths) < 2:
-        raise SpadimError(f"{folder} holds {len(paths)} good image(s): calibration needs at least 2 (add images)")
-    extractor = make_extractor(settings, progress, [method_name], ALL_COMBOS if settings.auto_layers else None)
+        raise SpadimError(
+            f"{folder} holds {len(paths)} good image(s): calibration needs at least 2 (add images)"
+        )
+    extractor = make_extractor(
+        settings, progress, [method_name], ALL_COMBOS if settings.auto_layers else None
+    )
     say(extractor.weights.describe())
     started = time.perf_counter()
     train = extractor(paths, f"{name} train")
@@ -48,7 +68,9 @@ def fit_model(folder: Path, out: Path, settings: Settings, method_name: str, far
         selection = select_layers(extractor, train, settings, method_name)
         layers = selection.chosen
         seconds["layer_choice"] = time.perf_counter() - mark
-        say(f"--layers auto chose {selection.name} for {method_name} (synthetic pixel AUPR {selection.aupr:.3f})")
+        say(
+            f"--layers auto chose {selection.name} for {method_name} (synthetic pixel AUPR {selection.aupr:.3f})"
+        )
     layers = tuple(layers or settings.method_layers(method_name))
     mark = time.perf_counter()
     calibration = calibrate_out_of_fold(method_name, settings, layers, train, far, folds, pixel_far)
@@ -57,21 +79,34 @@ def fit_model(folder: Path, out: Path, settings: Settings, method_name: str, far
     method = settings.method(method_name, layers).fit(train)
     seconds["fit"] = time.perf_counter() - mark
     refs_frames = train.images[reference_indices(len(train), refs)]
-    info = {"images": len(train), "folder": str(folder), "seconds": seconds,
-            "layer_choice": selection.to_json() if selection else None}
+    info = {
+        "images": len(train),
+        "folder": str(folder),
+        "seconds": seconds,
+        "layer_choice": selection.to_json() if selection else None,
+    }
     save_model(out, method, extractor.weights, settings.pre, name, refs_frames, calibration.to_json(), info)
     if selection is not None:  # the audit trail of the choice, readable without torch
         Path(f"{out}.layers.json").write_text(json.dumps(selection.to_json(), indent=1))
     if calibration.warning():
         say(f"warning: {calibration.warning()}")
-    say(f"fitted {method_name} on {len(train)} images of {name} in {sum(seconds.values()):.1f} s "
+    say(
+        f"fitted {method_name} on {len(train)} images of {name} in {sum(seconds.values()):.1f} s "
         f"(calibration {seconds['calibration']:.1f} s): image threshold {calibration.image_threshold:.4g}, "
-        f"pixel threshold {calibration.pixel_threshold:.4g} at far={far:g} -> {out}")
+        f"pixel threshold {calibration.pixel_threshold:.4g} at far={far:g} -> {out}"
+    )
     return {"calibration": calibration, "seconds": seconds, "layers": layers, "selection": selection}
 
 
-def calibrate_model(model: Path, folder: Path, far: float = DEFAULT_FAR, out: Path | None = None,
-                    weights: str | None = None, say=print, pixel_far: float = DEFAULT_PIXEL_FAR) -> Calibration:
+def calibrate_model(
+    model: Path,
+    folder: Path,
+    far: float = DEFAULT_FAR,
+    out: Path | None = None,
+    weights: str | None = None,
+    say=print,
+    pixel_far: float = DEFAULT_PIXEL_FAR,
+) -> Calibration:
     """Recalibrate a fitted model on held-out good images (never seen in training), without refitting."""
     check_far(far)
     paths = find_images(Path(folder))
@@ -79,18 +114,27 @@ def calibrate_model(model: Path, folder: Path, far: float = DEFAULT_FAR, out: Pa
     inspector = Inspector.load(model, weights)
     scores, maps = [], []
     for start in range(0, len(paths), 32):
-        chunk = inspector.extractor(paths[start:start + 32], "calibrate")
+        chunk = inspector.extractor(paths[start : start + 32], "calibrate")
         chunk_maps, chunk_scores = inspector.method.score(chunk, inspector.pre.crop)
         scores += list(chunk_scores)
         maps += list(chunk_maps)
-    calibration = Calibration(far, "held-out folder", 0, len(paths), **summarize(np.array(scores), maps),
-                              pixel_far=pixel_far, source=f"{len(paths)} held-out good images from {folder}")
+    calibration = Calibration(
+        far,
+        "held-out folder",
+        0,
+        len(paths),
+        **summarize(np.array(scores), maps),
+        pixel_far=pixel_far,
+        source=f"{len(paths)} held-out good images from {folder}",
+    )
     _, blob = load_model(model)
     blob["calibration"] = calibration.to_json()
     blob["format_version"] = 3
     write_blob(Path(out or model), blob)
     if calibration.warning():
         say(f"warning: {calibration.warning()}")
-    say(f"recalibrated {model} on {len(paths)} good images: image threshold {calibration.image_threshold:.4g}, "
-        f"pixel threshold {calibration.pixel_threshold:.4g} at far={far:g} -> {out or model}")
+    say(
+        f"recalibrated {model} on {len(paths)} good images: image threshold {calibration.image_threshold:.4g}, "
+        f"pixel threshold {calibration.pixel_threshold:.4g} at far={far:g} -> {out or model}"
+    )
     return calibration

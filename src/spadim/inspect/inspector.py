@@ -62,11 +62,19 @@ class Prediction:
     defect_mask: np.ndarray = field(repr=False)  # bool [height, width]: pixels of the kept regions
 
     def to_json(self, point: OperatingPoint) -> dict:
-        return {"image": self.name, "width": self.width, "height": self.height, "score": self.score,
-                "normalized_score": self.normalized_score, "decision": self.decision,
-                "image_threshold": point.image_threshold, "pixel_threshold": point.pixel_threshold,
-                "operating_point": point.source, "defect_pixels": int(self.defect_mask.sum()),
-                "regions": [r.to_json() for r in self.regions]}
+        return {
+            "image": self.name,
+            "width": self.width,
+            "height": self.height,
+            "score": self.score,
+            "normalized_score": self.normalized_score,
+            "decision": self.decision,
+            "image_threshold": point.image_threshold,
+            "pixel_threshold": point.pixel_threshold,
+            "operating_point": point.source,
+            "defect_pixels": int(self.defect_mask.sum()),
+            "regions": [r.to_json() for r in self.regions],
+        }
 
 
 def file_sha256(path: Path) -> str:
@@ -88,44 +96,65 @@ class Inspector:
         self.sha256 = file_sha256(model_path) if model_path else ""
 
     @classmethod
-    def load(cls, path: Path, weights: str | None = None, batch_size: int = 8,
-             object_mask: ObjectMask | None = None) -> "Inspector":
+    def load(
+        cls,
+        path: Path,
+        weights: str | None = None,
+        batch_size: int = 8,
+        object_mask: ObjectMask | None = None,
+    ) -> "Inspector":
         """Read the model and its backbone; a checkpoint other than the one it was fitted with is refused.
         A model that cannot serve ``object_mask`` is refused before the backbone loads."""
         method, meta = load_model(path)
         if object_mask is not None and len(meta["ref_images"]) == 0:
-            raise SpadimError(f"model {path} holds no reference images, which --object-mask needs: "
-                              f"refit it with `spadim fit --refs 3`, or drop --object-mask")
+            raise SpadimError(
+                f"model {path} holds no reference images, which --object-mask needs: "
+                f"refit it with `spadim fit --refs 3`, or drop --object-mask"
+            )
         backbone = meta["backbone"]
         random = backbone["source"] == "random"
         seed = int(backbone["sha256"].removeprefix("random-seed")) if random else 0
         network, found = load_backbone(backbone["arch"], "random" if random else weights, seed)
         if found.sha256 != backbone["sha256"]:
-            raise SpadimError(f"model {path} was fitted with {backbone['arch']} weights sha256 "
-                              f"{backbone['sha256'][:12]} but the weights found are {found.sha256[:12]} "
-                              f"({found.source}): pass the same checkpoint with --weights")
+            raise SpadimError(
+                f"model {path} was fitted with {backbone['arch']} weights sha256 "
+                f"{backbone['sha256'][:12]} but the weights found are {found.sha256[:12]} "
+                f"({found.source}): pass the same checkpoint with --weights"
+            )
         layers, pooled = needed_features([method.name], [method.layers])
-        extractor = FeatureExtractor(network, found, Preprocess(**meta["preprocess"]), batch_size, None, None,
-                                     layers, pooled)
+        extractor = FeatureExtractor(
+            network, found, Preprocess(**meta["preprocess"]), batch_size, None, None, layers, pooled
+        )
         return cls(method, meta, extractor, Path(path))
 
     # ------------------------------------------------------------ operating point
     def operating_point(self, threshold: float | None = None, far: float | None = None) -> OperatingPoint:
         if threshold is not None and far is not None:
-            raise SpadimError("give --threshold or --far, not both: --far picks a threshold from the calibration")
+            raise SpadimError(
+                "give --threshold or --far, not both: --far picks a threshold from the calibration"
+            )
         cal = self.calibration
         if threshold is not None:
             if not np.isfinite(threshold):
                 raise SpadimError(f"--threshold must be a finite score (got {threshold})")
             pixel = cal.pixel_threshold_for(threshold) if cal else float(threshold)
-            return OperatingPoint(float(threshold), pixel, f"threshold {threshold:g} given by the user", None, False)
+            return OperatingPoint(
+                float(threshold), pixel, f"threshold {threshold:g} given by the user", None, False
+            )
         if cal is None:
-            raise SpadimError(f"model {self.model_path} has no calibration (fitted by an older spadim): run "
-                              f"`spadim calibrate {self.model_path} GOOD_IMAGES_DIR` or give --threshold")
+            raise SpadimError(
+                f"model {self.model_path} has no calibration (fitted by an older spadim): run "
+                f"`spadim calibrate {self.model_path} GOOD_IMAGES_DIR` or give --threshold"
+            )
         if far is not None:
             cal = cal.at(check_far(far))
-        return OperatingPoint(cal.image_threshold, cal.pixel_threshold,
-                              f"calibrated at far={cal.far:g} ({cal.how}, n={cal.n_images})", cal.far, cal.guaranteed)
+        return OperatingPoint(
+            cal.image_threshold,
+            cal.pixel_threshold,
+            f"calibrated at far={cal.far:g} ({cal.how}, n={cal.n_images})",
+            cal.far,
+            cal.guaranteed,
+        )
 
     def warnings(self, point: OperatingPoint) -> list[str]:
         if self.meta["backbone"]["source"] == "random":
@@ -140,11 +169,14 @@ class Inspector:
     # ------------------------------------------------------------ scoring
     def check_object_mask(self, object_mask: ObjectMask | None) -> None:
         if object_mask is not None and len(self.meta["ref_images"]) == 0:
-            raise SpadimError(f"model {self.model_path} holds no reference images, which --object-mask needs: "
-                              f"refit it with `spadim fit --refs 3`, or drop --object-mask")
+            raise SpadimError(
+                f"model {self.model_path} holds no reference images, which --object-mask needs: "
+                f"refit it with `spadim fit --refs 3`, or drop --object-mask"
+            )
 
-    def score_frames(self, frames: np.ndarray, object_mask: ObjectMask | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def score_frames(
+        self, frames: np.ndarray, object_mask: ObjectMask | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Preprocessed uint8 frames [N, crop, crop, 3] -> maps [N, crop, crop], image scores [N] and the
         object mask's fallback warnings."""
         with torch.inference_mode():
@@ -157,8 +189,14 @@ class Inspector:
         maps, scores = suppress_outside(self.method.name, maps, scores, inside, object_mask.multiplier)
         return maps, scores, warnings
 
-    def predict(self, images: list[np.ndarray], names: list[str], point: OperatingPoint,
-                min_area: float = DEFAULT_MIN_AREA, object_mask: ObjectMask | None = None) -> list[Prediction]:
+    def predict(
+        self,
+        images: list[np.ndarray],
+        names: list[str],
+        point: OperatingPoint,
+        min_area: float = DEFAULT_MIN_AREA,
+        object_mask: ObjectMask | None = None,
+    ) -> list[Prediction]:
         """Original-resolution RGB images (any sizes) -> one :class:`Prediction` each, in one batch pass."""
         if not images:
             return []
@@ -168,12 +206,30 @@ class Inspector:
         for rgb, name, frame_map, score in zip(images, names, maps, scores):
             height, width = rgb.shape[:2]
             full = self.pre.to_original(frame_map, (height, width))
-            regions, mask = find_regions(full, point.pixel_threshold, max(1, round(min_area * height * width)),
-                                         self.calibration.normalize_pixels if self.calibration else None)
-            normalized = float(self.calibration.normalize_image(score, point.image_threshold)) if self.calibration \
+            regions, mask = find_regions(
+                full,
+                point.pixel_threshold,
+                max(1, round(min_area * height * width)),
+                self.calibration.normalize_pixels if self.calibration else None,
+            )
+            normalized = (
+                float(self.calibration.normalize_image(score, point.image_threshold))
+                if self.calibration
                 else None
-            out.append(Prediction(name, height, width, float(score), normalized,
-                                  "defect" if score > point.image_threshold else "ok", regions, full, mask))
+            )
+            out.append(
+                Prediction(
+                    name,
+                    height,
+                    width,
+                    float(score),
+                    normalized,
+                    "defect" if score > point.image_threshold else "ok",
+                    regions,
+                    full,
+                    mask,
+                )
+            )
         return out
 
     # ------------------------------------------------------------ pictures
@@ -189,18 +245,30 @@ class Inspector:
     def overlay(self, rgb: np.ndarray, prediction: Prediction, point: OperatingPoint) -> np.ndarray:
         """Heatmap blended over the image, with the defect regions outlined in white."""
         picture = overlay(rgb, self.heatmap(prediction, point))
-        contours, _ = cv2.findContours(prediction.defect_mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                       cv2.CHAIN_APPROX_SIMPLE)
+        contours, _ = cv2.findContours(
+            prediction.defect_mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
         cv2.drawContours(picture, contours, -1, (255, 255, 255), max(1, round(max(rgb.shape[:2]) / 300)))
         return picture
 
     def describe(self) -> dict:
         """What ``GET /models`` and ``predict``'s run.json say about the model."""
         meta = self.meta
-        return {"method": self.method.name, "layers": list(self.method.layers), "class_name": meta["class_name"],
-                "backbone": meta["backbone"], "preprocess": meta["preprocess"], "model_sha256": self.sha256,
-                "spadim_version": meta.get("spadim_version"), "format_version": meta.get("format_version"),
-                "calibration": None if self.calibration is None else {
-                    k: v for k, v in self.calibration.to_json().items()
-                    if k not in ("image_scores", "pixel_max", "pixel_tail")},
-                "fit": meta.get("fit", {})}
+        return {
+            "method": self.method.name,
+            "layers": list(self.method.layers),
+            "class_name": meta["class_name"],
+            "backbone": meta["backbone"],
+            "preprocess": meta["preprocess"],
+            "model_sha256": self.sha256,
+            "spadim_version": meta.get("spadim_version"),
+            "format_version": meta.get("format_version"),
+            "calibration": None
+            if self.calibration is None
+            else {
+                k: v
+                for k, v in self.calibration.to_json().items()
+                if k not in ("image_scores", "pixel_max", "pixel_tail")
+            },
+            "fit": meta.get("fit", {}),
+        }

@@ -27,8 +27,9 @@ class Region:
         return asdict(self)
 
 
-def find_regions(score_map: np.ndarray, threshold: float, min_area: int,
-                 normalize=None) -> tuple[list[Region], np.ndarray]:
+def find_regions(
+    score_map: np.ndarray, threshold: float, min_area: int, normalize=None
+) -> tuple[list[Region], np.ndarray]:
     """(regions sorted by peak, highest first; bool mask of their pixels). 8-connectivity."""
     above = (score_map > threshold).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
@@ -40,8 +41,11 @@ def find_regions(score_map: np.ndarray, threshold: float, min_area: int,
     for i, peak in zip(keep, np.atleast_1d(peaks)):
         left, top, width, height, area = (int(v) for v in stats[i, :5])
         peak = float(peak)
-        regions.append(Region(left, top, width, height, area, peak,
-                              None if normalize is None else float(normalize(peak))))
+        regions.append(
+            Region(
+                left, top, width, height, area, peak, None if normalize is None else float(normalize(peak))
+            )
+        )
     regions.sort(key=lambda r: -r.peak)
     mask = np.isin(labels, keep)
     return regions, mask

@@ -25,14 +25,28 @@ from spadim.errors import SpadimError  # noqa: E402
 from spadim.report.figures import save_rgb  # noqa: E402
 from .inspector import DEFAULT_MIN_AREA, Inspector, ObjectMask, OperatingPoint  # noqa: E402
 
-CSV_COLUMNS = ["image", "decision", "score", "normalized_score", "regions", "defect_pixels", "largest_region",
-               "mask", "overlay"]
+CSV_COLUMNS = [
+    "image",
+    "decision",
+    "score",
+    "normalized_score",
+    "regions",
+    "defect_pixels",
+    "largest_region",
+    "mask",
+    "overlay",
+]
 RUN_FILE = "run.json"
 
 
 def _settings(inspector: Inspector, point: OperatingPoint, min_area: float, save_maps: bool) -> dict:
-    return {"model_sha256": inspector.sha256, "image_threshold": point.image_threshold,
-            "pixel_threshold": point.pixel_threshold, "min_area": min_area, "save_maps": save_maps}
+    return {
+        "model_sha256": inspector.sha256,
+        "image_threshold": point.image_threshold,
+        "pixel_threshold": point.pixel_threshold,
+        "min_area": min_area,
+        "save_maps": save_maps,
+    }
 
 
 def _finished(jsonl: Path) -> list[dict]:
@@ -59,18 +73,26 @@ def _start(out: Path, settings: dict, inspector: Inspector, point: OperatingPoin
     run_file = out / RUN_FILE
     if out.exists() and any(out.iterdir()):
         if not run_file.is_file():
-            raise SpadimError(f"--out {out} is not empty and holds no predict run ({RUN_FILE}): choose a new --out")
+            raise SpadimError(
+                f"--out {out} is not empty and holds no predict run ({RUN_FILE}): choose a new --out"
+            )
         earlier = json.loads(run_file.read_text()).get("settings", {})
         changed = {k: (earlier.get(k), v) for k, v in settings.items() if earlier.get(k) != v}
         if changed:
-            raise SpadimError(f"--out {out} holds predictions made with other settings {sorted(changed)}: "
-                              f"choose a new --out (results are never mixed or overwritten)")
+            raise SpadimError(
+                f"--out {out} holds predictions made with other settings {sorted(changed)}: "
+                f"choose a new --out (results are never mixed or overwritten)"
+            )
     out.mkdir(parents=True, exist_ok=True)
     done = _finished(out / "predictions.jsonl")
     low, high = inspector.colour_range(point)
-    info = {"settings": settings, "model": inspector.describe(), "operating_point": point.__dict__,
-            "colour_range": {"low": low, "high": high, "threshold": point.pixel_threshold},
-            "warnings": inspector.warnings(point)}
+    info = {
+        "settings": settings,
+        "model": inspector.describe(),
+        "operating_point": point.__dict__,
+        "colour_range": {"low": low, "high": high, "threshold": point.pixel_threshold},
+        "warnings": inspector.warnings(point),
+    }
     (out / RUN_FILE).write_text(json.dumps(info, indent=1))
     _colour_bar(out / "colorbar.png", low, high, point.pixel_threshold)
     with open(out / "predictions.csv", "w", newline="") as handle:  # rebuilt from the complete JSON lines
@@ -95,36 +117,60 @@ def _colour_bar(path: Path, low: float, high: float, threshold: float) -> None:
 
 def _csv_row(record: dict) -> dict:
     largest = max(record["regions"], key=lambda r: r["area"], default=None)
-    return {"image": record["image"], "decision": record["decision"], "score": f"{record['score']:.6g}",
-            "normalized_score": "n/a" if record["normalized_score"] is None else f"{record['normalized_score']:.4f}",
-            "regions": len(record["regions"]), "defect_pixels": record["defect_pixels"],
-            "largest_region": "" if largest is None else
-            f"x={largest['x']} y={largest['y']} w={largest['width']} h={largest['height']}",
-            "mask": record.get("mask", ""), "overlay": record.get("overlay", "")}
+    return {
+        "image": record["image"],
+        "decision": record["decision"],
+        "score": f"{record['score']:.6g}",
+        "normalized_score": "n/a"
+        if record["normalized_score"] is None
+        else f"{record['normalized_score']:.4f}",
+        "regions": len(record["regions"]),
+        "defect_pixels": record["defect_pixels"],
+        "largest_region": ""
+        if largest is None
+        else f"x={largest['x']} y={largest['y']} w={largest['width']} h={largest['height']}",
+        "mask": record.get("mask", ""),
+        "overlay": record.get("overlay", ""),
+    }
 
 
-def predict_paths(inspector: Inspector, paths: list[Path], out: Path, point: OperatingPoint,
-                  min_area: float = DEFAULT_MIN_AREA, save_maps: bool = False, batch_size: int = 8,
-                  progress=None, object_mask: ObjectMask | None = None) -> dict:
+def predict_paths(
+    inspector: Inspector,
+    paths: list[Path],
+    out: Path,
+    point: OperatingPoint,
+    min_area: float = DEFAULT_MIN_AREA,
+    save_maps: bool = False,
+    batch_size: int = 8,
+    progress=None,
+    object_mask: ObjectMask | None = None,
+) -> dict:
     """Predict every path not finished in ``out`` yet; returns counts and timing of this call."""
     out = Path(out)
     inspector.check_object_mask(object_mask)
-    settings = {**_settings(inspector, point, min_area, save_maps),
-                "object_mask": None if object_mask is None else {**object_mask.config.__dict__,
-                                                                 "multiplier": object_mask.multiplier}}
+    settings = {
+        **_settings(inspector, point, min_area, save_maps),
+        "object_mask": None
+        if object_mask is None
+        else {**object_mask.config.__dict__, "multiplier": object_mask.multiplier},
+    }
     done = _start(out, settings, inspector, point)
     finished = {record["image"] for record in done}
     todo = [(i, p) for i, p in enumerate(paths) if str(p) not in finished]
-    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     started = time.perf_counter()
-    with open(out / "predictions.jsonl", "a") as jsonl, open(out / "predictions.csv", "a", newline="") as table:
+    with (
+        open(out / "predictions.jsonl", "a") as jsonl,
+        open(out / "predictions.csv", "a", newline="") as table,
+    ):
         writer = csv.DictWriter(table, CSV_COLUMNS)
         for batch in progress(batches, "predict", len(todo)) if progress and batches else batches:
             images = [read_rgb(p) for _, p in batch]
             predictions = inspector.predict(images, [str(p) for _, p in batch], point, min_area, object_mask)
             for (index, path), rgb, prediction in zip(batch, images, predictions):
-                record = _write_pictures(out, f"{index:05d}_{path.stem}", inspector, rgb, prediction, point,
-                                         save_maps)
+                record = _write_pictures(
+                    out, f"{index:05d}_{path.stem}", inspector, rgb, prediction, point, save_maps
+                )
                 record = {**prediction.to_json(point), **record}
                 jsonl.write(json.dumps(record) + "\n")
                 writer.writerow(_csv_row(record))
@@ -133,13 +179,24 @@ def predict_paths(inspector: Inspector, paths: list[Path], out: Path, point: Ope
     seconds = time.perf_counter() - started
     records = _finished(out / "predictions.jsonl")
     defects = sum(r["decision"] == "defect" for r in records)
-    return {"images": len(records), "new": len(todo), "resumed_after": len(done), "defect": defects,
-            "ok": len(records) - defects, "seconds": seconds}
+    return {
+        "images": len(records),
+        "new": len(todo),
+        "resumed_after": len(done),
+        "defect": defects,
+        "ok": len(records) - defects,
+        "seconds": seconds,
+    }
 
 
-def _write_pictures(out: Path, stem: str, inspector: Inspector, rgb: np.ndarray, prediction, point,
-                    save_maps: bool) -> dict:
-    paths = {"mask": f"masks/{stem}.png", "overlay": f"overlays/{stem}.png", "heatmap": f"heatmaps/{stem}.png"}
+def _write_pictures(
+    out: Path, stem: str, inspector: Inspector, rgb: np.ndarray, prediction, point, save_maps: bool
+) -> dict:
+    paths = {
+        "mask": f"masks/{stem}.png",
+        "overlay": f"overlays/{stem}.png",
+        "heatmap": f"heatmaps/{stem}.png",
+    }
     (out / "masks").mkdir(exist_ok=True)
     cv2.imwrite(str(out / paths["mask"]), prediction.defect_mask.astype(np.uint8) * 255)
     save_rgb(out / paths["heatmap"], inspector.heatmap(prediction, point))

@@ -42,7 +42,7 @@ def coreset_size(n: int, ratio: float) -> int:
 
 def random_projection(dim_in: int, generator: torch.Generator, dim_out: int = PROJECTION_DIM) -> torch.Tensor:
     """[dim_in, dim_out] weights uniform in +-1/sqrt(dim_in) (the distribution of nn.Linear's default init)."""
-    bound = dim_in ** -0.5
+    bound = dim_in**-0.5
     return (torch.rand(dim_in, dim_out, generator=generator) * 2 - 1) * bound
 
 
@@ -66,8 +66,9 @@ def starting_distances(x: torch.Tensor, starts: int, generator: torch.Generator)
     return total / len(chosen)
 
 
-def greedy_coreset(x: torch.Tensor, count: int, starts: int = STARTS,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+def greedy_coreset(
+    x: torch.Tensor, count: int, starts: int = STARTS, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Indices [count] (in the order picked) of a greedy k-center coreset of the rows of ``x`` [N, D]."""
     generator = generator or torch.Generator().manual_seed(0)
     x = x.float().contiguous()

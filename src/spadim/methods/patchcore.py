@@ -97,8 +97,9 @@ def patch_features(feature_map: torch.Tensor, dim: int, patch: int = PATCH) -> t
     return pool_last(flat, dim).reshape(n, h, w, dim)
 
 
-def embed_patches(fs: FeatureSet, layers: tuple[int, ...], dim: int = DIM, target_dim: int = DIM,
-                  patch: int = PATCH) -> tuple[torch.Tensor, tuple[int, int]]:
+def embed_patches(
+    fs: FeatureSet, layers: tuple[int, ...], dim: int = DIM, target_dim: int = DIM, patch: int = PATCH
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """[n * H * W, target_dim] locally aware patch features (rows image by image, then row-major
     positions) and the grid (H, W) of the first layer."""
     per_layer, grid = [], None
@@ -107,7 +108,9 @@ def embed_patches(fs: FeatureSet, layers: tuple[int, ...], dim: int = DIM, targe
         if grid is None:
             grid = tuple(f.shape[1:3])
         elif tuple(f.shape[1:3]) != grid:
-            f = F.interpolate(f.permute(0, 3, 1, 2), size=grid, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+            f = F.interpolate(f.permute(0, 3, 1, 2), size=grid, mode="bilinear", align_corners=False).permute(
+                0, 2, 3, 1
+            )
         per_layer.append(f)
     stacked = torch.stack(per_layer, dim=3)  # [n, H, W, L, dim]
     return pool_last(stacked.reshape(-1, len(layers) * dim), target_dim), grid
@@ -134,13 +137,32 @@ class PatchCore:
     #: the coreset needs every training patch at once
     streams_training = False
 
-    def __init__(self, layers: tuple[int, ...] = PAPER_LAYERS, coreset: float = 0.1, dim: int = DIM,
-                 target_dim: int = DIM, neighbours: int = NEIGHBOURS, seed: int = 0, batch: int = 8,
-                 starts: int = STARTS, search: NearestSearch | None = None):
+    def __init__(
+        self,
+        layers: tuple[int, ...] = PAPER_LAYERS,
+        coreset: float = 0.1,
+        dim: int = DIM,
+        target_dim: int = DIM,
+        neighbours: int = NEIGHBOURS,
+        seed: int = 0,
+        batch: int = 8,
+        starts: int = STARTS,
+        search: NearestSearch | None = None,
+    ):
         if not 0 < coreset <= 1:
             raise ValueError(f"coreset ratio must be in (0, 1], got {coreset}")
-        self.layers, self.coreset, self.dim, self.target_dim = tuple(layers), float(coreset), int(dim), int(target_dim)
-        self.neighbours, self.seed, self.batch, self.starts = int(neighbours), int(seed), int(batch), int(starts)
+        self.layers, self.coreset, self.dim, self.target_dim = (
+            tuple(layers),
+            float(coreset),
+            int(dim),
+            int(target_dim),
+        )
+        self.neighbours, self.seed, self.batch, self.starts = (
+            int(neighbours),
+            int(seed),
+            int(batch),
+            int(starts),
+        )
         self.search = search or default_search()
         self.bank: torch.Tensor | None = None  # [G, target_dim]
         self.grid: tuple[int, int] = (0, 0)
@@ -211,16 +233,30 @@ class PatchCore:
 
     def state(self) -> dict:
         return {
-            "config": {"layers": list(self.layers), "coreset": self.coreset, "dim": self.dim,
-                       "target_dim": self.target_dim, "neighbours": self.neighbours, "seed": self.seed,
-                       "starts": self.starts, "grid": list(self.grid)},
+            "config": {
+                "layers": list(self.layers),
+                "coreset": self.coreset,
+                "dim": self.dim,
+                "target_dim": self.target_dim,
+                "neighbours": self.neighbours,
+                "seed": self.seed,
+                "starts": self.starts,
+                "grid": list(self.grid),
+            },
             "tensors": {"bank": self.bank.contiguous()},
         }
 
     @classmethod
     def from_state(cls, state: dict) -> "PatchCore":
         c = state["config"]
-        m = cls(tuple(c["layers"]), c["coreset"], c["dim"], c["target_dim"], c["neighbours"], c["seed"],
-                starts=c["starts"])
+        m = cls(
+            tuple(c["layers"]),
+            c["coreset"],
+            c["dim"],
+            c["target_dim"],
+            c["neighbours"],
+            c["seed"],
+            starts=c["starts"],
+        )
         m.bank, m.grid = state["tensors"]["bank"], tuple(c["grid"])
         return m

@@ -30,8 +30,14 @@ def at_threshold(scores: np.ndarray, labels: np.ndarray, threshold: float) -> di
     tp, fp, fn, tn = counts(np.asarray(scores) > threshold, labels)
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)
-    return {"precision": precision, "recall": recall, "f1": f1, "false_alarm_rate": _ratio(fp, fp + tn),
-            "iou": _ratio(tp, tp + fp + fn), "threshold": float(threshold)}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "false_alarm_rate": _ratio(fp, fp + tn),
+        "iou": _ratio(tp, tp + fp + fn),
+        "threshold": float(threshold),
+    }
 
 
 def best_f1(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -46,7 +46,9 @@ TAIL_SHARE = 0.01  # the largest 1% of normal pixel scores are kept: pixel_far c
 
 def check_far(far: float, flag: str = "--far") -> float:
     if not (isinstance(far, (int, float)) and 0.0 < far < 1.0):
-        raise SpadimError(f"{flag} must be a false-alarm rate between 0 and 1, exclusive (got {far}): e.g. 0.01")
+        raise SpadimError(
+            f"{flag} must be a false-alarm rate between 0 and 1, exclusive (got {far}): e.g. 0.01"
+        )
     return float(far)
 
 
@@ -101,15 +103,28 @@ class Calibration:
 
     def at(self, far: float) -> "Calibration":
         """The same normal scores at another false-alarm rate (``--far`` at predict time)."""
-        return Calibration(far, self.how, self.folds, self.n_images, self.image_scores, self.pixel_max,
-                           self.pixel_median, self.pixel_tail, self.n_pixels, self.pixel_far, self.source)
+        return Calibration(
+            far,
+            self.how,
+            self.folds,
+            self.n_images,
+            self.image_scores,
+            self.pixel_max,
+            self.pixel_median,
+            self.pixel_tail,
+            self.n_pixels,
+            self.pixel_far,
+            self.source,
+        )
 
     def warning(self) -> str | None:
         if self.guaranteed:
             return None
-        return (f"{self.n_images} normal images cannot guarantee a false-alarm rate of {self.far:g} (the smallest "
-                f"they can is 1/(n+1) = {smallest_far(self.n_images):.3g}): the image threshold is the largest "
-                f"normal score and the rate is NOT guaranteed; add good images or raise --far")
+        return (
+            f"{self.n_images} normal images cannot guarantee a false-alarm rate of {self.far:g} (the smallest "
+            f"they can is 1/(n+1) = {smallest_far(self.n_images):.3g}): the image threshold is the largest "
+            f"normal score and the rate is NOT guaranteed; add good images or raise --far"
+        )
 
     def normalize_image(self, score, threshold: float | None = None):
         return _normalize(score, self.image_median, self.image_threshold if threshold is None else threshold)
@@ -125,14 +140,32 @@ class Calibration:
         return self.pixel_median + 2.0 * level * (self.pixel_threshold - self.pixel_median)
 
     def to_json(self) -> dict:
-        return {**asdict(self), "image_median": self.image_median,
-                "promise": (f"a new normal image exchangeable with the {self.n_images} calibration images is "
-                            f"flagged with probability <= {self.far:g}" if self.guaranteed else "none (too few images)")}
+        return {
+            **asdict(self),
+            "image_median": self.image_median,
+            "promise": (
+                f"a new normal image exchangeable with the {self.n_images} calibration images is "
+                f"flagged with probability <= {self.far:g}"
+                if self.guaranteed
+                else "none (too few images)"
+            ),
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> "Calibration":
-        keys = ("far", "how", "folds", "n_images", "image_scores", "pixel_max", "pixel_median", "pixel_tail",
-                "n_pixels", "pixel_far", "source")
+        keys = (
+            "far",
+            "how",
+            "folds",
+            "n_images",
+            "image_scores",
+            "pixel_max",
+            "pixel_median",
+            "pixel_tail",
+            "n_pixels",
+            "pixel_far",
+            "source",
+        )
         return cls(**{k: data[k] for k in keys})
 
 
@@ -147,8 +180,10 @@ def pixel_quantile(tail: list[float], n_pixels: int, pixel_far: float) -> float:
     """The smallest kept score with at most ``pixel_far`` of all ``n_pixels`` normal scores above it."""
     above = math.floor(n_pixels * pixel_far)  # scores allowed strictly above the threshold
     if above >= len(tail):
-        raise SpadimError(f"--pixel-far {pixel_far:g} needs more of the normal pixel scores than the model keeps "
-                          f"(the largest {TAIL_SHARE:g}): use a --pixel-far of at most {TAIL_SHARE:g}")
+        raise SpadimError(
+            f"--pixel-far {pixel_far:g} needs more of the normal pixel scores than the model keeps "
+            f"(the largest {TAIL_SHARE:g}): use a --pixel-far of at most {TAIL_SHARE:g}"
+        )
     return float(tail[len(tail) - 1 - above])
 
 
@@ -157,14 +192,19 @@ def summarize(image_scores: np.ndarray, maps: list[np.ndarray]) -> dict:
     pixel median and the upper tail of all pixel scores."""
     pixels = np.concatenate([m.ravel() for m in maps]) if maps else np.zeros(1, np.float32)
     keep = min(len(pixels), max(1, math.ceil(len(pixels) * TAIL_SHARE)))
-    tail = np.sort(np.partition(pixels, len(pixels) - keep)[len(pixels) - keep:])
-    return {"image_scores": sorted(float(s) for s in image_scores),
-            "pixel_max": sorted(float(m.max()) for m in maps), "pixel_median": float(np.median(pixels)),
-            "pixel_tail": tail.astype(float).tolist(), "n_pixels": int(len(pixels))}
+    tail = np.sort(np.partition(pixels, len(pixels) - keep)[len(pixels) - keep :])
+    return {
+        "image_scores": sorted(float(s) for s in image_scores),
+        "pixel_max": sorted(float(m.max()) for m in maps),
+        "pixel_median": float(np.median(pixels)),
+        "pixel_tail": tail.astype(float).tolist(),
+        "n_pixels": int(len(pixels)),
+    }
 
 
-def out_of_fold(method_name: str, settings, layers: tuple[int, ...], train: FeatureSet,
-                folds: int = DEFAULT_FOLDS) -> tuple[np.ndarray, list[np.ndarray]]:
+def out_of_fold(
+    method_name: str, settings, layers: tuple[int, ...], train: FeatureSet, folds: int = DEFAULT_FOLDS
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Image scores [N] and maps of each training image from a model fitted on the other folds.
 
     PaDiM folds use the exact low-rank fit when a fold has fewer images than channels (the same
@@ -172,7 +212,9 @@ def out_of_fold(method_name: str, settings, layers: tuple[int, ...], train: Feat
     """
     n = len(train)
     if n < 2:
-        raise SpadimError(f"calibration needs at least 2 good images to hold one out (got {n}): add good images")
+        raise SpadimError(
+            f"calibration needs at least 2 good images to hold one out (got {n}): add good images"
+        )
     scores = np.zeros(n, np.float64)
     maps: list[np.ndarray | None] = [None] * n
     for held in fold_rows(n, settings.seed, min(folds, n)):
@@ -187,9 +229,23 @@ def out_of_fold(method_name: str, settings, layers: tuple[int, ...], train: Feat
     return scores, maps
 
 
-def calibrate_out_of_fold(method_name: str, settings, layers, train: FeatureSet, far: float = DEFAULT_FAR,
-                          folds: int = DEFAULT_FOLDS, pixel_far: float = DEFAULT_PIXEL_FAR) -> Calibration:
+def calibrate_out_of_fold(
+    method_name: str,
+    settings,
+    layers,
+    train: FeatureSet,
+    far: float = DEFAULT_FAR,
+    folds: int = DEFAULT_FOLDS,
+    pixel_far: float = DEFAULT_PIXEL_FAR,
+) -> Calibration:
     scores, maps = out_of_fold(method_name, settings, layers, train, folds)
     folds = min(folds, len(train))
-    return Calibration(far, "out-of-fold", folds, len(train), **summarize(scores, maps), pixel_far=pixel_far,
-                       source=f"{folds}-fold out-of-fold scores of the training images")
+    return Calibration(
+        far,
+        "out-of-fold",
+        folds,
+        len(train),
+        **summarize(scores, maps),
+        pixel_far=pixel_far,
+        source=f"{folds}-fold out-of-fold scores of the training images",
+    )

@@ -48,8 +48,10 @@ def load_inspectors(paths: list[Path], weights: str | None = None) -> dict[str, 
     for path in paths:
         path = Path(path)
         if path.stem in names:
-            raise SpadimError(f"models {names[path.stem]} and {path} share the name {path.stem!r}: the "
-                              f"server tells models apart by file stem, so rename one")
+            raise SpadimError(
+                f"models {names[path.stem]} and {path} share the name {path.stem!r}: the "
+                f"server tells models apart by file stem, so rename one"
+            )
         names[path.stem] = path
     return {name: Inspector.load(path, weights) for name, path in names.items()}
 
@@ -59,11 +61,13 @@ def bind(host: str, port: int) -> socket.socket:
     if not 0 <= port <= 65535:
         raise SpadimError(f"--port must be between 0 and 65535 (got {port})")
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror as exc:
-        raise SpadimError(f"cannot serve on host {host!r}: {exc.strerror}; give --host an address "
-                          f"such as 127.0.0.1") from None
+        raise SpadimError(
+            f"cannot serve on host {host!r}: {exc.strerror}; give --host an address such as 127.0.0.1"
+        ) from None
     listener = socket.socket(family, kind, proto)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait for TIME_WAIT
     try:
@@ -71,8 +75,10 @@ def bind(host: str, port: int) -> socket.socket:
         listener.listen(128)
     except OSError as exc:
         listener.close()
-        raise SpadimError(f"cannot serve on {host}:{port}: {exc.strerror or exc}; stop whatever holds the "
-                          f"port or pick another --port") from None
+        raise SpadimError(
+            f"cannot serve on {host}:{port}: {exc.strerror or exc}; stop whatever holds the "
+            f"port or pick another --port"
+        ) from None
     return listener
 
 
@@ -107,8 +113,9 @@ class UploadLimit:
         return f"upload is over the server's limit of {limit}: send a smaller image"
 
 
-def create_app(inspectors: dict[str, Inspector],
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB << 20) -> FastAPI:
+def create_app(
+    inspectors: dict[str, Inspector], max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB << 20
+) -> FastAPI:
     """The API over already-loaded inspectors; the first one answers requests that name no model."""
     if not inspectors:
         raise SpadimError("no model to serve: give at least one model file")
@@ -137,19 +144,28 @@ def create_app(inspectors: dict[str, Inspector],
 
     @app.get("/models")
     def models() -> JSONResponse:
-        return _json({"default": default_model, "max_upload_bytes": max_upload_bytes,
-                      "models": [_model_entry(name, inspector) for name, inspector in inspectors.items()]})
+        return _json(
+            {
+                "default": default_model,
+                "max_upload_bytes": max_upload_bytes,
+                "models": [_model_entry(name, inspector) for name, inspector in inspectors.items()],
+            }
+        )
 
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:
         form = await _read_form(request)
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
-            raise HTTPException(422, "missing the image: send the picture as the multipart file field "
-                                     "'image'")
+            raise HTTPException(
+                422, "missing the image: send the picture as the multipart file field 'image'"
+            )
         if upload.size is not None and upload.size > max_upload_bytes:
-            raise HTTPException(413, f"image is {_megabytes(upload.size)}, over the server's limit of "
-                                     f"{_megabytes(max_upload_bytes)}: send a smaller image")
+            raise HTTPException(
+                413,
+                f"image is {_megabytes(upload.size)}, over the server's limit of "
+                f"{_megabytes(max_upload_bytes)}: send a smaller image",
+            )
         name = _text(form, "model") or default_model
         if name not in inspectors:
             raise HTTPException(404, f"no model named {name!r}: this server has {', '.join(inspectors)}")
@@ -167,8 +183,11 @@ def create_app(inspectors: dict[str, Inspector],
 async def _read_form(request: Request):
     kind = request.headers.get("content-type", "")
     if not kind.startswith("multipart/form-data"):
-        raise HTTPException(415, f"send multipart/form-data with the image in the field 'image' "
-                                 f"(got content type {kind or 'none'!r})")
+        raise HTTPException(
+            415,
+            f"send multipart/form-data with the image in the field 'image' "
+            f"(got content type {kind or 'none'!r})",
+        )
     return await request.form(max_files=1, max_fields=8)
 
 
@@ -194,8 +213,9 @@ def _number(form, field: str) -> float | None:
 def _operating_point(inspector: Inspector, threshold: float | None, far: float | None) -> OperatingPoint:
     """The thresholds for one request; the inspector's messages name CLI flags, these name form fields."""
     if threshold is not None and far is not None:
-        raise HTTPException(422, "give threshold or far, not both: far picks a threshold from the "
-                                 "calibration")
+        raise HTTPException(
+            422, "give threshold or far, not both: far picks a threshold from the calibration"
+        )
     if threshold is not None and not math.isfinite(threshold):
         raise HTTPException(422, f"threshold must be a finite score (got {threshold})")
     try:
@@ -206,8 +226,9 @@ def _operating_point(inspector: Inspector, threshold: float | None, far: float |
         raise HTTPException(422, str(exc)) from None
 
 
-def _predict_one(inspector: Inspector, lock: threading.Lock, data: bytes, filename: str,
-                 point: OperatingPoint) -> dict:
+def _predict_one(
+    inspector: Inspector, lock: threading.Lock, data: bytes, filename: str, point: OperatingPoint
+) -> dict:
     """Decode, score under the model's lock, draw: the part of a request that runs in a worker thread."""
     try:
         rgb = decode_rgb(data, filename)
@@ -219,11 +240,15 @@ def _predict_one(inspector: Inspector, lock: threading.Lock, data: bytes, filena
         overlay = inspector.overlay(rgb, prediction, point)
     seconds = time.perf_counter() - started
     low, high = inspector.colour_range(point)
-    return {**prediction.to_json(point), "point": asdict(point), "warnings": inspector.warnings(point),
-            "colour_range": {"low": low, "high": high, "threshold": point.pixel_threshold},
-            "seconds": seconds,
-            "mask_png": _png(prediction.defect_mask.astype(np.uint8) * 255),
-            "overlay_png": _png(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))}
+    return {
+        **prediction.to_json(point),
+        "point": asdict(point),
+        "warnings": inspector.warnings(point),
+        "colour_range": {"low": low, "high": high, "threshold": point.pixel_threshold},
+        "seconds": seconds,
+        "mask_png": _png(prediction.defect_mask.astype(np.uint8) * 255),
+        "overlay_png": _png(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)),
+    }
 
 
 def _model_entry(name: str, inspector: Inspector) -> dict:
@@ -234,8 +259,12 @@ def _model_entry(name: str, inspector: Inspector) -> dict:
     except SpadimError as exc:  # an uncalibrated model still serves requests that give a threshold
         return {**entry, "default_point": None, "warnings": [str(exc)]}
     low, high = inspector.colour_range(point)
-    return {**entry, "default_point": asdict(point), "warnings": inspector.warnings(point),
-            "colour_range": {"low": low, "high": high, "threshold": point.pixel_threshold}}
+    return {
+        **entry,
+        "default_point": asdict(point),
+        "warnings": inspector.warnings(point),
+        "colour_range": {"low": low, "high": high, "threshold": point.pixel_threshold},
+    }
 
 
 def _png(picture: np.ndarray) -> str:
@@ -271,10 +300,16 @@ def _megabytes(size: int) -> str:
 
 
 # ------------------------------------------------------------------ running
-def serve(inspectors: dict[str, Inspector], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB << 20, listener: socket.socket | None = None,
-          say: Callable[[str], None] = print, started: Callable[[uvicorn.Server, str], None] | None = None,
-          log_level: str = "info") -> None:
+def serve(
+    inspectors: dict[str, Inspector],
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB << 20,
+    listener: socket.socket | None = None,
+    say: Callable[[str], None] = print,
+    started: Callable[[uvicorn.Server, str], None] | None = None,
+    log_level: str = "info",
+) -> None:
     """Serve until Ctrl-C (or ``server.should_exit``). ``listener`` is a socket from :func:`bind`
     (the CLI binds before loading models); ``started(server, url)`` lets a caller stop the server."""
     app = create_app(inspectors, max_upload_bytes)
@@ -284,8 +319,10 @@ def serve(inspectors: dict[str, Inspector], host: str = DEFAULT_HOST, port: int 
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
     for name, inspector in inspectors.items():
         about = inspector.describe()
-        say(f"model {name}: {about['method']} for class {about['class_name']}, "
-            f"{inspector.extractor.weights.describe()}")
+        say(
+            f"model {name}: {about['method']} for class {about['class_name']}, "
+            f"{inspector.extractor.weights.describe()}"
+        )
     say(f"serving {len(inspectors)} model(s) on {url} (Ctrl-C stops)")
     if started is not None:
         started(server, url)
