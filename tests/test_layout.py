@@ -94,3 +94,9 @@ def test_readme_tree_names_every_subpackage():
     subpackages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
     missing = [name for name in subpackages if f"{name}/" not in tree]
     assert not missing, f"README Layout tree lacks {missing}"
+
+
+def test_test_files_have_unique_names():
+    """pytest imports test files by basename (no __init__.py in the tree): two equal names collide."""
+    names = [p.name for p in (PACKAGE.parents[1] / "tests").rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
