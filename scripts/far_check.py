@@ -29,8 +29,17 @@ def main() -> int:
     parser.add_argument("--methods", default="padim,spade")
     parser.add_argument("--arch", default="resnet50_caffe")
     parser.add_argument("--out", type=Path, default=Path("runs/far-check"))
+    parser.add_argument("--same-dust", action="store_true",
+                        help="give good test images the training images' background-dust rate (the embedded "
+                        "set draws dust on 15%% of training and 50%% of test images of object classes, a "
+                        "deliberate shift that breaks exchangeability)")
     args = parser.parse_args()
     classes = tuple(args.classes.split(","))
+    if args.same_dust:
+        from spadim.data.embedded import dataset
+
+        dataset._DUST_P["test"] = dataset._DUST_P["train"]
+        args.out = args.out / "same-dust"
     root = make_dataset(
         args.out / "data", classes=classes, n_train=args.train, n_test_good=args.good, n_test_defect=1, seed=1
     )
