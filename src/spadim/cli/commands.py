@@ -34,7 +34,7 @@ from .args import (
     settings_from,
 )
 from spadim.data.folders import find_images
-from spadim.data.mvtec import IMAGE_EXTS, check_images
+from spadim.data.mvtec import check_images
 from spadim.errors import SpadimError
 from spadim.lists import parse_list
 from spadim.methods.registry import parse_methods
@@ -102,13 +102,11 @@ def cmd_calibrate(a) -> None:
 
 
 def _expand_images(items: list[Path]) -> list[Path]:
+    """Files as given, folders searched recursively (an empty folder is an error naming it)."""
     paths = []
     for p in items:
         if p.is_dir():
-            found = find_images(p)
-            if not found:
-                raise SpadimError(f"no images ({', '.join(IMAGE_EXTS)}) in folder {p}: point predict at image files or folders")
-            paths += found
+            paths += find_images(p)
         elif p.is_file():
             paths.append(p)
         else:

@@ -187,7 +187,8 @@ class Weights:
         return f"ImageNet weights for {self.arch} from {self.source} (sha256 {self.sha256[:12]})"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 4 MiB blocks (checkpoints and model files are GBs)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -284,7 +285,7 @@ def load_checkpoint(arch: str, path: Path) -> tuple[dict, str]:
     A name ``<anything>-<hex>.pth`` promises a SHA-256 starting with ``<hex>``; a file whose
     digest is a known checkpoint of another architecture is refused.
     """
-    digest = _sha256(path)
+    digest = file_sha256(path)
     m = re.match(r"^(.+)-([0-9a-f]{8,})\.pth$", path.name)
     if m and not digest.startswith(m.group(2)):
         source = download_url(arch) or OTHER_FILES.get(arch, ("", "its source"))[1]

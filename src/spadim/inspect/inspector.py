@@ -8,7 +8,6 @@ region's box and area are in the image the user sent, not in the network's 224 p
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 
 from spadim.data.mvtec import Preprocess
 from spadim.errors import SpadimError
-from spadim.features.backbone import load_backbone
+from spadim.features.backbone import file_sha256, load_backbone
 from spadim.features.extractor import FeatureExtractor
 from spadim.report.figures import colorize, overlay
 from spadim.run.modelfile import load_model
@@ -77,12 +76,13 @@ class Prediction:
         }
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _require_references(meta: dict, path, object_mask) -> None:
+    """A keypoint object mask matches against the normal frames the model file keeps."""
+    if object_mask is not None and len(meta["ref_images"]) == 0:
+        raise SpadimError(
+            f"model {path} holds no reference images, which --object-mask needs: "
+            f"refit it with `spadim fit --refs 3`, or drop --object-mask"
+        )
 
 
 class Inspector:
@@ -106,11 +106,7 @@ class Inspector:
         """Read the model and its backbone; a checkpoint other than the one it was fitted with is refused.
         A model that cannot serve ``object_mask`` is refused before the backbone loads."""
         method, meta = load_model(path)
-        if object_mask is not None and len(meta["ref_images"]) == 0:
-            raise SpadimError(
-                f"model {path} holds no reference images, which --object-mask needs: "
-                f"refit it with `spadim fit --refs 3`, or drop --object-mask"
-            )
+        _require_references(meta, path, object_mask)
         backbone = meta["backbone"]
         random = backbone["source"] == "random"
         seed = int(backbone["sha256"].removeprefix("random-seed")) if random else 0
@@ -168,11 +164,7 @@ class Inspector:
 
     # ------------------------------------------------------------ scoring
     def check_object_mask(self, object_mask: ObjectMask | None) -> None:
-        if object_mask is not None and len(self.meta["ref_images"]) == 0:
-            raise SpadimError(
-                f"model {self.model_path} holds no reference images, which --object-mask needs: "
-                f"refit it with `spadim fit --refs 3`, or drop --object-mask"
-            )
+        _require_references(self.meta, self.model_path, object_mask)
 
     def score_frames(
         self, frames: np.ndarray, object_mask: ObjectMask | None = None
