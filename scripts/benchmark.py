@@ -684,6 +684,12 @@ def _table(b: dict) -> str:
         f"data: synthetic '{CLASS}', {b['n_train']} train / {b['n_test']} test at {b['image_size']} px, "
         f"crop {b['crop']}; PaDiM d={b['padim_d']}, SPADE K={b['k']}, batch {b['batch_size']}",
         f"cases: {', '.join(b['cases'])}",
+        "nearest-neighbour search: the probe picked {picked} ({probe}); SPADE layer-1 search "
+        "(3136 x 15680 x 256): {full}".format(
+            picked=b["search"]["picked"],
+            probe=", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in b["search"]["seconds"].items()),
+            full=", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in b["search"]["spade_layer1_s"].items()),
+        ) if "search" in b else "",
     ]
     if "backbone" in b["cases"]:
         lines += ["", f"backbone alone (load + forward to layer 4): {_fmt(bb, '.1f')} ms/img "
@@ -901,6 +907,12 @@ def main(argv=None) -> dict:
                            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                            "cpu": platform.processor() or platform.machine(), "cpu_model": _cpu_model(),
                            "load_avg_start": list(os.getloadavg())}}
+    from spadim.methods.nearest import TorchSearch, FaissSearch, _time, probe_report
+
+    generator = torch.Generator().manual_seed(0)  # SPADE's layer-1 shape: 3136 queries x 5 images x 3136
+    queries, gallery = torch.randn(3136, 256, generator=generator), torch.randn(15680, 256, generator=generator)
+    b["search"] = {**probe_report(), "spade_layer1_s": {search.name: _time(search, queries, gallery, 2)
+                                                          for search in (TorchSearch(), FaissSearch())}}
 
     if "backbone" in cases:
         _stage("backbone alone", t0)
