@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from spadim.data.embedded.dataset import make_dataset
 
 # Tests never reach the internet: weight downloads are off unless a test serves them on 127.0.0.1.
 os.environ["SPADIM_OFFLINE"] = "1"
+# The search-backend probe remembers its result in the user's cache: tests keep theirs private.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="spadim-test-cache-")
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CAFFE_WEIGHTS = SHARED / "weights" / "resnet50_caffe-44e9675b.pth"
 SUBSET = SHARED / "data" / "mvtec_ad_subset"

@@ -34,3 +34,15 @@ def test_backends_agree_with_a_brute_force_cdist():
     expected = torch.cdist(queries.double(), gallery.double()).amin(1).float()
     for kind in nearest.SEARCHES.values():
         torch.testing.assert_close(kind().min_distances(queries, gallery), expected, atol=1e-4, rtol=1e-5)
+
+
+def test_probe_is_remembered_per_machine(monkeypatch, tmp_path):
+    monkeypatch.delenv("SPADIM_SEARCH", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(nearest, "_probed", {})
+    monkeypatch.setattr(nearest, "probe", lambda: {"torch": 0.2, "faiss": 0.1})
+    assert nearest.probe_report()["picked"] == "faiss"
+    monkeypatch.setattr(nearest, "_probed", {})  # a new process: the file answers, no second probe
+    monkeypatch.setattr(nearest, "probe", lambda: pytest.fail("probed twice on one machine"))
+    assert nearest.default_search().name == "faiss"
+    assert (tmp_path / "spadim" / "search-probe.json").is_file()
