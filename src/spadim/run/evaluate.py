@@ -137,9 +137,12 @@ POINT_COLUMNS = ["class", "method", "n_calibration", "guaranteed", "image_thresh
                  "pixel_f1_ratio"]
 POINT_MEANS = ("image_precision", "image_recall", "image_f1", "image_false_alarm_rate", "oracle_image_f1",
                "pixel_f1", "pixel_iou", "oracle_pixel_f1", "oracle_pixel_iou", "pixel_f1_ratio")
-POINT_CAPTION = ("thresholds from out-of-fold scores of the training images only (split-conformal, see README); "
-                 "the oracle picks the F1-best threshold with the test labels; pixel metrics pool every test "
-                 "pixel at the frame's resolution, without the minimum-area filter of predict")
+POINT_CAPTION = (
+    "thresholds from out-of-fold scores of the training images only: the image threshold is their "
+    "split-conformal quantile for far, the pixel threshold the 1 - pixel_far quantile of their pixels (README); "
+    "the oracle picks the F1-best threshold with the test labels; pixel metrics pool every test pixel at the "
+    "frame's resolution, without predict's minimum-area filter"
+)
 
 
 def operating_point_row(run, name: str, layers, s: Settings, far: float, folds: int) -> dict:
