@@ -11,15 +11,14 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 from spadim.data.folders import find_images, training_images
 from spadim.data.mvtec import check_images
 from spadim.errors import SpadimError
 from spadim.features.extractor import ALL_COMBOS
 from spadim.run.layerchoice import select_layers
-from spadim.run.modelfile import load_model, save_model, write_blob
-from spadim.run.pipeline import Settings, make_extractor, reference_indices
+from spadim.run.modelfile import save_model, write_blob
+from spadim.run.pipeline import Settings, make_extractor, reference_indices, score_stream
 from spadim.run.calibration import (
     DEFAULT_FAR,
     DEFAULT_FOLDS,
@@ -112,22 +111,20 @@ def calibrate_model(
     paths = find_images(Path(folder))
     check_images(paths)
     inspector = Inspector.load(model, weights)
-    scores, maps = [], []
-    for start in range(0, len(paths), 32):
-        chunk = inspector.extractor(paths[start : start + 32], "calibrate")
-        chunk_maps, chunk_scores = inspector.method.score(chunk, inspector.pre.crop)
-        scores += list(chunk_scores)
-        maps += list(chunk_maps)
+    name = inspector.method.name
+    _, maps, scores = score_stream(inspector.extractor, paths, {name: inspector.method}, 32, inspector.pre.crop,
+                                   "calibrate")
+    maps, scores = list(maps[name]), scores[name]
     calibration = Calibration(
         far,
         "held-out folder",
         0,
         len(paths),
-        **summarize(np.array(scores), maps),
+        **summarize(scores, maps),
         pixel_far=pixel_far,
         source=f"{len(paths)} held-out good images from {folder}",
     )
-    _, blob = load_model(model)
+    blob = inspector.meta  # the model file as loaded once above (its tensors are written back unchanged)
     blob["calibration"] = calibration.to_json()
     blob["format_version"] = 3
     write_blob(Path(out or model), blob)

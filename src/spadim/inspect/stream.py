@@ -159,6 +159,7 @@ def predict_paths(
     todo = [(i, p) for i, p in enumerate(paths) if str(p) not in finished]
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     started = time.perf_counter()
+    defects = sum(record["decision"] == "defect" for record in done)
     with (
         open(out / "predictions.jsonl", "a") as jsonl,
         open(out / "predictions.csv", "a", newline="") as table,
@@ -174,17 +175,17 @@ def predict_paths(
                 record = {**prediction.to_json(point), **record}
                 jsonl.write(json.dumps(record) + "\n")
                 writer.writerow(_csv_row(record))
+                defects += prediction.decision == "defect"
             jsonl.flush()
             table.flush()
     seconds = time.perf_counter() - started
-    records = _finished(out / "predictions.jsonl")
-    defects = sum(r["decision"] == "defect" for r in records)
+    images = len(done) + len(todo)  # counted as written: the file is not read a second time
     return {
-        "images": len(records),
+        "images": images,
         "new": len(todo),
         "resumed_after": len(done),
         "defect": defects,
-        "ok": len(records) - defects,
+        "ok": images - defects,
         "seconds": seconds,
     }
 
