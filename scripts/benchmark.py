@@ -1,4 +1,4 @@
-"""Benchmark SPADE and PaDiM: where the time goes, peak memory, and the issue-8 and issue-17 targets.
+"""Benchmark SPADE, PaDiM and PatchCore: where the time goes, peak memory, the issue-8, -17 and -18 targets.
 
 Runs on a generated MVTec-layout class (``nut``; default 200 training and 50 test images at
 256 px, cached under ``--data``) and writes ``<out>/bench.json`` plus a table with pass/fail
@@ -6,7 +6,11 @@ per target. Measured, each in a fresh process so that timings and peak memory ar
 
 * the backbone alone (features of the training and test images, to layer 4: ms/img);
 * per method, the real end-to-end path (``evaluate_class``: extract train, fit, stream the
-  test set): fit s, inference ms/img excluding the backbone, peak RSS (``ru_maxrss``);
+  test set): fit s, inference ms/img excluding the backbone, peak RSS (``ru_maxrss``); for
+  PatchCore (layers 2+3, coreset 0.1) also the greedy coreset selection's seconds, compared with
+  the backbone time over the training images of the same run (forward to layer 3);
+* the nearest-neighbour backends (issue 18): what the probe measured and picked, and each
+  backend's time on SPADE's layer-1 search and on PatchCore's (one image against the bank);
 * the same at N=50 training images (growth with N) and with 500 test images (memory);
 * SPADE's 15-subset layer sweep against one SPADE scoring with layers 1,2,3,4;
 * the inspection path (issue 17; ``frame="whole"`` as ``spadim fit``, ``predict`` and ``serve``):
@@ -203,13 +207,24 @@ def _backbone_child(cfg: dict) -> dict:
 
 
 def _method_child(cfg: dict, method: str) -> dict:
-    """One method through the real end-to-end path (evaluate_class), timed per stage."""
+    """One method through the real end-to-end path (evaluate_class), timed per stage; the extractor
+    stops at the method's last layer (PatchCore: 2+3, so layer 3)."""
+    import spadim.methods.patchcore as patchcore
     from spadim.data.mvtec import load_class
     from spadim.run.pipeline import Settings, evaluate_class, make_extractor
 
     s = _settings(cfg)
     clock = _Clock()
-    raw = make_extractor(s, methods=[method], layer_sets=[s.layers])
+    greedy = patchcore.greedy_coreset
+
+    def timed_coreset(*args, **kwargs):
+        t0 = time.perf_counter()
+        picked = greedy(*args, **kwargs)
+        clock.add("coreset", time.perf_counter() - t0, len(args[0]))
+        return picked
+
+    patchcore.greedy_coreset = timed_coreset
+    raw = make_extractor(s, methods=[method], layer_sets=[s.method_layers(method)])
     raw(load_class(Path(cfg["class_dir"])).train[: s.batch_size])  # warm-up batch, not timed
     fx = _TimedExtractor(raw, clock)
     s.method = lambda name, layers=None: _TimedMethod(Settings.method(s, name, layers), clock)
@@ -218,7 +233,9 @@ def _method_child(cfg: dict, method: str) -> dict:
     total = time.perf_counter() - t0
     n_train, n_test = clock.n["backbone train"], clock.n["backbone test"]
     backbone_s = clock.s["backbone train"] + clock.s["backbone test"]
-    return {"n_train": n_train, "n_test": n_test, "fit_s": clock.s["fit"],
+    return {"n_train": n_train, "n_test": n_test, "fit_s": clock.s["fit"], "layers": list(s.method_layers(method)),
+            "coreset_s": clock.s.get("coreset"), "coreset_points": clock.n.get("coreset"),
+            "backbone_train_s": clock.s["backbone train"],
             "infer_ms_per_img": 1000 * clock.s["score"] / n_test,
             "backbone_ms_per_img": 1000 * backbone_s / (n_train + n_test), "last_layer": fx.last,
             "other_s": total - backbone_s - clock.s["fit"] - clock.s["score"], "total_s": total,
@@ -549,6 +566,15 @@ def _targets(b: dict) -> list[dict]:
                 _target("PaDiM fit / backbone over the training images",
                         _ratio(_get(pd, "fit_s"), bb and bb * b["n_train"] / 1000), 2.0, "x"),
             ]
+        pc = b.get("patchcore")
+        if pc is not None:  # against the backbone PatchCore runs (to layer 3), measured in the same process
+            t += [
+                _target("PatchCore inference / its backbone (per image, layers 2+3)",
+                        _ratio(_get(pc, "infer_ms_per_img"), _get(pc, "backbone_ms_per_img")), 2.0, "x"),
+                _target(f"PatchCore coreset selection / its backbone over the {b['n_train']} training images",
+                        _ratio(_get(pc, "coreset_s"), _get(pc, "backbone_train_s")), 2.0, "x"),
+                _target(f"PatchCore peak RSS, N={b['n_train']}", _get(pc, "peak_rss_gib"), 4.0, "GiB"),
+            ]
         t += [
             _target(f"SPADE peak RSS, N={b['n_train']}", _get(sp, "peak_rss_gib"), 6.0, "GiB"),
             _target(f"PaDiM peak RSS, N={b['n_train']}, d={d}", _get(pd, "peak_rss_gib"), 6.0, "GiB"),
@@ -610,7 +636,9 @@ def _method_rows(b: dict) -> list[str]:
              "| total s |",
              "|---|---|---|---|---|---|---|---|"]
     for label, block in runs:
-        for name in ("spade", "padim"):
+        for name in METHODS:
+            if name not in block:
+                continue
             r = block[name]
             if not _ok(r):
                 lines.append(f"| {label} | {name} | failed: {r.get('error', '?')[:60]} | | | | | |")
@@ -619,6 +647,13 @@ def _method_rows(b: dict) -> list[str]:
                          f"{_fmt(r['infer_ms_per_img'] / bb if bb else None)}x | "
                          f"{r['backbone_ms_per_img']:.1f} | "
                          f"{r['peak_rss_gib']:.2f} | {r['total_s']:.1f} |")
+    pc = b.get("patchcore")
+    if _ok(pc) and pc.get("coreset_s") is not None:
+        lines += ["", f"PatchCore (layers {'+'.join(map(str, pc['layers']))}, coreset 0.1): greedy selection of "
+                      f"{pc['coreset_points'] // 10:,} of {pc['coreset_points']:,} patch vectors "
+                      f"{pc['coreset_s']:.1f} s; backbone over the {pc['n_train']} training images (to layer "
+                      f"{pc['last_layer']}) {pc['backbone_train_s']:.1f} s; infer / its own backbone "
+                      f"{pc['infer_ms_per_img'] / pc['backbone_ms_per_img']:.2f}x"]
     return lines
 
 
@@ -685,10 +720,11 @@ def _table(b: dict) -> str:
         f"crop {b['crop']}; PaDiM d={b['padim_d']}, SPADE K={b['k']}, batch {b['batch_size']}",
         f"cases: {', '.join(b['cases'])}",
         "nearest-neighbour search: the probe picked {picked} ({probe}); SPADE layer-1 search "
-        "(3136 x 15680 x 256): {full}".format(
+        "(3136 x 15680 x 256): {full}; PatchCore search (784 x 15680 x 1024): {pc}".format(
             picked=b["search"]["picked"],
             probe=", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in b["search"]["seconds"].items()),
             full=", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in b["search"]["spade_layer1_s"].items()),
+            pc=", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in b["search"]["patchcore_s"].items()),
         ) if "search" in b else "",
     ]
     if "backbone" in b["cases"]:
@@ -735,6 +771,7 @@ def _stage(msg: str, t0: float) -> None:
     print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", file=sys.stderr, flush=True)
 
 
+METHODS = ("spade", "padim", "patchcore")
 CASES = ("backbone", "methods", "growth", "large", "sweep", "calibration", "stream", "serve")
 
 
@@ -911,15 +948,19 @@ def main(argv=None) -> dict:
 
     generator = torch.Generator().manual_seed(0)  # SPADE's layer-1 shape: 3136 queries x 5 images x 3136
     queries, gallery = torch.randn(3136, 256, generator=generator), torch.randn(15680, 256, generator=generator)
+    searches = (TorchSearch(), FaissSearch())
     b["search"] = {**probe_report(), "spade_layer1_s": {search.name: _time(search, queries, gallery, 2)
-                                                          for search in (TorchSearch(), FaissSearch())}}
+                                                          for search in searches}}
+    # PatchCore's shape: one 224 px image's 28 x 28 patches against a 10% bank of 200 images
+    queries, gallery = torch.randn(784, 1024, generator=generator), torch.randn(15680, 1024, generator=generator)
+    b["search"]["patchcore_s"] = {search.name: _time(search, queries, gallery, 2) for search in searches}
 
     if "backbone" in cases:
         _stage("backbone alone", t0)
         b["backbone"] = _child(_backbone_child, cfg)
         b["backbone_ms_per_img"] = b["backbone"].get("ms_per_img")
     if "methods" in cases:
-        for name in ("spade", "padim"):
+        for name in METHODS:
             _stage(f"{name}: {args.n_train} train / {args.n_test} test", t0)
             b[name] = _child(_method_child, cfg, name)
         b["n_train"] = b["padim"].get("n_train", args.n_train)

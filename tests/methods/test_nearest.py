@@ -46,3 +46,23 @@ def test_probe_is_remembered_per_machine(monkeypatch, tmp_path):
     monkeypatch.setattr(nearest, "probe", lambda: pytest.fail("probed twice on one machine"))
     assert nearest.default_search().name == "faiss"
     assert (tmp_path / "spadim" / "search-probe.json").is_file()
+
+
+def test_search_flag_names_a_backend_or_auto(monkeypatch):
+    monkeypatch.delenv("SPADIM_SEARCH", raising=False)
+    monkeypatch.setattr(nearest, "_probed", {"timings": {"torch": 0.3, "faiss": 0.1}})
+    assert nearest.make_search("auto").name == "faiss"
+    assert nearest.make_search("torch").name == "torch" and nearest.make_search("FAISS").name == "faiss"
+    with pytest.raises(SpadimError, match="--search 'annoy'"):
+        nearest.make_search("annoy")
+
+
+def test_settings_pass_the_search_to_spade_and_patchcore():
+    from spadim.run.pipeline import Settings
+
+    for backend in nearest.SEARCHES:
+        s = Settings(arch="resnet18", weights="random", search=backend)
+        assert s.method("spade", (1,)).search.name == backend
+        assert s.method("patchcore", (2, 3)).search.name == backend
+    with pytest.raises(SpadimError, match="--search"):
+        Settings(arch="resnet18", weights="random", search="annoy")

@@ -21,8 +21,8 @@ def _run(tmp_path: Path, *extra: str) -> tuple[dict, subprocess.CompletedProcess
     return json.loads((out / "bench.json").read_text()), proc
 
 
-def _method_ok(block: dict, n_train: int, n_test: int) -> None:
-    for name in ("spade", "padim"):
+def _method_ok(block: dict, n_train: int, n_test: int, names=("spade", "padim")) -> None:
+    for name in names:
         r = block[name]
         assert "error" not in r, r.get("traceback")
         assert METHOD_KEYS <= r.keys()
@@ -50,7 +50,13 @@ def test_benchmark_tiny(tmp_path):
             "sweep", "calibration", "stream", "serve", "targets", "machine"} <= b.keys()
     assert (b["arch"], b["weights"], b["n_train"], b["n_test"]) == ("resnet18", "random", 4, 4)
     assert b["backbone_ms_per_img"] > 0 and b["machine"]["gpu"] is False
-    _method_ok(b, 4, 4)
+    _method_ok(b, 4, 4, ("spade", "padim", "patchcore"))
+    pc = b["patchcore"]
+    assert pc["layers"] == [2, 3] and pc["last_layer"] == 3
+    # resnet18 at 56 px: layer 2 is 7 x 7, so 4 images give 196 patch vectors to thin to 19
+    assert pc["coreset_points"] == 4 * 7 * 7 and 0 < pc["coreset_s"] < pc["fit_s"]
+    assert set(b["search"]["patchcore_s"]) == set(b["search"]["spade_layer1_s"]) == {"torch", "faiss"}
+    assert b["search"]["picked"] in b["search"]["seconds"]
     _method_ok(b["n50"], 2, 4)
     _method_ok(b["large"], 4, 6)
     assert b["sweep"]["one_score_s"] > 0 and b["sweep"]["ratio"] > 0
@@ -66,8 +72,8 @@ def test_benchmark_tiny(tmp_path):
         assert sv["latency_ms_median"] > 0 and sv["backbone_1_ms_median"] > 0
     else:
         assert "serve: not available" in proc.stdout
-    # issue 8: 9 targets; issue 17: 2 calibration, 2 stream rates, 1 stream memory, 2 serve
-    assert len(b["targets"]) == 9 + 5 + (2 if sv["available"] else 0)
+    # issue 8: 9 targets; issue 18: 3 PatchCore; issue 17: 2 calibration, 2 stream rates, 1 stream memory, 2 serve
+    assert len(b["targets"]) == 9 + 3 + 5 + (2 if sv["available"] else 0)
     for t in b["targets"]:
         assert {"name", "value", "limit", "pass", "op"} <= t.keys()
         assert t["value"] is not None and t["value"] >= 0 and isinstance(t["pass"], bool)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spadim.methods.nearest import SEARCHES
 from spadim.methods.spade import FUSIONS
 from spadim.features.backbone import ARCHS
 from spadim.data.folders import load_plain
@@ -46,6 +47,9 @@ def add_common(p: argparse.ArgumentParser, layers: bool = True, frame: str = "cr
     m.add_argument("--coreset", type=float, default=0.1,
                    help="PatchCore: share of training patches kept by greedy coreset selection (default: %(default)s)")
     m.add_argument("--d", type=int, default=None, help="PaDiM: random channels kept (default: 100 resnet18, 550 others)")
+    m.add_argument("--search", default="auto", choices=("auto", *SEARCHES),
+                   help="SPADE and PatchCore nearest-neighbour backend, all exact: 'auto' times them once on this "
+                        "machine and keeps the faster (default: %(default)s)")
     m.add_argument("--spade-fusion", default="mean", choices=FUSIONS,
                    help="SPADE: 'mean' of per-layer distance maps (reference code) or one search over "
                         "'concat'enated layers (default: %(default)s)")
@@ -108,7 +112,7 @@ def settings_from(a) -> Settings:
         layers=layers_arg(a.layers) if getattr(a, "layers", None) else (1, 2, 3),
         layers_given=getattr(a, "layers", None) is not None,
         k=a.k, d=a.d, seed=a.seed, batch_size=a.batch_size, cache_dir=a.cache_dir, spade_fusion=a.spade_fusion,
-        frame=getattr(a, "frame", "crop"), coreset=a.coreset,
+        frame=getattr(a, "frame", "crop"), coreset=a.coreset, search=a.search,
     )
 
 

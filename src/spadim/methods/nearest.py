@@ -9,7 +9,8 @@ its own BLAS (MKL on Intel). Which is faster depends on the CPU: faiss won on on
 (87 ms vs 140 ms for layer 1 of one 224 px image against K=5 images), torch won 4-5x on a Xeon with
 AVX-512 and AMX. So :func:`default_search` times both on a SPADE-shaped search once per machine
 (remembered in ``~/.cache/spadim/search-probe.json``, keyed by CPU, threads and library versions)
-and keeps the faster; ``$SPADIM_SEARCH=torch|faiss`` forces one. Both are exact.
+and keeps the faster; ``--search torch|faiss`` (:func:`make_search`) or ``$SPADIM_SEARCH`` forces one.
+Both are exact: maps agree to float rounding (1e-4) whichever is picked.
 """
 
 from __future__ import annotations
@@ -154,6 +155,16 @@ def default_search() -> NearestSearch:
         return SEARCHES[forced]()
     timings = _timings()
     return SEARCHES[min(timings, key=timings.get)]()
+
+
+def make_search(name: str = "auto") -> NearestSearch:
+    """``"auto"``: :func:`default_search`; else the named backend (the CLI's ``--search``)."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return default_search()
+    if name not in SEARCHES:
+        raise SpadimError(f"--search {name!r}: choose auto or one of {', '.join(SEARCHES)}")
+    return SEARCHES[name]()
 
 
 def probe_report() -> dict:

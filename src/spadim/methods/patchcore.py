@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from spadim.features.extractor import FeatureSet
 from .coreset import PROJECTION_DIM, STARTS, coreset_size, greedy_coreset, random_projection
 from .maps import upsample_blur
-from .nearest import NearestSearch, default_search
+from .nearest import NearestSearch, default_search, make_search
 
 PAPER_LAYERS = (2, 3)
 DIM = 1024  # the reference's pretrain_embed_dimension and target_embed_dimension
@@ -174,7 +174,8 @@ class PatchCore:
         passes :attr:`default_layers`, the paper's 2,3 (``Settings.method_layers``)."""
         layers = tuple(layers)
         dim = getattr(settings, "patchcore_dim", DIM)
-        return cls(layers, getattr(settings, "coreset", 0.1), dim, dim, seed=settings.seed)
+        return cls(layers, getattr(settings, "coreset", 0.1), dim, dim, seed=settings.seed,
+                   search=make_search(getattr(settings, "search", "auto")))
 
     def _embeddings(self, fs: FeatureSet):
         for part in fs.batches(self.batch):

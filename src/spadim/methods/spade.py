@@ -23,7 +23,7 @@ import torch
 
 from spadim.features.extractor import FeatureSet, embed
 from .maps import blur, upsample, upsample_blur
-from .nearest import NearestSearch, default_search
+from .nearest import NearestSearch, default_search, make_search
 
 FUSIONS = ("mean", "concat")
 
@@ -47,7 +47,8 @@ class Spade:
 
     @classmethod
     def configure(cls, settings, layers: tuple[int, ...]) -> "Spade":
-        return cls(layers, settings.k, getattr(settings, "spade_fusion", "mean"))
+        return cls(layers, settings.k, getattr(settings, "spade_fusion", "mean"),
+                   search=make_search(getattr(settings, "search", "auto")))
 
     def fit(self, fs: FeatureSet) -> "Spade":
         """Store the training features: SPADE has no other training."""

@@ -28,6 +28,7 @@ from spadim.masks.keypoints import (
     reference_features,
 )
 from spadim.methods.padim import DEFAULT_D
+from spadim.methods.nearest import SEARCHES
 from spadim.methods.spade import FUSIONS
 
 
@@ -54,6 +55,7 @@ class Settings:
     frame: str = "crop"  # "crop" as the papers (evaluate, studies) or "whole" (fit/predict/serve inspect it all)
     coreset: float = 0.1  # PatchCore: fraction of training patches kept in the memory bank, in (0, 1]
     patchcore_dim: int = 1024  # PatchCore: per-layer and final patch-feature dimension
+    search: str = "auto"  # nearest-neighbour backend of SPADE and PatchCore: auto (probed), torch, faiss
 
     def __post_init__(self):
         if self.arch not in DEFAULT_D:
@@ -65,6 +67,8 @@ class Settings:
         Preprocess(self.resize, self.crop, self.frame)  # raises SpadimError on bad sizes
         if not 0 < self.coreset <= 1:
             raise SpadimError(f"--coreset must be in (0, 1] (got {self.coreset})")
+        if self.search not in ("auto", *SEARCHES):
+            raise SpadimError(f"--search {self.search!r}: choose auto or one of {', '.join(SEARCHES)}")
         if self.spade_fusion not in FUSIONS:
             raise SpadimError(f"--spade-fusion {self.spade_fusion!r}: choose {' or '.join(FUSIONS)}")
         if isinstance(self.layers, str) and self.layers != AUTO:

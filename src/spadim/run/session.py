@@ -160,7 +160,18 @@ def save_atomic(path: Path, content: dict) -> None:
 def meta(s: Settings, fx: FeatureExtractor, **extra) -> dict:
     return {"spadim": __version__, "weights": fx.weights.describe(), "pretrained": fx.weights.pretrained,
             "arch": s.arch, "resize": s.resize, "crop": s.crop, "layers": s.layers_label, "k": s.k,
-            "d": s.padim_d, "spade_fusion": s.spade_fusion, "seed": s.seed, **extra}
+            "d": s.padim_d, "spade_fusion": s.spade_fusion, "seed": s.seed, "coreset": s.coreset,
+            "search": search_label(s.search), **extra}
+
+
+def search_label(name: str) -> str:
+    """The nearest-neighbour backend a run used: forced, or 'auto: <the probe's pick>'."""
+    from spadim.methods.nearest import probe_report
+
+    if name != "auto":
+        return name
+    report = probe_report()
+    return f"auto: {report['forced'] or report['picked']}"
 
 
 def start_study(s: Settings, data: Path | ClassData, methods: str, classes: str | None = None,
