@@ -29,6 +29,7 @@ REFERENCES = {
     "padim": [("pixel_auroc", "padim_paper_wr50", "PaDiM paper WR50-Rd550"),
               ("pixel_auroc", "padim_paper_r18", "PaDiM paper R18-Rd100"),
               ("pixel_aupr", "padim_draem", "PaDiM re-run in DRAEM")],
+    "patchcore": [("pixel_auroc", "patchcore_reference_wr50", "PatchCore reference code WR50, coreset 10%")],
 }
 # Our metric name -> the reference file's name for the same quantity.
 REF_METRIC = {"pixel_auroc": "pixel_auroc", "pixel_aupr": "pixel_ap"}

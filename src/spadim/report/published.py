@@ -27,6 +27,8 @@ Per-class tables (``method`` / ``metric``):
 - ``padim_paper_wr50_pixel_auroc``: PaDiM paper, WR50-Rd550, ``padim_paper_wr50``
 - ``draem_padim_pixel_ap`` and ``draem_padim_pixel_auroc``: PaDiM as re-run in DRAEM (Table 2),
   ``padim_draem`` / ``pixel_ap`` or ``pixel_auroc``
+- ``patchcore_reference_wr50_pixel_auroc``: PatchCore (Roth et al. 2022), the reference code's released
+  results in the paper's WR50 / coreset 10% setting, ``patchcore_reference_wr50`` / ``pixel_auroc``
 
 Use :func:`per_class` for one table's values, :func:`study_means` for the study's Table 1 means,
 :func:`study` for all the study's numbers and :func:`problems` to check the file.
