@@ -100,3 +100,26 @@ def test_reproduce_resumes_by_class_and_refuses_other_settings(reproduced, tiny_
     assert main(["reproduce", str(tiny_root), "--out", str(reproduced), "--detectors", "orb",
                  "--multipliers", "0,1", *FAST]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_reproduce_runs_patchcore_with_its_own_layers(tiny_root, tmp_path):
+    """PatchCore's Table 1 row is its 2+3 layer-sweep row (the paper's layers), SPADE's the 1+2+3 row;
+    the mask sweep at r = 1 leaves PatchCore's metrics unchanged and the report compares it with the
+    reference code's published pixel AUROC."""
+    out = tmp_path / "rep"
+    assert main(["reproduce", str(tiny_root), "--classes", "nut", "--methods", "spade,patchcore", "--out", str(out),
+                 "--detectors", "orb", "--multipliers", "0,1", *FAST]) == 0
+    rows = lambda name: json.loads((out / f"{name}.json").read_text())["rows"]  # noqa: E731
+    table1 = {r["method"]: r for r in rows("table1") if r["class"] == "nut"}
+    sweep = {(r["layers"], r["method"]): r for r in rows("layer_sweep") if r["class"] == "nut"}
+    assert len(sweep) == 15 * 2
+    for method, layers in (("patchcore", "2+3"), ("spade", "1+2+3")):
+        for metric in ("pixel_auroc", "pixel_aupr", "image_auroc"):
+            assert table1[method][metric] == sweep[(layers, method)][metric]
+    masked = [r for r in rows("multiplier_sweep") if r["class"] == "nut" and r["method"] == "patchcore"]
+    assert {r["multiplier"] for r in masked} == {0.0, 1.0}
+    for r in masked:
+        if r["multiplier"] == 1.0:
+            assert r["pixel_aupr"] == table1["patchcore"]["pixel_aupr"]
+    assert (out / "multiplier_sweep_patchcore.png").is_file()
+    assert "PatchCore reference code WR50" in (out / "report.html").read_text()

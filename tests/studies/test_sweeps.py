@@ -136,3 +136,22 @@ def test_study_modules_do_not_import_cli_helpers():
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not {"cliargs", "cli", "argparse"} & {m.rsplit(".", 1)[-1] for m in imported}, mod.__name__
         assert not hasattr(mod, "add_parser")
+
+
+def test_mask_sweep_and_layer_sweep_take_patchcore(tiny_root, tmp_path):
+    """r = 1 reproduces `evaluate --methods patchcore` (layers 2+3) exactly; the layer sweep's 2+3 row too."""
+    common = ["--classes", "nut", "--methods", "patchcore", *FAST]
+    ev = tmp_path / "ev"
+    assert main(["evaluate", str(tiny_root), "--out", str(ev), "--examples", "0", *common]) == 0
+    plain = {r["class"]: r for r in _rows(ev / "results.json") if r["method"] == "patchcore"}["nut"]
+    ms = tmp_path / "ms"
+    assert main(["mask-sweep", str(tiny_root), "--out", str(ms), "--examples", "0", "--multipliers", "0,1",
+                 *common]) == 0
+    ones = [r for r in _rows(ms / "multiplier_sweep.json") if r["multiplier"] == 1.0 and r["class"] == "nut"]
+    assert len(ones) == 3  # one per detector
+    for r in ones:
+        assert r["method"] == "patchcore" and all(r[m] == plain[m] for m in ("pixel_auroc", "pixel_aupr"))
+    ls = tmp_path / "ls"
+    assert main(["layer-sweep", str(tiny_root), "--out", str(ls), *common]) == 0
+    row = {r["layers"]: r for r in _rows(ls / "layer_sweep.json") if r["class"] == "nut"}["2+3"]
+    assert row["pixel_aupr"] == pytest.approx(plain["pixel_aupr"], abs=1e-9)

@@ -166,8 +166,9 @@ def run(s: Settings, data: Path, out: Path, cfgs: dict[str, MaskConfig], methods
                                           **masked})
                 compare += comparison_rows(cr.data.name, methods, metrics, sweep, list(masks), dec.r)
             idx = pick_examples(cr.data.defects, examples)
-            mask_grid(out / "mask_grids" / f"{cr.data.name}.png", f"{cr.data.name}: keypoint object masks (green)",
-                      cr.test.images, masks, idx, banner)
+            if idx:  # --examples 0: no pictures
+                mask_grid(out / "mask_grids" / f"{cr.data.name}.png",
+                          f"{cr.data.name}: keypoint object masks (green)", cr.test.images, masks, idx, banner)
             show = detectors[0]
             ranges = {name: (float(cr.maps[name].min()), float(cr.maps[name].max())) for name in methods}
             shown = {name: suppress_outside(name, cr.maps[name], cr.scores[name], masks[show], show_r)[0] for name in methods}

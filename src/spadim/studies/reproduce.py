@@ -47,7 +47,7 @@ def layer_subsets(cr, s: Settings, methods, bar) -> tuple[dict, dict]:
 
     def record(method: str, combo, maps, scores):
         results[f"{combo_name(combo)}/{method}"] = evaluate_maps(maps, cr.masks, scores, cr.labels)
-        if tuple(combo) == tuple(s.layers):
+        if tuple(combo) == s.method_layers(method):  # Table 1: the method's own layers (PatchCore: 2+3)
             kept[method] = (maps, scores)
         bar.update(1)
 
@@ -83,6 +83,12 @@ def _auto_columns(result: dict, method: str) -> dict:
             "auto_synthetic_aupr": a["synthetic_aupr"]} if a else {}
 
 
+def _layers_used(s: Settings, methods) -> str:
+    """'1+2+3' when every method runs the same layers, else 'spade 1+2+3, patchcore 2+3'."""
+    used = {m: combo_name(s.method_layers(m)) for m in methods}
+    return next(iter(used.values())) if len(set(used.values())) == 1 else ", ".join(f"{m} {c}" for m, c in used.items())
+
+
 def reproduce_class(fx, cdir: Path, s: Settings, methods, cfgs: dict[str, MaskConfig], multipliers,
                     out: Path, bar, auto: bool = False) -> dict:
     """Everything the study measures on one class; pictures are written into ``out``."""
@@ -93,7 +99,7 @@ def reproduce_class(fx, cdir: Path, s: Settings, methods, cfgs: dict[str, MaskCo
     layers, kept = layer_subsets(cr, s, methods, bar)
     cr.maps = {m: kept[m][0] for m in methods}
     cr.scores = {m: kept[m][1] for m in methods}
-    table1 = {m: layers[f"{combo_name(s.layers)}/{m}"] for m in methods}
+    table1 = {m: layers[f"{combo_name(s.method_layers(m))}/{m}"] for m in methods}
     choice = auto_choice(fx, cr, s, methods, layers) if auto else None
     fg = np.stack([foreground_estimate(im) for im in cr.test.images])
     suitability, sweep, warnings, first_mask = [], [], [], None
@@ -108,8 +114,9 @@ def reproduce_class(fx, cdir: Path, s: Settings, methods, cfgs: dict[str, MaskCo
                               **masked_result(cr, m, obj, r)[2]})
         bar.update(1)
     banner = fx.weights.banner
-    plot_curves(out / "curves" / f"{cr.data.name}.png", f"{cr.data.name}: pixel ROC and PR (layers "
-                f"{combo_name(s.layers)})", cr.maps, cr.masks, banner)
+    used = _layers_used(s, methods)
+    plot_curves(out / "curves" / f"{cr.data.name}.png", f"{cr.data.name}: pixel ROC and PR (layers: {used})",
+                cr.maps, cr.masks, banner)
     gallery = best_worst_gallery(out, cr, methods, first_mask, next(iter(cfgs), None), banner)
     return {"summary": class_summary(cr.data, cr.test.shapes), "table1": table1, "layers": layers,
             "suitability": suitability, "sweep": sweep, "warnings": warnings, "notes": notes,
@@ -161,7 +168,7 @@ def write_outputs(out: Path, s: Settings, fx, methods, results: list[dict], dete
     auto_cols = ["auto_layers", "auto_pixel_aupr", "auto_synthetic_aupr"] if any("auto_layers" in r for r in table1) else []
     cols = ["class", "method", *METRIC_COLUMNS, *auto_cols, "n_train", "n_test"]
     md = write_table(out, "table1", table1, cols + (["note"] if any("note" in r for r in table1) else []),
-                     f"Table 1: layers {combo_name(s.layers)}", info)
+                     f"Table 1: layers {_layers_used(s, methods)}", info)
     layer_rows = [{"class": name, "layers": combo_name(c), "n_layers": len(c), "method": m,
                    **r["layers"][f"{combo_name(c)}/{m}"]}
                   for name, r in zip(names, results) for c in ALL_COMBOS for m in methods]
@@ -201,7 +208,7 @@ def write_outputs(out: Path, s: Settings, fx, methods, results: list[dict], dete
 
         context["extra_sections"] = [{"title": "Layers chosen from normal images (--layers auto)", "html": html_table(
             table1, ["class", "method", "pixel_aupr", *auto_cols],
-            f"pixel AUPR of the study's layers {combo_name(s.layers)} beside the auto choice's real AUPR")}]
+            f"pixel AUPR of the study's layers ({_layers_used(s, methods)}) beside the auto choice's real AUPR")}]
     write_report(out, context)
     (out / "summary.md").write_text(md)
     print(md)
