@@ -66,3 +66,53 @@ def test_settings_pass_the_search_to_spade_and_patchcore():
         assert s.method("patchcore", (2, 3)).search.name == backend
     with pytest.raises(SpadimError, match="--search"):
         Settings(arch="resnet18", weights="random", search="annoy")
+
+
+def _clustered(n: int, dim: int, seed: int) -> torch.Tensor:
+    """Rows on a 12-dimensional subspace plus small noise: correlated like patch features."""
+    generator = torch.Generator().manual_seed(seed)
+    basis = torch.randn(12, dim, generator=generator)
+    return torch.randn(n, 12, generator=generator) @ basis + 0.05 * torch.randn(n, dim, generator=generator)
+
+
+def _assert_nearest(found: torch.Tensor, queries: torch.Tensor, gallery: torch.Tensor) -> None:
+    """Squared distances equal float64 brute force up to the float32 rounding of |q|^2 + |g|^2 - 2 q.g."""
+    expected = torch.cdist(queries.double(), gallery.double()).amin(1).square()
+    scale = queries.double().square().sum(1) + gallery.double().square().sum(1).max()
+    assert ((found.double().square() - expected).abs() <= 1e-5 * scale).all()
+
+
+@pytest.mark.parametrize("data", ["clustered", "isotropic"])
+def test_bounded_search_is_exact(data):
+    """The pruned search returns the brute-force minimum (float64 cdist) on correlated data, where it
+    prunes, and on isotropic data, where nothing can be pruned."""
+    make = _clustered if data == "clustered" else lambda n, d, seed: torch.randn(
+        n, d, generator=torch.Generator().manual_seed(seed))
+    gallery, queries = make(3000, 300, 0), make(700, 300, 1)
+    queries[:5] = gallery[:5]  # exact hits: distance 0
+    search = nearest.BoundedSearch(nearest.TorchSearch(), dims=31, block=32)
+    _assert_nearest(search._bounded_for_test(queries, gallery), queries, gallery)
+    _assert_nearest(search.min_distances(queries, gallery), queries, gallery)
+    _assert_nearest(nearest.TorchSearch().min_distances(queries, gallery), queries, gallery)  # same tolerance
+    assert search.choice in ("bounded", "torch") and set(search.timings) == {"bounded", "torch"}
+
+
+def test_bounded_search_prunes_correlated_galleries():
+    gallery, queries = _clustered(4000, 256, 0), _clustered(256, 256, 1)
+    search = nearest.BoundedSearch(nearest.TorchSearch(), dims=31, block=64)
+    search._bounded_for_test(queries, gallery)
+    assert search.kept_rows < 0.25 * len(gallery)  # rows searched exactly per block of 64 queries
+
+
+def test_bounded_search_keeps_the_faster_backend_and_rebuilds_per_gallery(monkeypatch):
+    gallery, queries = _clustered(2000, 200, 0), _clustered(300, 200, 1)
+    search = nearest.BoundedSearch(nearest.TorchSearch(), dims=15, block=16)
+    monkeypatch.setattr(nearest, "_time", lambda s, q, g, repeats=3, call=None: 1.0 if call else 0.5)
+    search.min_distances(queries, gallery)
+    assert search.choice == "torch"  # brute force measured faster: used for this gallery
+    other = _clustered(2000, 200, 2)
+    monkeypatch.setattr(nearest, "_time", lambda s, q, g, repeats=3, call=None: 0.5 if call else 1.0)
+    _assert_nearest(search.min_distances(queries, other), queries, other)
+    assert search.choice == "bounded"  # a new gallery is measured again
+    small = _clustered(20, 200, 3)  # too few rows to prune: the fallback answers
+    _assert_nearest(search.min_distances(queries, small), queries, small)

@@ -14,7 +14,7 @@ from spadim.errors import SpadimError
 from spadim.features.extractor import FeatureSet
 from spadim.methods import registry
 from spadim.methods.coreset import coreset_size, greedy_coreset, random_projection
-from spadim.methods.nearest import FaissSearch, TorchSearch
+from spadim.methods.nearest import BoundedSearch, FaissSearch, TorchSearch
 from spadim.methods.patchcore import PatchCore, embed_patches, patch_features, reweighted_score
 from spadim.run.pipeline import Settings
 
@@ -205,10 +205,14 @@ def test_patch_features_of_a_full_channel_bin_are_3x3_means():
 # ---------------------------------------------------------------- fitting and scoring
 
 
-@pytest.mark.parametrize("search", [TorchSearch(chunk=7), FaissSearch()], ids=["torch", "faiss"])
+@pytest.mark.parametrize("search", [TorchSearch(chunk=7), FaissSearch(), BoundedSearch(TorchSearch(), dims=2, block=4)],
+                         ids=["torch", "faiss", "bounded"])
 def test_grid_and_maps_equal_brute_force_nearest_distances(search):
     train, test = _fs(4, 0), _fs(3, 1)
     m = PatchCore((2, 3), coreset=1.0, dim=6, target_dim=5, neighbours=0, batch=2, search=search).fit(train)
+    if isinstance(search, BoundedSearch):  # the pruned path, whichever the first-call timing would pick
+        search._build(m.bank)
+        search.choice = "bounded"
     bank, _ = embed_patches(train, (2, 3), 6, 5)
     assert torch.equal(m.bank, bank)
     emb, _ = embed_patches(test, (2, 3), 6, 5)

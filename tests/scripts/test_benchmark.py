@@ -57,6 +57,7 @@ def test_benchmark_tiny(tmp_path):
     assert pc["coreset_points"] == 4 * 7 * 7 and 0 < pc["coreset_s"] < pc["fit_s"]
     assert set(b["search"]["patchcore_s"]) == set(b["search"]["spade_layer1_s"]) == {"torch", "faiss"}
     assert b["search"]["picked"] in b["search"]["seconds"]
+    assert pc["search"]["name"] in ("bounded", "torch", "faiss") and b["spade"]["search"]["name"] in ("torch", "faiss")
     _method_ok(b["n50"], 2, 4)
     _method_ok(b["large"], 4, 6)
     assert b["sweep"]["one_score_s"] > 0 and b["sweep"]["ratio"] > 0

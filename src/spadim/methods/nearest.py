@@ -16,6 +16,7 @@ Both are exact: maps agree to float rounding (1e-4) whichever is picked.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -70,15 +71,99 @@ class FaissSearch:
         return torch.from_numpy(squared[:, 0]).clamp_min_(0).sqrt_()
 
 
+class BoundedSearch:
+    """Exact search against one fixed gallery (PatchCore's memory bank), pruned by a lower bound.
+
+    With the gallery centred and P its ``dims`` top principal directions, ``|q - g|^2 >=
+    |P(q - g)|^2 + (|r_q| - |r_g|)^2`` (r: the part outside P), which is ``|q|^2 + |g|^2 - 2 [Pq, |r_q|] .
+    [Pg, |r_g|]``: one matrix product in ``dims + 1`` instead of D dimensions. Per block of queries the
+    gallery row with the smallest bound gives an upper bound U (its exact distance); only rows whose
+    bound is below U for some query of the block can be nearest, and the exact distances are computed
+    for that union alone. Nothing nearer is ever skipped (the bound carries a float-rounding margin), so
+    the result is the brute-force minimum. Patch features are strongly correlated: at 15,680 x 1024
+    (real hazelnut and transistor features) about 500-900 of the 15,680 rows survive per block of 64
+    queries, and one image's 784 queries took 45-52 ms against 134-139 ms for torch's brute force on a
+    2-core Xeon. On isotropic data nothing is pruned, so the first call times both on the first
+    ``block * 4`` queries and keeps the faster for this gallery (``timings``, ``choice``).
+    """
+
+    name = "bounded"
+
+    def __init__(self, fallback: NearestSearch | None = None, dims: int = 127, block: int = 64):
+        self.fallback = fallback or default_search()
+        self.dims, self.block = dims, block
+        self.choice: str | None = None  # "bounded" or the fallback's name, once measured
+        self.timings: dict[str, float] = {}
+        self._gallery: torch.Tensor | None = None
+
+    def _build(self, gallery: torch.Tensor) -> None:
+        self._gallery, self.choice, self.timings = gallery, None, {}
+        self._mean = gallery.mean(0)
+        centred = gallery - self._mean
+        _, vectors = torch.linalg.eigh(centred.T.double() @ centred.double())
+        self._basis = vectors[:, -self.dims :].flip(1).float().contiguous()
+        projected = centred @ self._basis
+        self._sq = centred.square().sum(1)
+        outside = (self._sq - projected.square().sum(1)).clamp_min_(0).sqrt_()
+        self._bound_rows = torch.cat([projected, outside[:, None]], 1).contiguous()
+        self._centred = centred
+        self._slack = 1e-5 * float(self._sq.max())  # float32 rounding of the bound, with room to spare
+
+    def _bounded(self, queries: torch.Tensor) -> torch.Tensor:
+        centred = queries - self._mean
+        projected = centred @ self._basis
+        sq = centred.square().sum(1)
+        outside = (sq - projected.square().sum(1)).clamp_min_(0).sqrt_()
+        bound_queries = torch.cat([projected, outside[:, None]], 1)
+        out = torch.empty(len(queries))
+        bound = torch.empty(min(self.block, len(queries)), len(self._centred))
+        kept = 0
+        for start in range(0, len(queries), self.block):
+            stop = start + self.block
+            block, block_sq = centred[start:stop], sq[start:stop]
+            part = bound[: len(block)]  # bound^2 - |q|^2
+            torch.addmm(self._sq, bound_queries[start:stop], self._bound_rows.T, alpha=-2, out=part)
+            first = self._centred[part.argmin(1)]
+            upper = (block - first).square().sum(1) - block_sq  # exact^2 - |q|^2 of the best-bounded row
+            part.sub_((upper + self._slack + 1e-5 * block_sq)[:, None])
+            keep = (part.amin(0) < 0).nonzero()[:, 0]
+            kept += len(keep)
+            rows = self._centred.index_select(0, keep)
+            out[start:stop] = torch.addmm(self._sq[keep], block, rows.T, alpha=-2).amin(1)
+        self.kept_rows = kept / math.ceil(len(queries) / self.block)  # mean rows searched exactly per block
+        return out.add_(sq).clamp_min_(0).sqrt_()
+
+    def _bounded_for_test(self, queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+        """The pruned path alone, whatever the timing would pick."""
+        if gallery is not self._gallery:
+            self._build(gallery)
+        return self._bounded(queries)
+
+    def min_distances(self, queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+        if gallery.shape[1] <= self.dims + 1 or len(gallery) < 4 * self.block:
+            return self.fallback.min_distances(queries, gallery)  # nothing to gain
+        if gallery is not self._gallery:
+            self._build(gallery)
+        if self.choice is None:
+            head = queries[: 4 * self.block]
+            self.timings = {"bounded": _time(self, head, gallery, 1, self._bounded),
+                            self.fallback.name: _time(self.fallback, head, gallery, 1)}
+            self.choice = min(self.timings, key=self.timings.get)
+        if self.choice == "bounded":
+            return self._bounded(queries)
+        return self.fallback.min_distances(queries, gallery)
+
+
 SEARCHES = {"torch": TorchSearch, "faiss": FaissSearch}
 _probed: dict[str, object] = {}
 
 
-def _time(search: NearestSearch, queries: torch.Tensor, gallery: torch.Tensor, repeats: int = 3) -> float:
+def _time(search: NearestSearch, queries: torch.Tensor, gallery: torch.Tensor, repeats: int = 3,
+          call=None) -> float:
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        search.min_distances(queries, gallery)
+        call(queries) if call else search.min_distances(queries, gallery)
         best = min(best, time.perf_counter() - started)
     return best
 

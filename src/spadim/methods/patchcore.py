@@ -33,6 +33,9 @@ Computed as the reference implementation (patchcore-inspection, ``patchcore.py``
    as the reference computes it (faiss ``IndexFlatL2`` returns squared L2; with
    ``anomaly_scorer_num_nn = 1`` that is the score), upsampled bilinearly to the image and
    blurred with a Gaussian of sigma 4 (``RescaleSegmentor``; :func:`.maps.upsample_blur`).
+   The search is exact, as the reference's flat index; with ``--search auto`` it is
+   :class:`.nearest.BoundedSearch` (a principal-direction lower bound prunes the bank, about 3x
+   faster on real patch features, timed against brute force on the first test queries).
 4. Image score: the paper's reweighted maximum (eq. 7), which the reference code does not
    implement (its image score is the plain maximum patch score). For the test patch
    ``m_test`` with the largest nearest distance ``s* = |m_test - m*|`` (Euclidean, as the
@@ -57,7 +60,7 @@ import torch.nn.functional as F
 from spadim.features.extractor import FeatureSet
 from .coreset import PROJECTION_DIM, STARTS, coreset_size, greedy_coreset, random_projection
 from .maps import upsample_blur
-from .nearest import NearestSearch, default_search, make_search
+from .nearest import BoundedSearch, NearestSearch, make_search
 
 PAPER_LAYERS = (2, 3)
 DIM = 1024  # the reference's pretrain_embed_dimension and target_embed_dimension
@@ -163,7 +166,7 @@ class PatchCore:
             int(batch),
             int(starts),
         )
-        self.search = search or default_search()
+        self.search = search or BoundedSearch()  # exact; pruned where the bank's structure allows
         self.bank: torch.Tensor | None = None  # [G, target_dim]
         self.grid: tuple[int, int] = (0, 0)
         self._bank_sq: torch.Tensor | None = None
@@ -174,8 +177,9 @@ class PatchCore:
         passes :attr:`default_layers`, the paper's 2,3 (``Settings.method_layers``)."""
         layers = tuple(layers)
         dim = getattr(settings, "patchcore_dim", DIM)
-        return cls(layers, getattr(settings, "coreset", 0.1), dim, dim, seed=settings.seed,
-                   search=make_search(getattr(settings, "search", "auto")))
+        name = getattr(settings, "search", "auto")
+        search = BoundedSearch(make_search(name)) if name == "auto" else make_search(name)
+        return cls(layers, getattr(settings, "coreset", 0.1), dim, dim, seed=settings.seed, search=search)
 
     def _embeddings(self, fs: FeatureSet):
         for part in fs.batches(self.batch):
