@@ -198,7 +198,7 @@ def cmd_reproduce(a) -> None:
     data = a.data or default_data()
     s = settings_from(a)
     auto = s.auto_layers  # Table 1 keeps the study's layers; the auto choice is recorded beside it
-    s = dataclasses.replace(s, layers=(1, 2, 3)) if auto else s
+    s = dataclasses.replace(s, layers=(1, 2, 3), layers_given=False) if auto else s  # each method its own
     reproduce.run(s, data, a.out, cfgs, a.methods, a.classes, rs, recorded_command(a), auto)
 
 
