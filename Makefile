@@ -37,11 +37,12 @@ demo: install
 	echo "demo: spadim evaluate $(DATA) --arch $$A $$W --out $(OUT)" >&2; \
 	$(BIN)/spadim evaluate $(DATA) --arch $$A $$W --out $(OUT)
 
-# The study in one run (Table 1, proposals 1 and 2, report.html); resumable.
+# The study in one run (Table 1, proposals 1 and 2, report.html) for SPADE, PaDiM and PatchCore, with
+# the --layers auto choice recorded beside Table 1; resumable.
 reproduce: install
 	@if [ "$(DATA)" = "$(TOY)" ]; then $(BIN)/spadim make-data $(TOY); fi
 	@$(PICK); \
-	$(BIN)/spadim reproduce $(DATA) --arch $$A $$W --out runs/reproduce
+	$(BIN)/spadim reproduce $(DATA) --methods spade,padim,patchcore --layers auto --arch $$A $$W --out runs/reproduce
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -165,7 +165,8 @@ def meta(s: Settings, fx: FeatureExtractor, **extra) -> dict:
 
 
 def search_label(name: str) -> str:
-    """The nearest-neighbour backend a run used: forced, or 'auto: <the probe's pick>'."""
+    """The nearest-neighbour backend a run used: forced, or 'auto: <the probe's pick>' (PatchCore then
+    prunes its bank with ``BoundedSearch`` where that measures faster, falling back to the pick)."""
     from spadim.methods.nearest import probe_report
 
     if name != "auto":
