@@ -205,8 +205,8 @@ def test_patch_features_of_a_full_channel_bin_are_3x3_means():
 # ---------------------------------------------------------------- fitting and scoring
 
 
-@pytest.mark.parametrize("search", [TorchSearch(chunk=7), FaissSearch(), BoundedSearch(TorchSearch(), dims=2, block=4)],
-                         ids=["torch", "faiss", "bounded"])
+@pytest.mark.parametrize("search", [TorchSearch(chunk=7), FaissSearch(),
+                                    BoundedSearch(TorchSearch(), dims=2, block=4)], ids=["torch", "faiss", "bounded"])
 def test_grid_and_maps_equal_brute_force_nearest_distances(search):
     train, test = _fs(4, 0), _fs(3, 1)
     m = PatchCore((2, 3), coreset=1.0, dim=6, target_dim=5, neighbours=0, batch=2, search=search).fit(train)

@@ -107,8 +107,8 @@ def test_reproduce_runs_patchcore_with_its_own_layers(tiny_root, tmp_path):
     the mask sweep at r = 1 leaves PatchCore's metrics unchanged and the report compares it with the
     reference code's published pixel AUROC."""
     out = tmp_path / "rep"
-    assert main(["reproduce", str(tiny_root), "--classes", "nut", "--methods", "spade,patchcore", "--out", str(out),
-                 "--detectors", "orb", "--multipliers", "0,1", *FAST]) == 0
+    assert main(["reproduce", str(tiny_root), "--classes", "nut", "--methods", "spade,patchcore",
+                 "--out", str(out), "--detectors", "orb", "--multipliers", "0,1", *FAST]) == 0
     rows = lambda name: json.loads((out / f"{name}.json").read_text())["rows"]  # noqa: E731
     table1 = {r["method"]: r for r in rows("table1") if r["class"] == "nut"}
     sweep = {(r["layers"], r["method"]): r for r in rows("layer_sweep") if r["class"] == "nut"}

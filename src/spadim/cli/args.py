@@ -48,8 +48,8 @@ def add_common(p: argparse.ArgumentParser, layers: bool = True, frame: str = "cr
                    help="PatchCore: share of training patches kept by greedy coreset selection (default: %(default)s)")
     m.add_argument("--d", type=int, default=None, help="PaDiM: random channels kept (default: 100 resnet18, 550 others)")
     m.add_argument("--search", default="auto", choices=("auto", *SEARCHES),
-                   help="SPADE and PatchCore nearest-neighbour backend, all exact: 'auto' times them once on this "
-                        "machine and keeps the faster (default: %(default)s)")
+                   help="SPADE and PatchCore nearest-neighbour backend, all exact: 'auto' times them once "
+                        "on this machine and keeps the faster (default: %(default)s)")
     m.add_argument("--spade-fusion", default="mean", choices=FUSIONS,
                    help="SPADE: 'mean' of per-layer distance maps (reference code) or one search over "
                         "'concat'enated layers (default: %(default)s)")

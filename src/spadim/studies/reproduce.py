@@ -86,7 +86,9 @@ def _auto_columns(result: dict, method: str) -> dict:
 def _layers_used(s: Settings, methods) -> str:
     """'1+2+3' when every method runs the same layers, else 'spade 1+2+3, patchcore 2+3'."""
     used = {m: combo_name(s.method_layers(m)) for m in methods}
-    return next(iter(used.values())) if len(set(used.values())) == 1 else ", ".join(f"{m} {c}" for m, c in used.items())
+    if len(set(used.values())) == 1:
+        return next(iter(used.values()))
+    return ", ".join(f"{method} {combo}" for method, combo in used.items())
 
 
 def reproduce_class(fx, cdir: Path, s: Settings, methods, cfgs: dict[str, MaskConfig], multipliers,
@@ -208,7 +210,8 @@ def write_outputs(out: Path, s: Settings, fx, methods, results: list[dict], dete
 
         context["extra_sections"] = [{"title": "Layers chosen from normal images (--layers auto)", "html": html_table(
             table1, ["class", "method", "pixel_aupr", *auto_cols],
-            f"pixel AUPR of the study's layers ({_layers_used(s, methods)}) beside the auto choice's real AUPR")}]
+            f"pixel AUPR of the study's layers ({_layers_used(s, methods)}) beside the auto choice's real "
+            f"AUPR")}]
     write_report(out, context)
     (out / "summary.md").write_text(md)
     print(md)
