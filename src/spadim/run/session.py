@@ -129,8 +129,21 @@ def report_header(title: str, command: str, s: Settings, fx: FeatureExtractor, d
             "data": {"root": str(data), "classes": list(summaries)},
             "weights": {"arch": w.arch, "source": w.source, "sha256": w.sha256, "pretrained": w.pretrained,
                         "describe": w.describe()},
-            "settings": {"layers": s.layers_label, "k": s.k, "d": s.padim_d, "seed": s.seed, "resize": s.resize,
-                         "crop": s.crop, "spade_fusion": s.spade_fusion}}
+            "settings": {"layers": _layers_setting(s), "k": s.k, "d": s.padim_d, "seed": s.seed, "resize": s.resize,
+                         "crop": s.crop, "spade_fusion": s.spade_fusion, "coreset": s.coreset,
+                         "search": search_label(s.search)}}
+
+
+def _layers_setting(s: Settings):
+    """The run's layers; without --layers a method with its own default (PatchCore: its paper's 2, 3)
+    keeps it, which the report must say."""
+    from spadim.methods.registry import METHODS
+
+    if s.layers_given or s.auto_layers:
+        return s.layers_label
+    own = [f"{name}: {', '.join(map(str, cls.default_layers))}" for name, cls in METHODS.items()
+           if getattr(cls, "default_layers", None)]
+    return f"{', '.join(map(str, s.layers))}" + (f" ({'; '.join(own)})" if own else "")
 
 
 def load_resumable(path: Path, signature: dict, what: str = "run") -> dict | None:
