@@ -31,7 +31,6 @@ refreshes a pick). Memory stays linear in N. Everything is float32 and seeded by
 from __future__ import annotations
 
 import heapq
-import math
 
 import numpy as np
 import torch
@@ -103,7 +102,7 @@ def greedy_coreset(
     with torch.inference_mode():
         start = starting_distances(x, starts, generator).double().square_().tolist()  # squared, as below
         centred = (x - x.mean(0)).numpy()  # distances do not move; rounding is smaller near the data
-    points, squares = _with_one(centred), np.einsum("ij,ij->i", centred, centred).tolist()
+    points, squares = _with_one(centred), np.einsum("ij,ij->i", centred, centred).astype(np.float64)
     centres = np.zeros((count, points.shape[1]), np.float32)
     low = low_squares = low_centres = None
     if centred.shape[1] > LOWER_DIM:
@@ -114,7 +113,6 @@ def greedy_coreset(
     heap = [(-value, i) for i, value in enumerate(start)]  # ties pop the lowest index, as argmax does
     heapq.heapify(heap)
     checked = np.zeros(len(points), np.int64)  # point i's bound folds in the centres picked before checked[i]
-    squares_np = np.asarray(squares)
     picked: list[int] = []
     while len(picked) < count:
         step, top = len(picked), heap[0][1]
@@ -141,7 +139,7 @@ def greedy_coreset(
                 products = points[rows] @ centres[first + columns].T
                 products[~maybe[:, columns]] = -np.inf
                 nearest = products.max(1)
-        values = np.minimum(values, np.maximum(squares_np[rows] - 2 * nearest, 0.0))
+        values = np.minimum(values, np.maximum(squares[rows] - 2 * nearest, 0.0))
         checked[rows] = step
         for value, i in zip(values.tolist(), rows.tolist()):
             heapq.heappush(heap, (-value, i))

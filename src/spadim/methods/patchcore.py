@@ -34,7 +34,7 @@ Computed as the reference implementation (patchcore-inspection, ``patchcore.py``
    ``anomaly_scorer_num_nn = 1`` that is the score), upsampled bilinearly to the image and
    blurred with a Gaussian of sigma 4 (``RescaleSegmentor``; :func:`.maps.upsample_blur`).
    The search is exact, as the reference's flat index; with ``--search auto`` it is
-   :class:`.nearest.BoundedSearch` (a principal-direction lower bound prunes the bank, about 3x
+   :class:`.nearest.BoundedSearch` (a principal-direction lower bound prunes the bank, 3.5-4x
    faster on real patch features, timed against brute force on the first test queries).
 4. Image score: the paper's reweighted maximum (eq. 7), which the reference code does not
    implement (its image score is the plain maximum patch score). For the test patch
