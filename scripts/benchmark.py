@@ -221,6 +221,7 @@ def _method_child(cfg: dict, method: str) -> dict:
         t0 = time.perf_counter()
         picked = greedy(*args, **kwargs)
         clock.add("coreset", time.perf_counter() - t0, len(args[0]))
+        clock.add("coreset kept", 0.0, len(picked))
         return picked
 
     patchcore.greedy_coreset = timed_coreset
@@ -243,6 +244,7 @@ def _method_child(cfg: dict, method: str) -> dict:
     return {"n_train": n_train, "n_test": n_test, "fit_s": clock.s["fit"],
             "layers": list(s.method_layers(method)),
             "coreset_s": clock.s.get("coreset"), "coreset_points": clock.n.get("coreset"),
+            "coreset_kept": clock.n.get("coreset kept"),
             "search": _search_used(searches[-1]),
             "backbone_train_s": clock.s["backbone train"],
             "infer_ms_per_img": 1000 * clock.s["score"] / n_test,
@@ -668,8 +670,8 @@ def _method_rows(b: dict) -> list[str]:
     pc = b.get("patchcore")
     if _ok(pc) and pc.get("coreset_s") is not None:
         layers = "+".join(map(str, pc["layers"]))
-        lines += ["", f"PatchCore (layers {layers}, coreset 0.1): greedy selection of "
-                      f"{pc['coreset_points'] // 10:,} of {pc['coreset_points']:,} patch vectors "
+        lines += ["", f"PatchCore (layers {layers}): greedy selection of "
+                      f"{pc['coreset_kept']:,} of {pc['coreset_points']:,} patch vectors "
                       f"{pc['coreset_s']:.1f} s; backbone over the {pc['n_train']} training images (to layer "
                       f"{pc['last_layer']}) {pc['backbone_train_s']:.1f} s; infer / its own backbone "
                       f"{pc['infer_ms_per_img'] / pc['backbone_ms_per_img']:.2f}x"]

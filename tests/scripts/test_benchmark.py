@@ -54,7 +54,7 @@ def test_benchmark_tiny(tmp_path):
     pc = b["patchcore"]
     assert pc["layers"] == [2, 3] and pc["last_layer"] == 3
     # resnet18 at 56 px: layer 2 is 7 x 7, so 4 images give 196 patch vectors to thin to 19
-    assert pc["coreset_points"] == 4 * 7 * 7 and 0 < pc["coreset_s"] < pc["fit_s"]
+    assert pc["coreset_points"] == 4 * 7 * 7 and pc["coreset_kept"] == 19 and 0 < pc["coreset_s"] < pc["fit_s"]
     assert set(b["search"]["patchcore_s"]) == set(b["search"]["spade_layer1_s"]) == {"torch", "faiss"}
     assert b["search"]["picked"] in b["search"]["seconds"]
     assert pc["search"]["name"] in ("bounded", "torch", "faiss") and b["spade"]["search"]["name"] in ("torch", "faiss")
