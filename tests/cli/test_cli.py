@@ -55,13 +55,13 @@ def test_object_mask_multiplier_one_changes_nothing(evaluated, tiny_root, tmp_pa
 
 
 def test_fit_predict_round_trip(tiny_root, tmp_path, evaluated):
-    """A cropped-frame model file reproduces evaluate's SPADE maps (same pixel metrics), and predict
+    """A model file reproduces evaluate's SPADE maps (same frame, same pixel metrics), and predict
     writes one record, mask, heatmap and overlay per image."""
     from spadim.data.mvtec import Preprocess, load_class, load_images, load_masks
     from spadim.inspect import Inspector
 
     model = tmp_path / "nut.pt"
-    assert _run("fit", tiny_root / "nut", "--method", "spade", "--frame", "crop", "--out", model, *FAST) == 0
+    assert _run("fit", tiny_root / "nut", "--method", "spade", "--out", model, *FAST) == 0
     test_imgs = sorted((tiny_root / "nut" / "test").rglob("*.png"))
     out = tmp_path / "pred"
     folders = sorted(p for p in (tiny_root / "nut" / "test").iterdir())
@@ -71,7 +71,7 @@ def test_fit_predict_round_trip(tiny_root, tmp_path, evaluated):
     for sub in ("heatmaps", "overlays", "masks", "maps"):
         assert len(list((out / sub).iterdir())) == len(test_imgs), sub
     data = load_class(tiny_root / "nut")
-    pre = Preprocess(72, 64)
+    pre = Preprocess(72, 64, "whole")  # fit's and evaluate's default frame
     frames, shapes = load_images(data.test, pre)
     maps, _, _ = Inspector.load(model).score_frames(frames)
     masks = load_masks(data, pre, shapes)
@@ -334,9 +334,10 @@ def test_no_anomalous_test_images_are_named(tiny_copy, tmp_path, capsys):
     rows = json.loads((out / "results.json").read_text())["rows"]
     nut = [r for r in rows if r["class"] == "nut"]
     assert nut and all(r["note"] == note for r in nut)
-    assert all(math.isnan(r["pixel_aupr"]) and math.isnan(r["pixel_auroc"]) for r in nut)
+    assert all(r["pixel_aupr"] is None and r["pixel_auroc"] is None for r in nut)
+    assert all(r["null_reasons"]["pixel_aupr"] == "needs defective samples" for r in nut)
     assert all("note" not in r and not math.isnan(r["pixel_aupr"]) for r in rows if r["class"] == "tile")
-    assert '"pixel_aupr": NaN' in (out / "results.json").read_text()  # NaN in JSON, as everywhere else
+    assert "NaN" not in (out / "results.json").read_text()  # strict JSON: null with a reason
     assert ",nan," in (out / "results.csv").read_text()
 
 

@@ -179,3 +179,39 @@ def test_padim_selection_equals_nearest_interpolation_on_uneven_grids():
     idx = channel_subset(3 + 4 + 5, 9, 2)
     full = torch.cat([torch.nn.functional.interpolate(fs.layers[l], size=(18, 18), mode="nearest") for l in (1, 2, 3)], 1)
     assert torch.equal(select_and_concat(fs, (1, 2, 3), idx), full[:, idx].flatten(2).transpose(1, 2))
+
+
+def test_spade_left_out_equals_a_model_fitted_without_the_image():
+    """Leave-one-out by definition: image i scored by SPADE fitted on the other images."""
+    train = _fs(6, 4)
+    m = Spade((1, 2, 3), 3, search=TorchSearch()).fit(train)
+    maps, scores = m.score_left_out(train, 16)
+    for i in range(6):
+        others = [j for j in range(6) if j != i]
+        part = FeatureSet([], {l: t[others] for l, t in train.layers.items()}, train.pooled[others],
+                          train.images[others], [])
+        alone = FeatureSet([], {l: t[[i]] for l, t in train.layers.items()}, train.pooled[[i]],
+                           train.images[[i]], [])
+        expect_map, expect_score = Spade((1, 2, 3), 3, search=TorchSearch()).fit(part).score(alone, 16)
+        np.testing.assert_allclose(maps[i], expect_map[0], rtol=1e-5, atol=1e-6)
+        assert scores[i] == pytest.approx(float(expect_score[0]), rel=1e-6)
+
+
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_padim_left_out_equals_refitting_without_the_image(low_rank, monkeypatch):
+    """The closed form against refitting on the other n - 1 images with the regulariser it states."""
+    import spadim.methods.padim as padim_module
+
+    n = 7
+    train = _fs(n, 9)
+    model = (LowRankPadim if low_rank else Padim)((1, 2), d=5, seed=0).fit(train)
+    maps, scores = model.score_left_out(train, 16)
+    monkeypatch.setattr(padim_module, "EPS", EPS * (n - 1) / (n - 2))
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        part = FeatureSet([], {l: t[others] for l, t in train.layers.items()}, None, train.images[others], [])
+        alone = FeatureSet([], {l: t[[i]] for l, t in train.layers.items()}, None, train.images[[i]], [])
+        expect_map, expect_score = Padim((1, 2), d=5, seed=0).fit(part).score(alone, 16)
+        tolerance = 1e-3 if low_rank else 1e-4  # the low-rank form's float32 products, amplified near h's bound
+        np.testing.assert_allclose(maps[i], expect_map[0], rtol=tolerance, atol=1e-5)
+        assert scores[i] == pytest.approx(float(expect_score[0]), rel=tolerance)

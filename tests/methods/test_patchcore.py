@@ -298,3 +298,24 @@ def test_registry_and_settings():
             Settings(coreset=bad)
     with pytest.raises(SpadimError, match="--patchcore-dim"):
         Settings(patchcore_dim=0)
+
+
+@pytest.mark.parametrize("coreset", [1.0, 0.3])
+def test_left_out_scores_search_the_bank_without_the_images_own_patches(coreset):
+    """Leave-one-out: image i against the bank rows that did not come from image i, by brute force."""
+    train = _fs(5, 7, c=(3, 40, 60, 5))
+    m = PatchCore((2, 3), coreset=coreset, dim=200, target_dim=150, seed=2, batch=2).fit(train)
+    emb, _ = embed_patches(train, (2, 3), 200, 150)
+    per_image = 16  # the 4 x 4 grid of layer 2
+    origin = np.array([int(np.flatnonzero((emb == row).all(1))[0]) // per_image for row in m.bank])
+    maps, scores = m.score_left_out(train, 16)
+    bank = m.bank.double().numpy()
+    for image in range(5):
+        others = bank[origin != image]
+        queries = emb[image * per_image : (image + 1) * per_image].double().numpy()
+        distances = cdist(queries, others)
+        grid = (distances.min(1) ** 2).reshape(4, 4)
+        np.testing.assert_allclose(maps[image], gaussian_filter(_bilinear(grid, 16, 16), 4), rtol=1e-4, atol=1e-4)
+        worst = int(np.argmax(distances.min(1)))
+        assert scores[image] == pytest.approx(_eq7(queries[worst], others, 9), rel=1e-4)
+    assert (origin == m.bank_image.numpy()).all()

@@ -10,7 +10,15 @@ import pytest
 
 from spadim.errors import SpadimError
 from spadim.features.extractor import FeatureSet
-from spadim.run.calibration import Calibration, check_far, conformal_threshold, out_of_fold, summarize
+from spadim.run.calibration import (
+    Calibration,
+    audit,
+    check_far,
+    conformal_threshold,
+    held_out,
+    images_needed,
+    summarize,
+)
 from spadim.run.layerchoice import fold_rows, other_rows, take
 from spadim.run.pipeline import Settings
 
@@ -86,9 +94,6 @@ def test_normalised_scores_are_zero_at_the_median_and_half_at_the_threshold():
     assert cal.normalize_image(2 * cal.image_threshold - cal.image_median) == pytest.approx(1.0)
     assert cal.normalize_pixels(cal.pixel_threshold) == pytest.approx(0.5)
     assert cal.normalize_pixels(cal.pixel_median) == pytest.approx(0.0)
-    # a user's image threshold moves the pixel threshold by the same normalised amount
-    user = cal.image_threshold + 7
-    assert cal.normalize_pixels(cal.pixel_threshold_for(user)) == pytest.approx(cal.normalize_image(user))
     assert Calibration.from_json(cal.to_json()).to_json() == cal.to_json()
 
 
@@ -123,10 +128,49 @@ def test_out_of_fold_scores_each_image_with_a_model_that_never_saw_it():
         [f"{i}.png" for i in range(n)], {}, pooled, np.zeros((n, 4, 4, 3), np.uint8), [(4, 4)] * n
     )
     settings = _ToySettings(arch="resnet18", weights="random", resize=4, crop=4)
-    scores, maps = out_of_fold("toy", settings, (1,), train, folds=5)
+    result = held_out("toy", settings, (1,), train, folds=5)
+    scores, maps = result.image_scores, result.maps
+    assert result.how == "out-of-fold" and result.folds == 5
     for held in fold_rows(n, settings.seed, 5):
         mean = pooled[other_rows(n, held)].mean(0)
         expected = (pooled[held] - mean).norm(dim=1).numpy()
         np.testing.assert_allclose(scores[held], expected, rtol=1e-6)
     assert all(m.shape == (4, 4) for m in maps)
     assert len(take(train, [0, 2]).paths) == 2
+
+
+@pytest.mark.parametrize("far", [0.05, 0.01, 0.1, 0.2, 0.03])
+def test_images_needed_is_where_the_conformal_rank_first_leaves_the_maximum(far):
+    needed = images_needed(far)
+    for n in range(2, needed + 30):
+        below_max = conformal_threshold(np.arange(float(n)), far)[0] < n - 1  # scores 0..n-1
+        assert below_max == (n >= needed), n
+    assert images_needed(0.05) == 39 and images_needed(0.01) == 199
+
+
+def test_region_level_is_the_conformal_quantile_of_the_region_statistic():
+    rng = np.random.default_rng(5)
+    maps = [rng.gamma(2.0, size=(8, 8)).astype(np.float32) for _ in range(60)]
+    regions = rng.normal(10, 1, size=60)
+    cal = Calibration(0.05, "leave-one-out", 60, 60, **summarize(rng.normal(size=60), maps, regions))
+    assert cal.region_threshold == conformal_threshold(regions, 0.05)[0] and cal.guaranteed
+    assert cal.mask_level == min(cal.pixel_threshold, cal.region_threshold)
+    assert cal.at(0.2).region_threshold == conformal_threshold(regions, 0.2)[0]
+    assert Calibration.from_json(cal.to_json()).region_threshold == cal.region_threshold
+    old = {k: v for k, v in cal.to_json().items() if k not in ("region_scores", "min_area")}
+    assert Calibration.from_json(old).region_threshold is None  # an old model: predict asks to recalibrate
+
+
+def test_audit_names_a_planted_outlier_first_and_the_level_without_it():
+    rng = np.random.default_rng(3)
+    stats = rng.normal(10.0, 0.5, size=30)
+    planted = stats.copy()
+    planted[17] = 14.0  # a defect filed as good
+    names = [f"good_{i:02d}.png" for i in range(30)]
+    flagged = audit(planted, names, 0.05)
+    assert flagged[0]["image"] == "good_17.png"
+    assert all(entry["robust_z"] > 3.5 for entry in flagged)
+    assert flagged[0]["level"] == 14.0  # with 30 images the level is the largest statistic: the plant
+    assert flagged[0]["level_without_it"] == conformal_threshold(np.delete(planted, 17), 0.05)[0]
+    assert flagged[0]["level_without_it"] == conformal_threshold(stats[np.arange(30) != 17], 0.05)[0]
+    assert audit(stats, names, 0.05) == [] or all(e["robust_z"] > 3.5 for e in audit(stats, names, 0.05))

@@ -1,5 +1,5 @@
-"""evaluate at the calibrated operating point: the same thresholds as a fitted model's calibration,
-and metrics that agree with a recomputation from the model's own scores."""
+"""evaluate at the calibrated operating point: the same levels as a fitted model's calibration (same
+frame, same method defaults), and counts that agree with the fitted model's own predictions."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import pytest
 from conftest import FAST
 
 from spadim.cli import main
-from spadim.data.mvtec import Preprocess, load_class, load_images
+from spadim.data.mvtec import load_class, read_rgb
 from spadim.inspect import Inspector
-from spadim.metrics.operating_point import at_threshold, best_f1
 
 
 @pytest.mark.parametrize("method", ["padim", "spade"])
@@ -49,8 +48,6 @@ def test_operating_point_matches_a_fitted_models_calibration(method, tiny_root, 
                 method,
                 "--far",
                 "0.2",
-                "--frame",
-                "crop",
                 "--out",
                 str(model),
                 *FAST,
@@ -60,16 +57,28 @@ def test_operating_point_matches_a_fitted_models_calibration(method, tiny_root, 
     )
     inspector = Inspector.load(model)
     cal = inspector.calibration
-    assert row["image_threshold"] == pytest.approx(cal.image_threshold, rel=1e-5)
-    assert row["pixel_threshold"] == pytest.approx(cal.pixel_threshold, rel=1e-5)
+    assert row["calibration"] == cal.how == ("leave-one-out" if method == "spade" else "out-of-fold")
+    assert row["region_threshold"] == pytest.approx(cal.region_threshold, rel=1e-5)
+    assert row["mask_level"] == pytest.approx(cal.mask_level, rel=1e-5)
+    # the fitted model's own predictions on the test images give the row's counts
     data = load_class(tiny_root / "nut")
-    frames, _ = load_images(data.test, Preprocess(72, 64))
-    _, scores, _ = inspector.score_frames(frames)
+    images = [read_rgb(p) for p in data.test]
+    predictions = inspector.predict(images, [str(p) for p in data.test], inspector.operating_point())
     labels = data.labels.astype(bool)
-    expected = at_threshold(scores, labels, cal.image_threshold)
-    assert row["image_f1"] == pytest.approx(expected["f1"], nan_ok=True)
-    assert row["image_false_alarm_rate"] == pytest.approx(expected["false_alarm_rate"])
-    assert row["oracle_image_f1"] == pytest.approx(best_f1(scores, labels)["f1"])
-    assert row["oracle_image_f1"] >= (row["image_f1"] if not np.isnan(row["image_f1"]) else 0)
-    assert row["pixel_f1_ratio"] == pytest.approx(row["pixel_f1"] / row["oracle_pixel_f1"])
+    flagged = np.array([p.decision == "defect" for p in predictions])
+    assert all((p.decision == "defect") == bool(p.regions) for p in predictions)
+    assert row["contradictions"] == 0
+    assert row["false_alarms"] == int((flagged & ~labels).sum())
+    assert row["recall"] == pytest.approx(flagged[labels].mean())
+    statistic = np.array([p.region_score for p in predictions])
+    assert np.array_equal(statistic > cal.region_threshold, flagged)
+    # best recall with no more false alarms, by trying every threshold
+    candidates = [t for t in np.r_[statistic, -np.inf] if ((statistic > t) & ~labels).sum() <= row["false_alarms"]]
+    assert row["best_recall"] == pytest.approx(max((statistic[labels] > t).mean() for t in candidates))
+    assert row["best_recall"] >= row["recall"]
     assert "At the operating point" in (out / "report.html").read_text()
+    json.loads((out / "operating_point.json").read_text(), parse_constant=_refuse)  # strict JSON: no NaN
+
+
+def _refuse(constant):
+    raise AssertionError(f"{constant} in a JSON output")

@@ -41,11 +41,12 @@ def test_fit_save_load_predict_reproduces_evaluate(method, evaluated, tmp_path):
     from spadim.inspect import Inspector
 
     model = tmp_path / f"{method}.pt"
-    assert main(["fit", str(HAZELNUT), "--method", method, "--frame", "crop", "--out", str(model), *REAL]) == 0
+    assert main(["fit", str(HAZELNUT), "--method", method, "--out", str(model), *REAL]) == 0
     data = load_class(HAZELNUT)
-    frames, shapes = load_images(data.test, Preprocess())
+    whole = Preprocess(frame="whole")  # fit's and evaluate's default frame
+    frames, shapes = load_images(data.test, whole)
     maps, _, _ = Inspector.load(model, str(CAFFE_WEIGHTS)).score_frames(frames)
-    masks = load_masks(data, Preprocess(), shapes)
+    masks = load_masks(data, whole, shapes)
     # the saved model gives evaluate's maps: the same pixel metrics to 1e-6
     assert pixel_auroc(maps, masks) == pytest.approx(evaluated[method]["pixel_auroc"], abs=1e-6)
     assert pixel_aupr(maps, masks) == pytest.approx(evaluated[method]["pixel_aupr"], abs=1e-6)
@@ -53,6 +54,11 @@ def test_fit_save_load_predict_reproduces_evaluate(method, evaluated, tmp_path):
     folders = sorted(p for p in (HAZELNUT / "test").iterdir())
     assert main(["predict", str(model), *map(str, folders), "--out", str(out), "--weights", str(CAFFE_WEIGHTS)]) == 0
     assert len((out / "predictions.csv").read_text().splitlines()) == 1 + len(data.test)
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    # on real images: defect exactly when the image has a region, and the region statistic decides it
+    assert all((r["decision"] == "defect") == bool(r["regions"]) for r in records)
+    assert all((r["decision"] == "defect") == (r["region_score"] > r["region_threshold"]) for r in records)
+    assert all(r["defect_pixels"] == sum(region["area"] for region in r["regions"]) for r in records)
 
 
 @pytest.fixture(scope="module")

@@ -94,15 +94,17 @@ def test_predict_matches_the_python_api(client, inspector, upload):
     assert int((mask > 0).sum()) == body["defect_pixels"] == want["defect_pixels"]
 
 
-def test_a_threshold_override_decides_by_the_returned_score(client, upload):
-    score = _post(client, upload).json()["score"]
+def test_a_threshold_override_decides_by_the_returned_region_score(client, upload):
+    score = _post(client, upload).json()["region_score"]
     below = _post(client, upload, threshold=score * 0.999)
-    above = _post(client, upload, threshold=score * 1.001)
-    assert below.json()["decision"] == "defect" and above.json()["decision"] == "ok"
-    for response, threshold in ((below, score * 0.999), (above, score * 1.001)):
+    above = _post(client, upload, threshold=score)  # a region must lie strictly above the level
+    assert below.json()["decision"] == "defect" and below.json()["regions"]
+    assert above.json()["decision"] == "ok" and not above.json()["regions"]
+    for response, threshold in ((below, score * 0.999), (above, score)):
         body = response.json()
-        assert body["score"] == pytest.approx(score, rel=1e-6)
-        assert body["image_threshold"] == pytest.approx(threshold)
+        assert body["region_score"] == pytest.approx(score, rel=1e-6)
+        assert body["region_threshold"] == pytest.approx(threshold)
+        assert body["pixel_threshold"] <= body["region_threshold"]
         assert "given by the user" in body["operating_point"]
     lenient = _post(client, upload, far=0.5).json()
     assert lenient["point"]["far"] == 0.5

@@ -228,12 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/evaluate"))
     p.add_argument("--examples", type=int, default=4, help="heatmap figures per class (default: %(default)s)")
     p.add_argument("--far", type=float, default=inspect.DEFAULT_FAR,
-                   help="calibrate each method out-of-fold at this false-alarm rate and score the test set at "
-                        "that operating point beside the F1-best oracle (default: %(default)s)")
+                   help="calibrate each method as fit does at this false-alarm rate and score the test set at "
+                        "its decisions beside the best threshold with as few false alarms (default: %(default)s)")
     p.add_argument("--folds", type=int, default=inspect.DEFAULT_FOLDS, help="calibration folds (%(default)s)")
     p.add_argument("--no-operating-point", action="store_true", help="skip the calibration and its table")
     add_plain_args(p)
-    add_common(p)
+    add_common(p, frame="whole")  # what fit + predict do; reproduce keeps the papers' centre crop
     add_mask_args(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -271,11 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder; a rerun with the same folder resumes (default: %(default)s)")
     p.add_argument("--weights", default=None, help="checkpoint the model was fitted with (default lookup as in fit)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threshold", type=float, default=None, help="image score threshold (default: the calibrated one)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="region level: an image is a defect when a region of --min-area lies above it "
+                        "(default: the calibrated one)")
     p.add_argument("--far", type=float, default=None,
                    help="false-alarm rate: thresholds from the model's calibration at this rate")
-    p.add_argument("--min-area", type=float, default=inspect.DEFAULT_MIN_AREA,
-                   help="smallest defect region, as a fraction of the image area (default: %(default)s)")
+    p.add_argument("--min-area", type=float, default=None,
+                   help="smallest defect region, as a fraction of the image area (default: the calibrated "
+                        "one, 0.001; another value voids the false-alarm promise)")
     p.add_argument("--save-maps", action="store_true", help="also save each raw anomaly map (maps/*.npy)")
     add_mask_args(p)
     p.set_defaults(func=cmd_predict)

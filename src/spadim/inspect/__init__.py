@@ -5,10 +5,10 @@ recalibrates on held-out good images, :class:`Inspector` predicts, ``predict_pat
 The CLI (``fit``, ``calibrate``, ``predict``) and the HTTP server are thin shells over these.
 """
 
+from spadim.decision.regions import DEFAULT_MIN_AREA, Region, find_regions
 from spadim.run.calibration import DEFAULT_FAR, DEFAULT_FOLDS, Calibration, conformal_threshold
 from .fitting import calibrate_model, fit_model
-from .inspector import DEFAULT_MIN_AREA, Inspector, ObjectMask, OperatingPoint, Prediction
-from .regions import Region, find_regions
+from .inspector import Inspector, ObjectMask, OperatingPoint, Prediction
 from .stream import predict_paths
 
 __all__ = [

@@ -24,8 +24,10 @@ from spadim.run.calibration import (
     DEFAULT_FOLDS,
     DEFAULT_PIXEL_FAR,
     Calibration,
-    calibrate_out_of_fold,
+    audit,
+    calibrate_held_out,
     check_far,
+    region_scores,
     summarize,
 )
 from .inspector import Inspector
@@ -72,29 +74,49 @@ def fit_model(
         )
     layers = tuple(layers or settings.method_layers(method_name))
     mark = time.perf_counter()
-    calibration = calibrate_out_of_fold(method_name, settings, layers, train, far, folds, pixel_far)
-    seconds["calibration"] = time.perf_counter() - mark
-    mark = time.perf_counter()
     method = settings.method(method_name, layers).fit(train)
     seconds["fit"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    calibration, held = calibrate_held_out(
+        method_name, settings, layers, train, far, folds, pixel_far, fitted=method
+    )
+    seconds["calibration"] = time.perf_counter() - mark
+    names = [str(p) for p in paths]
+    suspects = audit(held.region_scores, names, far)
     refs_frames = train.images[reference_indices(len(train), refs)]
     info = {
         "images": len(train),
         "folder": str(folder),
         "seconds": seconds,
         "layer_choice": selection.to_json() if selection else None,
+        "audit": suspects,
+        "held_out": {"images": names, "region_scores": held.region_scores.tolist(),
+                     "image_scores": held.image_scores.tolist()},
     }
     save_model(out, method, extractor.weights, settings.pre, name, refs_frames, calibration.to_json(), info)
     if selection is not None:  # the audit trail of the choice, readable without torch
         Path(f"{out}.layers.json").write_text(json.dumps(selection.to_json(), indent=1))
-    if calibration.warning():
-        say(f"warning: {calibration.warning()}")
+    Path(f"{out}.audit.json").write_text(json.dumps(
+        {"rule": f"modified z-score of the {calibration.how} region statistic > 3.5", "flagged": suspects,
+         **info["held_out"]}, indent=1))
+    for line in filter(None, [calibration.warning(), calibration.advice()]):
+        say(f"warning: {line}")
+    for entry in suspects:
+        say(
+            f"audit: {entry['image']} stands apart from the other good images (region score "
+            f"{entry['region_score']:.4g}, robust z {entry['robust_z']:.1f}): a defect filed as good, or a rare "
+            f"variant that needs company; without it the region level would be {entry['level_without_it']:.4g} "
+            f"instead of {entry['level']:.4g}"
+        )
     say(
         f"fitted {method_name} on {len(train)} images of {name} in {sum(seconds.values()):.1f} s "
-        f"(calibration {seconds['calibration']:.1f} s): image threshold {calibration.image_threshold:.4g}, "
-        f"pixel threshold {calibration.pixel_threshold:.4g} at far={far:g} -> {out}"
+        f"(calibration {seconds['calibration']:.1f} s, {calibration.how}): region level "
+        f"{calibration.region_threshold:.4g} (an image is a defect when a region of at least "
+        f"{calibration.min_area:.2%} of it lies above this), regions drawn from {calibration.mask_level:.4g}, "
+        f"at far={far:g} -> {out}"
     )
-    return {"calibration": calibration, "seconds": seconds, "layers": layers, "selection": selection}
+    return {"calibration": calibration, "seconds": seconds, "layers": layers, "selection": selection,
+            "audit": suspects, "held_out": held}
 
 
 def calibrate_model(
@@ -112,15 +134,16 @@ def calibrate_model(
     check_images(paths)
     inspector = Inspector.load(model, weights)
     name = inspector.method.name
-    _, maps, scores = score_stream(inspector.extractor, paths, {name: inspector.method}, 32, inspector.pre.crop,
-                                   "calibrate")
+    frames, maps, scores = score_stream(inspector.extractor, paths, {name: inspector.method}, 32,
+                                        inspector.pre.crop, "calibrate")
     maps, scores = list(maps[name]), scores[name]
+    regions = region_scores(maps, frames.shapes, inspector.pre)
     calibration = Calibration(
         far,
         "held-out folder",
         0,
         len(paths),
-        **summarize(scores, maps),
+        **summarize(scores, maps, regions),
         pixel_far=pixel_far,
         source=f"{len(paths)} held-out good images from {folder}",
     )
@@ -130,8 +153,11 @@ def calibrate_model(
     write_blob(Path(out or model), blob)
     if calibration.warning():
         say(f"warning: {calibration.warning()}")
+    for entry in audit(regions, [str(p) for p in paths], far):
+        say(f"audit: {entry['image']} stands apart from the other good images (robust z "
+            f"{entry['robust_z']:.1f}); without it the region level would be {entry['level_without_it']:.4g}")
     say(
-        f"recalibrated {model} on {len(paths)} good images: image threshold {calibration.image_threshold:.4g}, "
-        f"pixel threshold {calibration.pixel_threshold:.4g} at far={far:g} -> {out or model}"
+        f"recalibrated {model} on {len(paths)} good images: region level {calibration.region_threshold:.4g}, "
+        f"regions drawn from {calibration.mask_level:.4g} at far={far:g} -> {out or model}"
     )
     return calibration

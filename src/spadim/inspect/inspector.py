@@ -24,9 +24,14 @@ from spadim.run.modelfile import load_model
 from spadim.masks.keypoints import MaskConfig
 from spadim.run.pipeline import needed_features, object_masks, suppress_outside
 from spadim.run.calibration import Calibration, check_far
-from .regions import Region, find_regions
-
-DEFAULT_MIN_AREA = 0.001  # smallest region kept, as a fraction of the image area
+from spadim.decision.regions import (
+    DEFAULT_MIN_AREA,
+    Region,
+    find_regions,
+    has_region,
+    min_area_pixels,
+    region_score,
+)
 
 
 @dataclass
@@ -39,13 +44,18 @@ class ObjectMask:
 
 @dataclass
 class OperatingPoint:
-    """The thresholds in force for one call: the model's calibration, or a user's override."""
+    """The levels in force for one call: the model's calibration, or a user's override.
 
-    image_threshold: float
-    pixel_threshold: float
+    An image is a defect exactly when its map has a region of ``min_area`` above ``region_threshold``;
+    a defect's regions are then drawn from ``pixel_threshold`` (never above ``region_threshold``)."""
+
+    image_threshold: float | None  # the image score's own conformal threshold (ranking, not deciding)
+    pixel_threshold: float  # the level regions are drawn from (mask level)
     source: str  # "calibrated at far=0.01", "--threshold 3.2", ...
     far: float | None
     guaranteed: bool
+    region_threshold: float = float("inf")  # the decision level
+    min_area: float = DEFAULT_MIN_AREA  # smallest region, as a fraction of the image area
 
 
 @dataclass
@@ -55,7 +65,8 @@ class Prediction:
     width: int
     score: float
     normalized_score: float | None
-    decision: str  # "ok" or "defect"
+    decision: str  # "ok" or "defect": "defect" exactly when ``regions`` is not empty
+    region_score: float  # the level at which the last region of min_area disappears (the decision's statistic)
     regions: list[Region]
     anomaly_map: np.ndarray = field(repr=False)  # float32 [height, width], raw score units
     defect_mask: np.ndarray = field(repr=False)  # bool [height, width]: pixels of the kept regions
@@ -68,8 +79,11 @@ class Prediction:
             "score": self.score,
             "normalized_score": self.normalized_score,
             "decision": self.decision,
+            "region_score": self.region_score,
+            "region_threshold": point.region_threshold,
             "image_threshold": point.image_threshold,
             "pixel_threshold": point.pixel_threshold,
+            "min_area": point.min_area,
             "operating_point": point.source,
             "defect_pixels": int(self.defect_mask.sum()),
             "regions": [r.to_json() for r in self.regions],
@@ -130,26 +144,36 @@ class Inspector:
                 "give --threshold or --far, not both: --far picks a threshold from the calibration"
             )
         cal = self.calibration
-        if threshold is not None:
+        if threshold is not None:  # the region level, in pixel-score units
             if not np.isfinite(threshold):
                 raise SpadimError(f"--threshold must be a finite score (got {threshold})")
-            pixel = cal.pixel_threshold_for(threshold) if cal else float(threshold)
+            threshold = float(threshold)
+            pixel = min(cal.pixel_threshold, threshold) if cal else threshold
             return OperatingPoint(
-                float(threshold), pixel, f"threshold {threshold:g} given by the user", None, False
+                None,
+                pixel,
+                f"region level {threshold:g} given by the user",
+                None,
+                False,
+                threshold,
+                cal.min_area if cal else DEFAULT_MIN_AREA,
             )
-        if cal is None:
+        if cal is None or cal.region_threshold is None:
+            why = "no calibration" if cal is None else "no region calibration"
             raise SpadimError(
-                f"model {self.model_path} has no calibration (fitted by an older spadim): run "
-                f"`spadim calibrate {self.model_path} GOOD_IMAGES_DIR` or give --threshold"
+                f"model {self.model_path} has {why} (fitted by an older spadim): run "
+                f"`spadim calibrate {self.model_path} GOOD_IMAGES_DIR` or give --threshold (a region level)"
             )
         if far is not None:
             cal = cal.at(check_far(far))
         return OperatingPoint(
             cal.image_threshold,
-            cal.pixel_threshold,
+            cal.mask_level,
             f"calibrated at far={cal.far:g} ({cal.how}, n={cal.n_images})",
             cal.far,
             cal.guaranteed,
+            cal.region_threshold,
+            cal.min_area,
         )
 
     def warnings(self, point: OperatingPoint) -> list[str]:
@@ -157,9 +181,9 @@ class Inspector:
             out = ["RANDOM UNTRAINED WEIGHTS: scores are not meaningful"]
         else:
             out = []
-        if point.far is not None and not point.guaranteed:
+        if point.far is not None:
             cal = self.calibration.at(point.far)
-            out.append(cal.warning())
+            out += [line for line in (cal.warning(), cal.advice()) if line]
         return out
 
     # ------------------------------------------------------------ scoring
@@ -186,10 +210,12 @@ class Inspector:
         images: list[np.ndarray],
         names: list[str],
         point: OperatingPoint,
-        min_area: float = DEFAULT_MIN_AREA,
+        min_area: float | None = None,
         object_mask: ObjectMask | None = None,
     ) -> list[Prediction]:
-        """Original-resolution RGB images (any sizes) -> one :class:`Prediction` each, in one batch pass."""
+        """Original-resolution RGB images (any sizes) -> one :class:`Prediction` each, in one batch pass.
+        ``min_area`` (a fraction of the image) other than the calibrated one voids the far promise."""
+        min_area = point.min_area if min_area is None else min_area
         if not images:
             return []
         frames = np.stack([self.pre.image(rgb) for rgb in images])
@@ -198,15 +224,19 @@ class Inspector:
         for rgb, name, frame_map, score in zip(images, names, maps, scores):
             height, width = rgb.shape[:2]
             full = self.pre.to_original(frame_map, (height, width))
-            regions, mask = find_regions(
-                full,
-                point.pixel_threshold,
-                max(1, round(min_area * height * width)),
-                self.calibration.normalize_pixels if self.calibration else None,
-            )
+            area = min_area_pixels(min_area, height, width)
+            if has_region(full, point.region_threshold, area):  # the decision; then its regions
+                regions, mask = find_regions(
+                    full,
+                    point.pixel_threshold,
+                    area,
+                    self.calibration.normalize_pixels if self.calibration else None,
+                )
+            else:
+                regions, mask = [], np.zeros(full.shape, bool)
             normalized = (
                 float(self.calibration.normalize_image(score, point.image_threshold))
-                if self.calibration
+                if self.calibration and point.image_threshold is not None
                 else None
             )
             out.append(
@@ -216,7 +246,8 @@ class Inspector:
                     width,
                     float(score),
                     normalized,
-                    "defect" if score > point.image_threshold else "ok",
+                    "defect" if regions else "ok",
+                    region_score(full, area),
                     regions,
                     full,
                     mask,

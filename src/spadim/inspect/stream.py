@@ -23,11 +23,12 @@ import numpy as np  # noqa: E402
 from spadim.data.mvtec import read_rgb  # noqa: E402
 from spadim.errors import SpadimError  # noqa: E402
 from spadim.report.figures import save_rgb  # noqa: E402
-from .inspector import DEFAULT_MIN_AREA, Inspector, ObjectMask, OperatingPoint  # noqa: E402
+from .inspector import Inspector, ObjectMask, OperatingPoint  # noqa: E402
 
 CSV_COLUMNS = [
     "image",
     "decision",
+    "region_score",
     "score",
     "normalized_score",
     "regions",
@@ -42,6 +43,7 @@ RUN_FILE = "run.json"
 def _settings(inspector: Inspector, point: OperatingPoint, min_area: float, save_maps: bool) -> dict:
     return {
         "model_sha256": inspector.sha256,
+        "region_threshold": point.region_threshold,
         "image_threshold": point.image_threshold,
         "pixel_threshold": point.pixel_threshold,
         "min_area": min_area,
@@ -139,7 +141,7 @@ def predict_paths(
     paths: list[Path],
     out: Path,
     point: OperatingPoint,
-    min_area: float = DEFAULT_MIN_AREA,
+    min_area: float | None = None,
     save_maps: bool = False,
     batch_size: int = 8,
     progress=None,
@@ -148,6 +150,7 @@ def predict_paths(
     """Predict every path not finished in ``out`` yet; returns counts and timing of this call."""
     out = Path(out)
     inspector.check_object_mask(object_mask)
+    min_area = point.min_area if min_area is None else min_area
     settings = {
         **_settings(inspector, point, min_area, save_maps),
         "object_mask": None

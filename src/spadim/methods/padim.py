@@ -165,6 +165,7 @@ class Padim:
         with torch.inference_mode():
             self.mean = acc.mean()
             self.chol = acc.cholesky_(EPS)
+        self.n_train = acc.n
         return self
 
     def fit(self, fs: FeatureSet) -> "Padim":
@@ -197,6 +198,21 @@ class Padim:
     def score(self, fs: FeatureSet, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Anomaly maps [N, size, size] and image scores (max of each map) [N]."""
         maps = upsample_blur(self.distance_grid(fs), size)
+        return maps, maps.reshape(len(maps), -1).max(axis=1)
+
+    def score_left_out(self, fs: FeatureSet, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The n training images it was fitted on (``fs``), each scored by the Gaussians of the other n - 1,
+        in closed form from its distance h to the full fit (Sherman-Morrison on the rank-one downdate):
+        ``d^2 = (n / (n - 1))^2 ((n - 2) / (n - 1)) h / (1 - n h / (n - 1)^2)``, one scoring pass instead of
+        refitting. It is exact for the Gaussians of the other images with the regulariser ``eps (n - 1) /
+        (n - 2)`` instead of ``eps`` (0.0104 instead of 0.01 at n = 25; the test refits them)."""
+        n = getattr(self, "n_train", None)
+        if n is None or len(fs) != n or n < 3:
+            raise ValueError("score_left_out takes the training set (n >= 3) the model was fitted on in this process")
+        squared = self.distance_grid(fs).double().square()
+        ratio = n / (n - 1)
+        left_out = ratio**2 * ((n - 2) / (n - 1)) * squared / (1 - squared * n / (n - 1) ** 2).clamp_min(1e-12)
+        maps = upsample_blur(left_out.sqrt().float(), size)
         return maps, maps.reshape(len(maps), -1).max(axis=1)
 
     def state(self) -> dict:
@@ -237,6 +253,7 @@ class LowRankPadim(Padim):
         with torch.inference_mode():
             x = self._vectors(fs)  # [N, L, d]
             n, positions, _ = x.shape
+            self.n_train = n
             self.mean = x.mean(0)
             self.centred = (x - self.mean).transpose(0, 1).contiguous()  # [L, N, d]
             del x

@@ -168,6 +168,7 @@ class PatchCore:
         )
         self.search = search or BoundedSearch()  # exact; pruned where the bank's structure allows
         self.bank: torch.Tensor | None = None  # [G, target_dim]
+        self.bank_image: torch.Tensor | None = None  # [G] training image each bank row came from (at fit)
         self.grid: tuple[int, int] = (0, 0)
         self._bank_sq: torch.Tensor | None = None
 
@@ -190,12 +191,14 @@ class PatchCore:
         with torch.inference_mode():
             if self.coreset >= 1:
                 self.bank = torch.cat(list(self._embeddings(fs)))
+                picked = torch.arange(len(self.bank))
             else:
-                self.bank = self._coreset_bank(fs)
+                self.bank, picked = self._coreset_bank(fs)
+        self.bank_image = picked // (self.grid[0] * self.grid[1])
         self._bank_sq = None
         return self
 
-    def _coreset_bank(self, fs: FeatureSet) -> torch.Tensor:
+    def _coreset_bank(self, fs: FeatureSet) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed)
         projection, projected = None, []
         for emb in self._embeddings(fs):
@@ -211,7 +214,7 @@ class PatchCore:
             here = (picked >= start) & (picked < start + len(emb))
             bank[here] = emb[picked[here] - start]
             start += len(emb)
-        return bank
+        return bank, picked
 
     def distance_grid(self, fs: FeatureSet) -> tuple[torch.Tensor, np.ndarray]:
         """[N, H, W] squared distance of every test patch to its nearest bank vector, and the image scores [N]."""
@@ -230,6 +233,34 @@ class PatchCore:
                     else:
                         scores.append(float(d[i].flatten()[j]))
         return torch.cat(grids), np.asarray(scores, dtype=np.float64)
+
+    def score_left_out(self, fs: FeatureSet, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The training images it was fitted on (``fs``), each scored against the bank without the rows
+        its own patches contributed: the deployed coreset (built from all n images, as dense as a new
+        image meets) minus one image. Refitting the coreset per fold instead thins the bank to (k-1)/k of
+        the images, which inflated held-out scores of few-image classes (issue 23)."""
+        if self.bank_image is None:
+            raise ValueError("score_left_out needs a model fitted in this process (bank_image)")
+        search = getattr(self.search, "fallback", self.search)  # a new bank per image: nothing to prune
+        grids, scores, start = [], [], 0
+        per_image = self.grid[0] * self.grid[1]
+        with torch.inference_mode():
+            for emb in self._embeddings(fs):
+                for offset in range(len(emb) // per_image):
+                    image = start + offset
+                    bank = self.bank[self.bank_image != image]
+                    queries = emb[offset * per_image : (offset + 1) * per_image]
+                    d = search.min_distances(queries, bank).square_()
+                    grids.append(d.reshape(*self.grid))
+                    worst = int(d.argmax())
+                    if self.neighbours:
+                        scores.append(
+                            reweighted_score(queries[worst], bank, bank.square().sum(1), self.neighbours)
+                        )
+                    else:
+                        scores.append(float(d[worst]))
+                start += len(emb) // per_image
+        return upsample_blur(torch.stack(grids), size), np.asarray(scores, dtype=np.float64)
 
     def score(self, fs: FeatureSet, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Anomaly maps [N, size, size] and image scores (eq. 7, or the maximum with ``neighbours=0``) [N]."""

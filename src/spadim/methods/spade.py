@@ -89,7 +89,20 @@ class Spade:
 
     def score(self, fs: FeatureSet, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Anomaly maps [N, size, size] and image scores [N]."""
-        dist, idx = self.neighbours(fs)
+        return self._score(fs, size, *self.neighbours(fs))
+
+    def score_left_out(self, fs: FeatureSet, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The training images it was fitted on (``fs``), each scored as a new image against the gallery of
+        the others: its own pooled feature never ranks among the K nearest, so its own patches never
+        enter its search (leave-one-out, the deployed model minus one image, at the cost of one scoring)."""
+        if self.train_pooled is None or len(fs) != len(self.train_pooled):
+            raise ValueError("score_left_out takes the training set the model was fitted on")
+        distances = torch.cdist(fs.pooled, self.train_pooled)
+        distances.fill_diagonal_(float("inf"))
+        dist, idx = torch.topk(distances, min(self.k, len(fs) - 1), dim=1, largest=False)
+        return self._score(fs, size, dist, idx)
+
+    def _score(self, fs: FeatureSet, size: int, dist: torch.Tensor, idx: torch.Tensor):
         if self.fusion == "concat":
             maps = upsample_blur(self.concat_grid(fs, idx), size)
         else:

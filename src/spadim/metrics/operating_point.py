@@ -2,7 +2,8 @@
 
 Ranking metrics (AUROC, AUPR) judge every threshold at once; a deployed model runs at one. Here the
 calibrated threshold (chosen from normal images only) is scored beside the oracle, the threshold
-with the best F1 chosen with the test labels, so the cost of not knowing the defects shows.
+with the best F1 chosen with the test labels, so the cost of not knowing the defects shows; for
+image decisions the yardstick is :func:`best_recall`, the best recall with no more false alarms.
 Undefined values (no defect to recall, no alarm to be precise about) are NaN, as in ranking.py.
 """
 
@@ -51,3 +52,19 @@ def best_f1(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     best = int(np.argmax(f1))
     # sklearn flags score >= t; at_threshold flags score > t: step just below t for the same set
     return at_threshold(scores, labels, float(np.nextafter(thresholds[best], -np.inf)))
+
+
+def best_recall(scores: np.ndarray, labels: np.ndarray, false_alarms: int) -> dict[str, float]:
+    """The yardstick of a calibrated decision: the highest recall of any threshold (``score > t``) that
+    flags at most ``false_alarms`` normal images, chosen with the test labels. Unlike the F1-best
+    threshold it stays meaningful when most test images are defective (flagging all scores F1 0.8-0.9)."""
+    scores, labels = np.asarray(scores, np.float64).ravel(), np.asarray(labels, bool).ravel()
+    normal = np.sort(scores[~labels])[::-1]
+    if not labels.any():
+        return {"recall": float("nan"), "threshold": float("inf"), "false_alarms": 0}
+    threshold = float(normal[false_alarms]) if false_alarms < len(normal) else -np.inf
+    return {
+        "recall": float(np.mean(scores[labels] > threshold)),
+        "threshold": threshold,
+        "false_alarms": int(np.count_nonzero(normal > threshold)),
+    }

@@ -1,7 +1,7 @@
 """Result tables as CSV, JSON and Markdown, with per-group means.
 
 A metric is a float, NaN when undefined on the labels (no anomalous pixel, say) or None when it was
-not measured at all (no ground-truth masks): "nan" and "n/a" in CSV/Markdown, NaN and null in JSON.
+not measured at all (no ground-truth masks): "nan" and "n/a" in CSV/Markdown; null in JSON either way, with the reason in ``null_reasons``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,40 @@ def with_means(rows: list[dict], group: Sequence[str], metrics: Sequence[str] = 
     return rows + means
 
 
+#: why a metric can be undefined (JSON null), by the word it ends with
+NULL_REASONS = {
+    "precision": "nothing was flagged, so precision is undefined",
+    "recall": "no defective image or pixel to recall",
+    "f1": "no defect and nothing flagged",
+    "false_alarm_rate": "no normal image or pixel to falsely flag",
+    "iou": "no defect and nothing flagged",
+    "ratio": "the yardstick it divides by is zero or undefined",
+    "auroc": "needs both normal and defective samples",
+    "aupr": "needs defective samples",
+}
+
+
+def json_ready(value, reasons: dict | None = None, key: str = ""):
+    """``value`` with every NaN or infinity replaced by null (strict JSON, which browsers parse); each row
+    (a dict) that had one gains ``null_reasons``: column -> why it is undefined."""
+    if isinstance(value, dict):
+        own: dict[str, str] = {}
+        out = {k: json_ready(v, own, k) for k, v in value.items()}
+        if own:
+            out["null_reasons"] = own
+        return out
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v, reasons, key) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        if reasons is not None:
+            word = next((w for w in NULL_REASONS if str(key).endswith(w)), None)
+            reasons[key] = NULL_REASONS[word] if word else f"undefined ({value})"
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def write_table(out: Path, stem: str, rows: list[dict], columns: Sequence[str], title: str, meta: dict) -> str:
     """Write ``stem``.csv/.json/.md; returns the Markdown text (title, banner, table)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -55,7 +89,8 @@ def write_table(out: Path, stem: str, rows: list[dict], columns: Sequence[str], 
         w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         w.writerows({c: _fmt(r.get(c, "")) for c in columns} for r in rows)
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str, allow_nan=True))
+    (out / f"{stem}.json").write_text(json.dumps(json_ready({"meta": meta, "rows": rows}), indent=2, default=str,
+                                                        allow_nan=False))
     md = f"# {title}\n\n{meta.get('weights', '')}\n\n{markdown_table(rows, columns)}\n"
     (out / f"{stem}.md").write_text(md)
     return md

@@ -1,26 +1,28 @@
-"""Operating points from normal images only: thresholds with a stated false-alarm guarantee.
+"""Operating points from normal images only: one OK/defect rule, with a stated false-alarm guarantee.
 
-A threshold set on the training images' own scores would be too low: a fitted model scores the
-images it has seen lower than new ones. So each training image is scored by a model fitted
-without it (``folds`` seeded parts, each scored by a model of the others: out-of-fold scores), which
-estimates how a *new* normal image scores.
+The decision is the regions: an image is a defect exactly when its map, on the original pixels, has a
+connected region above the region level with at least the minimum area. Its statistic is
+:func:`spadim.decision.region_score` (the level at which the last such region disappears: the maximum
+of the map's grey-level area opening), and the region level is the split-conformal quantile of that
+statistic over normal images: the ``ceil((n + 1) (1 - far))``-th smallest of n. A new normal image
+exchangeable with the n calibration images gets a region with probability at most ``far``, whatever
+the score distribution; so decision and mask never contradict each other and the promise covers both.
+With n < ``images_needed(far)`` the quantile is the single largest normal score: with n < 1/far - 1 no
+order statistic guarantees ``far`` (``guaranteed`` is False and a warning says so), and below
+``images_needed`` one odd good image sets the level (the audit names it).
 
-The image threshold is the split-conformal quantile of those scores: the
-``ceil((n + 1) (1 - far))``-th smallest of n. If a new normal image is exchangeable with the n
-calibration images (same process, no drift), it scores above that threshold with probability at
-most ``far``, whatever the score distribution. What it does not promise: the deployed model is
-refitted on all n images, so new images meet a model fitted on n, not (folds-1)/folds of n images
-(scores shift slightly down, which errs on the side of fewer alarms); drift in lighting, camera or
-parts breaks exchangeability. With n < 1/far - 1 no order statistic gives the guarantee: the
-threshold is then the largest normal score, ``guaranteed`` is False and a warning says so.
+The statistic of a training image must be the one a *new* normal image would get from the deployed
+model, so each training image is scored by the fitted model without that image (leave-one-out, at
+the cost of one scoring pass): SPADE's gallery without the image, PatchCore's coreset without the
+patches it took from it, PaDiM's Gaussians downdated by the image in closed form. Refitting on
+``folds`` parts (out-of-fold, what a method without ``score_left_out`` gets) thins the model to
+(k-1)/k of the images and inflated held-out scores of few-image classes (README, decision rules).
 
-The pixel threshold is a quantile of all out-of-fold normal pixel scores: at most ``pixel_far``
-(default 0.001) of normal pixels lie above it. An image-level rule (the conformal quantile of each
-image's largest pixel score, so that a normal image's mask is empty with probability >= 1 - far) was
-measured first and rejected: with 25-50 training images it put the mask threshold at the largest
-normal score and reached 3-93% of the oracle's pixel F1 on the real subset, the per-pixel quantile
-57-100% (README, scripts/pixel_threshold_rules.py). How often a normal image still gets pixels above
-the threshold is measured out-of-fold and stored as ``mask_alarm_rate``.
+Regions are drawn, on defect images only, at ``mask_level`` = min(pixel threshold, region level), where
+the pixel threshold is a quantile of all normal pixel scores (at most ``pixel_far`` of them above it);
+below the region level the region that made the decision is still there, so the mask is never empty
+on a defect and always empty on an OK image. The image score (each method's own) stays a ranking score
+with its own conformal threshold, reported but no longer deciding.
 
 Normalised scores are linear in the raw score with 0 at the median normal score and 0.5 at the
 threshold (so 1 at threshold + (threshold - median)); they are not clipped, so ordering is kept.
@@ -29,10 +31,11 @@ threshold (so 1 at threshold + (threshold - median)); they are not clipped, so o
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from spadim.decision.regions import DEFAULT_MIN_AREA, min_area_pixels, region_score
 from spadim.errors import SpadimError
 from spadim.features.extractor import FeatureSet
 from spadim.methods.padim import fit_padim
@@ -65,6 +68,15 @@ def conformal_threshold(scores: np.ndarray, far: float) -> tuple[float, bool]:
     return float(ordered[rank - 1]), True
 
 
+def images_needed(far: float) -> int:
+    """The fewest normal images for which the conformal quantile at ``far`` is below the largest score
+    (39 at 0.05, 199 at 0.01): with fewer, the single highest normal image sets the threshold."""
+    n = 2
+    while math.ceil((n + 1) * (1.0 - far)) > n - 1:
+        n += 1
+    return n
+
+
 def smallest_far(n: int) -> float:
     """The smallest false-alarm rate n calibration images can guarantee: 1 / (n + 1)."""
     return 1.0 / (n + 1)
@@ -85,8 +97,11 @@ class Calibration:
     n_pixels: int  # normal pixel scores in all
     pixel_far: float = DEFAULT_PIXEL_FAR
     source: str = ""
+    region_scores: list[float] | None = None  # sorted per-image region statistic; None: an old model
+    min_area: float = DEFAULT_MIN_AREA  # the smallest region, as a fraction of the image area
     image_threshold: float = field(init=False)
     pixel_threshold: float = field(init=False)
+    region_threshold: float | None = field(init=False)  # the decision level
     guaranteed: bool = field(init=False)
     mask_alarm_rate: float = field(init=False)
 
@@ -96,6 +111,14 @@ class Calibration:
         self.image_threshold, self.guaranteed = conformal_threshold(np.array(self.image_scores), self.far)
         self.pixel_threshold = pixel_quantile(self.pixel_tail, self.n_pixels, self.pixel_far)
         self.mask_alarm_rate = float(np.mean(np.array(self.pixel_max) > self.pixel_threshold))
+        self.region_threshold = None
+        if self.region_scores is not None:
+            self.region_threshold, self.guaranteed = conformal_threshold(np.array(self.region_scores), self.far)
+
+    @property
+    def mask_level(self) -> float:
+        """The level regions are drawn at on a defect image: never above the decision level."""
+        return min(self.pixel_threshold, self.region_threshold)
 
     @property
     def image_median(self) -> float:
@@ -103,19 +126,7 @@ class Calibration:
 
     def at(self, far: float) -> "Calibration":
         """The same normal scores at another false-alarm rate (``--far`` at predict time)."""
-        return Calibration(
-            far,
-            self.how,
-            self.folds,
-            self.n_images,
-            self.image_scores,
-            self.pixel_max,
-            self.pixel_median,
-            self.pixel_tail,
-            self.n_pixels,
-            self.pixel_far,
-            self.source,
-        )
+        return replace(self, far=far)
 
     def warning(self) -> str | None:
         if self.guaranteed:
@@ -126,23 +137,28 @@ class Calibration:
             f"normal score and the rate is NOT guaranteed; add good images or raise --far"
         )
 
+    def advice(self) -> str | None:
+        """Below ``images_needed(far)`` images, the level is the single highest normal image's."""
+        needed = images_needed(self.far)
+        if self.n_images >= needed:
+            return None
+        return (
+            f"with {self.n_images} good images the level at far={self.far:g} is the single highest good "
+            f"image's score; {needed} good images would let the rank fall below it (see the audit)"
+        )
+
     def normalize_image(self, score, threshold: float | None = None):
         return _normalize(score, self.image_median, self.image_threshold if threshold is None else threshold)
 
     def normalize_pixels(self, scores, threshold: float | None = None):
         return _normalize(scores, self.pixel_median, self.pixel_threshold if threshold is None else threshold)
 
-    def pixel_threshold_for(self, image_threshold: float | None) -> float:
-        """A user's image threshold moves the pixel threshold by the same normalised amount."""
-        if image_threshold is None:
-            return self.pixel_threshold
-        level = float(self.normalize_image(image_threshold))
-        return self.pixel_median + 2.0 * level * (self.pixel_threshold - self.pixel_median)
-
     def to_json(self) -> dict:
         return {
             **asdict(self),
             "image_median": self.image_median,
+            "mask_level": None if self.region_threshold is None else self.mask_level,
+            "images_needed": images_needed(self.far),
             "promise": (
                 f"a new normal image exchangeable with the {self.n_images} calibration images is "
                 f"flagged with probability <= {self.far:g}"
@@ -166,7 +182,8 @@ class Calibration:
             "pixel_far",
             "source",
         )
-        return cls(**{k: data[k] for k in keys})
+        optional = {k: data[k] for k in ("region_scores", "min_area") if k in data}
+        return cls(**{k: data[k] for k in keys}, **optional)
 
 
 def _normalize(score, median: float, threshold: float):
@@ -187,9 +204,18 @@ def pixel_quantile(tail: list[float], n_pixels: int, pixel_far: float) -> float:
     return float(tail[len(tail) - 1 - above])
 
 
-def summarize(image_scores: np.ndarray, maps: list[np.ndarray]) -> dict:
-    """What a Calibration keeps of normal images' scores: sorted image scores, per-image maxima, the
-    pixel median and the upper tail of all pixel scores."""
+def region_scores(maps, shapes, pre, min_area: float = DEFAULT_MIN_AREA) -> np.ndarray:
+    """Each map's region statistic on its image's original pixels, where ``predict`` decides."""
+    out = []
+    for score_map, shape in zip(maps, shapes):
+        full = pre.to_original(score_map, shape) if pre is not None else np.asarray(score_map)
+        out.append(region_score(full, min_area_pixels(min_area, *full.shape[:2])))
+    return np.asarray(out, np.float64)
+
+
+def summarize(image_scores: np.ndarray, maps: list[np.ndarray], regions: np.ndarray | None = None) -> dict:
+    """What a Calibration keeps of normal images' scores: sorted image scores and region statistics,
+    per-image maxima, the pixel median and the upper tail of all pixel scores."""
     pixels = np.concatenate([m.ravel() for m in maps]) if maps else np.zeros(1, np.float32)
     keep = min(len(pixels), max(1, math.ceil(len(pixels) * TAIL_SHARE)))
     tail = np.sort(np.partition(pixels, len(pixels) - keep)[len(pixels) - keep :])
@@ -199,37 +225,61 @@ def summarize(image_scores: np.ndarray, maps: list[np.ndarray]) -> dict:
         "pixel_median": float(np.median(pixels)),
         "pixel_tail": tail.astype(float).tolist(),
         "n_pixels": int(len(pixels)),
+        "region_scores": None if regions is None else sorted(float(r) for r in regions),
     }
 
 
-def out_of_fold(
-    method_name: str, settings, layers: tuple[int, ...], train: FeatureSet, folds: int = DEFAULT_FOLDS
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Image scores [N] and maps of each training image from a model fitted on the other folds.
+@dataclass
+class HeldOut:
+    """How each training image scores when the model has not seen it, in training order."""
 
-    PaDiM folds use the exact low-rank fit when a fold has fewer images than channels (the same
-    distances as the full fit, cheaper); the channel subset is the deployed model's (same seed).
-    """
+    how: str  # "leave-one-out" or "out-of-fold"
+    folds: int  # n for leave-one-out
+    image_scores: np.ndarray
+    maps: list[np.ndarray]
+    region_scores: np.ndarray
+
+
+def held_out(
+    method_name: str,
+    settings,
+    layers: tuple[int, ...],
+    train: FeatureSet,
+    folds: int = DEFAULT_FOLDS,
+    fitted=None,
+    min_area: float = DEFAULT_MIN_AREA,
+) -> HeldOut:
+    """Leave-one-out from ``fitted`` (a model fitted on all of ``train`` in this process) where the
+    method can score a training image without it (``score_left_out``); else ``folds`` seeded parts, each
+    scored by a model fitted on the others (PaDiM folds use the exact low-rank fit when a fold has fewer
+    images than channels; the channel subset is the deployed model's, same seed)."""
     n = len(train)
     if n < 2:
         raise SpadimError(
             f"calibration needs at least 2 good images to hold one out (got {n}): add good images"
         )
-    scores = np.zeros(n, np.float64)
-    maps: list[np.ndarray | None] = [None] * n
-    for held in fold_rows(n, settings.seed, min(folds, n)):
-        fit_part = take(train, other_rows(n, held))
-        if method_name == "padim":
-            model = fit_padim(layers, settings.padim_d, settings.seed, fit_part)
-        else:
-            model = settings.method(method_name, layers).fit(fit_part)
-        fold_maps, fold_scores = model.score(take(train, held), settings.crop)
-        for j, row in enumerate(held):
-            scores[row], maps[row] = fold_scores[j], fold_maps[j]
-    return scores, maps
+    if fitted is not None and hasattr(fitted, "score_left_out"):
+        maps, scores = fitted.score_left_out(train, settings.crop)
+        maps, how, folds = list(maps), "leave-one-out", n
+    else:
+        scores = np.zeros(n, np.float64)
+        maps: list[np.ndarray | None] = [None] * n
+        folds = min(folds, n)
+        for held in fold_rows(n, settings.seed, folds):
+            fit_part = take(train, other_rows(n, held))
+            if method_name == "padim":
+                model = fit_padim(layers, settings.padim_d, settings.seed, fit_part)
+            else:
+                model = settings.method(method_name, layers).fit(fit_part)
+            fold_maps, fold_scores = model.score(take(train, held), settings.crop)
+            for j, row in enumerate(held):
+                scores[row], maps[row] = fold_scores[j], fold_maps[j]
+        how = "out-of-fold"
+    regions = region_scores(maps, train.shapes, getattr(settings, "pre", None), min_area)
+    return HeldOut(how, folds, np.asarray(scores, np.float64), maps, regions)
 
 
-def calibrate_out_of_fold(
+def calibrate_held_out(
     method_name: str,
     settings,
     layers,
@@ -237,15 +287,59 @@ def calibrate_out_of_fold(
     far: float = DEFAULT_FAR,
     folds: int = DEFAULT_FOLDS,
     pixel_far: float = DEFAULT_PIXEL_FAR,
-) -> Calibration:
-    scores, maps = out_of_fold(method_name, settings, layers, train, folds)
-    folds = min(folds, len(train))
-    return Calibration(
+    fitted=None,
+    min_area: float = DEFAULT_MIN_AREA,
+) -> tuple[Calibration, HeldOut]:
+    """The calibration of a model fitted on ``train`` (``fitted``), and the held-out scores behind it."""
+    scores = held_out(method_name, settings, layers, train, folds, fitted, min_area)
+    what = "leave-one-out" if scores.how == "leave-one-out" else f"{scores.folds}-fold out-of-fold"
+    calibration = Calibration(
         far,
-        "out-of-fold",
-        folds,
+        scores.how,
+        scores.folds,
         len(train),
-        **summarize(scores, maps),
+        **summarize(scores.image_scores, scores.maps, scores.region_scores),
         pixel_far=pixel_far,
-        source=f"{folds}-fold out-of-fold scores of the training images",
+        source=f"{what} scores of the training images",
+        min_area=min_area,
     )
+    return calibration, scores
+
+
+#: the audit's cut: modified z-score (Iglewicz & Hoaglin) above 3.5, on the region statistic
+AUDIT_Z = 3.5
+
+
+def audit(region_stats: np.ndarray, names: list[str], far: float, z_cut: float = AUDIT_Z) -> list[dict]:
+    """Good images whose held-out region statistic stands apart from the others, highest first.
+
+    The rule is stated and robust: modified z = 0.6745 (x - median) / MAD > ``z_cut`` (3.5, Iglewicz and
+    Hoaglin's cut), so that one outlier cannot hide itself by inflating the spread. Each entry says what
+    the region level would be without that image, and without every flagged image: what dropping it
+    from the folder would do (the model's scores of the others barely move; the audit test measures it).
+    """
+    stats = np.asarray(region_stats, np.float64)
+    median = float(np.median(stats))
+    mad = float(np.median(np.abs(stats - median)))
+    scale = mad / 0.6745 if mad > 0 else max(float(np.std(stats)), 1e-12)
+    robust_z = (stats - median) / scale
+    flagged = [int(i) for i in np.argsort(-stats) if robust_z[i] > z_cut]
+    if not flagged:
+        return []
+    rest = np.delete(stats, flagged)
+    without_all = conformal_threshold(rest, far)[0] if len(rest) else None
+    level = conformal_threshold(stats, far)[0]
+    out = []
+    for i in flagged:
+        without = conformal_threshold(np.delete(stats, i), far)[0]
+        out.append(
+            {
+                "image": names[i],
+                "region_score": float(stats[i]),
+                "robust_z": float(robust_z[i]),
+                "level": level,
+                "level_without_it": without,
+                "level_without_all_flagged": without_all,
+            }
+        )
+    return out

@@ -13,8 +13,12 @@ import time
 from pathlib import Path
 
 from . import layerchoice
-from .calibration import DEFAULT_FAR, DEFAULT_FOLDS, calibrate_out_of_fold
-from spadim.metrics.operating_point import at_threshold, best_f1
+import numpy as np
+
+from .calibration import DEFAULT_FAR, DEFAULT_FOLDS, calibrate_held_out, region_scores
+from spadim.decision.regions import find_regions, has_region, min_area_pixels
+from spadim.methods.registry import METHODS
+from spadim.metrics.operating_point import at_threshold, best_f1, best_recall
 from spadim.masks.auto import LEARNED, MaskPlanner, auto_masks
 from spadim.errors import SpadimError
 from spadim.masks.keypoints import MaskConfig
@@ -33,8 +37,8 @@ def run(s: Settings, data: Path | ClassData, out_dir: Path, methods: str = "spad
     """Evaluate and write everything into ``out_dir`` (staged: a failure leaves earlier results);
     returns the result rows, class means included. ``cfg`` configures a keypoint ``object_mask``;
     ``candidates`` are the keypoint configs ``object_mask="auto"`` chooses from. With ``far``, each
-    method is also calibrated out-of-fold on the training images and scored at that operating point
-    beside the F1-best oracle (``operating_point.*``); ``far=None`` skips it."""
+    method is also calibrated as ``fit`` calibrates it and its decisions are scored beside the best
+    threshold with no more false alarms (``operating_point.*``); ``far=None`` skips it."""
     learned = object_mask in LEARNED
     candidates = candidates or {}
     if learned and s.auto_layers:
@@ -113,10 +117,10 @@ def run(s: Settings, data: Path | ClassData, out_dir: Path, methods: str = "spad
                                                       "the training images only")})
         if points:
             points = with_means(points, ["method"], POINT_MEANS)
-            write_table(out, "operating_point", points, POINT_COLUMNS, "spadim evaluate: at the calibrated "
-                        "operating point vs the F1-best oracle", meta(s, fx, methods=methods, far=far, folds=folds))
+            write_table(out, "operating_point", points, POINT_COLUMNS, "spadim evaluate: the calibrated "
+                        "decision vs the best threshold with no more false alarms", meta(s, fx, methods=methods, far=far, folds=folds))
             extra_sections.append({"title": f"At the operating point (calibrated at far={far:g} from normal "
-                                            f"images) vs the oracle", "html": html_table(points, POINT_COLUMNS,
+                                            f"images) vs the best threshold with as few false alarms", "html": html_table(points, POINT_COLUMNS,
                                    POINT_CAPTION)})
         md = write_table(out, "results", rows, cols,
                          "spadim evaluate", meta(s, fx, methods=methods, **extra))
@@ -131,35 +135,79 @@ def run(s: Settings, data: Path | ClassData, out_dir: Path, methods: str = "spad
     return rows
 
 
-POINT_COLUMNS = ["class", "method", "n_calibration", "guaranteed", "image_threshold", "image_precision",
-                 "image_recall", "image_f1", "image_false_alarm_rate", "oracle_image_f1", "pixel_threshold",
-                 "mask_alarm_rate", "pixel_f1", "pixel_iou", "oracle_pixel_f1", "oracle_pixel_iou",
-                 "pixel_f1_ratio"]
-POINT_MEANS = ("image_precision", "image_recall", "image_f1", "image_false_alarm_rate", "oracle_image_f1",
-               "pixel_f1", "pixel_iou", "oracle_pixel_f1", "oracle_pixel_iou", "pixel_f1_ratio")
+POINT_COLUMNS = ["class", "method", "n_calibration", "calibration", "guaranteed", "region_threshold",
+                 "mask_level", "good_test", "false_alarms", "defective_test", "recall", "best_recall",
+                 "recall_ratio", "image_precision", "contradictions", "best_recall_image_score",
+                 "image_rule_false_alarms", "image_rule_recall", "image_rule_contradictions", "mask_alarm_rate",
+                 "pixel_f1", "pixel_iou", "oracle_pixel_f1", "pixel_f1_ratio"]
+POINT_MEANS = ("recall", "best_recall", "recall_ratio", "image_precision", "best_recall_image_score",
+               "image_rule_recall", "pixel_f1", "pixel_iou", "oracle_pixel_f1", "pixel_f1_ratio")
 POINT_CAPTION = (
-    "thresholds from out-of-fold scores of the training images only: the image threshold is their "
-    "split-conformal quantile for far, the pixel threshold the 1 - pixel_far quantile of their pixels (README); "
-    "the oracle picks the F1-best threshold with the test labels; pixel metrics pool every test pixel at the "
-    "frame's resolution, without predict's minimum-area filter"
+    "levels from the training images only (SPADE and PatchCore leave-one-out, PaDiM out-of-fold): an image "
+    "is a defect when its map, on the original pixels, has a region of min_area above region_threshold, "
+    "the split-conformal quantile for far of the held-out normal images' region statistic; regions are drawn "
+    "from mask_level. best_recall: the highest recall of any threshold on the same statistic that makes "
+    "no more false alarms on the good test images (chosen with the test labels); recall_ratio = recall / "
+    "best_recall. image_rule_*: the previous rule (image score above its own conformal threshold, mask at "
+    "the pixel quantile), measured on the same maps. contradictions: images whose decision and regions "
+    "disagree. Pixel metrics pool every test pixel at the frame's resolution"
 )
 
 
+def decide(maps, shapes, pre, region_level: float, mask_level: float, min_area: float):
+    """``predict``'s rule on evaluate's maps: per image (decision, has regions), on the original pixels."""
+    out = []
+    for score_map, shape in zip(maps, shapes):
+        full = pre.to_original(score_map, shape)
+        area = min_area_pixels(min_area, *full.shape[:2])
+        decision = has_region(full, region_level, area)
+        regions = find_regions(full, mask_level, area)[0] if decision else []
+        out.append((decision, bool(regions)))
+    return out
+
+
+def frame_masks(maps: np.ndarray, flagged: np.ndarray, level: float, min_area: float) -> np.ndarray:
+    """The defect masks at the frame's resolution: regions from ``level`` on flagged images, else empty."""
+    masks = np.zeros(maps.shape, bool)
+    area = min_area_pixels(min_area, *maps.shape[1:3])
+    for i in np.flatnonzero(flagged):
+        masks[i] = find_regions(maps[i], level, area)[1]
+    return masks
+
+
 def operating_point_row(run, name: str, layers, s: Settings, far: float, folds: int) -> dict:
-    """One method on one class at its calibrated thresholds, beside the oracle's."""
-    cal = calibrate_out_of_fold(name, s, layers, run.train, far, folds)
+    """One method on one class at its calibrated levels, beside the best threshold with as few false alarms."""
+    fitted = run.left_out.get(name)
+    if fitted is None and hasattr(METHODS[name], "score_left_out"):
+        fitted = s.method(name, tuple(layers)).fit(run.train)
+    cal, _ = calibrate_held_out(name, s, layers, run.train, far, folds, fitted=fitted)
     labels = run.labels.astype(bool)
-    row = {"class": run.data.name, "method": name, "n_calibration": cal.n_images, "guaranteed": cal.guaranteed,
-           "image_threshold": cal.image_threshold, "pixel_threshold": cal.pixel_threshold,
-           "mask_alarm_rate": cal.mask_alarm_rate}
-    if labels.any() and (~labels).any():
-        image, oracle = at_threshold(run.scores[name], labels, cal.image_threshold), best_f1(run.scores[name], labels)
-        row.update({"image_precision": image["precision"], "image_recall": image["recall"], "image_f1": image["f1"],
-                    "image_false_alarm_rate": image["false_alarm_rate"], "oracle_image_f1": oracle["f1"]})
+    pre, shapes = s.pre, run.test.shapes
+    statistic = region_scores(run.maps[name], shapes, pre, cal.min_area)
+    decided = decide(run.maps[name], shapes, pre, cal.region_threshold, cal.mask_level, cal.min_area)
+    flagged = np.array([d for d, _ in decided], bool)
+    row = {"class": run.data.name, "method": name, "n_calibration": cal.n_images, "calibration": cal.how,
+           "guaranteed": cal.guaranteed, "region_threshold": cal.region_threshold, "mask_level": cal.mask_level,
+           "mask_alarm_rate": cal.mask_alarm_rate, "good_test": int((~labels).sum()),
+           "false_alarms": int((flagged & ~labels).sum()), "defective_test": int(labels.sum()),
+           "contradictions": sum(d != r for d, r in decided)}
+    old = decide(run.maps[name], shapes, pre, -np.inf, cal.pixel_threshold, cal.min_area)  # regions at the quantile
+    image_flagged = run.scores[name] > cal.image_threshold
+    row["image_rule_contradictions"] = int(sum(f != r for f, (_, r) in zip(image_flagged, old)))
+    if labels.any():
+        best = best_recall(statistic, labels, row["false_alarms"])
+        recall = float(np.mean(flagged[labels]))
+        row.update({"recall": recall, "best_recall": best["recall"],
+                    "recall_ratio": recall / best["recall"] if best["recall"] > 0 else float("nan"),
+                    "image_precision": at_threshold(flagged, labels, 0.5)["precision"],
+                    "image_rule_false_alarms": int((image_flagged & ~labels).sum()),
+                    "image_rule_recall": float(np.mean(image_flagged[labels])),
+                    "best_recall_image_score": best_recall(run.scores[name], labels, row["false_alarms"])["recall"]})
     if run.data.has_masks and run.masks.any():
-        pixel, oracle = at_threshold(run.maps[name], run.masks, cal.pixel_threshold), best_f1(run.maps[name], run.masks)
+        masks = frame_masks(run.maps[name], flagged, cal.mask_level, cal.min_area)
+        pixel, oracle = at_threshold(masks, run.masks, 0.5), best_f1(run.maps[name], run.masks)
         row.update({"pixel_f1": pixel["f1"], "pixel_iou": pixel["iou"], "oracle_pixel_f1": oracle["f1"],
-                    "oracle_pixel_iou": oracle["iou"], "pixel_f1_ratio": pixel["f1"] / oracle["f1"]})
+                    "pixel_f1_ratio": pixel["f1"] / oracle["f1"] if oracle["f1"] > 0 else float("nan")})
     return {column: row.get(column) for column in POINT_COLUMNS}
 
 

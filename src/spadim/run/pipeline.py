@@ -131,6 +131,8 @@ class ClassRun:
     masks: np.ndarray  # bool [N, crop, crop]
     maps: dict[str, np.ndarray] = field(default_factory=dict)
     scores: dict[str, np.ndarray] = field(default_factory=dict)
+    #: fitted methods that can score their own training images left-out (SPADE, PatchCore: small to keep)
+    left_out: dict = field(default_factory=dict)
 
     @property
     def labels(self) -> np.ndarray:
@@ -252,8 +254,9 @@ def evaluate_fitted(fx: FeatureExtractor, data: ClassData, s: Settings, fitted: 
     methods = list(fitted)
     test, maps, scores = score_stream(fx, data.test, fitted, s.stream_size, s.crop, f"{data.name} test",
                                       observer.test_chunk if observer is not None else None)
+    left_out = {n: m for n, m in fitted.items() if hasattr(m, "score_left_out") and len(train)}
     fitted.clear()  # PaDiM's factors (3.8 GB at d=550) are not needed by the metrics
-    run = ClassRun(data, train, test, load_masks(data, fx.pre, test.shapes), maps, scores)
+    run = ClassRun(data, train, test, load_masks(data, fx.pre, test.shapes), maps, scores, left_out)
     metrics = {n: class_metrics(data, run.maps[n], run.masks, run.scores[n]) for n in methods}
     return run, metrics
 
