@@ -320,7 +320,7 @@ def _inspect_settings(cfg: dict):
 
 
 def _calibration_child(cfg: dict, method: str, model: str) -> dict:
-    """``fit_model`` (features once, out-of-fold calibration, final fit, save) with its own stage clock."""
+    """``fit_model`` (features once, final fit, leave-one-out calibration, save) with its own stage clock."""
     from spadim.data.mvtec import load_class
     from spadim.inspect import fit_model
     from spadim.run.pipeline import make_extractor
@@ -336,6 +336,7 @@ def _calibration_child(cfg: dict, method: str, model: str) -> dict:
             "features_s": sec["features"], "calibration_s": sec["calibration"], "fit_s": sec["fit"],
             "ratio": sec["calibration"] / one if one > 0 else float("nan"), "seconds": sec,
             "image_threshold": cal.image_threshold, "pixel_threshold": cal.pixel_threshold,
+            "region_threshold": cal.region_threshold, "how": cal.how,
             "guaranteed": cal.guaranteed, "model": model, "model_bytes": Path(model).stat().st_size,
             "peak_rss_gib": _peak_rss_gib()}
 
@@ -615,9 +616,10 @@ def _targets(b: dict) -> list[dict]:
         t.append(_target("SPADE 15-subset sweep / one scoring with layers 1,2,3,4", _get(b["sweep"], "ratio"), 1.3,
                          "x"))
     if "calibration" in cases:
-        for m in ("spade", "padim"):
+        for m in b["calibration"]:
             r = b["calibration"][m]
-            t.append(_target(f"{'SPADE' if m == 'spade' else 'PaDiM'} fit_model calibration / (features + fit), "
+            label = {"spade": "SPADE", "padim": "PaDiM", "patchcore": "PatchCore"}[m]
+            t.append(_target(f"{label} fit_model calibration / (features + fit), "
                              f"N={_get(r, 'n_images') or b['n_train']}", _get(r, "ratio"), 1.0, "x"))
     if "stream" in cases:
         runs = b["stream"]["runs"]
@@ -687,11 +689,11 @@ def _inspect_lines(b: dict) -> list[str]:
     """The issue-17 cases: fit_model's calibration cost, the predict stream, the server."""
     lines = []
     if "calibration" in b["cases"]:
-        lines += ["", "fit_model (frame whole, out-of-fold calibration, then the final fit):", "",
+        lines += ["", "fit_model (frame whole, the final fit, then its leave-one-out calibration):", "",
                   "| method | images | folds | features s | calibration s | fit s | calibration / (features + fit) "
                   "| peak RSS GiB |",
                   "|---|---|---|---|---|---|---|---|"]
-        for m in ("spade", "padim"):
+        for m in b["calibration"]:
             r = b["calibration"][m]
             if not _ok(r):
                 lines.append(f"| {m} | failed: {r.get('error', '?')[:60]} | | | | | | |")
@@ -856,8 +858,8 @@ def _inspect_cases(b: dict, args, cfg: dict, main_cls: Path, data: Path, out: Pa
     try:
         if "calibration" in cases:
             b["calibration"] = {}
-            for name in ("spade", "padim"):
-                _stage(f"fit_model {name}: {args.n_train} train, out-of-fold calibration", t0)
+            for name in ("spade", "padim", "patchcore"):
+                _stage(f"fit_model {name}: {args.n_train} train, leave-one-out calibration", t0)
                 path = models / f"{name}-whole.spadim"
                 b["calibration"][name] = r = _child(_calibration_child, cfg, name, str(path))
                 if name == "padim" and _ok(r):

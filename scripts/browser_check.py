@@ -152,14 +152,14 @@ def drive(driver, url: str, images: list[Path], screenshot: Path) -> list[str]:
         assert driver.execute_script(width, overlay) > 0, "the overlay does not decode"
         mask = driver.find_element(By.ID, "mask")
         assert driver.execute_script(width, mask) > 0, "the mask does not decode"
-        return (text("decision"), float(text("score")), float(text("normalized")),
+        return (text("decision"), float(text("region-score")), float(text("score")),
                 float(text("threshold-value")))
 
-    decision, score, normalized, threshold = verdict()
+    decision, score, image_score, threshold = verdict()
     assert decision in ("OK", "DEFECT"), f"decision text {decision!r}"
     assert decision == ("DEFECT" if score > threshold else "OK"), (decision, score, threshold)
-    seen.append(f"{images[0].name}: {decision}, score {score:g}, normalised {normalized:g}, "
-                f"threshold {threshold:g}")
+    seen.append(f"{images[0].name}: {decision}, region score {score:g}, image score {image_score:g}, "
+                f"region level {threshold:g}")
 
     slider = driver.find_element(By.ID, "threshold")
     for key, expected in ((Keys.END, "OK"), (Keys.HOME, "DEFECT")):

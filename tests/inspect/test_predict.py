@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from skimage.morphology import area_opening
 from conftest import FAST
 from scipy import ndimage
 
@@ -64,13 +66,20 @@ def test_predict_decides_with_the_stored_threshold_on_original_pixels(model, tin
     big = tmp_path / "big.png"  # another size than the training images: results on its own pixels
     cv2.imwrite(str(big), cv2.resize(cv2.imread(str(images[-1])), (150, 110)))
     out = tmp_path / "pred"
-    assert main(["predict", str(model), *map(str, images), str(big), "--out", str(out)]) == 0
+    assert main(["predict", str(model), *map(str, images), str(big), "--out", str(out), "--save-maps"]) == 0
     records = _records(out)
     inspector = Inspector.load(model)
     cal = inspector.calibration
-    assert cal.far == 0.2 and cal.how == "out-of-fold" and cal.n_images == 6
+    assert cal.far == 0.2 and cal.how == "leave-one-out" and cal.n_images == 6
     for record in records:
-        assert record["decision"] == ("defect" if record["score"] > cal.image_threshold else "ok")
+        # the decision is the regions: the area opening of the full-resolution map decides it
+        full = np.load(out / "maps" / f"{Path(record['mask']).stem}.npy")
+        area = max(1, round(0.001 * record["height"] * record["width"]))
+        opened = float(area_opening(full, area_threshold=area, connectivity=2).max())
+        assert record["region_score"] == pytest.approx(opened, rel=1e-6)
+        assert record["region_threshold"] == cal.region_threshold
+        assert record["decision"] == ("defect" if opened > cal.region_threshold else "ok")
+        assert (record["decision"] == "defect") == bool(record["regions"])
         assert record["normalized_score"] == pytest.approx(float(cal.normalize_image(record["score"])))
         mask = cv2.imread(str(out / record["mask"]), cv2.IMREAD_GRAYSCALE)
         assert mask.shape == (record["height"], record["width"])
@@ -80,7 +89,7 @@ def test_predict_decides_with_the_stored_threshold_on_original_pixels(model, tin
     # the same colour is the same score in every call: the range comes from the calibration only
     run = json.loads((out / "run.json").read_text())
     assert run["colour_range"]["low"] == cal.pixel_median
-    assert run["colour_range"]["high"] == pytest.approx(2 * cal.pixel_threshold - cal.pixel_median)
+    assert run["colour_range"]["high"] == pytest.approx(2 * cal.mask_level - cal.pixel_median)
 
 
 def test_predict_resumes_after_the_last_finished_image(model, tiny_root, tmp_path):

@@ -174,3 +174,17 @@ def test_audit_names_a_planted_outlier_first_and_the_level_without_it():
     assert flagged[0]["level_without_it"] == conformal_threshold(np.delete(planted, 17), 0.05)[0]
     assert flagged[0]["level_without_it"] == conformal_threshold(stats[np.arange(30) != 17], 0.05)[0]
     assert audit(stats, names, 0.05) == [] or all(e["robust_z"] > 3.5 for e in audit(stats, names, 0.05))
+
+
+def test_far_interval_matches_a_simulation_of_calibration_sets():
+    """The false-alarm rate of one calibration set, simulated: 4000 sets of 60 uniform scores."""
+    from spadim.run.calibration import far_interval
+
+    rng = np.random.default_rng(4)
+    n, far = 60, 0.05
+    levels = np.sort(rng.random((4000, n)), axis=1)[:, math.ceil((n + 1) * (1 - far)) - 1]
+    rates = 1.0 - levels  # P(new uniform score > level)
+    low, high = far_interval(n, far)
+    assert np.mean(rates < low) == pytest.approx(0.05, abs=0.015)
+    assert np.mean(rates > high) == pytest.approx(0.05, abs=0.015)
+    assert np.mean(rates) == pytest.approx(3 / 61, abs=0.003)  # the marginal guarantee: <= far

@@ -57,7 +57,7 @@ def test_operating_point_matches_a_fitted_models_calibration(method, tiny_root, 
     )
     inspector = Inspector.load(model)
     cal = inspector.calibration
-    assert row["calibration"] == cal.how == ("leave-one-out" if method == "spade" else "out-of-fold")
+    assert row["calibration"] == cal.how == "leave-one-out"
     assert row["region_threshold"] == pytest.approx(cal.region_threshold, rel=1e-5)
     assert row["mask_level"] == pytest.approx(cal.mask_level, rel=1e-5)
     # the fitted model's own predictions on the test images give the row's counts

@@ -102,3 +102,29 @@ def test_spade_search_equals_cdist_on_real_features(hazelnut_features):
             g = run.train.layers[l][idx[i]].permute(0, 2, 3, 1).reshape(-1, q.shape[1]).numpy()
             found = grids[l][i].reshape(-1).numpy()[::5]  # every 5th query position: scipy's cdist is slow
             np.testing.assert_allclose(found, cdist(q, g).min(1), rtol=1e-4, atol=1e-4)
+
+
+def test_audit_names_a_planted_defect_and_the_level_without_it(tmp_path):
+    """A cracked hazelnut filed among 30 good ones: the audit names it first, and the level it says the
+    fit would have without it is within 2% of a fit on the clean folder (the issue-23 target)."""
+    from spadim.inspect import fit_model
+    from spadim.run.pipeline import Settings
+
+    good = sorted((HAZELNUT / "train" / "good").glob("*.png"))[:30]
+    clean, planted = tmp_path / "clean", tmp_path / "planted"
+    for folder in (clean, planted):
+        folder.mkdir()
+        for path in good:
+            (folder / path.name).symlink_to(path)
+    plant = planted / "zz_crack_000.png"
+    plant.symlink_to(HAZELNUT / "test" / "crack" / "000.png")
+    settings = Settings(arch="resnet50_caffe", weights=str(CAFFE_WEIGHTS), frame="whole")
+    quiet = {"say": lambda *a, **k: None}
+    reference = fit_model(clean, tmp_path / "clean.pt", settings, "spade", 0.05, **quiet)["calibration"]
+    fitted = fit_model(planted, tmp_path / "planted.pt", settings, "spade", 0.05, **quiet)
+    first = fitted["audit"][0]
+    assert first["image"] == str(plant)
+    assert first["level_without_it"] == pytest.approx(reference.region_threshold, rel=0.02)
+    assert fitted["calibration"].region_threshold > reference.region_threshold  # the plant had set the level
+    assert (tmp_path / "planted.pt.report" / "index.html").is_file()
+    assert json.loads((tmp_path / "planted.pt.audit.json").read_text())["flagged"][0]["image"] == str(plant)

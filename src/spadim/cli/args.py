@@ -35,6 +35,10 @@ def add_common(p: argparse.ArgumentParser, layers: bool = True, frame: str = "cr
     g.add_argument("--frame", default=frame, choices=FRAMES,
                    help="'crop': resize the shorter side to --resize and centre-crop --crop, as the papers; 'whole': "
                         "squash the whole image to --crop x --crop so no border is lost (default: %(default)s)")
+    g.add_argument("--tile", type=int, default=1, metavar="N",
+                   help="inspect the frame as an N x N grid of --crop tiles: the backbone sees N*--crop pixels "
+                        "(one convolutional pass, no seams), so small defects in large images keep N times the "
+                        "feature resolution; SPADE and PatchCore only (default: %(default)s, off)")
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--cache-dir", type=Path, default=None, help="also cache per-image features on disk here")
     g.add_argument("--seed", type=int, default=0, help="seeds PaDiM's channel subset and random weights")
@@ -107,8 +111,16 @@ def layers_arg(text: str):
 
 
 def settings_from(a) -> Settings:
+    tile = getattr(a, "tile", 1)
+    methods = [getattr(a, "method", "")] + str(getattr(a, "methods", "")).split(",")
+    if tile > 1 and "padim" in methods:
+        raise SpadimError(
+            f"--tile {tile} with PaDiM would keep {tile * tile}x the per-position Gaussians "
+            f"({tile * tile * 3136} positions x 550 x 550 floats, about {tile * tile * 3.8:.0f} GB): "
+            f"use --method spade or patchcore with --tile, or drop --tile"
+        )
     return Settings(
-        arch=a.arch, weights=a.weights, resize=a.resize, crop=a.crop,
+        arch=a.arch, weights=a.weights, resize=a.resize * tile, crop=a.crop * tile,
         layers=layers_arg(a.layers) if getattr(a, "layers", None) else (1, 2, 3),
         layers_given=getattr(a, "layers", None) is not None,
         k=a.k, d=a.d, seed=a.seed, batch_size=a.batch_size, cache_dir=a.cache_dir, spade_fusion=a.spade_fusion,
@@ -137,6 +149,7 @@ def parse_detectors(text: str) -> list[str]:
 # flag -> (attribute, smallest sensible value, what it is)
 _MINIMUMS = {
     "--batch-size": ("batch_size", 1, "the number of images per backbone batch"),
+    "--tile": ("tile", 1, "the number of tiles per side of the frame"),
     "--k": ("k", 1, "the number of nearest training images"),
     "--d": ("d", 1, "the number of random channels PaDiM keeps"),
     "--refs": ("refs", 1, "the number of normal reference images for object masks"),

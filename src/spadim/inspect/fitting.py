@@ -16,6 +16,8 @@ from spadim.data.folders import find_images, training_images
 from spadim.data.mvtec import check_images
 from spadim.errors import SpadimError
 from spadim.features.extractor import ALL_COMBOS
+from spadim.report.fitreport import write_fit_report
+from spadim.report.tables import json_ready
 from spadim.run.layerchoice import select_layers
 from spadim.run.modelfile import save_model, write_blob
 from spadim.run.pipeline import Settings, make_extractor, reference_indices, score_stream
@@ -27,6 +29,7 @@ from spadim.run.calibration import (
     audit,
     calibrate_held_out,
     check_far,
+    far_interval,
     region_scores,
     summarize,
 )
@@ -96,9 +99,12 @@ def fit_model(
     save_model(out, method, extractor.weights, settings.pre, name, refs_frames, calibration.to_json(), info)
     if selection is not None:  # the audit trail of the choice, readable without torch
         Path(f"{out}.layers.json").write_text(json.dumps(selection.to_json(), indent=1))
-    Path(f"{out}.audit.json").write_text(json.dumps(
+    Path(f"{out}.audit.json").write_text(json.dumps(json_ready(
         {"rule": f"modified z-score of the {calibration.how} region statistic > 3.5", "flagged": suspects,
-         **info["held_out"]}, indent=1))
+         **info["held_out"]}), indent=1, allow_nan=False))
+    low, high = far_interval(len(train), far)
+    report = write_fit_report(out, method_name, calibration, held, names, train.images, suspects,
+                              extractor.weights.banner)
     for line in filter(None, [calibration.warning(), calibration.advice()]):
         say(f"warning: {line}")
     for entry in suspects:
@@ -113,7 +119,8 @@ def fit_model(
         f"(calibration {seconds['calibration']:.1f} s, {calibration.how}): region level "
         f"{calibration.region_threshold:.4g} (an image is a defect when a region of at least "
         f"{calibration.min_area:.2%} of it lies above this), regions drawn from {calibration.mask_level:.4g}, "
-        f"at far={far:g} -> {out}"
+        f"at far={far:g}; the false-alarm rate of a calibration on {len(train)} images lies in "
+        f"[{low:.3f}, {high:.3f}] for 90% of such sets -> {out} (report: {report})"
     )
     return {"calibration": calibration, "seconds": seconds, "layers": layers, "selection": selection,
             "audit": suspects, "held_out": held}

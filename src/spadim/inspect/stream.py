@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from spadim.data.mvtec import read_rgb  # noqa: E402
 from spadim.errors import SpadimError  # noqa: E402
 from spadim.report.figures import save_rgb  # noqa: E402
+from spadim.report.tables import json_ready  # noqa: E402
 from .inspector import Inspector, ObjectMask, OperatingPoint  # noqa: E402
 
 CSV_COLUMNS = [
@@ -95,7 +96,7 @@ def _start(out: Path, settings: dict, inspector: Inspector, point: OperatingPoin
         "colour_range": {"low": low, "high": high, "threshold": point.pixel_threshold},
         "warnings": inspector.warnings(point),
     }
-    (out / RUN_FILE).write_text(json.dumps(info, indent=1))
+    (out / RUN_FILE).write_text(json.dumps(json_ready(info), indent=1, allow_nan=False))
     _colour_bar(out / "colorbar.png", low, high, point.pixel_threshold)
     with open(out / "predictions.csv", "w", newline="") as handle:  # rebuilt from the complete JSON lines
         writer = csv.DictWriter(handle, CSV_COLUMNS)
@@ -176,7 +177,7 @@ def predict_paths(
                     out, f"{index:05d}_{path.stem}", inspector, rgb, prediction, point, save_maps
                 )
                 record = {**prediction.to_json(point), **record}
-                jsonl.write(json.dumps(record) + "\n")
+                jsonl.write(json.dumps(json_ready(record), allow_nan=False) + "\n")
                 writer.writerow(_csv_row(record))
                 defects += prediction.decision == "defect"
             jsonl.flush()

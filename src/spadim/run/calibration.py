@@ -77,6 +77,18 @@ def images_needed(far: float) -> int:
     return n
 
 
+def far_interval(n: int, far: float, coverage: float = 0.9) -> tuple[float, float]:
+    """Where the false-alarm rate of *this* calibration lies: the conformal guarantee holds on average
+    over calibration sets; for one set of n images the rate of the rank-r level is Beta(n + 1 - r, r)
+    distributed (continuous scores), so with 60 images and far 0.05 it exceeds 0.10 for about 7% of sets."""
+    from scipy.stats import beta
+
+    rank = min(n, math.ceil((n + 1) * (1.0 - far)))
+    law = beta(n + 1 - rank, rank)
+    tail = (1.0 - coverage) / 2.0
+    return float(law.ppf(tail)), float(law.ppf(1.0 - tail))
+
+
 def smallest_far(n: int) -> float:
     """The smallest false-alarm rate n calibration images can guarantee: 1 / (n + 1)."""
     return 1.0 / (n + 1)
@@ -159,6 +171,7 @@ class Calibration:
             "image_median": self.image_median,
             "mask_level": None if self.region_threshold is None else self.mask_level,
             "images_needed": images_needed(self.far),
+            "far_interval_90": list(far_interval(self.n_images, self.far)),
             "promise": (
                 f"a new normal image exchangeable with the {self.n_images} calibration images is "
                 f"flagged with probability <= {self.far:g}"
