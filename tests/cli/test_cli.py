@@ -20,7 +20,7 @@ def _run(*args) -> int:
 @pytest.fixture(scope="module")
 def evaluated(tiny_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "out"
-    assert _run("evaluate", tiny_root, "--out", out, "--examples", "2", *FAST) == 0
+    assert _run("evaluate", tiny_root, "--out", out, "--examples", "2", *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 0
     return out
 
 
@@ -41,7 +41,7 @@ def test_evaluate_outputs(evaluated, tiny_root):
 
 
 def test_evaluate_is_reproducible(evaluated, tiny_root, tmp_path):
-    assert _run("evaluate", tiny_root, "--out", tmp_path / "again", "--examples", "0", *FAST) == 0
+    assert _run("evaluate", tiny_root, "--out", tmp_path / "again", "--examples", "0", *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 0
     a = json.loads((evaluated / "results.json").read_text())["rows"]
     b = json.loads((tmp_path / "again" / "results.json").read_text())["rows"]
     assert a == b
@@ -50,7 +50,7 @@ def test_evaluate_is_reproducible(evaluated, tiny_root, tmp_path):
 def test_object_mask_multiplier_one_changes_nothing(evaluated, tiny_root, tmp_path):
     out = tmp_path / "masked"
     assert _run("evaluate", tiny_root, "--out", out, "--examples", "0", "--object-mask", "orb",
-                "--outside-multiplier", "1.0", *FAST) == 0
+                "--outside-multiplier", "1.0", *FAST, "--layers", "1,2,3", "--methods", "spade,padim") == 0
     assert json.loads((out / "results.json").read_text())["rows"] == json.loads((evaluated / "results.json").read_text())["rows"]
 
 
@@ -61,7 +61,7 @@ def test_fit_predict_round_trip(tiny_root, tmp_path, evaluated):
     from spadim.inspect import Inspector
 
     model = tmp_path / "nut.pt"
-    assert _run("fit", tiny_root / "nut", "--method", "spade", "--out", model, *FAST) == 0
+    assert _run("fit", tiny_root / "nut", "--method", "spade", "--out", model, *FAST, "--layers", "1,2,3") == 0
     test_imgs = sorted((tiny_root / "nut" / "test").rglob("*.png"))
     out = tmp_path / "pred"
     folders = sorted(p for p in (tiny_root / "nut" / "test").iterdir())
@@ -96,7 +96,7 @@ def _snapshot(folder):
 ])
 def test_bad_arguments_exit_2_and_keep_results(evaluated, tiny_root, capsys, extra, needle):
     before = _snapshot(evaluated)
-    assert _run("evaluate", tiny_root, "--out", evaluated, *FAST, *extra) == 2
+    assert _run("evaluate", tiny_root, "--out", evaluated, *FAST, "--methods", "spade,padim", "--layers", "1,2,3", *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("spadim: error:") and needle in err[0]
     assert _snapshot(evaluated) == before
@@ -106,12 +106,12 @@ def test_corrupt_and_grayscale_images(tiny_copy, tmp_path, capsys):
     out = tmp_path / "out"
     gray = tiny_copy / "tile" / "train" / "good" / "000.png"
     cv2.imwrite(str(gray), cv2.imread(str(gray), cv2.IMREAD_GRAYSCALE))  # grayscale images are accepted
-    assert _run("evaluate", tiny_copy, "--classes", "tile", "--out", out, "--examples", "0", *FAST) == 0
+    assert _run("evaluate", tiny_copy, "--classes", "tile", "--out", out, "--examples", "0", *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 0
     before = _snapshot(out)
     capsys.readouterr()
     bad = tiny_copy / "tile" / "test" / "good" / "001.png"
     bad.write_bytes(b"\x89PNG broken")
-    assert _run("evaluate", tiny_copy, "--classes", "tile", "--out", out, *FAST) == 2
+    assert _run("evaluate", tiny_copy, "--classes", "tile", "--out", out, *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("spadim: error: cannot read image") and str(bad) in err[-1]
     assert _snapshot(out) == before
@@ -119,17 +119,17 @@ def test_corrupt_and_grayscale_images(tiny_copy, tmp_path, capsys):
 
 
 def test_bad_data_folders(tmp_path, tiny_copy, capsys):
-    assert _run("evaluate", tmp_path / "missing", *FAST) == 2
+    assert _run("evaluate", tmp_path / "missing", *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 2
     (tiny_copy / "nut" / "train" / "good").rename(tiny_copy / "nut" / "train" / "ok")
     capsys.readouterr()
-    assert _run("fit", tiny_copy / "nut", "--out", tmp_path / "m.pt", *FAST) == 2
+    assert _run("fit", tiny_copy / "nut", "--out", tmp_path / "m.pt", *FAST, "--layers", "1,2,3") == 2
     assert "so not only normal images" in capsys.readouterr().err  # a class folder without train/good
     assert not (tmp_path / "m.pt").exists()
 
 
 def test_model_file_checks(tiny_root, tmp_path, capsys):
     model = tmp_path / "m.pt"
-    assert _run("fit", tiny_root / "tile", "--method", "padim", "--out", model, *FAST) == 0
+    assert _run("fit", tiny_root / "tile", "--method", "padim", "--out", model, *FAST, "--layers", "1,2,3") == 0
     blob = torch.load(model, weights_only=True)
     blob["format_version"] = 0
     torch.save(blob, tmp_path / "old.pt")
@@ -214,16 +214,16 @@ def test_truncated_jpeg_is_an_error(tiny_copy, tmp_path, capsys, no_backbone):
     cv2.imwrite(str(jpg), cv2.imread(str(png)))
     png.unlink()
     _truncate(jpg)
-    assert _run("evaluate", tiny_copy, "--out", tmp_path / "out", *FAST) == 2
+    assert _run("evaluate", tiny_copy, "--out", tmp_path / "out", *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 2
     _one_error(capsys, jpg, "truncated")
-    assert _run("fit", tiny_copy / "tile", "--out", tmp_path / "m.pt", *FAST) == 2
+    assert _run("fit", tiny_copy / "tile", "--out", tmp_path / "m.pt", *FAST, "--layers", "1,2,3") == 2
     _one_error(capsys, jpg, "truncated")
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.pt").exists()
 
 
 def test_corrupt_file_in_last_class_fails_before_the_backbone(tiny_copy, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
-    assert _run("evaluate", tiny_copy, "--out", out, "--examples", "0", *FAST) == 0
+    assert _run("evaluate", tiny_copy, "--out", out, "--examples", "0", *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 0
     before = _snapshot(out)
     capsys.readouterr()
     import spadim.run.session
@@ -234,13 +234,13 @@ def test_corrupt_file_in_last_class_fails_before_the_backbone(tiny_copy, tmp_pat
     mask = next((tiny_copy / "tile" / "ground_truth").rglob("*_mask.png"))
     good = mask.read_bytes()
     _truncate(mask)
-    assert _run("evaluate", tiny_copy, "--out", out, *FAST) == 2
+    assert _run("evaluate", tiny_copy, "--out", out, *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 2
     _one_error(capsys, "cannot read mask", mask)
     mask.write_bytes(good)
     img = sorted((tiny_copy / "tile" / "test" / "good").iterdir())[-1]
     _truncate(img, 0.9)
     for cmd in ("evaluate", "layer-sweep", "mask-sweep"):
-        assert _run(cmd, tiny_copy, "--out", out, *FAST) == 2
+        assert _run(cmd, tiny_copy, "--out", out, *FAST, "--methods", "spade,padim") == 2
         _one_error(capsys, "cannot read image", img)
     assert _snapshot(out) == before
     monkeypatch.setattr(spadim.run.session, "make_extractor", real)
@@ -248,7 +248,7 @@ def test_corrupt_file_in_last_class_fails_before_the_backbone(tiny_copy, tmp_pat
 
 def test_truncated_image_given_to_predict(tiny_root, tmp_path, capsys, monkeypatch):
     model = tmp_path / "m.pt"
-    assert _run("fit", tiny_root / "tile", "--out", model, *FAST) == 0
+    assert _run("fit", tiny_root / "tile", "--out", model, *FAST, "--layers", "1,2,3") == 0
     bad = tmp_path / "bad.png"
     bad.write_bytes((tiny_root / "tile" / "test" / "good" / "000.png").read_bytes())
     _truncate(bad)
@@ -262,28 +262,28 @@ def test_truncated_image_given_to_predict(tiny_root, tmp_path, capsys, monkeypat
 
 
 def test_repeated_class_is_an_error(tiny_root, tmp_path, capsys, no_backbone):
-    assert _run("evaluate", tiny_root, "--classes", "nut,nut", "--out", tmp_path / "o", *FAST) == 2
+    assert _run("evaluate", tiny_root, "--classes", "nut,nut", "--out", tmp_path / "o", *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 2
     _one_error(capsys, "'nut' is given twice in --classes")
 
 
 def test_unknown_class_with_a_class_folder(tiny_root, tmp_path, capsys, no_backbone):
     for cmd in ("evaluate", "layer-sweep", "mask-sweep"):
-        assert _run(cmd, tiny_root / "nut", "--classes", "tile", "--out", tmp_path / "o", *FAST) == 2
+        assert _run(cmd, tiny_root / "nut", "--classes", "tile", "--out", tmp_path / "o", *FAST, "--methods", "spade,padim") == 2
         _one_error(capsys, "--classes names 'tile'", "class folder 'nut'", "drop --classes")
-    assert _run("evaluate", tiny_root / "nut", "--classes", "nut,carpet", "--out", tmp_path / "o", *FAST) == 2
+    assert _run("evaluate", tiny_root / "nut", "--classes", "nut,carpet", "--out", tmp_path / "o", *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 2
     _one_error(capsys, "'carpet'")
     assert not (tmp_path / "o").exists()
 
 
 def test_refs_zero_and_object_mask_without_refs(tiny_root, tmp_path, capsys, no_backbone):
-    assert _run("fit", tiny_root / "tile", "--refs", "0", "--out", tmp_path / "m.pt", *FAST) == 2
+    assert _run("fit", tiny_root / "tile", "--refs", "0", "--out", tmp_path / "m.pt", *FAST, "--layers", "1,2,3") == 2
     _one_error(capsys, "--refs must be >= 1")
     assert not (tmp_path / "m.pt").exists()
 
 
 def test_predict_object_mask_needs_reference_images(tiny_root, tmp_path, capsys, monkeypatch):
     model = tmp_path / "m.pt"
-    assert _run("fit", tiny_root / "tile", "--refs", "1", "--out", model, *FAST) == 0
+    assert _run("fit", tiny_root / "tile", "--refs", "1", "--out", model, *FAST, "--layers", "1,2,3") == 0
     blob = torch.load(model, weights_only=True)
     assert len(blob["ref_images"]) == 1
     blob["ref_images"] = blob["ref_images"][:0]  # as written by an older spadim with --refs 0
@@ -327,7 +327,7 @@ def test_no_anomalous_test_images_are_named(tiny_copy, tmp_path, capsys):
     for sub in ("test/chip", "test/scratch", "ground_truth"):
         shutil.rmtree(tiny_copy / "nut" / sub)
     out = tmp_path / "out"
-    assert _run("evaluate", tiny_copy, "--out", out, "--examples", "1", *FAST) == 0
+    assert _run("evaluate", tiny_copy, "--out", out, "--examples", "1", *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 0
     note = "no anomalous test images: pixel metrics undefined"
     assert f"warning: nut: {note}" in capsys.readouterr().err
     assert note in (out / "results.md").read_text()

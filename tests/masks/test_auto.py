@@ -145,7 +145,7 @@ def test_evaluate_auto_and_features_end_to_end(tiny_root, tmp_path):
     for kind, methods in (("auto", "spade,padim"), ("features", "padim")):
         out = tmp_path / kind
         assert main(["evaluate", str(tiny_root), "--methods", methods, "--object-mask", kind, "--out", str(out),
-                     "--examples", "0", *FAST]) == 0
+                     "--examples", "0", *FAST, "--layers", "1,2,3"]) == 0
         meta = json.loads((out / "results.json").read_text())
         text = json.dumps(meta)
         assert kind in text

@@ -25,7 +25,8 @@ HAZELNUT = SUBSET / "hazelnut"
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     out = tmp_path_factory.mktemp("real") / "eval"
-    assert main(["evaluate", str(HAZELNUT), "--out", str(out), "--examples", "1", *REAL]) == 0
+    assert main(["evaluate", str(HAZELNUT), "--out", str(out), "--examples", "1", "--methods", "spade,padim",
+                 "--layers", "1,2,3", *REAL]) == 0
     return {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"] if r["class"] == "hazelnut"}
 
 
@@ -41,7 +42,7 @@ def test_fit_save_load_predict_reproduces_evaluate(method, evaluated, tmp_path):
     from spadim.inspect import Inspector
 
     model = tmp_path / f"{method}.pt"
-    assert main(["fit", str(HAZELNUT), "--method", method, "--out", str(model), *REAL]) == 0
+    assert main(["fit", str(HAZELNUT), "--method", method, "--layers", "1,2,3", "--out", str(model), *REAL]) == 0
     data = load_class(HAZELNUT)
     whole = Preprocess(frame="whole")  # fit's and evaluate's default frame
     frames, shapes = load_images(data.test, whole)

@@ -24,7 +24,8 @@ from spadim.run.pipeline import AUTO, Settings
 from spadim.run.session import check_out_dir, check_out_file
 
 
-def add_common(p: argparse.ArgumentParser, layers: bool = True, frame: str = "crop") -> None:
+def add_common(p: argparse.ArgumentParser, layers: bool = True, frame: str = "crop", auto: bool = False) -> None:
+    """``auto``: ``--layers`` defaults to 'auto' (fit and evaluate: chosen by measurement, README)."""
     g = p.add_argument_group("backbone and preprocessing")
     g.add_argument("--arch", default="wide_resnet50_2", choices=ARCHS, help="backbone (default: %(default)s)")
     g.add_argument("--weights", default=None, metavar="FILE|DIR|random",
@@ -44,9 +45,10 @@ def add_common(p: argparse.ArgumentParser, layers: bool = True, frame: str = "cr
     g.add_argument("--seed", type=int, default=0, help="seeds PaDiM's channel subset and random weights")
     m = p.add_argument_group("methods")
     if layers:
-        m.add_argument("--layers", default=None, help="backbone layers to use, subset of 1,2,3,4, or 'auto': "
-                       "chosen per class from normal images with synthetic defects (default: 1,2,3 for SPADE "
-                       "and PaDiM, 2,3 for PatchCore)")
+        m.add_argument("--layers", default="auto" if auto else None,
+                       help="backbone layers to use, subset of 1,2,3,4, or 'auto': chosen per class and method "
+                       "from normal images with synthetic defects (default: "
+                       + ("auto" if auto else "1,2,3 for SPADE and PaDiM, 2,3 for PatchCore") + ")")
     m.add_argument("--k", type=int, default=5, help="SPADE: nearest training images (default: %(default)s)")
     m.add_argument("--coreset", type=float, default=0.1,
                    help="PatchCore: share of training patches kept by greedy coreset selection (default: %(default)s)")

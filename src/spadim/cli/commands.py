@@ -224,33 +224,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path, nargs="?", default=None,
                    help="MVTec AD root or one class folder (or give --train and --test instead)")
     p.add_argument("--classes", default=None, help="comma-separated class names (default: all)")
-    p.add_argument("--methods", default="spade,padim")
+    p.add_argument("--methods", default="spade,padim,patchcore")
     p.add_argument("--out", type=Path, default=Path("runs/evaluate"))
     p.add_argument("--examples", type=int, default=4, help="heatmap figures per class (default: %(default)s)")
     p.add_argument("--far", type=float, default=inspect.DEFAULT_FAR,
                    help="calibrate each method as fit does at this false-alarm rate and score the test set at "
                         "its decisions beside the best threshold with as few false alarms (default: %(default)s)")
-    p.add_argument("--folds", type=int, default=inspect.DEFAULT_FOLDS, help="calibration folds (%(default)s)")
+    p.add_argument("--folds", type=int, default=inspect.DEFAULT_FOLDS,
+                   help="calibration folds for a method without leave-one-out (%(default)s)")
     p.add_argument("--no-operating-point", action="store_true", help="skip the calibration and its table")
     add_plain_args(p)
-    add_common(p, frame="whole")  # what fit + predict do; reproduce keeps the papers' centre crop
+    add_common(p, frame="whole", auto=True)  # fit's defaults; reproduce keeps the papers' crop and layers
     add_mask_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("fit", help="fit and calibrate one method on good images; save the model")
     p.add_argument("data", type=Path, help="an MVTec class folder (uses train/good) or any folder of good images "
                    "(recursive)")
-    p.add_argument("--method", default="padim", help="spade, padim or patchcore (default: %(default)s)")
+    p.add_argument("--method", default="patchcore", help="spade, padim or patchcore (default: %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="model file to write")
     p.set_defaults(out_is_file=True)
     p.add_argument("--far", type=float, default=inspect.DEFAULT_FAR,
                    help="target false-alarm rate on normal images for the stored thresholds (default: %(default)s)")
     p.add_argument("--folds", type=int, default=inspect.DEFAULT_FOLDS,
-                   help="out-of-fold calibration folds (default: %(default)s)")
+                   help="calibration folds for a method without leave-one-out; SPADE, PaDiM and PatchCore "
+                        "are calibrated leave-one-out (default: %(default)s)")
     p.add_argument("--pixel-far", type=float, default=DEFAULT_PIXEL_FAR,
                    help="share of normal pixels allowed above the defect-mask threshold (default: %(default)s)")
     p.add_argument("--refs", type=int, default=3, help="normal images kept for object masks at predict time")
-    add_common(p, frame="whole")
+    add_common(p, frame="whole", auto=True)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("calibrate", help="recalibrate a model's thresholds on held-out good images (no refit)")
