@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "spadim"
 README = PACKAGE.parents[1] / "README.md"
 #: Each layer may import itself and anything listed before it, never anything after it.
-FLOW = ["errors", "lists", "data", "features", "methods", "metrics", "masks", "report", "run", "studies",
+FLOW = ["errors", "lists", "data", "features", "methods", "metrics", "masks", "decision", "report", "run", "studies",
         "inspect", "serve", "cli"]
 MAX_LINES = 500
 

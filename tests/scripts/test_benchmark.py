@@ -61,10 +61,11 @@ def test_benchmark_tiny(tmp_path):
     _method_ok(b["n50"], 2, 4)
     _method_ok(b["large"], 4, 6)
     assert b["sweep"]["one_score_s"] > 0 and b["sweep"]["ratio"] > 0
-    for name in ("spade", "padim"):
+    for name in ("spade", "padim", "patchcore"):
         c = b["calibration"][name]
         assert "error" not in c, c.get("traceback")
         assert c["n_images"] == 4 and c["calibration_s"] > 0 and c["features_s"] > 0 and c["ratio"] > 0
+        assert c["how"] == "leave-one-out"
     _stream_ok(b, [3, 10])
     sv = b["serve"]
     if sv["available"]:

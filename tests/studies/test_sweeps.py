@@ -44,7 +44,8 @@ def test_layer_sweep_has_all_15_combinations(layer_sweep):
 @pytest.mark.parametrize("layers", ["1,2", "3,4", "2"])
 def test_sweep_equals_single_evaluate_runs(layer_sweep, tiny_root, tmp_path, layers):
     out = tmp_path / "ev"
-    assert main(["evaluate", str(tiny_root), "--out", str(out), "--layers", layers, "--examples", "0", *FAST, "--methods", "spade,padim"]) == 0
+    assert main(["evaluate", str(tiny_root), "--out", str(out), "--layers", layers, "--examples", "0", *FAST,
+                 "--methods", "spade,padim", "--frame", "crop"]) == 0
     ev = {(r["class"], r["method"]): r for r in _rows(out / "results.json") if r["class"] != "mean"}
     sw = {(r["class"], r["method"]): r for r in _rows(layer_sweep / "layer_sweep.json") if r["layers"] == layers.replace(",", "+")}
     for key, r in ev.items():
@@ -87,7 +88,8 @@ def test_mask_sweep(tiny_root, tmp_path):
     out = tmp_path / "ms"
     assert main(["mask-sweep", str(tiny_root), "--out", str(out), "--examples", "1", *FAST]) == 0
     ev = tmp_path / "ev"
-    assert main(["evaluate", str(tiny_root), "--out", str(ev), "--examples", "0", *FAST, "--methods", "spade,padim", "--layers", "1,2,3"]) == 0
+    assert main(["evaluate", str(tiny_root), "--out", str(ev), "--examples", "0", *FAST, "--methods", "spade,padim",
+                 "--layers", "1,2,3", "--frame", "crop"]) == 0
     plain = {(r["class"], r["method"]): r for r in _rows(ev / "results.json")}
     sweep = _rows(out / "multiplier_sweep.json")
     assert {r["multiplier"] for r in sweep} == {0.0, 0.2, 0.4, 0.6, 0.8, 1.0}
@@ -142,7 +144,8 @@ def test_mask_sweep_and_layer_sweep_take_patchcore(tiny_root, tmp_path):
     """r = 1 reproduces `evaluate --methods patchcore` (layers 2+3) exactly; the layer sweep's 2+3 row too."""
     common = ["--classes", "nut", "--methods", "patchcore", *FAST]
     ev = tmp_path / "ev"
-    assert main(["evaluate", str(tiny_root), "--out", str(ev), "--examples", "0", *common]) == 0
+    assert main(["evaluate", str(tiny_root), "--out", str(ev), "--examples", "0", *common, "--layers", "2,3",
+                 "--frame", "crop"]) == 0
     plain = {r["class"]: r for r in _rows(ev / "results.json") if r["method"] == "patchcore"}["nut"]
     ms = tmp_path / "ms"
     assert main(["mask-sweep", str(tiny_root), "--out", str(ms), "--examples", "0", "--multipliers", "0,1",
