@@ -907,6 +907,8 @@ def _inspect_cases(b: dict, args, cfg: dict, main_cls: Path, data: Path, out: Pa
     finally:
         if padim_model is not None and padim_model.exists():
             padim_model.unlink()  # about 2 GB at d=550; refitted by every run
+        for side in models.glob("*.spadim.*"):  # fit's audit and report beside each model
+            shutil.rmtree(side) if side.is_dir() else side.unlink()
         for folder in (models, out / "stream"):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()

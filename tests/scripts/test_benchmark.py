@@ -74,8 +74,9 @@ def test_benchmark_tiny(tmp_path):
         assert sv["latency_ms_median"] > 0 and sv["backbone_1_ms_median"] > 0
     else:
         assert "serve: not available" in proc.stdout
-    # issue 8: 9 targets; issue 18: 3 PatchCore; issue 17: 2 calibration, 2 stream rates, 1 stream memory, 2 serve
-    assert len(b["targets"]) == 9 + 3 + 5 + (2 if sv["available"] else 0)
+    # issue 8: 9 targets; issue 18: 3 PatchCore; issue 17/23: 3 calibration, 2 stream rates, 1 stream memory,
+    # 2 serve
+    assert len(b["targets"]) == 9 + 3 + 6 + (2 if sv["available"] else 0)
     for t in b["targets"]:
         assert {"name", "value", "limit", "pass", "op"} <= t.keys()
         assert t["value"] is not None and t["value"] >= 0 and isinstance(t["pass"], bool)
