@@ -30,7 +30,8 @@ PICK = W="$(if $(WEIGHTS),--weights $(WEIGHTS))"; A="$(ARCH)"; \
 		A=wide_resnet50_2; W="--weights random"; \
 	fi
 
-# Fits and evaluates SPADE and PaDiM on every class of DATA.
+# Fits and evaluates SPADE, PaDiM and PatchCore on every class of DATA with fit's defaults (whole frame,
+# --layers auto, calibrated decisions).
 demo: install
 	@if [ "$(DATA)" = "$(TOY)" ]; then $(BIN)/spadim make-data $(TOY); fi
 	@$(PICK); \

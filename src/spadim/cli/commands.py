@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import sys
 from pathlib import Path
 
 
 from spadim import __version__, inspect
+from spadim.data.guard import DEFAULT_MAX_PIXELS, set_max_pixels
 from spadim.run.calibration import DEFAULT_PIXEL_FAR
 from spadim.run import evaluate
 from spadim.studies import layerselect
@@ -149,11 +151,13 @@ def cmd_serve(a) -> None:
 
     if not a.max_upload_mb > 0:
         raise SpadimError(f"--max-upload-mb must be a positive size in MB (got {a.max_upload_mb})")
+    set_max_pixels(a.max_pixels)
+    api_key = a.api_key or os.environ.get("SPADIM_API_KEY") or None
     listener = serve.bind(a.host, a.port)  # a port in use fails before the models take seconds to load
     try:
         inspectors = serve.load_inspectors(a.models, a.weights)
         max_upload_bytes = round(a.max_upload_mb * (1 << 20))
-        serve.serve(inspectors, max_upload_bytes=max_upload_bytes, listener=listener, say=say)
+        serve.serve(inspectors, max_upload_bytes=max_upload_bytes, listener=listener, say=say, api_key=api_key)
     finally:
         listener.close()
 
@@ -294,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint the models were fitted with (default lookup as in fit)")
     p.add_argument("--max-upload-mb", type=float, default=20,
                    help="largest image accepted (default: %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="largest image accepted, in declared pixels, judged from the header before decoding "
+                        "(default: %(default)s); two such images may be decoded at once")
+    p.add_argument("--api-key", default=None,
+                   help="require this key (header X-API-Key or Authorization: Bearer) on every call but "
+                        "/health and the page (default: $SPADIM_API_KEY; none)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("mask-sweep", help="proposal 1: detector suitability and outside-multiplier sweep")

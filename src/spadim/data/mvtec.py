@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from spadim.errors import SpadimError
+from .guard import check_header
 from spadim.lists import parse_list
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -119,6 +120,7 @@ def _decode(path: Path, flags: int, what: str) -> np.ndarray:
     why = _truncation(data)
     if why:
         raise SpadimError(f"cannot read {what} {path}: file is truncated ({why}); replace it or copy it again")
+    check_header(data, str(path))
     img = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
     if img is None or img.size == 0:
         raise SpadimError(f"cannot read {what} {path}: file is corrupt or not an image; replace or remove it")
@@ -135,6 +137,7 @@ def decode_rgb(data: bytes, name: str = "upload") -> np.ndarray:
     why = _truncation(data)
     if why:
         raise SpadimError(f"cannot read image {name}: file is truncated ({why}); send the whole file")
+    check_header(data, name)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if img is None or img.size == 0:
         raise SpadimError(f"cannot read image {name}: not an image OpenCV can decode (PNG, JPEG, BMP, TIFF)")

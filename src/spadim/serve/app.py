@@ -11,6 +11,8 @@ it is, and the server keeps serving after it.
 from __future__ import annotations
 
 import base64
+import hmac
+import ipaddress
 import math
 import socket
 import threading
@@ -29,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from spadim.data.guard import ImageRefused, check_header, max_pixels
 from spadim.data.mvtec import decode_rgb
 from spadim.errors import SpadimError
 from spadim.inspect import Inspector, OperatingPoint
@@ -39,6 +42,9 @@ DEFAULT_PORT = 8000
 DEFAULT_MAX_UPLOAD_MB = 20
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small form fields, on top of the image itself
 PAGE = "page.html"
+OPEN_PATHS = ("/health", "/")  # load balancers probe /health; the page itself holds no data and asks for the key
+DECODE_WAIT_S = 30.0  # how long an upload waits for decode memory before a 503
+BYTES_PER_PIXEL = 24  # decoded RGB, the full-resolution map, mask and overlay of one image, with room to spare
 
 
 # ------------------------------------------------------------------ loading and binding
@@ -113,10 +119,61 @@ class UploadLimit:
         return f"upload is over the server's limit of {limit}: send a smaller image"
 
 
+class ApiKey:
+    """Every path but ``OPEN_PATHS`` needs the key, as ``X-API-Key: KEY`` or ``Authorization: Bearer KEY``:
+    401 without one, 403 with a wrong one (compared in constant time)."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-api-key")
+        bearer = headers.get(b"authorization", b"")
+        if given is None and bearer[:7].lower() == b"bearer ":
+            given = bearer[7:].strip()
+        if given is None:
+            response = _error(401, "this server needs an API key: send it as the header X-API-Key")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="spadim"'
+            return await response(scope, receive, send)
+        if not hmac.compare_digest(given, self.key):
+            return await _error(403, "wrong API key")(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class DecodeBudget:
+    """Caps the pixels being decoded and scored at once (so four 50-megapixel uploads cannot take the
+    host's memory together): a request takes its image's pixel count before decoding and gives it back
+    after; one that cannot get it within ``DECODE_WAIT_S`` is refused with 503."""
+
+    def __init__(self, pixels: int):
+        self.total, self.free = int(pixels), int(pixels)
+        self._changed = threading.Condition()
+
+    def take(self, pixels: int, wait: float = DECODE_WAIT_S) -> None:
+        pixels = min(max(int(pixels), 1), self.total)  # an image at the limit may run alone
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.free >= pixels, timeout=wait):
+                raise HTTPException(503, "the server is busy decoding other large images: retry shortly")
+            self.free -= pixels
+
+    def give(self, pixels: int) -> None:
+        with self._changed:
+            self.free += min(max(int(pixels), 1), self.total)
+            self._changed.notify_all()
+
+
 def create_app(
-    inspectors: dict[str, Inspector], max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB << 20
+    inspectors: dict[str, Inspector],
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB << 20,
+    api_key: str | None = None,
+    decode_pixels: int | None = None,
 ) -> FastAPI:
-    """The API over already-loaded inspectors; the first one answers requests that name no model."""
+    """The API over already-loaded inspectors; the first one answers requests that name no model.
+    ``api_key`` guards every path but /health and the page; ``decode_pixels`` caps the pixels decoded
+    at once (default: twice the per-image limit)."""
     if not inspectors:
         raise SpadimError("no model to serve: give at least one model file")
     if max_upload_bytes < 1:
@@ -125,6 +182,9 @@ def create_app(
     default_model = next(iter(inspectors))
     app = FastAPI(title="spadim", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(UploadLimit, max_body=max_upload_bytes + FORM_OVERHEAD)
+    if api_key:
+        app.add_middleware(ApiKey, key=api_key)  # added last, so it runs first: no body is read without it
+    budget = DecodeBudget(decode_pixels or 2 * max_pixels())
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
@@ -174,7 +234,7 @@ def create_app(
         point = _operating_point(inspector, threshold, far)
         data = await upload.read()
         filename = upload.filename or "upload"
-        record = await run_in_threadpool(_predict_one, inspector, locks[name], data, filename, point)
+        record = await run_in_threadpool(_predict_one, inspector, locks[name], data, filename, point, budget)
         return _json({"model": name, **record})
 
     return app
@@ -227,18 +287,35 @@ def _operating_point(inspector: Inspector, threshold: float | None, far: float |
 
 
 def _predict_one(
-    inspector: Inspector, lock: threading.Lock, data: bytes, filename: str, point: OperatingPoint
+    inspector: Inspector,
+    lock: threading.Lock,
+    data: bytes,
+    filename: str,
+    point: OperatingPoint,
+    budget: DecodeBudget,
 ) -> dict:
-    """Decode, score under the model's lock, draw: the part of a request that runs in a worker thread."""
+    """Judge the header, take decode memory, decode, score under the model's lock, draw: the part of a
+    request that runs in a worker thread."""
     try:
-        rgb = decode_rgb(data, filename)
-    except SpadimError as exc:
-        raise HTTPException(415, str(exc)) from None
-    started = time.perf_counter()
-    with lock:
-        (prediction,) = inspector.predict([rgb], [filename], point)
-        overlay = inspector.overlay(rgb, prediction, point)
-    seconds = time.perf_counter() - started
+        width, height = check_header(data, filename)
+    except ImageRefused as exc:
+        raise HTTPException(413, str(exc)) from None
+    pixels = width * height or max_pixels()  # a format Pillow cannot size counts as the largest
+    budget.take(pixels)
+    try:
+        try:
+            rgb = decode_rgb(data, filename)
+        except ImageRefused as exc:
+            raise HTTPException(413, str(exc)) from None
+        except SpadimError as exc:
+            raise HTTPException(415, str(exc)) from None
+        started = time.perf_counter()
+        with lock:
+            (prediction,) = inspector.predict([rgb], [filename], point)
+            overlay = inspector.overlay(rgb, prediction, point)
+        seconds = time.perf_counter() - started
+    finally:
+        budget.give(pixels)
     low, high = inspector.colour_range(point)
     return {
         **prediction.to_json(point),
@@ -265,6 +342,20 @@ def _model_entry(name: str, inspector: Inspector) -> dict:
         "warnings": inspector.warnings(point),
         "colour_range": {"low": low, "high": high, "threshold": point.pixel_threshold},
     }
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """The start-up warning for a server that others can reach with no key, or None."""
+    try:
+        loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if api_key or loopback:
+        return None
+    return (
+        f"warning: serving on {host} without an API key: anyone who can reach the port can use the "
+        f"models; give --api-key KEY (or $SPADIM_API_KEY), or bind 127.0.0.1"
+    )
 
 
 def _png(picture: np.ndarray) -> str:
@@ -309,12 +400,16 @@ def serve(
     say: Callable[[str], None] = print,
     started: Callable[[uvicorn.Server, str], None] | None = None,
     log_level: str = "info",
+    api_key: str | None = None,
 ) -> None:
     """Serve until Ctrl-C (or ``server.should_exit``). ``listener`` is a socket from :func:`bind`
     (the CLI binds before loading models); ``started(server, url)`` lets a caller stop the server."""
-    app = create_app(inspectors, max_upload_bytes)
+    app = create_app(inspectors, max_upload_bytes, api_key)
     listener = listener or bind(host, port)
     bound_host, bound_port = listener.getsockname()[:2]
+    warning = exposure_warning(bound_host, api_key)
+    if warning:
+        say(warning)
     url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}/"
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
     for name, inspector in inspectors.items():
