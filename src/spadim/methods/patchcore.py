@@ -119,15 +119,30 @@ def embed_patches(
     return pool_last(stacked.reshape(-1, len(layers) * dim), target_dim), grid
 
 
-def reweighted_score(query: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, b: int) -> float:
-    """Eq. 7 for one test patch feature ``query`` [D] (the image's most anomalous patch)."""
+def _masked_nearest(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor,
+                    excluded: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance of each query to its nearest bank row outside ``excluded`` (bool [G])."""
+    squared = torch.addmm(bank_sq, queries, bank.T, alpha=-2).add_(queries.square().sum(1, keepdim=True))
+    squared[:, excluded] = float("inf")
+    return squared.amin(1).clamp_min_(0).sqrt_()
+
+
+def reweighted_score(query: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, b: int,
+                     excluded: torch.Tensor | None = None) -> float:
+    """Eq. 7 for one test patch feature ``query`` [D] (the image's most anomalous patch); rows in
+    ``excluded`` (bool [G]) are treated as absent from the bank (leave-one-out)."""
     to_bank = torch.addmv(bank_sq, bank, query, alpha=-2).add_(query.square().sum())  # squared, [G]
+    if excluded is not None:
+        to_bank[excluded] = float("inf")
+        b = min(b, int((~excluded).sum()))
     nearest = int(torch.argmin(to_bank))
     s_star = float((query - bank[nearest]).norm())
     b = min(b, len(bank))
     if b < 2:
         return s_star
     around = torch.addmv(bank_sq, bank, bank[nearest], alpha=-2)  # |m* - m|^2 - |m*|^2, [G]
+    if excluded is not None:
+        around[excluded] = float("inf")
     around[nearest] = -float("inf")  # m* is its own nearest neighbour, first in N_b(m*)
     support = torch.topk(around, b, largest=False).indices
     distances = (bank[support] - query).norm(dim=1)
@@ -238,27 +253,40 @@ class PatchCore:
         """The training images it was fitted on (``fs``), each scored against the bank without the rows
         its own patches contributed: the deployed coreset (built from all n images, as dense as a new
         image meets) minus one image. Refitting the coreset per fold instead thins the bank to (k-1)/k of
-        the images, which inflated held-out scores of few-image classes (issue 23)."""
+        the images, which inflated held-out scores of few-image classes (issue 23).
+
+        Cost: one search against the whole bank (the fitted, pruned search), then, only for the patches
+        whose nearest row is one of their own image's, a search with those rows masked out."""
         if self.bank_image is None:
             raise ValueError("score_left_out needs a model fitted in this process (bank_image)")
-        search = getattr(self.search, "fallback", self.search)  # a new bank per image: nothing to prune
+        if self._bank_sq is None:
+            self._bank_sq = self.bank.square().sum(1)
         grids, scores, start = [], [], 0
         per_image = self.grid[0] * self.grid[1]
         with torch.inference_mode():
             for emb in self._embeddings(fs):
+                nearest = self.search.min_distances(emb, self.bank)  # Euclidean, all rows
                 for offset in range(len(emb) // per_image):
                     image = start + offset
-                    bank = self.bank[self.bank_image != image]
+                    own = self.bank_image == image
                     queries = emb[offset * per_image : (offset + 1) * per_image]
-                    d = search.min_distances(queries, bank).square_()
-                    grids.append(d.reshape(*self.grid))
-                    worst = int(d.argmax())
+                    distances = nearest[offset * per_image : (offset + 1) * per_image].clone()
+                    if own.any():
+                        to_own = torch.cdist(queries, self.bank[own]).amin(1)
+                        # generous: float32 distances near 0 carry errors of ~sqrt(eps) |q|; a redo only costs time
+                        slack = 2e-3 * queries.norm(dim=1) + 1e-3 * distances
+                        redo = (to_own <= distances + slack).nonzero()[:, 0]
+                        if len(redo):
+                            distances[redo] = _masked_nearest(queries[redo], self.bank, self._bank_sq, own)
+                    squared = distances.square()
+                    grids.append(squared.reshape(*self.grid))
+                    worst = int(squared.argmax())
                     if self.neighbours:
                         scores.append(
-                            reweighted_score(queries[worst], bank, bank.square().sum(1), self.neighbours)
+                            reweighted_score(queries[worst], self.bank, self._bank_sq, self.neighbours, own)
                         )
                     else:
-                        scores.append(float(d[worst]))
+                        scores.append(float(squared[worst]))
                 start += len(emb) // per_image
         return upsample_blur(torch.stack(grids), size), np.asarray(scores, dtype=np.float64)
 
