@@ -44,18 +44,30 @@ def main() -> int:
         planted_name.symlink_to(plant.resolve())
         for method in args.methods.split(","):
             quiet = {"say": lambda *a, **k: None}
-            clean = fit_model(args.data / name, args.out / name / f"{method}-clean.pt", settings, method, args.far,
-                              **quiet)
-            dirty = fit_model(planted, args.out / name / f"{method}-planted.pt", settings, method, args.far, **quiet)
+            clean = fit_model(
+                args.data / name, args.out / name / f"{method}-clean.pt", settings, method, args.far, **quiet
+            )
+            dirty = fit_model(
+                planted, args.out / name / f"{method}-planted.pt", settings, method, args.far, **quiet
+            )
             names = [entry["image"] for entry in dirty["audit"]]
             rank = names.index(str(planted_name)) + 1 if str(planted_name) in names else 0
             level = clean["calibration"].region_threshold
             without = dirty["audit"][rank - 1]["level_without_it"] if rank else None
-            rows.append({"class": name, "method": method, "n_good": len(data.train), "planted": plant.parent.name,
-                         "rank_in_audit": rank, "flagged": len(names), "clean_level": round(level, 4),
-                         "planted_level": round(dirty["calibration"].region_threshold, 4),
-                         "level_without_it": None if without is None else round(without, 4),
-                         "relative_gap": None if without is None else round(abs(without - level) / abs(level), 4)})
+            rows.append(
+                {
+                    "class": name,
+                    "method": method,
+                    "n_good": len(data.train),
+                    "planted": plant.parent.name,
+                    "rank_in_audit": rank,
+                    "flagged": len(names),
+                    "clean_level": round(level, 4),
+                    "planted_level": round(dirty["calibration"].region_threshold, 4),
+                    "level_without_it": None if without is None else round(without, 4),
+                    "relative_gap": None if without is None else round(abs(without - level) / abs(level), 4),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     (args.out / "audit.json").write_text(json.dumps(rows, indent=1))
     return 0

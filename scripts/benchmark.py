@@ -63,8 +63,15 @@ def _generate(root: Path, n_train: int, n_test: int, size: int) -> Path:
 
     good, per_defect = _split(n_test)
     folder = root / f"{CLASS}-n{n_train}-g{good}-d{per_defect}-s{size}"
-    make_dataset(folder, classes=(CLASS,), n_train=n_train, n_test_good=good, n_test_defect=per_defect,
-                 size=size, seed=0)
+    make_dataset(
+        folder,
+        classes=(CLASS,),
+        n_train=n_train,
+        n_test_good=good,
+        n_test_defect=per_defect,
+        size=size,
+        seed=0,
+    )
     return folder / CLASS
 
 
@@ -111,8 +118,14 @@ def _many(dst: Path, sources: list[Path], n: int) -> list[Path]:
 def _settings(cfg: dict, layers=(1, 2, 3)):
     from spadim.run.pipeline import Settings
 
-    return Settings(arch=cfg["arch"], weights=cfg["weights"], resize=cfg["resize"], crop=cfg["crop"],
-                    layers=tuple(layers), batch_size=cfg["batch_size"])
+    return Settings(
+        arch=cfg["arch"],
+        weights=cfg["weights"],
+        resize=cfg["resize"],
+        crop=cfg["crop"],
+        layers=tuple(layers),
+        batch_size=cfg["batch_size"],
+    )
 
 
 def _peak_rss_gib() -> float:
@@ -200,10 +213,18 @@ def _backbone_child(cfg: dict) -> dict:
     test = fx(data.test)
     t2 = time.perf_counter()
     n = len(train) + len(test)
-    return {"ms_per_img": 1000 * (t2 - t0) / n, "train_s": t1 - t0, "test_s": t2 - t1, "n_images": n,
-            "last_layer": fx.last, "weights_pretrained": fx.weights.pretrained,
-            "weights_source": str(fx.weights.source), "weights_describe": fx.weights.describe(),
-            "torch_threads": torch.get_num_threads(), "peak_rss_gib": _peak_rss_gib()}
+    return {
+        "ms_per_img": 1000 * (t2 - t0) / n,
+        "train_s": t1 - t0,
+        "test_s": t2 - t1,
+        "n_images": n,
+        "last_layer": fx.last,
+        "weights_pretrained": fx.weights.pretrained,
+        "weights_source": str(fx.weights.source),
+        "weights_describe": fx.weights.describe(),
+        "torch_threads": torch.get_num_threads(),
+        "peak_rss_gib": _peak_rss_gib(),
+    }
 
 
 def _method_child(cfg: dict, method: str) -> dict:
@@ -241,26 +262,36 @@ def _method_child(cfg: dict, method: str) -> dict:
     total = time.perf_counter() - t0
     n_train, n_test = clock.n["backbone train"], clock.n["backbone test"]
     backbone_s = clock.s["backbone train"] + clock.s["backbone test"]
-    return {"n_train": n_train, "n_test": n_test, "fit_s": clock.s["fit"],
-            "layers": list(s.method_layers(method)),
-            "coreset_s": clock.s.get("coreset"), "coreset_points": clock.n.get("coreset"),
-            "coreset_kept": clock.n.get("coreset kept"),
-            "search": _search_used(searches[-1]),
-            "backbone_train_s": clock.s["backbone train"],
-            "infer_ms_per_img": 1000 * clock.s["score"] / n_test,
-            "backbone_ms_per_img": 1000 * backbone_s / (n_train + n_test), "last_layer": fx.last,
-            "other_s": total - backbone_s - clock.s["fit"] - clock.s["score"], "total_s": total,
-            "peak_rss_gib": _peak_rss_gib(),
-            "metrics": {k: float(v) for k, v in metrics[method].items() if isinstance(v, (int, float))}}
+    return {
+        "n_train": n_train,
+        "n_test": n_test,
+        "fit_s": clock.s["fit"],
+        "layers": list(s.method_layers(method)),
+        "coreset_s": clock.s.get("coreset"),
+        "coreset_points": clock.n.get("coreset"),
+        "coreset_kept": clock.n.get("coreset kept"),
+        "search": _search_used(searches[-1]),
+        "backbone_train_s": clock.s["backbone train"],
+        "infer_ms_per_img": 1000 * clock.s["score"] / n_test,
+        "backbone_ms_per_img": 1000 * backbone_s / (n_train + n_test),
+        "last_layer": fx.last,
+        "other_s": total - backbone_s - clock.s["fit"] - clock.s["score"],
+        "total_s": total,
+        "peak_rss_gib": _peak_rss_gib(),
+        "metrics": {k: float(v) for k, v in metrics[method].items() if isinstance(v, (int, float))},
+    }
 
 
 def _search_used(search) -> dict | None:
     """The nearest-neighbour backend a method used, and what its first call measured (PatchCore)."""
     if search is None:
         return None
-    return {"name": search.name, "choice": getattr(search, "choice", None) or search.name,
-            "first_call_s": getattr(search, "timings", None) or None,
-            "first_call_queries": 4 * search.block if hasattr(search, "block") else None}
+    return {
+        "name": search.name,
+        "choice": getattr(search, "choice", None) or search.name,
+        "first_call_s": getattr(search, "timings", None) or None,
+        "first_call_queries": 4 * search.block if hasattr(search, "block") else None,
+    }
 
 
 def _sweep_child(cfg: dict) -> dict:
@@ -285,9 +316,17 @@ def _sweep_child(cfg: dict) -> dict:
     for combo in ALL_COMBOS:
         spade.fuse([grids[l] for l in combo], s.crop)
     t2 = time.perf_counter()
-    return {"one_score_s": one, "sweep_s": t2 - t0, "grids_s": t1 - t0, "fuse_s": t2 - t1,
-            "ratio": (t2 - t0) / one, "n_combos": len(ALL_COMBOS), "n_train": len(train), "n_test": len(test),
-            "peak_rss_gib": _peak_rss_gib()}
+    return {
+        "one_score_s": one,
+        "sweep_s": t2 - t0,
+        "grids_s": t1 - t0,
+        "fuse_s": t2 - t1,
+        "ratio": (t2 - t0) / one,
+        "n_combos": len(ALL_COMBOS),
+        "n_train": len(train),
+        "n_test": len(test),
+        "peak_rss_gib": _peak_rss_gib(),
+    }
 
 
 def _padim_sweep_child(cfg: dict) -> dict:
@@ -315,8 +354,15 @@ def _inspect_settings(cfg: dict):
     """As ``spadim fit`` / ``predict`` / ``serve``: the whole image squashed to the crop (frame="whole")."""
     from spadim.run.pipeline import Settings
 
-    return Settings(arch=cfg["arch"], weights=cfg["weights"], resize=cfg["resize"], crop=cfg["crop"],
-                    layers=(1, 2, 3), batch_size=cfg["batch_size"], frame="whole")
+    return Settings(
+        arch=cfg["arch"],
+        weights=cfg["weights"],
+        resize=cfg["resize"],
+        crop=cfg["crop"],
+        layers=(1, 2, 3),
+        batch_size=cfg["batch_size"],
+        frame="whole",
+    )
 
 
 def _calibration_child(cfg: dict, method: str, model: str) -> dict:
@@ -332,13 +378,25 @@ def _calibration_child(cfg: dict, method: str, model: str) -> dict:
     result = fit_model(Path(cfg["class_dir"]), Path(model), s, method, say=lambda *a, **k: None)
     sec, cal = result["seconds"], result["calibration"]
     one = sec["features"] + sec["fit"]
-    return {"method": method, "n_images": cal.n_images, "folds": cal.folds, "far": cal.far,
-            "features_s": sec["features"], "calibration_s": sec["calibration"], "fit_s": sec["fit"],
-            "ratio": sec["calibration"] / one if one > 0 else float("nan"), "seconds": sec,
-            "image_threshold": cal.image_threshold, "pixel_threshold": cal.pixel_threshold,
-            "region_threshold": cal.region_threshold, "how": cal.how,
-            "guaranteed": cal.guaranteed, "model": model, "model_bytes": Path(model).stat().st_size,
-            "peak_rss_gib": _peak_rss_gib()}
+    return {
+        "method": method,
+        "n_images": cal.n_images,
+        "folds": cal.folds,
+        "far": cal.far,
+        "features_s": sec["features"],
+        "calibration_s": sec["calibration"],
+        "fit_s": sec["fit"],
+        "ratio": sec["calibration"] / one if one > 0 else float("nan"),
+        "seconds": sec,
+        "image_threshold": cal.image_threshold,
+        "pixel_threshold": cal.pixel_threshold,
+        "region_threshold": cal.region_threshold,
+        "how": cal.how,
+        "guaranteed": cal.guaranteed,
+        "model": model,
+        "model_bytes": Path(model).stat().st_size,
+        "peak_rss_gib": _peak_rss_gib(),
+    }
 
 
 def _current_rss_gib() -> float:
@@ -366,7 +424,9 @@ def _stream_child(cfg: dict, model: str, paths: list[str], out: str) -> dict:
     point = inspector.operating_point()
     paths = [Path(p) for p in paths]
     bs = cfg["batch_size"]
-    inspector.predict([read_rgb(p) for p in paths[:bs]], [str(p) for p in paths[:bs]], point)  # warm-up, not timed
+    inspector.predict(
+        [read_rgb(p) for p in paths[:bs]], [str(p) for p in paths[:bs]], point
+    )  # warm-up, not timed
     loaded = _peak_rss_gib()
     r = predict_paths(inspector, paths, Path(out), point, batch_size=bs)
     peak = _peak_rss_gib()
@@ -382,23 +442,36 @@ def _stream_child(cfg: dict, model: str, paths: list[str], out: str) -> dict:
     backbone_s = 0.0
     with torch.inference_mode():
         for start in range(0, len(order), bs):
-            batch = np.stack([frames[src] for src in order[start:start + bs]])
+            batch = np.stack([frames[src] for src in order[start : start + bs]])
             t0 = time.perf_counter()
             inspector.extractor.frames(batch, "backbone")
             backbone_s += time.perf_counter() - t0
     n = r["new"]
     stream_rate, backbone_rate = n / r["seconds"], len(order) / backbone_s
-    return {"n_images": len(paths), "predicted": r["images"], "new": n, "defect": r["defect"],
-            "stream_s": r["seconds"], "stream_img_s": stream_rate, "backbone_s": backbone_s,
-            "backbone_img_s": backbone_rate, "ratio": stream_rate / backbone_rate, "batch_size": bs,
-            "last_layer": inspector.extractor.last, "peak_rss_gib": peak, "peak_rss_after_load_gib": loaded,
-            "rss_end_gib": current}
+    return {
+        "n_images": len(paths),
+        "predicted": r["images"],
+        "new": n,
+        "defect": r["defect"],
+        "stream_s": r["seconds"],
+        "stream_img_s": stream_rate,
+        "backbone_s": backbone_s,
+        "backbone_img_s": backbone_rate,
+        "ratio": stream_rate / backbone_rate,
+        "batch_size": bs,
+        "last_layer": inspector.extractor.last,
+        "peak_rss_gib": peak,
+        "peak_rss_after_load_gib": loaded,
+        "rss_end_gib": current,
+    }
 
 
 def _multipart(name: str, data: bytes) -> tuple[bytes, str]:
     boundary = f"spadim-bench-{os.getpid()}-{time.perf_counter_ns()}"
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -459,8 +532,13 @@ def _serve_child(cfg: dict, model: str, images: list[str], requests: int, client
         box.update(server=server, url=url)
         ready.set()
 
-    options = {"inspectors": {"bench": inspector}, "listener": listener, "say": lambda *a, **k: None,
-               "started": started, "log_level": "warning"}
+    options = {
+        "inspectors": {"bench": inspector},
+        "listener": listener,
+        "say": lambda *a, **k: None,
+        "started": started,
+        "log_level": "warning",
+    }
     thread = threading.Thread(target=serve, kwargs=options, daemon=True)
     thread.start()
     if not ready.wait(120):
@@ -504,15 +582,26 @@ def _serve_child(cfg: dict, model: str, images: list[str], requests: int, client
     errors = [f"{status}: {error}" for _, status, error in results if error]
     times = sorted(s for s, _, error in results if not error)
     med, bb = statistics.median(latency), statistics.median(backbone)
-    return {"url": box["url"], "requests": requests, "latency_ms_median": 1000 * med,
-            "latency_ms": [1000 * s for s in latency], "backbone_1_ms_median": 1000 * bb,
-            "ratio": med / bb, "single_errors": len(single_errors), "clients": clients, "total": total,
-            "concurrent_errors": len(errors), "concurrent_error_samples": errors[:5],
-            "concurrent_wall_s": wall, "concurrent_req_s": total / wall,
-            "concurrent_ms_p50": 1000 * times[len(times) // 2] if times else None,
-            "concurrent_ms_p95": 1000 * times[min(len(times) - 1, int(0.95 * len(times)))] if times else None,
-            "last_layer": inspector.extractor.last, "torch_threads": torch.get_num_threads(),
-            "peak_rss_gib": _peak_rss_gib()}
+    return {
+        "url": box["url"],
+        "requests": requests,
+        "latency_ms_median": 1000 * med,
+        "latency_ms": [1000 * s for s in latency],
+        "backbone_1_ms_median": 1000 * bb,
+        "ratio": med / bb,
+        "single_errors": len(single_errors),
+        "clients": clients,
+        "total": total,
+        "concurrent_errors": len(errors),
+        "concurrent_error_samples": errors[:5],
+        "concurrent_wall_s": wall,
+        "concurrent_req_s": total / wall,
+        "concurrent_ms_p50": 1000 * times[len(times) // 2] if times else None,
+        "concurrent_ms_p95": 1000 * times[min(len(times) - 1, int(0.95 * len(times)))] if times else None,
+        "last_layer": inspector.extractor.last,
+        "torch_threads": torch.get_num_threads(),
+        "peak_rss_gib": _peak_rss_gib(),
+    }
 
 
 def _entry(conn, target, args) -> None:
@@ -559,8 +648,14 @@ def _ok(r: dict | None) -> bool:
 def _target(name: str, value, limit: float, unit: str = "", op: str = "<=") -> dict:
     bad = value is None or (isinstance(value, float) and math.isnan(value))
     ok = None if bad else bool(value <= limit if op == "<=" else value >= limit)
-    return {"name": name, "value": None if bad else round(value, 4), "limit": limit, "unit": unit, "op": op,
-            "pass": ok}
+    return {
+        "name": name,
+        "value": None if bad else round(value, 4),
+        "limit": limit,
+        "unit": unit,
+        "op": op,
+        "pass": ok,
+    }
 
 
 def _get(r, key):
@@ -581,19 +676,40 @@ def _targets(b: dict) -> list[dict]:
     if "methods" in cases:
         if "backbone" in cases:
             t += [
-                _target("PaDiM inference / backbone (per image)", _ratio(_get(pd, "infer_ms_per_img"), bb), 1.5, "x"),
-                _target("SPADE inference / backbone (per image, K=5)", _ratio(_get(sp, "infer_ms_per_img"), bb), 4.0,
-                        "x"),
-                _target("PaDiM fit / backbone over the training images",
-                        _ratio(_get(pd, "fit_s"), bb and bb * b["n_train"] / 1000), 2.0, "x"),
+                _target(
+                    "PaDiM inference / backbone (per image)",
+                    _ratio(_get(pd, "infer_ms_per_img"), bb),
+                    1.5,
+                    "x",
+                ),
+                _target(
+                    "SPADE inference / backbone (per image, K=5)",
+                    _ratio(_get(sp, "infer_ms_per_img"), bb),
+                    4.0,
+                    "x",
+                ),
+                _target(
+                    "PaDiM fit / backbone over the training images",
+                    _ratio(_get(pd, "fit_s"), bb and bb * b["n_train"] / 1000),
+                    2.0,
+                    "x",
+                ),
             ]
         pc = b.get("patchcore")
         if pc is not None:  # against the backbone PatchCore runs (to layer 3), measured in the same process
             t += [
-                _target("PatchCore inference / its backbone (per image, layers 2+3)",
-                        _ratio(_get(pc, "infer_ms_per_img"), _get(pc, "backbone_ms_per_img")), 2.0, "x"),
-                _target(f"PatchCore coreset selection / its backbone over the {b['n_train']} training images",
-                        _ratio(_get(pc, "coreset_s"), _get(pc, "backbone_train_s")), 2.0, "x"),
+                _target(
+                    "PatchCore inference / its backbone (per image, layers 2+3)",
+                    _ratio(_get(pc, "infer_ms_per_img"), _get(pc, "backbone_ms_per_img")),
+                    2.0,
+                    "x",
+                ),
+                _target(
+                    f"PatchCore coreset selection / its backbone over the {b['n_train']} training images",
+                    _ratio(_get(pc, "coreset_s"), _get(pc, "backbone_train_s")),
+                    2.0,
+                    "x",
+                ),
                 _target(f"PatchCore peak RSS, N={b['n_train']}", _get(pc, "peak_rss_gib"), 4.0, "GiB"),
             ]
         t += [
@@ -604,38 +720,79 @@ def _targets(b: dict) -> list[dict]:
             n50 = b["n50"]
             p50, p200 = _get(n50["padim"], "peak_rss_gib"), _get(pd, "peak_rss_gib")
             growth = None if p50 is None or p200 is None else abs(p200 - p50) / p50
-            t.append(_target(f"PaDiM peak RSS change N={n50['n_train']} -> N={b['n_train']}", growth, 0.10,
-                             "fraction"))
+            t.append(
+                _target(
+                    f"PaDiM peak RSS change N={n50['n_train']} -> N={b['n_train']}", growth, 0.10, "fraction"
+                )
+            )
     big = b.get("large")
     if big is not None:
         for m in ("spade", "padim"):
-            t.append(_target(f"{m.upper() if m == 'spade' else 'PaDiM'} peak RSS, "
-                             f"{big['n_train']} train / {big['n_test']} test", _get(big[m], "peak_rss_gib"), 6.0,
-                             "GiB"))
+            t.append(
+                _target(
+                    f"{m.upper() if m == 'spade' else 'PaDiM'} peak RSS, "
+                    f"{big['n_train']} train / {big['n_test']} test",
+                    _get(big[m], "peak_rss_gib"),
+                    6.0,
+                    "GiB",
+                )
+            )
     if "sweep" in cases:
-        t.append(_target("SPADE 15-subset sweep / one scoring with layers 1,2,3,4", _get(b["sweep"], "ratio"), 1.3,
-                         "x"))
+        t.append(
+            _target(
+                "SPADE 15-subset sweep / one scoring with layers 1,2,3,4", _get(b["sweep"], "ratio"), 1.3, "x"
+            )
+        )
     if "calibration" in cases:
         for m in b["calibration"]:
             r = b["calibration"][m]
             label = {"spade": "SPADE", "padim": "PaDiM", "patchcore": "PatchCore"}[m]
-            t.append(_target(f"{label} fit_model calibration / (features + fit), "
-                             f"N={_get(r, 'n_images') or b['n_train']}", _get(r, "ratio"), 1.0, "x"))
+            t.append(
+                _target(
+                    f"{label} fit_model calibration / (features + fit), "
+                    f"N={_get(r, 'n_images') or b['n_train']}",
+                    _get(r, "ratio"),
+                    1.0,
+                    "x",
+                )
+            )
     if "stream" in cases:
         runs = b["stream"]["runs"]
         for r in runs:
-            t.append(_target(f"predict stream / backbone-only rate, {r['n']} images", _get(r, "ratio"), 0.8, "x",
-                             ">="))
+            t.append(
+                _target(
+                    f"predict stream / backbone-only rate, {r['n']} images", _get(r, "ratio"), 0.8, "x", ">="
+                )
+            )
         if len(runs) >= 2:
             small, large = runs[0], runs[-1]
-            t.append(_target(f"predict stream peak RSS, {large['n']} / {small['n']} images",
-                             _ratio(_get(large, "peak_rss_gib"), _get(small, "peak_rss_gib")), 1.1, "x"))
+            t.append(
+                _target(
+                    f"predict stream peak RSS, {large['n']} / {small['n']} images",
+                    _ratio(_get(large, "peak_rss_gib"), _get(small, "peak_rss_gib")),
+                    1.1,
+                    "x",
+                )
+            )
     sv = b.get("serve")
     if sv is not None and sv.get("available"):
-        t.append(_target("serve median POST /predict latency / backbone forward of 1 image", _get(sv, "ratio"), 1.5,
-                         "x"))
-        t.append(_target(f"serve errors, {sv.get('clients', '?')} concurrent clients x {sv.get('total', '?')} "
-                         f"requests", _get(sv, "concurrent_errors"), 0, "errors"))
+        t.append(
+            _target(
+                "serve median POST /predict latency / backbone forward of 1 image",
+                _get(sv, "ratio"),
+                1.5,
+                "x",
+            )
+        )
+        t.append(
+            _target(
+                f"serve errors, {sv.get('clients', '?')} concurrent clients x {sv.get('total', '?')} "
+                f"requests",
+                _get(sv, "concurrent_errors"),
+                0,
+                "errors",
+            )
+        )
     return t
 
 
@@ -654,9 +811,11 @@ def _method_rows(b: dict) -> list[str]:
         runs.append((f"N={b['large']['n_train']}, {b['large']['n_test']} test", b["large"]))
     if not runs:
         return []
-    lines = ["| run | method | fit s | infer ms/img | infer / backbone | backbone ms/img in run | peak RSS GiB "
-             "| total s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | method | fit s | infer ms/img | infer / backbone | backbone ms/img in run | peak RSS GiB "
+        "| total s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for label, block in runs:
         for name in METHODS:
             if name not in block:
@@ -665,23 +824,32 @@ def _method_rows(b: dict) -> list[str]:
             if not _ok(r):
                 lines.append(f"| {label} | {name} | failed: {r.get('error', '?')[:60]} | | | | | |")
                 continue
-            lines.append(f"| {label} | {name} | {r['fit_s']:.2f} | {r['infer_ms_per_img']:.1f} | "
-                         f"{_fmt(r['infer_ms_per_img'] / bb if bb else None)}x | "
-                         f"{r['backbone_ms_per_img']:.1f} | "
-                         f"{r['peak_rss_gib']:.2f} | {r['total_s']:.1f} |")
+            lines.append(
+                f"| {label} | {name} | {r['fit_s']:.2f} | {r['infer_ms_per_img']:.1f} | "
+                f"{_fmt(r['infer_ms_per_img'] / bb if bb else None)}x | "
+                f"{r['backbone_ms_per_img']:.1f} | "
+                f"{r['peak_rss_gib']:.2f} | {r['total_s']:.1f} |"
+            )
     pc = b.get("patchcore")
     if _ok(pc) and pc.get("coreset_s") is not None:
         layers = "+".join(map(str, pc["layers"]))
-        lines += ["", f"PatchCore (layers {layers}): greedy selection of "
-                      f"{pc['coreset_kept']:,} of {pc['coreset_points']:,} patch vectors "
-                      f"{pc['coreset_s']:.1f} s; backbone over the {pc['n_train']} training images (to layer "
-                      f"{pc['last_layer']}) {pc['backbone_train_s']:.1f} s; infer / its own backbone "
-                      f"{pc['infer_ms_per_img'] / pc['backbone_ms_per_img']:.2f}x"]
+        lines += [
+            "",
+            f"PatchCore (layers {layers}): greedy selection of "
+            f"{pc['coreset_kept']:,} of {pc['coreset_points']:,} patch vectors "
+            f"{pc['coreset_s']:.1f} s; backbone over the {pc['n_train']} training images (to layer "
+            f"{pc['last_layer']}) {pc['backbone_train_s']:.1f} s; infer / its own backbone "
+            f"{pc['infer_ms_per_img'] / pc['backbone_ms_per_img']:.2f}x",
+        ]
         used = pc.get("search") or {}
         if used.get("first_call_s"):
-            lines.append("PatchCore search: {} picked ({} on its first {} queries)".format(
-                used["choice"], ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in used["first_call_s"].items()),
-                used["first_call_queries"]))
+            lines.append(
+                "PatchCore search: {} picked ({} on its first {} queries)".format(
+                    used["choice"],
+                    ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in used["first_call_s"].items()),
+                    used["first_call_queries"],
+                )
+            )
     return lines
 
 
@@ -689,33 +857,47 @@ def _inspect_lines(b: dict) -> list[str]:
     """The issue-17 cases: fit_model's calibration cost, the predict stream, the server."""
     lines = []
     if "calibration" in b["cases"]:
-        lines += ["", "fit_model (frame whole, the final fit, then its leave-one-out calibration):", "",
-                  "| method | images | folds | features s | calibration s | fit s | calibration / (features + fit) "
-                  "| peak RSS GiB |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "fit_model (frame whole, the final fit, then its leave-one-out calibration):",
+            "",
+            "| method | images | folds | features s | calibration s | fit s | calibration / (features + fit) "
+            "| peak RSS GiB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for m in b["calibration"]:
             r = b["calibration"][m]
             if not _ok(r):
                 lines.append(f"| {m} | failed: {r.get('error', '?')[:60]} | | | | | | |")
                 continue
-            lines.append(f"| {m} | {r['n_images']} | {r['folds']} | {r['features_s']:.1f} | {r['calibration_s']:.1f} "
-                         f"| {r['fit_s']:.1f} | {r['ratio']:.2f}x | {r['peak_rss_gib']:.2f} |")
+            lines.append(
+                f"| {m} | {r['n_images']} | {r['folds']} | {r['features_s']:.1f} | {r['calibration_s']:.1f} "
+                f"| {r['fit_s']:.1f} | {r['ratio']:.2f}x | {r['peak_rss_gib']:.2f} |"
+            )
     if "stream" in b["cases"]:
         st = b["stream"]
-        lines += ["", f"predict_paths (PaDiM, frame whole, batch {b['batch_size']}; JSON lines, CSV, mask, heatmap and "
-                      f"overlay per image), each size in a fresh process; backbone alone = the same frames and "
-                      f"batches through the model's extractor (to layer {st.get('last_layer', '?')}):", "",
-                  "| images | stream s | stream img/s | backbone-only s | backbone-only img/s | stream / backbone "
-                  "| peak RSS GiB |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"predict_paths (PaDiM, frame whole, batch {b['batch_size']}; JSON lines, CSV, mask, heatmap and "
+            f"overlay per image), each size in a fresh process; backbone alone = the same frames and "
+            f"batches through the model's extractor (to layer {st.get('last_layer', '?')}):",
+            "",
+            "| images | stream s | stream img/s | backbone-only s | backbone-only img/s | stream / backbone "
+            "| peak RSS GiB |",
+            "|---|---|---|---|---|---|---|",
+        ]
         if not _ok(st.get("model")):
-            lines.append(f"| failed to fit the model: {st.get('model', {}).get('error', '?')[:80]} | | | | | | |")
+            lines.append(
+                f"| failed to fit the model: {st.get('model', {}).get('error', '?')[:80]} | | | | | | |"
+            )
         for r in st["runs"]:
             if not _ok(r):
                 lines.append(f"| {r['n']} | failed: {r.get('error', '?')[:60]} | | | | | |")
                 continue
-            lines.append(f"| {r['n']} | {r['stream_s']:.1f} | {r['stream_img_s']:.2f} | {r['backbone_s']:.1f} | "
-                         f"{r['backbone_img_s']:.2f} | {r['ratio']:.2f}x | {r['peak_rss_gib']:.2f} |")
+            lines.append(
+                f"| {r['n']} | {r['stream_s']:.1f} | {r['stream_img_s']:.2f} | {r['backbone_s']:.1f} | "
+                f"{r['backbone_img_s']:.2f} | {r['ratio']:.2f}x | {r['peak_rss_gib']:.2f} |"
+            )
     sv = b.get("serve")
     if sv is not None:
         lines.append("")
@@ -724,13 +906,15 @@ def _inspect_lines(b: dict) -> list[str]:
         elif not _ok(sv):
             lines.append(f"serve: failed: {sv.get('error', '?')}")
         else:
-            lines.append(f"serve (uvicorn at {sv['url']}, PaDiM, frame whole): median POST /predict "
-                         f"{sv['latency_ms_median']:.1f} ms over {sv['requests']} warm requests "
-                         f"({sv['single_errors']} errors) vs backbone forward of 1 image "
-                         f"{sv['backbone_1_ms_median']:.1f} ms = {sv['ratio']:.2f}x; {sv['clients']} concurrent "
-                         f"clients, {sv['total']} requests: "
-                         f"{sv['concurrent_errors']} errors, {sv['concurrent_req_s']:.2f} req/s, p50 "
-                         f"{_fmt(sv['concurrent_ms_p50'], '.0f')} ms, p95 {_fmt(sv['concurrent_ms_p95'], '.0f')} ms")
+            lines.append(
+                f"serve (uvicorn at {sv['url']}, PaDiM, frame whole): median POST /predict "
+                f"{sv['latency_ms_median']:.1f} ms over {sv['requests']} warm requests "
+                f"({sv['single_errors']} errors) vs backbone forward of 1 image "
+                f"{sv['backbone_1_ms_median']:.1f} ms = {sv['ratio']:.2f}x; {sv['clients']} concurrent "
+                f"clients, {sv['total']} requests: "
+                f"{sv['concurrent_errors']} errors, {sv['concurrent_req_s']:.2f} req/s, p50 "
+                f"{_fmt(sv['concurrent_ms_p50'], '.0f')} ms, p95 {_fmt(sv['concurrent_ms_p95'], '.0f')} ms"
+            )
     return lines
 
 
@@ -754,28 +938,38 @@ def _table(b: dict) -> str:
             probe=", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in b["search"]["seconds"].items()),
             full=", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in b["search"]["spade_layer1_s"].items()),
             pc=", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in b["search"]["patchcore_s"].items()),
-        ) if "search" in b else "",
+        )
+        if "search" in b
+        else "",
     ]
     if "backbone" in b["cases"]:
-        lines += ["", f"backbone alone (load + forward to layer 4): {_fmt(bb, '.1f')} ms/img "
-                      f"({b['backbone'].get('n_images', '-')} images)"]
+        lines += [
+            "",
+            f"backbone alone (load + forward to layer 4): {_fmt(bb, '.1f')} ms/img "
+            f"({b['backbone'].get('n_images', '-')} images)",
+        ]
     rows = _method_rows(b)
     if rows:
         lines += [""] + rows
     if "sweep" in b["cases"]:
         sw = b["sweep"]
         if _ok(sw):
-            lines += ["", f"SPADE layer sweep ({sw['n_combos']} subsets of layers 1-4): "
-                          f"one scoring {sw['one_score_s']:.1f} s;"
-                          f" sweep {sw['sweep_s']:.1f} s (neighbours + per-layer maps {sw['grids_s']:.1f} s, "
-                          f"fusions {sw['fuse_s']:.1f} s) = {sw['ratio']:.2f}x"]
+            lines += [
+                "",
+                f"SPADE layer sweep ({sw['n_combos']} subsets of layers 1-4): "
+                f"one scoring {sw['one_score_s']:.1f} s;"
+                f" sweep {sw['sweep_s']:.1f} s (neighbours + per-layer maps {sw['grids_s']:.1f} s, "
+                f"fusions {sw['fuse_s']:.1f} s) = {sw['ratio']:.2f}x",
+            ]
         lines.append(f"PaDiM layer sweep: {b['padim_sweep']['note']}")
     lines += _inspect_lines(b)
     lines += ["", "| target | value | limit | result |", "|---|---|---|---|"]
     for t in b["targets"]:
         res = "skipped/failed" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
         unit = t["unit"]
-        lines.append(f"| {t['name']} | {_fmt(t['value'], '.3f')} {unit} | {t['op']} {t['limit']} {unit} | {res} |")
+        lines.append(
+            f"| {t['name']} | {_fmt(t['value'], '.3f')} {unit} | {t['op']} {t['limit']} {unit} | {res} |"
+        )
     return "\n".join(lines)
 
 
@@ -898,12 +1092,24 @@ def _inspect_cases(b: dict, args, cfg: dict, main_cls: Path, data: Path, out: Pa
             elif padim_model is None:
                 b["serve"] = {"available": True, "error": "no PaDiM model (its fit failed)"}
             else:
-                _stage(f"serve: {args.serve_requests} requests, then {args.serve_clients} clients x "
-                       f"{args.serve_total} requests", t0)
+                _stage(
+                    f"serve: {args.serve_requests} requests, then {args.serve_clients} clients x "
+                    f"{args.serve_total} requests",
+                    t0,
+                )
                 test = [str(p) for p in load_class(main_cls).test]
-                b["serve"] = {"available": True, **_child(_serve_child, cfg, str(padim_model), test,
-                                                          args.serve_requests, args.serve_clients,
-                                                          args.serve_total)}
+                b["serve"] = {
+                    "available": True,
+                    **_child(
+                        _serve_child,
+                        cfg,
+                        str(padim_model),
+                        test,
+                        args.serve_requests,
+                        args.serve_clients,
+                        args.serve_total,
+                    ),
+                }
     finally:
         if padim_model is not None and padim_model.exists():
             padim_model.unlink()  # about 2 GB at d=550; refitted by every run
@@ -917,29 +1123,52 @@ def _inspect_cases(b: dict, args, cfg: dict, main_cls: Path, data: Path, out: Pa
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-train", type=int, default=200, help="training images (default: %(default)s)")
-    ap.add_argument("--n-train-small", type=int, default=50,
-                    help="training images of the growth run (default: %(default)s)")
+    ap.add_argument(
+        "--n-train-small",
+        type=int,
+        default=50,
+        help="training images of the growth run (default: %(default)s)",
+    )
     ap.add_argument("--n-test", type=int, default=50, help="test images (default: %(default)s)")
-    ap.add_argument("--n-test-large", type=int, default=500, help="test images of the memory run (%(default)s)")
+    ap.add_argument(
+        "--n-test-large", type=int, default=500, help="test images of the memory run (%(default)s)"
+    )
     ap.add_argument("--size", type=int, default=256, help="generated image size in px (default: %(default)s)")
-    ap.add_argument("--crop", type=int, default=224, help="network input crop; resize is crop*8/7 (%(default)s)")
+    ap.add_argument(
+        "--crop", type=int, default=224, help="network input crop; resize is crop*8/7 (%(default)s)"
+    )
     ap.add_argument("--arch", default="resnet50_caffe", help="backbone (default: %(default)s)")
-    ap.add_argument("--weights", default=None,
-                    help="checkpoint file/folder or 'random' (default: a found ImageNet checkpoint, else random)")
+    ap.add_argument(
+        "--weights",
+        default=None,
+        help="checkpoint file/folder or 'random' (default: a found ImageNet checkpoint, else random)",
+    )
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--data", default="runs/bench/data", help="generated data cache (default: %(default)s)")
     ap.add_argument("--out", default="runs/bench", help="folder for bench.json (default: %(default)s)")
-    ap.add_argument("--only", default=None,
-                    help=f"comma-separated cases to run, of {','.join(CASES)} (default: all)")
+    ap.add_argument(
+        "--only", default=None, help=f"comma-separated cases to run, of {','.join(CASES)} (default: all)"
+    )
     ap.add_argument("--skip-large", action="store_true", help="skip the 500-test-image memory run")
     ap.add_argument("--padim-sweep", action="store_true", help="also time PaDiM's 15 fits+scorings (slow)")
-    ap.add_argument("--stream-sizes", default="200,2000",
-                    help="images streamed through predict, one fresh process each (default: %(default)s)")
-    ap.add_argument("--serve-requests", type=int, default=20,
-                    help="sequential warm requests for the server's median latency (default: %(default)s)")
+    ap.add_argument(
+        "--stream-sizes",
+        default="200,2000",
+        help="images streamed through predict, one fresh process each (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--serve-requests",
+        type=int,
+        default=20,
+        help="sequential warm requests for the server's median latency (default: %(default)s)",
+    )
     ap.add_argument("--serve-clients", type=int, default=4, help="concurrent clients (default: %(default)s)")
-    ap.add_argument("--serve-total", type=int, default=100,
-                    help="requests of the concurrent clients together (default: %(default)s)")
+    ap.add_argument(
+        "--serve-total",
+        type=int,
+        default=100,
+        help="requests of the concurrent clients together (default: %(default)s)",
+    )
     args = ap.parse_args(argv)
     cases = _cases(args.only, args.skip_large)
     if not os.environ.get("SPADIM_WEIGHTS") and (REPO.parent / "shared" / "weights").is_dir():
@@ -953,35 +1182,68 @@ def main(argv=None) -> dict:
     main_cls = _generate(data, args.n_train, args.n_test, args.size)
     small_cls = large_cls = None
     if "growth" in cases:
-        small_cls = _link(data / f"links-n{args.n_train_small}-of-{main_cls.parent.name}" / CLASS, main_cls,
-                          main_cls, args.n_train_small)
+        small_cls = _link(
+            data / f"links-n{args.n_train_small}-of-{main_cls.parent.name}" / CLASS,
+            main_cls,
+            main_cls,
+            args.n_train_small,
+        )
     if "large" in cases:
         test_cls = _generate(data, 1, args.n_test_large, args.size)
-        large_cls = _link(data / f"links-{main_cls.parent.name}-with-{test_cls.parent.name}" / CLASS, main_cls,
-                          test_cls)
+        large_cls = _link(
+            data / f"links-{main_cls.parent.name}-with-{test_cls.parent.name}" / CLASS, main_cls, test_cls
+        )
 
     from spadim.run.pipeline import Settings
 
-    cfg = {"arch": args.arch, "weights": weights, "resize": args.crop * 8 // 7, "crop": args.crop,
-           "batch_size": args.batch_size, "class_dir": str(main_cls)}
+    cfg = {
+        "arch": args.arch,
+        "weights": weights,
+        "resize": args.crop * 8 // 7,
+        "crop": args.crop,
+        "batch_size": args.batch_size,
+        "class_dir": str(main_cls),
+    }
     s = Settings(arch=args.arch, weights=weights, resize=cfg["resize"], crop=cfg["crop"])
     import torch
 
-    b: dict = {"arch": args.arch, "weights": kind, "weights_source": weights if kind == "imagenet" else "random",
-               "image_size": args.size, "crop": args.crop, "resize": cfg["resize"], "padim_d": s.padim_d,
-               "k": s.k, "batch_size": args.batch_size, "stream_size": s.stream_size, "cases": cases,
-               "n_train": args.n_train, "n_test": args.n_test,
-               "machine": {"nproc": os.cpu_count(), "gpu": torch.cuda.is_available(), "torch": torch.__version__,
-                           "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-                           "cpu": platform.processor() or platform.machine(), "cpu_model": _cpu_model(),
-                           "load_avg_start": list(os.getloadavg())}}
+    b: dict = {
+        "arch": args.arch,
+        "weights": kind,
+        "weights_source": weights if kind == "imagenet" else "random",
+        "image_size": args.size,
+        "crop": args.crop,
+        "resize": cfg["resize"],
+        "padim_d": s.padim_d,
+        "k": s.k,
+        "batch_size": args.batch_size,
+        "stream_size": s.stream_size,
+        "cases": cases,
+        "n_train": args.n_train,
+        "n_test": args.n_test,
+        "machine": {
+            "nproc": os.cpu_count(),
+            "gpu": torch.cuda.is_available(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_model": _cpu_model(),
+            "load_avg_start": list(os.getloadavg()),
+        },
+    }
     from spadim.methods.nearest import TorchSearch, FaissSearch, _time, probe_report
 
     generator = torch.Generator().manual_seed(0)  # SPADE's layer-1 shape: 3136 queries x 5 images x 3136
-    queries, gallery = torch.randn(3136, 256, generator=generator), torch.randn(15680, 256, generator=generator)
+    queries, gallery = (
+        torch.randn(3136, 256, generator=generator),
+        torch.randn(15680, 256, generator=generator),
+    )
     searches = (TorchSearch(), FaissSearch())
-    b["search"] = {**probe_report(), "spade_layer1_s": {search.name: _time(search, queries, gallery, 2)
-                                                          for search in searches}}
+    b["search"] = {
+        **probe_report(),
+        "spade_layer1_s": {search.name: _time(search, queries, gallery, 2) for search in searches},
+    }
     # PatchCore's shape: one 224 px image's 28 x 28 patches against a 10% bank of 200 images
     queries = torch.randn(784, 1024, generator=generator)
     gallery = torch.randn(15680, 1024, generator=generator)
@@ -1021,14 +1283,18 @@ def main(argv=None) -> dict:
         if args.padim_sweep:
             _stage("PaDiM layer sweep", t0)
             b["padim_sweep"] = _child(_padim_sweep_child, cfg)
-            b["padim_sweep"]["note"] = (f"15 fits + scorings "
-                                        f"{b['padim_sweep'].get('sweep_s', float('nan')):.1f} s, measured")
+            b["padim_sweep"]["note"] = (
+                f"15 fits + scorings {b['padim_sweep'].get('sweep_s', float('nan')):.1f} s, measured"
+            )
         else:
             pd = b.get("padim")
             one = pd["fit_s"] + pd["infer_ms_per_img"] * b["n_test"] / 1000 if _ok(pd) else None
-            b["padim_sweep"] = {"measured": False, "one_fit_score_s_layers_123": one,
-                                "note": f"not measured (--padim-sweep); one fit + scoring with layers 1,2,3 takes "
-                                        f"{_fmt(one, '.1f')} s"}
+            b["padim_sweep"] = {
+                "measured": False,
+                "one_fit_score_s_layers_123": one,
+                "note": f"not measured (--padim-sweep); one fit + scoring with layers 1,2,3 takes "
+                f"{_fmt(one, '.1f')} s",
+            }
 
     if {"calibration", "stream", "serve"} & set(cases):
         _inspect_cases(b, args, cfg, main_cls, data, out, t0)

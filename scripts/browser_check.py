@@ -35,9 +35,18 @@ HAZELNUT = SHARED / "data" / "mvtec_ad_subset" / "hazelnut"
 WEIGHTS = SHARED / "weights"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # Offline and quiet: no sign-in, sync, component or safe-browsing traffic, no QUIC.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1400,980", "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,980",
+    "--hide-scrollbars",
+]
 
 
 def say(message: str) -> None:
@@ -49,8 +58,12 @@ def run_spadim(*args) -> None:
 
 
 def real_weights_found() -> bool:
-    found = subprocess.run([*SPADIM, "weights", "--first", "resnet50_caffe", "--weights", str(WEIGHTS)],
-                           capture_output=True, text=True, cwd=ROOT)
+    found = subprocess.run(
+        [*SPADIM, "weights", "--first", "resnet50_caffe", "--weights", str(WEIGHTS)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     return found.returncode == 0 and HAZELNUT.is_dir()
 
 
@@ -69,8 +82,20 @@ def prepare(args, scratch: Path) -> tuple[Path, list[Path], list[str]]:
     say("RANDOM UNTRAINED weights on generated toy data: this checks the page, not detection quality")
     run_spadim("make-data", scratch / "toy")
     model = scratch / "nut.pt"
-    run_spadim("fit", scratch / "toy" / "nut", "--out", model, "--arch", "resnet18", "--weights", "random",
-               "--resize", "146", "--crop", "128")
+    run_spadim(
+        "fit",
+        scratch / "toy" / "nut",
+        "--out",
+        model,
+        "--arch",
+        "resnet18",
+        "--weights",
+        "random",
+        "--resize",
+        "146",
+        "--crop",
+        "128",
+    )
     test = scratch / "toy" / "nut" / "test"
     images = [test / "chip" / "000.png", test / "good" / "000.png"]
     return model, args.images or images, []
@@ -89,8 +114,13 @@ def named_by_folder(images: list[Path], folder: Path) -> list[Path]:
 
 def start_server(model: Path, flags: list[str]) -> tuple[subprocess.Popen, str, list[str]]:
     """`spadim serve` on an OS-picked port; its URL is read from the line it prints when ready."""
-    server = subprocess.Popen([*SPADIM, "serve", str(model), "--host", "127.0.0.1", "--port", "0", *flags],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [*SPADIM, "serve", str(model), "--host", "127.0.0.1", "--port", "0", *flags],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     log: list[str] = []
     found = threading.Event()
 
@@ -132,15 +162,21 @@ def drive(driver, url: str, images: list[Path], screenshot: Path) -> list[str]:
     text = lambda element_id: driver.find_element(By.ID, element_id).text  # noqa: E731
     seen = []
     driver.get(url)
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option")
-               and "loading" not in text("model-info"), "the model list never loaded")
+    wait.until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#model option") and "loading" not in text("model-info"),
+        "the model list never loaded",
+    )
     seen.append(f"model: {text('model-info')}")
 
     started = time.perf_counter()
     driver.find_element(By.ID, "files").send_keys("\n".join(str(p.resolve()) for p in images))
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#list .badge.wait")) == 0
-               and len(d.find_elements(By.CSS_SELECTOR, "#list .badge")) == len(images),
-               "the uploads were not all judged")
+    wait.until(
+        lambda d: (
+            len(d.find_elements(By.CSS_SELECTOR, "#list .badge.wait")) == 0
+            and len(d.find_elements(By.CSS_SELECTOR, "#list .badge")) == len(images)
+        ),
+        "the uploads were not all judged",
+    )
     seen.append(f"{len(images)} image(s) judged in {time.perf_counter() - started:.2f} s (page round trips)")
     errors = driver.find_elements(By.CSS_SELECTOR, "#list .badge.error")
     assert not errors, f"an upload was refused: {text('error')}"
@@ -152,32 +188,46 @@ def drive(driver, url: str, images: list[Path], screenshot: Path) -> list[str]:
         assert driver.execute_script(width, overlay) > 0, "the overlay does not decode"
         mask = driver.find_element(By.ID, "mask")
         assert driver.execute_script(width, mask) > 0, "the mask does not decode"
-        return (text("decision"), float(text("region-score")), float(text("score")),
-                float(text("threshold-value")))
+        return (
+            text("decision"),
+            float(text("region-score")),
+            float(text("score")),
+            float(text("threshold-value")),
+        )
 
     decision, score, image_score, threshold = verdict()
     assert decision in ("OK", "DEFECT"), f"decision text {decision!r}"
     assert decision == ("DEFECT" if score > threshold else "OK"), (decision, score, threshold)
-    seen.append(f"{images[0].name}: {decision}, region score {score:g}, image score {image_score:g}, "
-                f"region level {threshold:g}")
+    seen.append(
+        f"{images[0].name}: {decision}, region score {score:g}, image score {image_score:g}, "
+        f"region level {threshold:g}"
+    )
 
     slider = driver.find_element(By.ID, "threshold")
     for key, expected in ((Keys.END, "OK"), (Keys.HOME, "DEFECT")):
         before = driver.find_element(By.ID, "overlay").get_attribute("src")
         slider.send_keys(key)  # a real key press: the page gets its input and change events
-        wait.until(lambda d: text("decision") == expected and not d.find_elements(By.CSS_SELECTOR, ".busy"),
-                   f"the decision did not become {expected} after the slider moved")
+        wait.until(
+            lambda d: text("decision") == expected and not d.find_elements(By.CSS_SELECTOR, ".busy"),
+            f"the decision did not become {expected} after the slider moved",
+        )
         moved = verdict()
         assert moved[0] == ("DEFECT" if moved[1] > moved[3] else "OK"), moved
         assert abs(moved[1] - score) <= 1e-3 * abs(score), "the score changed with the threshold"
         assert driver.find_element(By.ID, "reset").is_enabled(), "reset should offer the calibrated one"
         changed = driver.find_element(By.ID, "overlay").get_attribute("src") != before
-        seen.append(f"slider {'end' if key == Keys.END else 'home'}: {moved[0]} at threshold {moved[3]:g}"
-                    f" (overlay redrawn: {changed})")
+        seen.append(
+            f"slider {'end' if key == Keys.END else 'home'}: {moved[0]} at threshold {moved[3]:g}"
+            f" (overlay redrawn: {changed})"
+        )
 
     driver.find_element(By.ID, "reset").click()
-    wait.until(lambda d: not d.find_element(By.ID, "reset").is_enabled()
-               and not d.find_elements(By.CSS_SELECTOR, ".busy"), "reset did not return to the calibration")
+    wait.until(
+        lambda d: (
+            not d.find_element(By.ID, "reset").is_enabled() and not d.find_elements(By.CSS_SELECTOR, ".busy")
+        ),
+        "reset did not return to the calibration",
+    )
     back = verdict()
     assert back[0] == decision, (back, decision)
     assert abs(back[3] - threshold) <= 1e-3 * abs(threshold), (back, threshold)
@@ -192,8 +242,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None, help="serve this model file instead of fitting one")
     ap.add_argument("--random", action="store_true", help="tiny random-weights model on toy data (fast)")
-    ap.add_argument("--images", type=Path, nargs="+", default=None,
-                    help="images to upload (defective first)")
+    ap.add_argument("--images", type=Path, nargs="+", default=None, help="images to upload (defective first)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "serve.png")
     args = ap.parse_args()
     for tool in (CHROMIUM, CHROMEDRIVER):

@@ -43,9 +43,14 @@ def collect(args) -> list[dict]:
             for method in methods:
                 model = settings.method(method).fit(train)
                 maps, scores = model.score(test, settings.crop)
-                entry = {"class": name, "method": method, "n_train": n, "labels": data.labels.tolist(),
-                         "test_region": region_scores(maps, test.shapes, settings.pre).tolist(),
-                         "test_image": np.asarray(scores).tolist()}
+                entry = {
+                    "class": name,
+                    "method": method,
+                    "n_train": n,
+                    "labels": data.labels.tolist(),
+                    "test_region": region_scores(maps, test.shapes, settings.pre).tolist(),
+                    "test_image": np.asarray(scores).tolist(),
+                }
                 deployed = held_out(method, settings, settings.method_layers(method), train, fitted=model)
                 entry["held_region"] = deployed.region_scores.tolist()
                 entry["held_how"] = deployed.how
@@ -72,11 +77,19 @@ def score_rules(entries: list[dict], far: float) -> list[dict]:
                 false_alarms = int((flagged & ~labels).sum())
                 best = best_recall(statistic, labels, false_alarms)["recall"]
                 recall = float(flagged[labels].mean())
-                rows.append({"class": entry["class"], "method": entry["method"], "n_train": entry["n_train"],
-                             "rule": rule + suffix, "level": round(float(threshold), 4),
-                             "false_alarms": f"{false_alarms}/{int((~labels).sum())}", "recall": round(recall, 3),
-                             "best_recall": round(best, 3),
-                             "ratio": round(recall / best, 3) if best > 0 else None})
+                rows.append(
+                    {
+                        "class": entry["class"],
+                        "method": entry["method"],
+                        "n_train": entry["n_train"],
+                        "rule": rule + suffix,
+                        "level": round(float(threshold), 4),
+                        "false_alarms": f"{false_alarms}/{int((~labels).sum())}",
+                        "recall": round(recall, 3),
+                        "best_recall": round(best, 3),
+                        "ratio": round(recall / best, 3) if best > 0 else None,
+                    }
+                )
     return rows
 
 

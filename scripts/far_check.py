@@ -34,10 +34,13 @@ def main() -> int:
     parser.add_argument("--methods", default="padim,spade")
     parser.add_argument("--arch", default="resnet50_caffe")
     parser.add_argument("--out", type=Path, default=Path("runs/far-check"))
-    parser.add_argument("--same-dust", action="store_true",
-                        help="give good test images the training images' background-dust rate (the embedded "
-                        "set draws dust on 15%% of training and 50%% of test images of object classes, a "
-                        "deliberate shift that breaks exchangeability)")
+    parser.add_argument(
+        "--same-dust",
+        action="store_true",
+        help="give good test images the training images' background-dust rate (the embedded "
+        "set draws dust on 15%% of training and 50%% of test images of object classes, a "
+        "deliberate shift that breaks exchangeability)",
+    )
     args = parser.parse_args()
     classes = tuple(args.classes.split(","))
     if args.same_dust:

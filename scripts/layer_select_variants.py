@@ -24,21 +24,31 @@ from spadim.run.layerchoice import select_many
 from spadim.run.pipeline import Settings, make_extractor
 
 VARIANTS = {  # short name -> (description, select_many keywords)
-    "appearance": ("appearance kinds, sizes 0.04-0.18, one 20% part, 2 copies",
-                   {"cfg": DefectConfig(APPEARANCE_KINDS, 0.04, 0.18), "folds": 5, "validated": 1,
-                    "copies": 2}),
-    "default": ("all kinds, sizes 0.06-0.30, one 20% part, 2 copies (default)",
-                {"cfg": DefectConfig(KINDS, 0.06, 0.30), "folds": 5, "validated": 1, "copies": 2}),
-    "cv": ("all kinds, sizes 0.06-0.30, 5-fold cross-validation, 1 copy",
-           {"cfg": DefectConfig(KINDS, 0.06, 0.30), "folds": 5, "validated": 5, "copies": 1}),
+    "appearance": (
+        "appearance kinds, sizes 0.04-0.18, one 20% part, 2 copies",
+        {"cfg": DefectConfig(APPEARANCE_KINDS, 0.04, 0.18), "folds": 5, "validated": 1, "copies": 2},
+    ),
+    "default": (
+        "all kinds, sizes 0.06-0.30, one 20% part, 2 copies (default)",
+        {"cfg": DefectConfig(KINDS, 0.06, 0.30), "folds": 5, "validated": 1, "copies": 2},
+    ),
+    "cv": (
+        "all kinds, sizes 0.06-0.30, 5-fold cross-validation, 1 copy",
+        {"cfg": DefectConfig(KINDS, 0.06, 0.30), "folds": 5, "validated": 5, "copies": 1},
+    ),
     # part-scale changes (a whole part moved or removed): the real optimum on transistor is layer 3
-    "larger": ("all kinds, sizes 0.06-0.45, one 20% part, 2 copies",
-               {"cfg": DefectConfig(KINDS, 0.06, 0.45), "folds": 5, "validated": 1, "copies": 2}),
-    "part-scale": ("all kinds, sizes 0.30-0.60, one 20% part, 2 copies",
-                   {"cfg": DefectConfig(KINDS, 0.30, 0.60), "folds": 5, "validated": 1, "copies": 2}),
-    "part-structure": ("shift and missing only, sizes 0.30-0.60, one 20% part, 2 copies",
-                       {"cfg": DefectConfig(("shift", "missing"), 0.30, 0.60), "folds": 5, "validated": 1,
-                        "copies": 2}),
+    "larger": (
+        "all kinds, sizes 0.06-0.45, one 20% part, 2 copies",
+        {"cfg": DefectConfig(KINDS, 0.06, 0.45), "folds": 5, "validated": 1, "copies": 2},
+    ),
+    "part-scale": (
+        "all kinds, sizes 0.30-0.60, one 20% part, 2 copies",
+        {"cfg": DefectConfig(KINDS, 0.30, 0.60), "folds": 5, "validated": 1, "copies": 2},
+    ),
+    "part-structure": (
+        "shift and missing only, sizes 0.30-0.60, one 20% part, 2 copies",
+        {"cfg": DefectConfig(("shift", "missing"), 0.30, 0.60), "folds": 5, "validated": 1, "copies": 2},
+    ),
 }
 
 
@@ -71,8 +81,11 @@ def main() -> None:
                 auto.append(aupr[sel[m].name])
                 fixed.append(aupr["1+2+3"])
                 chosen.append(f"{c} {sel[m].name}")
-            print(f"| {name} | {m} | {', '.join(chosen)} | {np.mean(regret):.3f} | {np.mean(auto):.3f} | "
-                  f"{np.mean(fixed):.3f} |", flush=True)
+            print(
+                f"| {name} | {m} | {', '.join(chosen)} | {np.mean(regret):.3f} | {np.mean(auto):.3f} | "
+                f"{np.mean(fixed):.3f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

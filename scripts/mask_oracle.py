@@ -87,8 +87,10 @@ def main() -> None:
     for m in methods:  # the no-mask AUPR must be evaluate's own number
         assert abs(none[m] - metrics[m]["pixel_aupr"]) < 1e-12, (m, none[m], metrics[m]["pixel_aupr"])
 
-    print(f"\n{cr.data.name}: {len(gt)} test images, {int(gt.any((1, 2)).sum())} with defects; "
-          f"{fx.weights.describe()}; auto chose {dec.mask}, r={dec.r}\n")
+    print(
+        f"\n{cr.data.name}: {len(gt)} test images, {int(gt.any((1, 2)).sum())} with defects; "
+        f"{fx.weights.describe()}; auto chose {dec.mask}, r={dec.r}\n"
+    )
     cols = " | ".join(f"{m} best r | {m} AUPR | Δ {m}" for m in methods)
     print(f"| mask | area | GT coverage | {cols} |")
     print("|" + "---|" * (3 + 3 * len(methods)))

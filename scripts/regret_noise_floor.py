@@ -78,14 +78,25 @@ def main() -> None:
     p.add_argument("--weights", default=None)
     p.add_argument("--resamples", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--choices", nargs="*", default=[],
-                   help="layer-select output folders: also score their auto choice (and 1+2+3) on the halves")
+    p.add_argument(
+        "--choices",
+        nargs="*",
+        default=[],
+        help="layer-select output folders: also score their auto choice (and 1+2+3) on the halves",
+    )
     a = p.parse_args()
     s = Settings(arch=a.arch, weights=a.weights, seed=a.seed)
     fx = make_extractor(s, None, ("spade", "padim"), ALL_COMBOS)
     choices = stored_choices(a.choices)
-    columns = ["class", "method", "good / defective test images", "best subset", "its AUPR",
-               "regret floor (mean)", "half-split regret: labelled selector"]
+    columns = [
+        "class",
+        "method",
+        "good / defective test images",
+        "best subset",
+        "its AUPR",
+        "regret floor (mean)",
+        "half-split regret: labelled selector",
+    ]
     columns += ["half-split regret: auto choice", "half-split regret: fixed 1+2+3"] if choices else []
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     means: dict[str, list[list[float]]] = {"spade": [], "padim": []}
@@ -117,16 +128,24 @@ def main() -> None:
                     second.append([weighted_ap(flat, truth, 1 - split[b][image]) for b in range(a.resamples)])
                 table, first, second = np.array(boot), np.array(first), np.array(second)  # [15, resamples]
                 best = int(np.argmax(table.mean(1)))
-                values = [float(np.mean(table.max(0) - table[best])),
-                          (cross_regret(first, second) + cross_regret(second, first)) / 2]
+                values = [
+                    float(np.mean(table.max(0) - table[best])),
+                    (cross_regret(first, second) + cross_regret(second, first)) / 2,
+                ]
                 names = [combo_name(c) for c in ALL_COMBOS]
                 if choices:
                     for chosen in (choices[(cr.data.name, method)], "1+2+3"):
                         row = names.index(chosen)
                         values.append(float(np.mean([np.mean(h.max(0) - h[row]) for h in (first, second)])))
                 means[method].append(values)
-                cells = [cr.data.name, method, f"{len(good)} / {len(bad)}", names[best],
-                         f"{full[ALL_COMBOS[best]]:.3f}", *(f"{v:.3f}" for v in values)]
+                cells = [
+                    cr.data.name,
+                    method,
+                    f"{len(good)} / {len(bad)}",
+                    names[best],
+                    f"{full[ALL_COMBOS[best]]:.3f}",
+                    *(f"{v:.3f}" for v in values),
+                ]
                 print("| " + " | ".join(cells) + " |", flush=True)
     for method, rows in means.items():
         print(f"| **mean** | {method} | | | | " + " | ".join(f"{v:.3f}" for v in np.mean(rows, 0)) + " |")

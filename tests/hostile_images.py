@@ -11,14 +11,21 @@ from PIL import Image
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def png(width: int, height: int, extra: bytes = b"") -> bytes:
     """A grayscale PNG header declaring width x height, one tiny IDAT and IEND (valid CRCs)."""
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + extra
-            + _chunk(b"IDAT", zlib.compress(b"\0" * (min(width, 64) + 1))) + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + extra
+        + _chunk(b"IDAT", zlib.compress(b"\0" * (min(width, 64) + 1)))
+        + _chunk(b"IEND", b"")
+    )
 
 
 @functools.lru_cache(maxsize=1)

@@ -14,8 +14,22 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "spadim"
 README = PACKAGE.parents[1] / "README.md"
 #: Each layer may import itself and anything listed before it, never anything after it.
-FLOW = ["errors", "lists", "data", "features", "methods", "metrics", "masks", "decision", "report", "run", "studies",
-        "inspect", "serve", "cli"]
+FLOW = [
+    "errors",
+    "lists",
+    "data",
+    "features",
+    "methods",
+    "metrics",
+    "masks",
+    "decision",
+    "report",
+    "run",
+    "studies",
+    "inspect",
+    "serve",
+    "cli",
+]
 MAX_LINES = 500
 
 
@@ -79,18 +93,24 @@ def test_the_checker_sees_a_backwards_import(tmp_path, monkeypatch):
     (fake / "methods" / "bad.py").write_text("def f():\n    from spadim.studies import layersweep\n")
     (fake / "methods" / "rel.py").write_text("from ..report import tables\n")
     monkeypatch.setattr(f"{__name__}.PACKAGE", fake)
-    with pytest.raises(AssertionError, match=r"bad.py:2 imports spadim.studies.*rel.py:1 imports spadim.report"):
+    with pytest.raises(
+        AssertionError, match=r"bad.py:2 imports spadim.studies.*rel.py:1 imports spadim.report"
+    ):
         test_no_import_goes_against_the_flow()
 
 
 def test_no_module_is_long():
-    long = {str(p.relative_to(PACKAGE)): n for p in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in _modules()
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, f"split these where they have seams: {long}"
 
 
 def test_readme_tree_names_every_subpackage():
     text = README.read_text()
-    tree = text[text.index("## Layout"):]
+    tree = text[text.index("## Layout") :]
     subpackages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
     missing = [name for name in subpackages if f"{name}/" not in tree]
     assert not missing, f"README Layout tree lacks {missing}"

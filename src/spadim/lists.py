@@ -35,7 +35,9 @@ def parse_list(
         except ValueError:
             raise SpadimError(f"{item!r} is not a valid {what} in {flag}{hint}") from None
         if choices is not None and value not in choices:
-            raise SpadimError(f"unknown {what} {item!r} in {flag}: choose from {', '.join(map(str, choices))}{hint}")
+            raise SpadimError(
+                f"unknown {what} {item!r} in {flag}: choose from {', '.join(map(str, choices))}{hint}"
+            )
         if value in values:
             raise SpadimError(f"{what} {item!r} is given twice in {flag}: list each {what} once{hint}")
         values.append(value)

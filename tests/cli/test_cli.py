@@ -20,13 +20,30 @@ def _run(*args) -> int:
 @pytest.fixture(scope="module")
 def evaluated(tiny_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "out"
-    assert _run("evaluate", tiny_root, "--out", out, "--examples", "2", *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 0
+    assert (
+        _run(
+            "evaluate",
+            tiny_root,
+            "--out",
+            out,
+            "--examples",
+            "2",
+            *FAST,
+            "--methods",
+            "spade,padim",
+            "--layers",
+            "1,2,3",
+        )
+        == 0
+    )
     return out
 
 
 def test_evaluate_outputs(evaluated, tiny_root):
     rows = json.loads((evaluated / "results.json").read_text())["rows"]
-    assert {(r["class"], r["method"]) for r in rows} == {(c, m) for c in ("nut", "tile", "mean") for m in ("spade", "padim")}
+    assert {(r["class"], r["method"]) for r in rows} == {
+        (c, m) for c in ("nut", "tile", "mean") for m in ("spade", "padim")
+    }
     for r in rows:
         assert 0 <= r["pixel_auroc"] <= 1 and 0 <= r["pixel_aupr"] <= 1
     meta = json.loads((evaluated / "results.json").read_text())["meta"]
@@ -34,14 +51,31 @@ def test_evaluate_outputs(evaluated, tiny_root):
     assert "RANDOM" in (evaluated / "results.md").read_text()
     header = (evaluated / "results.csv").read_text().splitlines()[0]
     assert header.startswith("class,method,pixel_auroc,pixel_aupr,image_auroc,aupro")
-    assert (evaluated / "curves" / "nut.png").is_file() and len(list((evaluated / "heatmaps" / "tile").glob("*.png"))) == 2
+    assert (evaluated / "curves" / "nut.png").is_file() and len(
+        list((evaluated / "heatmaps" / "tile").glob("*.png"))
+    ) == 2
     mean = next(r for r in rows if r["class"] == "mean" and r["method"] == "spade")
     cls = [r["pixel_aupr"] for r in rows if r["class"] != "mean" and r["method"] == "spade"]
     assert mean["pixel_aupr"] == pytest.approx(np.mean(cls))
 
 
 def test_evaluate_is_reproducible(evaluated, tiny_root, tmp_path):
-    assert _run("evaluate", tiny_root, "--out", tmp_path / "again", "--examples", "0", *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 0
+    assert (
+        _run(
+            "evaluate",
+            tiny_root,
+            "--out",
+            tmp_path / "again",
+            "--examples",
+            "0",
+            *FAST,
+            "--methods",
+            "spade,padim",
+            "--layers",
+            "1,2,3",
+        )
+        == 0
+    )
     a = json.loads((evaluated / "results.json").read_text())["rows"]
     b = json.loads((tmp_path / "again" / "results.json").read_text())["rows"]
     assert a == b
@@ -49,9 +83,30 @@ def test_evaluate_is_reproducible(evaluated, tiny_root, tmp_path):
 
 def test_object_mask_multiplier_one_changes_nothing(evaluated, tiny_root, tmp_path):
     out = tmp_path / "masked"
-    assert _run("evaluate", tiny_root, "--out", out, "--examples", "0", "--object-mask", "orb",
-                "--outside-multiplier", "1.0", *FAST, "--layers", "1,2,3", "--methods", "spade,padim") == 0
-    assert json.loads((out / "results.json").read_text())["rows"] == json.loads((evaluated / "results.json").read_text())["rows"]
+    assert (
+        _run(
+            "evaluate",
+            tiny_root,
+            "--out",
+            out,
+            "--examples",
+            "0",
+            "--object-mask",
+            "orb",
+            "--outside-multiplier",
+            "1.0",
+            *FAST,
+            "--layers",
+            "1,2,3",
+            "--methods",
+            "spade,padim",
+        )
+        == 0
+    )
+    assert (
+        json.loads((out / "results.json").read_text())["rows"]
+        == json.loads((evaluated / "results.json").read_text())["rows"]
+    )
 
 
 def test_fit_predict_round_trip(tiny_root, tmp_path, evaluated):
@@ -61,7 +116,9 @@ def test_fit_predict_round_trip(tiny_root, tmp_path, evaluated):
     from spadim.inspect import Inspector
 
     model = tmp_path / "nut.pt"
-    assert _run("fit", tiny_root / "nut", "--method", "spade", "--out", model, *FAST, "--layers", "1,2,3") == 0
+    assert (
+        _run("fit", tiny_root / "nut", "--method", "spade", "--out", model, *FAST, "--layers", "1,2,3") == 0
+    )
     test_imgs = sorted((tiny_root / "nut" / "test").rglob("*.png"))
     out = tmp_path / "pred"
     folders = sorted(p for p in (tiny_root / "nut" / "test").iterdir())
@@ -75,28 +132,59 @@ def test_fit_predict_round_trip(tiny_root, tmp_path, evaluated):
     frames, shapes = load_images(data.test, pre)
     maps, _, _ = Inspector.load(model).score_frames(frames)
     masks = load_masks(data, pre, shapes)
-    row = next(r for r in json.loads((evaluated / "results.json").read_text())["rows"]
-               if r["class"] == "nut" and r["method"] == "spade")
+    row = next(
+        r
+        for r in json.loads((evaluated / "results.json").read_text())["rows"]
+        if r["class"] == "nut" and r["method"] == "spade"
+    )
     assert pixel_auroc(maps, masks) == pytest.approx(row["pixel_auroc"], abs=1e-9)
     assert pixel_aupr(maps, masks) == pytest.approx(row["pixel_aupr"], abs=1e-9)
-    assert _run("predict", model, tiny_root / "nut" / "test" / "good", "--out", tmp_path / "p2", "--object-mask", "akaze") == 0
+    assert (
+        _run(
+            "predict",
+            model,
+            tiny_root / "nut" / "test" / "good",
+            "--out",
+            tmp_path / "p2",
+            "--object-mask",
+            "akaze",
+        )
+        == 0
+    )
 
 
 def _snapshot(folder):
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (["--layers", "1,5"], "unknown layer"),
-    (["--methods", "spade,knn"], "unknown method"),
-    (["--outside-multiplier", "1.5", "--object-mask", "orb"], "outside [0, 1]"),
-    (["--classes", "carpet"], "'carpet' not found"),
-    (["--k", "0"], "--k must be >= 1"),
-    (["--crop", "100"], "need 1 <= crop <= resize"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--layers", "1,5"], "unknown layer"),
+        (["--methods", "spade,knn"], "unknown method"),
+        (["--outside-multiplier", "1.5", "--object-mask", "orb"], "outside [0, 1]"),
+        (["--classes", "carpet"], "'carpet' not found"),
+        (["--k", "0"], "--k must be >= 1"),
+        (["--crop", "100"], "need 1 <= crop <= resize"),
+    ],
+)
 def test_bad_arguments_exit_2_and_keep_results(evaluated, tiny_root, capsys, extra, needle):
     before = _snapshot(evaluated)
-    assert _run("evaluate", tiny_root, "--out", evaluated, *FAST, "--methods", "spade,padim", "--layers", "1,2,3", *extra) == 2
+    assert (
+        _run(
+            "evaluate",
+            tiny_root,
+            "--out",
+            evaluated,
+            *FAST,
+            "--methods",
+            "spade,padim",
+            "--layers",
+            "1,2,3",
+            *extra,
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("spadim: error:") and needle in err[0]
     assert _snapshot(evaluated) == before
@@ -106,12 +194,44 @@ def test_corrupt_and_grayscale_images(tiny_copy, tmp_path, capsys):
     out = tmp_path / "out"
     gray = tiny_copy / "tile" / "train" / "good" / "000.png"
     cv2.imwrite(str(gray), cv2.imread(str(gray), cv2.IMREAD_GRAYSCALE))  # grayscale images are accepted
-    assert _run("evaluate", tiny_copy, "--classes", "tile", "--out", out, "--examples", "0", *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 0
+    assert (
+        _run(
+            "evaluate",
+            tiny_copy,
+            "--classes",
+            "tile",
+            "--out",
+            out,
+            "--examples",
+            "0",
+            *FAST,
+            "--methods",
+            "spade,padim",
+            "--layers",
+            "1,2,3",
+        )
+        == 0
+    )
     before = _snapshot(out)
     capsys.readouterr()
     bad = tiny_copy / "tile" / "test" / "good" / "001.png"
     bad.write_bytes(b"\x89PNG broken")
-    assert _run("evaluate", tiny_copy, "--classes", "tile", "--out", out, *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 2
+    assert (
+        _run(
+            "evaluate",
+            tiny_copy,
+            "--classes",
+            "tile",
+            "--out",
+            out,
+            *FAST,
+            "--methods",
+            "spade,padim",
+            "--layers",
+            "1,2,3",
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("spadim: error: cannot read image") and str(bad) in err[-1]
     assert _snapshot(out) == before
@@ -129,7 +249,9 @@ def test_bad_data_folders(tmp_path, tiny_copy, capsys):
 
 def test_model_file_checks(tiny_root, tmp_path, capsys):
     model = tmp_path / "m.pt"
-    assert _run("fit", tiny_root / "tile", "--method", "padim", "--out", model, *FAST, "--layers", "1,2,3") == 0
+    assert (
+        _run("fit", tiny_root / "tile", "--method", "padim", "--out", model, *FAST, "--layers", "1,2,3") == 0
+    )
     blob = torch.load(model, weights_only=True)
     blob["format_version"] = 0
     torch.save(blob, tmp_path / "old.pt")
@@ -169,8 +291,10 @@ def _one_error(capsys, *needles) -> str:
 @pytest.fixture
 def no_backbone(monkeypatch):
     """Loading the backbone fails the test: the error must come before any long work."""
+
     def boom(*a, **k):
         raise AssertionError("the backbone was loaded before the input error was found")
+
     import spadim.cli.commands
     import spadim.inspect.fitting
     import spadim.inspect.inspector
@@ -183,18 +307,21 @@ def no_backbone(monkeypatch):
         monkeypatch.setattr(mod, "load_backbone", boom)
 
 
-@pytest.mark.parametrize("command,flag,value,low", [
-    ("predict", "--batch-size", 0, 1),
-    ("evaluate", "--batch-size", -2, 1),
-    ("evaluate", "--k", 0, 1),
-    ("evaluate", "--d", 0, 1),
-    ("evaluate", "--examples", -1, 0),
-    ("evaluate", "--refs", 0, 1),
-    ("fit", "--refs", 0, 1),
-    ("fit", "--batch-size", 0, 1),
-    ("mask-sweep", "--examples", -1, 0),
-    ("layer-sweep", "--k", 0, 1),
-])
+@pytest.mark.parametrize(
+    "command,flag,value,low",
+    [
+        ("predict", "--batch-size", 0, 1),
+        ("evaluate", "--batch-size", -2, 1),
+        ("evaluate", "--k", 0, 1),
+        ("evaluate", "--d", 0, 1),
+        ("evaluate", "--examples", -1, 0),
+        ("evaluate", "--refs", 0, 1),
+        ("fit", "--refs", 0, 1),
+        ("fit", "--batch-size", 0, 1),
+        ("mask-sweep", "--examples", -1, 0),
+        ("layer-sweep", "--k", 0, 1),
+    ],
+)
 def test_counts_out_of_range_exit_2(tiny_root, tmp_path, capsys, no_backbone, command, flag, value, low):
     data = tiny_root / "tile"
     args = [tmp_path / "m.pt", data / "test" / "good"] if command == "predict" else [data, *FAST]
@@ -214,7 +341,20 @@ def test_truncated_jpeg_is_an_error(tiny_copy, tmp_path, capsys, no_backbone):
     cv2.imwrite(str(jpg), cv2.imread(str(png)))
     png.unlink()
     _truncate(jpg)
-    assert _run("evaluate", tiny_copy, "--out", tmp_path / "out", *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 2
+    assert (
+        _run(
+            "evaluate",
+            tiny_copy,
+            "--out",
+            tmp_path / "out",
+            *FAST,
+            "--methods",
+            "spade,padim",
+            "--layers",
+            "1,2,3",
+        )
+        == 2
+    )
     _one_error(capsys, jpg, "truncated")
     assert _run("fit", tiny_copy / "tile", "--out", tmp_path / "m.pt", *FAST, "--layers", "1,2,3") == 2
     _one_error(capsys, jpg, "truncated")
@@ -223,7 +363,22 @@ def test_truncated_jpeg_is_an_error(tiny_copy, tmp_path, capsys, no_backbone):
 
 def test_corrupt_file_in_last_class_fails_before_the_backbone(tiny_copy, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
-    assert _run("evaluate", tiny_copy, "--out", out, "--examples", "0", *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 0
+    assert (
+        _run(
+            "evaluate",
+            tiny_copy,
+            "--out",
+            out,
+            "--examples",
+            "0",
+            *FAST,
+            "--methods",
+            "spade,padim",
+            "--layers",
+            "1,2,3",
+        )
+        == 0
+    )
     before = _snapshot(out)
     capsys.readouterr()
     import spadim.run.session
@@ -234,7 +389,9 @@ def test_corrupt_file_in_last_class_fails_before_the_backbone(tiny_copy, tmp_pat
     mask = next((tiny_copy / "tile" / "ground_truth").rglob("*_mask.png"))
     good = mask.read_bytes()
     _truncate(mask)
-    assert _run("evaluate", tiny_copy, "--out", out, *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 2
+    assert (
+        _run("evaluate", tiny_copy, "--out", out, *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 2
+    )
     _one_error(capsys, "cannot read mask", mask)
     mask.write_bytes(good)
     img = sorted((tiny_copy / "tile" / "test" / "good").iterdir())[-1]
@@ -255,28 +412,76 @@ def test_truncated_image_given_to_predict(tiny_root, tmp_path, capsys, monkeypat
     capsys.readouterr()
     import spadim.inspect.inspector
 
-    monkeypatch.setattr(spadim.inspect.inspector, "load_backbone", lambda *a, **k: pytest.fail("backbone loaded"))
+    monkeypatch.setattr(
+        spadim.inspect.inspector, "load_backbone", lambda *a, **k: pytest.fail("backbone loaded")
+    )
     assert _run("predict", model, tiny_root / "tile" / "test" / "good", bad, "--out", tmp_path / "p") == 2
     _one_error(capsys, bad, "truncated")
     assert not (tmp_path / "p").exists()
 
 
 def test_repeated_class_is_an_error(tiny_root, tmp_path, capsys, no_backbone):
-    assert _run("evaluate", tiny_root, "--classes", "nut,nut", "--out", tmp_path / "o", *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 2
+    assert (
+        _run(
+            "evaluate",
+            tiny_root,
+            "--classes",
+            "nut,nut",
+            "--out",
+            tmp_path / "o",
+            *FAST,
+            "--methods",
+            "spade,padim",
+            "--layers",
+            "1,2,3",
+        )
+        == 2
+    )
     _one_error(capsys, "'nut' is given twice in --classes")
 
 
 def test_unknown_class_with_a_class_folder(tiny_root, tmp_path, capsys, no_backbone):
     for cmd in ("evaluate", "layer-sweep", "mask-sweep"):
-        assert _run(cmd, tiny_root / "nut", "--classes", "tile", "--out", tmp_path / "o", *FAST, "--methods", "spade,padim") == 2
+        assert (
+            _run(
+                cmd,
+                tiny_root / "nut",
+                "--classes",
+                "tile",
+                "--out",
+                tmp_path / "o",
+                *FAST,
+                "--methods",
+                "spade,padim",
+            )
+            == 2
+        )
         _one_error(capsys, "--classes names 'tile'", "class folder 'nut'", "drop --classes")
-    assert _run("evaluate", tiny_root / "nut", "--classes", "nut,carpet", "--out", tmp_path / "o", *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 2
+    assert (
+        _run(
+            "evaluate",
+            tiny_root / "nut",
+            "--classes",
+            "nut,carpet",
+            "--out",
+            tmp_path / "o",
+            *FAST,
+            "--methods",
+            "spade,padim",
+            "--layers",
+            "1,2,3",
+        )
+        == 2
+    )
     _one_error(capsys, "'carpet'")
     assert not (tmp_path / "o").exists()
 
 
 def test_refs_zero_and_object_mask_without_refs(tiny_root, tmp_path, capsys, no_backbone):
-    assert _run("fit", tiny_root / "tile", "--refs", "0", "--out", tmp_path / "m.pt", *FAST, "--layers", "1,2,3") == 2
+    assert (
+        _run("fit", tiny_root / "tile", "--refs", "0", "--out", tmp_path / "m.pt", *FAST, "--layers", "1,2,3")
+        == 2
+    )
     _one_error(capsys, "--refs must be >= 1")
     assert not (tmp_path / "m.pt").exists()
 
@@ -291,9 +496,13 @@ def test_predict_object_mask_needs_reference_images(tiny_root, tmp_path, capsys,
     capsys.readouterr()
     import spadim.inspect.inspector
 
-    monkeypatch.setattr(spadim.inspect.inspector, "load_backbone", lambda *a, **k: pytest.fail("backbone loaded"))
+    monkeypatch.setattr(
+        spadim.inspect.inspector, "load_backbone", lambda *a, **k: pytest.fail("backbone loaded")
+    )
     images = tiny_root / "tile" / "test" / "good"
-    assert _run("predict", tmp_path / "norefs.pt", images, "--object-mask", "orb", "--out", tmp_path / "p") == 2
+    assert (
+        _run("predict", tmp_path / "norefs.pt", images, "--object-mask", "orb", "--out", tmp_path / "p") == 2
+    )
     _one_error(capsys, "norefs.pt", "no reference images", "--refs")
     assert not (tmp_path / "p").exists()
 
@@ -327,7 +536,22 @@ def test_no_anomalous_test_images_are_named(tiny_copy, tmp_path, capsys):
     for sub in ("test/chip", "test/scratch", "ground_truth"):
         shutil.rmtree(tiny_copy / "nut" / sub)
     out = tmp_path / "out"
-    assert _run("evaluate", tiny_copy, "--out", out, "--examples", "1", *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 0
+    assert (
+        _run(
+            "evaluate",
+            tiny_copy,
+            "--out",
+            out,
+            "--examples",
+            "1",
+            *FAST,
+            "--methods",
+            "spade,padim",
+            "--layers",
+            "1,2,3",
+        )
+        == 0
+    )
     note = "no anomalous test images: pixel metrics undefined"
     assert f"warning: nut: {note}" in capsys.readouterr().err
     assert note in (out / "results.md").read_text()
@@ -367,8 +591,22 @@ def test_object_mask_below_one_scales_only_outside_and_padim_score_follows(tiny_
     np.testing.assert_allclose(masked_maps[~obj], 0.25 * plain_maps[~obj], rtol=1e-6)
     np.testing.assert_allclose(masked_scores, masked_maps.reshape(len(images), -1).max(1), rtol=1e-6)
     # the CLI applies the same mask: its recorded scores are the masked ones
-    assert _run("predict", model, *images, "--out", tmp_path / "masked", "--object-mask", "orb",
-                "--outside-multiplier", "0.25") == 0
-    records = [json.loads(line) for line in (tmp_path / "masked" / "predictions.jsonl").read_text().splitlines()]
+    assert (
+        _run(
+            "predict",
+            model,
+            *images,
+            "--out",
+            tmp_path / "masked",
+            "--object-mask",
+            "orb",
+            "--outside-multiplier",
+            "0.25",
+        )
+        == 0
+    )
+    records = [
+        json.loads(line) for line in (tmp_path / "masked" / "predictions.jsonl").read_text().splitlines()
+    ]
     by_name = {r["image"]: r["score"] for r in records}
     np.testing.assert_allclose([by_name[str(p)] for p in images], masked_scores, rtol=1e-5)

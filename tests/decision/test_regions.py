@@ -14,7 +14,9 @@ def _maps(seed: int, count: int):
     rng = np.random.default_rng(seed)
     for trial in range(count):
         height, width = (int(v) for v in rng.integers(4, 40, 2))
-        score_map = cv2.GaussianBlur(rng.random((height, width)).astype(np.float32), (0, 0), rng.uniform(0.3, 3))
+        score_map = cv2.GaussianBlur(
+            rng.random((height, width)).astype(np.float32), (0, 0), rng.uniform(0.3, 3)
+        )
         if trial % 3 == 0:  # ties: many pixels share a value
             score_map = (np.round(score_map * 20) / 20).astype(np.float32)
         yield score_map, int(rng.integers(1, height * width))

@@ -16,8 +16,12 @@ from conftest import CAFFE_WEIGHTS, SHARED
 
 # Parameter counts published by torchvision for these architectures (independent of our code);
 # ResNet-50 v1 (Caffe) has exactly resnet50's parameters, only the strides differ.
-TORCHVISION_PARAMS = {"resnet18": 11_689_512, "resnet50": 25_557_032, "resnet50_caffe": 25_557_032,
-                      "wide_resnet50_2": 68_883_240}
+TORCHVISION_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet50": 25_557_032,
+    "resnet50_caffe": 25_557_032,
+    "wide_resnet50_2": 68_883_240,
+}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -123,7 +127,9 @@ def test_download_into_hub_cache_with_hash_check(http_root, tmp_path, monkeypatc
     served, state = _save_tv_file(www, "resnet18", seed=4)
     (www / "models").mkdir()
     served = served.rename(www / "models" / served.name)
-    monkeypatch.setitem(importlib.import_module("spadim.features.backbone").TORCHVISION_FILES, "resnet18", served.name)
+    monkeypatch.setitem(
+        importlib.import_module("spadim.features.backbone").TORCHVISION_FILES, "resnet18", served.name
+    )
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     monkeypatch.setenv("SPADIM_DOWNLOAD_URL", base)
     monkeypatch.delenv("SPADIM_WEIGHTS", raising=False)
@@ -153,6 +159,7 @@ def test_offline_download_fails_fast_with_a_clear_message(tmp_path, monkeypatch)
     assert time.perf_counter() - t0 < 10
     with pytest.raises(SpadimError, match="not downloadable"):  # the Caffe file has no download address
         from spadim.features.backbone import download_checkpoint
+
         download_checkpoint("resnet50_caffe")
 
 
@@ -168,7 +175,9 @@ def test_weights_report_lists_every_architecture(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ the real ImageNet checkpoint
-needs_caffe = pytest.mark.skipif(not CAFFE_WEIGHTS.is_file(), reason=f"{CAFFE_WEIGHTS} is not beside this checkout")
+needs_caffe = pytest.mark.skipif(
+    not CAFFE_WEIGHTS.is_file(), reason=f"{CAFFE_WEIGHTS} is not beside this checkout"
+)
 # ImageNet class ids that count as correct for the shared photos
 PHOTO_CLASSES = {"chelsea.png": set(range(281, 286)), "coffee.png": {967}}
 
@@ -181,7 +190,9 @@ def _top5(model, name: str) -> list[int]:
 
 @needs_caffe
 def test_real_checkpoint_classifies_a_known_photo():
-    model, w = load_backbone("resnet50_caffe", str(CAFFE_WEIGHTS.parent))  # strict=True load, found in its folder
+    model, w = load_backbone(
+        "resnet50_caffe", str(CAFFE_WEIGHTS.parent)
+    )  # strict=True load, found in its folder
     assert w.pretrained and w.sha256.startswith("44e9675b")
     # trained BatchNorm statistics are far from the (0, 1) of an untrained network
     assert model.bn1.running_var.std() > 0.01 and model.bn1.running_mean.abs().mean() > 0.01

@@ -32,7 +32,12 @@ def test_extractor_shapes_batches_and_kept_layers(tiny_root):
     fx = _extractor()
     fs = fx(data.train)
     assert fx.n_forward == len(data.train)
-    assert {l: tuple(t.shape[1:]) for l, t in fs.layers.items()} == {1: (64, 16, 16), 2: (128, 8, 8), 3: (256, 4, 4), 4: (512, 2, 2)}
+    assert {l: tuple(t.shape[1:]) for l, t in fs.layers.items()} == {
+        1: (64, 16, 16),
+        2: (128, 8, 8),
+        3: (256, 4, 4),
+        4: (512, 2, 2),
+    }
     assert fs.pooled.shape == (len(data.train), 512) and fs.images.shape == (len(data.train), 64, 64, 3)
     assert fs.layers[1].is_contiguous(memory_format=torch.channels_last)
     # the pooled vector is the mean of layer 4
@@ -46,7 +51,9 @@ def test_extractor_shapes_batches_and_kept_layers(tiny_root):
     part = slim(data.train)
     assert set(part.layers) == {1, 2} and part.pooled is None
     assert torch.allclose(part.layers[2], fs.layers[2], atol=1e-5)
-    assert [len(b) for b in fs.batches(4)] == [4, 2] and torch.equal(fs.rows(4, 6).layers[3], fs.layers[3][4:6])
+    assert [len(b) for b in fs.batches(4)] == [4, 2] and torch.equal(
+        fs.rows(4, 6).layers[3], fs.layers[3][4:6]
+    )
 
 
 def test_disk_cache_round_trip(tiny_root, tmp_path):
@@ -60,8 +67,12 @@ def test_disk_cache_round_trip(tiny_root, tmp_path):
 
 def test_embed_is_nearest_upsampled_concatenation():
     g = torch.Generator().manual_seed(0)
-    layers = {1: torch.randn(2, 3, 8, 8, generator=g), 2: torch.randn(2, 5, 4, 4, generator=g),
-              3: torch.randn(2, 7, 2, 2, generator=g), 4: torch.randn(2, 2, 1, 1, generator=g)}
+    layers = {
+        1: torch.randn(2, 3, 8, 8, generator=g),
+        2: torch.randn(2, 5, 4, 4, generator=g),
+        3: torch.randn(2, 7, 2, 2, generator=g),
+        4: torch.randn(2, 2, 1, 1, generator=g),
+    }
     from spadim.features.extractor import FeatureSet
 
     fs = FeatureSet([], layers, torch.zeros(2, 2), np.zeros((2, 1, 1, 3), np.uint8), [])
@@ -81,8 +92,12 @@ def test_evaluate_passes_each_image_through_the_backbone_once(tiny_root):
     fx = make_extractor(s, methods=["spade", "padim"])
     run, metrics = evaluate_class(fx, tiny_root / "nut", s, ["spade", "padim"])
     assert fx.n_forward == len(run.data.train) + len(run.data.test)
-    assert set(fx.layers) == {1, 2, 3} and fx.last == 4  # layer-4 maps are not kept, only SPADE's pooled vector
-    assert run.maps["padim"].shape == (len(run.data.test), 64, 64) and not run.test.layers  # test features dropped
+    assert (
+        set(fx.layers) == {1, 2, 3} and fx.last == 4
+    )  # layer-4 maps are not kept, only SPADE's pooled vector
+    assert (
+        run.maps["padim"].shape == (len(run.data.test), 64, 64) and not run.test.layers
+    )  # test features dropped
     # PaDiM alone streams its training images and stops the forward pass at layer 3
     fx = make_extractor(s, methods=["padim"])
     streamed, _ = evaluate_class(fx, tiny_root / "nut", s, ["padim"])

@@ -51,7 +51,21 @@ def test_whole_frame_keeps_every_pixel_and_maps_back():
 def model(tiny_root, tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "nut.pt"
     assert (
-        main(["fit", str(tiny_root / "nut"), "--method", "padim", "--far", "0.2", "--out", str(path), *FAST, "--layers", "1,2,3"])
+        main(
+            [
+                "fit",
+                str(tiny_root / "nut"),
+                "--method",
+                "padim",
+                "--far",
+                "0.2",
+                "--out",
+                str(path),
+                *FAST,
+                "--layers",
+                "1,2,3",
+            ]
+        )
         == 0
     )
     return path

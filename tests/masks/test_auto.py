@@ -87,8 +87,13 @@ def test_auto_is_deterministic_and_defects_lie_inside_the_mask():
     for p in (a, b):
         p.foreground().train_area, p.foreground().structure = 0.3, 0.5
     da, db = a.decide(fx, frames), b.decide(fx, frames)
-    assert (da.mask, da.r, da.agreement, da.aupr_by_r, da.reason) == (db.mask, db.r, db.agreement, db.aupr_by_r,
-                                                                     db.reason)
+    assert (da.mask, da.r, da.agreement, da.aupr_by_r, da.reason) == (
+        db.mask,
+        db.r,
+        db.agreement,
+        db.aupr_by_r,
+        db.reason,
+    )
     if da.mask != "none":
         truth, clutter_px, regions = a.synthetic
         assert truth.any() and not (truth & clutter_px).any()
@@ -99,13 +104,22 @@ def test_validation_set_defects_in_or_at_the_mask_clutter_away_from_it_and_exact
     regions = np.stack([cv2.dilate(m.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) for m in sil])
     bad, truth, clutter_px = validation_set(frames, regions, frames[::-1], seed=3)
     changed = (bad != frames).any(axis=3)
-    assert (changed == (truth | clutter_px)).all() and truth.any(1).any(1).all() and clutter_px.any(1).any(1).all()
+    assert (
+        (changed == (truth | clutter_px)).all()
+        and truth.any(1).any(1).all()
+        and clutter_px.any(1).any(1).all()
+    )
     # defects inside the mask or touching its boundary; clutter >= 4 px (112 // 28) from mask and defects
-    grown = np.stack([cv2.dilate(r.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=12).astype(bool)
-                      for r in regions])
+    grown = np.stack(
+        [
+            cv2.dilate(r.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=12).astype(bool)
+            for r in regions
+        ]
+    )
     assert not (truth & ~grown).any()
-    near = np.stack([cv2.dilate(m.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
-                     for m in regions | truth])
+    near = np.stack(
+        [cv2.dilate(m.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool) for m in regions | truth]
+    )
     assert not (clutter_px & near).any()
     again = validation_set(frames, regions, frames[::-1], seed=3)
     assert all((x == y).all() for x, y in zip(again, (bad, truth, clutter_px)))
@@ -128,7 +142,9 @@ def test_edge_defects_change_the_silhouette_and_their_masks_are_exact():
     assert (truth == changed).all() and truth.any(1).any(1).all()
     edge = reg & ~cv2.erode(reg[0].astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)[None]
     for t, e in zip(truth, edge):  # every defect touches the boundary's neighbourhood
-        assert (t & cv2.dilate(e.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=6).astype(bool)).any()
+        assert (
+            t & cv2.dilate(e.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=6).astype(bool)
+        ).any()
 
 
 def test_split_indices_hold_back_and_fit_are_disjoint_and_seeded():
@@ -144,8 +160,26 @@ def test_parse_detectors_accepts_learned_masks():
 def test_evaluate_auto_and_features_end_to_end(tiny_root, tmp_path):
     for kind, methods in (("auto", "spade,padim"), ("features", "padim")):
         out = tmp_path / kind
-        assert main(["evaluate", str(tiny_root), "--methods", methods, "--object-mask", kind, "--out", str(out),
-                     "--examples", "0", *FAST, "--layers", "1,2,3"]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(tiny_root),
+                    "--methods",
+                    methods,
+                    "--object-mask",
+                    kind,
+                    "--out",
+                    str(out),
+                    "--examples",
+                    "0",
+                    *FAST,
+                    "--layers",
+                    "1,2,3",
+                ]
+            )
+            == 0
+        )
         meta = json.loads((out / "results.json").read_text())
         text = json.dumps(meta)
         assert kind in text
@@ -155,8 +189,24 @@ def test_evaluate_auto_and_features_end_to_end(tiny_root, tmp_path):
 
 def test_mask_sweep_with_learned_masks(tiny_root, tmp_path):
     out = tmp_path / "ms"
-    assert main(["mask-sweep", str(tiny_root), "--detectors", "orb,features,auto", "--multipliers", "0,0.6,1",
-                 "--examples", "1", "--out", str(out), *FAST]) == 0
+    assert (
+        main(
+            [
+                "mask-sweep",
+                str(tiny_root),
+                "--detectors",
+                "orb,features,auto",
+                "--multipliers",
+                "0,0.6,1",
+                "--examples",
+                "1",
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     rows = (out / "mask_comparison.csv").read_text()
     assert all(m in rows for m in ("none", "orb", "features", "auto"))
     assert "auto" in (out / "suitability.csv").read_text() and (out / "auto_decisions.csv").is_file()
@@ -169,7 +219,9 @@ def test_predict_rejects_learned_masks(tmp_path):
 def test_leading_eigenvectors_match_a_full_eigendecomposition():
     g = torch.Generator().manual_seed(2)
     basis = torch.linalg.qr(torch.randn(200, 200, generator=g, dtype=torch.float64))[0]
-    spectrum = torch.cat([torch.tensor([9.0, 6.0, 4.0, 3.0]), torch.rand(196, generator=g, dtype=torch.float64)])
+    spectrum = torch.cat(
+        [torch.tensor([9.0, 6.0, 4.0, 3.0]), torch.rand(196, generator=g, dtype=torch.float64)]
+    )
     cov = basis @ torch.diag(spectrum) @ basis.T
     v = leading_eigenvectors(cov, 4)
     ref = torch.linalg.eigh(cov)[1][:, [-1, -2, -3, -4]]

@@ -22,7 +22,15 @@ from spadim.masks.keypoints import (
 
 SIZE = 224
 PALETTE = np.array(
-    [(230, 200, 30), (20, 20, 160), (250, 250, 250), (10, 10, 10), (30, 170, 60), (200, 40, 200), (200, 60, 40)],
+    [
+        (230, 200, 30),
+        (20, 20, 160),
+        (250, 250, 250),
+        (10, 10, 10),
+        (30, 170, 60),
+        (200, 40, 200),
+        (200, 60, 40),
+    ],
     np.uint8,
 )
 # (centre x, centre y, rotation degrees, background noise seed): one test view, three references.
@@ -39,7 +47,13 @@ def make_patch(seed: int = 0, size: int = 96, cell: int = 12) -> np.ndarray:
     patch = np.kron(PALETTE[cells], np.ones((cell, cell, 1), np.uint8)).astype(np.uint8)
     for _ in range(6):
         x, y = (int(v) for v in rng.integers(10, size - 10, 2))
-        cv2.circle(patch, (x, y), int(rng.integers(3, 8)), tuple(int(c) for c in PALETTE[rng.integers(len(PALETTE))]), -1)
+        cv2.circle(
+            patch,
+            (x, y),
+            int(rng.integers(3, 8)),
+            tuple(int(c) for c in PALETTE[rng.integers(len(PALETTE))]),
+            -1,
+        )
     cv2.putText(patch, "AX7", (10, size // 2 + 8), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (0, 0, 0), 2)
     return patch
 
@@ -170,7 +184,14 @@ def test_detect_gray_colour_and_cap(name: str, views) -> None:
 
 
 def test_bad_config_raises() -> None:
-    for kwargs in ({"ratio": 0.0}, {"ratio": 1.2}, {"n_refs": 0}, {"radius": 0}, {"close": -1}, {"min_matches": 0}):
+    for kwargs in (
+        {"ratio": 0.0},
+        {"ratio": 1.2},
+        {"n_refs": 0},
+        {"radius": 0},
+        {"close": -1},
+        {"min_matches": 0},
+    ):
         with pytest.raises(SpadimError):
             MaskConfig(**kwargs)
 

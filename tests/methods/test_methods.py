@@ -8,7 +8,15 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import cdist, mahalanobis
 
 from spadim.features.extractor import FeatureSet
-from spadim.methods.padim import EPS, GaussianAccumulator, LowRankPadim, Padim, channel_subset, fit_padim, select_and_concat
+from spadim.methods.padim import (
+    EPS,
+    GaussianAccumulator,
+    LowRankPadim,
+    Padim,
+    channel_subset,
+    fit_padim,
+    select_and_concat,
+)
 from spadim.methods.nearest import FaissSearch, TorchSearch
 from spadim.methods.spade import Spade
 
@@ -79,7 +87,9 @@ def test_spade_concat_fusion_against_cdist(layers):
         q = _concat_np(test, i, layers)
         c, h, w = q.shape
         gallery = np.concatenate([_concat_np(train, j, layers).reshape(c, -1).T for j in nn[i]])
-        np.testing.assert_allclose(grid[i], cdist(q.reshape(c, -1).T, gallery).min(1).reshape(h, w), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            grid[i], cdist(q.reshape(c, -1).T, gallery).min(1).reshape(h, w), rtol=1e-4, atol=1e-4
+        )
     maps = m.score(test, 16)[0]
     expect = np.stack([gaussian_filter(_upsample_cv2(g, 16), 4) for g in grid])
     np.testing.assert_allclose(maps, expect, rtol=1e-4, atol=1e-4)
@@ -87,10 +97,15 @@ def test_spade_concat_fusion_against_cdist(layers):
 
 def test_nearest_searches_match_cdist_on_realistic_sizes():
     g = torch.Generator().manual_seed(0)
-    queries, gallery = torch.randn(700, 64, generator=g).relu() + 3, torch.randn(2500, 64, generator=g).relu() + 3
+    queries, gallery = (
+        torch.randn(700, 64, generator=g).relu() + 3,
+        torch.randn(2500, 64, generator=g).relu() + 3,
+    )
     expect = cdist(queries.numpy(), gallery.numpy()).min(1)
     for search in (TorchSearch(chunk=256), FaissSearch()):
-        np.testing.assert_allclose(search.min_distances(queries, gallery).numpy(), expect, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            search.min_distances(queries, gallery).numpy(), expect, rtol=1e-4, atol=1e-4
+        )
 
 
 @pytest.mark.parametrize("layers,d", [((1, 2, 3), 6), ((3, 4), 100), ((1,), 2)])
@@ -111,7 +126,9 @@ def test_padim_against_numpy(layers, d):
             for i in range(2):
                 assert grid[i, y, x] == pytest.approx(mahalanobis(te[i, :, y, x], mu, inv), rel=1e-4)
     maps, scores = m.score(test, 16)
-    up = torch.nn.functional.interpolate(torch.from_numpy(grid)[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
+    up = torch.nn.functional.interpolate(
+        torch.from_numpy(grid)[:, None], size=(16, 16), mode="bilinear", align_corners=False
+    )[:, 0]
     expect = np.stack([gaussian_filter(u, 4) for u in up.numpy()])
     np.testing.assert_allclose(maps, expect, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scores, expect.reshape(2, -1).max(1), rtol=1e-4)
@@ -149,7 +166,9 @@ def test_streamed_covariance_matches_np_cov_with_a_large_offset():
 def test_padim_per_layer_selection_equals_select_after_concat():
     fs = _fs(4, 3)
     idx = channel_subset(3 + 4 + 5, 7, 0)
-    full = torch.cat([torch.nn.functional.interpolate(fs.layers[l], size=(8, 8), mode="nearest") for l in (1, 2, 3)], 1)
+    full = torch.cat(
+        [torch.nn.functional.interpolate(fs.layers[l], size=(8, 8), mode="nearest") for l in (1, 2, 3)], 1
+    )
     expect = full[:, idx].flatten(2).transpose(1, 2)
     assert torch.equal(select_and_concat(fs, (1, 2, 3), idx), expect)
 
@@ -168,7 +187,9 @@ def test_low_rank_padim_equals_numpy_mahalanobis_when_fewer_images_than_channels
         for x in range(tr.shape[3]):
             inv = np.linalg.inv(np.cov(tr[:, :, y, x], rowvar=False) + EPS * np.eye(d))
             for i in range(2):
-                assert grid[i, y, x] == pytest.approx(mahalanobis(te[i, :, y, x], tr[:, :, y, x].mean(0), inv), rel=1e-4)
+                assert grid[i, y, x] == pytest.approx(
+                    mahalanobis(te[i, :, y, x], tr[:, :, y, x].mean(0), inv), rel=1e-4
+                )
     np.testing.assert_allclose(grid, Padim(layers, d, 3).fit(train).distance_grid(test).numpy(), rtol=1e-4)
     assert not isinstance(fit_padim(layers, 3, 3, train), LowRankPadim)  # 5 - 1 >= d = 3: the d x d form
 
@@ -177,7 +198,9 @@ def test_padim_selection_equals_nearest_interpolation_on_uneven_grids():
     """Crops whose layer grids do not divide each other (72 px: 18, 9, 5) take the index path."""
     fs = _fs(3, 4, hw=(18, 9, 5, 3))
     idx = channel_subset(3 + 4 + 5, 9, 2)
-    full = torch.cat([torch.nn.functional.interpolate(fs.layers[l], size=(18, 18), mode="nearest") for l in (1, 2, 3)], 1)
+    full = torch.cat(
+        [torch.nn.functional.interpolate(fs.layers[l], size=(18, 18), mode="nearest") for l in (1, 2, 3)], 1
+    )
     assert torch.equal(select_and_concat(fs, (1, 2, 3), idx), full[:, idx].flatten(2).transpose(1, 2))
 
 
@@ -188,10 +211,16 @@ def test_spade_left_out_equals_a_model_fitted_without_the_image():
     maps, scores = m.score_left_out(train, 16)
     for i in range(6):
         others = [j for j in range(6) if j != i]
-        part = FeatureSet([], {l: t[others] for l, t in train.layers.items()}, train.pooled[others],
-                          train.images[others], [])
-        alone = FeatureSet([], {l: t[[i]] for l, t in train.layers.items()}, train.pooled[[i]],
-                           train.images[[i]], [])
+        part = FeatureSet(
+            [],
+            {l: t[others] for l, t in train.layers.items()},
+            train.pooled[others],
+            train.images[others],
+            [],
+        )
+        alone = FeatureSet(
+            [], {l: t[[i]] for l, t in train.layers.items()}, train.pooled[[i]], train.images[[i]], []
+        )
         expect_map, expect_score = Spade((1, 2, 3), 3, search=TorchSearch()).fit(part).score(alone, 16)
         np.testing.assert_allclose(maps[i], expect_map[0], rtol=1e-5, atol=1e-6)
         assert scores[i] == pytest.approx(float(expect_score[0]), rel=1e-6)
@@ -212,6 +241,8 @@ def test_padim_left_out_equals_refitting_without_the_image(low_rank, monkeypatch
         part = FeatureSet([], {l: t[others] for l, t in train.layers.items()}, None, train.images[others], [])
         alone = FeatureSet([], {l: t[[i]] for l, t in train.layers.items()}, None, train.images[[i]], [])
         expect_map, expect_score = Padim((1, 2), d=5, seed=0).fit(part).score(alone, 16)
-        tolerance = 1e-3 if low_rank else 1e-4  # the low-rank form's float32 products, amplified near h's bound
+        tolerance = (
+            1e-3 if low_rank else 1e-4
+        )  # the low-rank form's float32 products, amplified near h's bound
         np.testing.assert_allclose(maps[i], expect_map[0], rtol=tolerance, atol=1e-5)
         assert scores[i] == pytest.approx(float(expect_score[0]), rel=tolerance)

@@ -92,8 +92,11 @@ def _pruned(search: nearest.BoundedSearch, queries: torch.Tensor, gallery: torch
 def test_bounded_search_is_exact(data):
     """The pruned search returns the brute-force minimum (float64 cdist) on correlated data, where it
     prunes, and on isotropic data, where nothing can be pruned."""
-    make = _clustered if data == "clustered" else lambda n, d, seed: torch.randn(
-        n, d, generator=torch.Generator().manual_seed(seed))
+    make = (
+        _clustered
+        if data == "clustered"
+        else lambda n, d, seed: torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    )
     gallery, queries = make(3000, 300, 0), make(700, 300, 1)
     queries[:5] = gallery[:5]  # exact hits: distance 0
     search = nearest.BoundedSearch(nearest.TorchSearch(), dims=31, block=32)

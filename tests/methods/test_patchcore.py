@@ -205,8 +205,11 @@ def test_patch_features_of_a_full_channel_bin_are_3x3_means():
 # ---------------------------------------------------------------- fitting and scoring
 
 
-@pytest.mark.parametrize("search", [TorchSearch(chunk=7), FaissSearch(),
-                                    BoundedSearch(TorchSearch(), dims=2, block=4)], ids=["torch", "faiss", "bounded"])
+@pytest.mark.parametrize(
+    "search",
+    [TorchSearch(chunk=7), FaissSearch(), BoundedSearch(TorchSearch(), dims=2, block=4)],
+    ids=["torch", "faiss", "bounded"],
+)
 def test_grid_and_maps_equal_brute_force_nearest_distances(search):
     train, test = _fs(4, 0), _fs(3, 1)
     m = PatchCore((2, 3), coreset=1.0, dim=6, target_dim=5, neighbours=0, batch=2, search=search).fit(train)
@@ -315,7 +318,9 @@ def test_left_out_scores_search_the_bank_without_the_images_own_patches(coreset)
         queries = emb[image * per_image : (image + 1) * per_image].double().numpy()
         distances = cdist(queries, others)
         grid = (distances.min(1) ** 2).reshape(4, 4)
-        np.testing.assert_allclose(maps[image], gaussian_filter(_bilinear(grid, 16, 16), 4), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            maps[image], gaussian_filter(_bilinear(grid, 16, 16), 4), rtol=1e-4, atol=1e-4
+        )
         worst = int(np.argmax(distances.min(1)))
         assert scores[image] == pytest.approx(_eq7(queries[worst], others, 9), rel=1e-4)
     assert (origin == m.bank_image.numpy()).all()

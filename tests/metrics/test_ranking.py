@@ -97,7 +97,9 @@ def test_pixel_auroc_matches_mann_whitney(seed: int) -> None:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_pixel_aupr_matches_brute_force_average_precision(seed: int) -> None:
     maps, masks = random_case(seed)
-    assert pixel_aupr(maps, masks.astype(np.uint8)) == pytest.approx(brute_average_precision(maps, masks), abs=1e-12)
+    assert pixel_aupr(maps, masks.astype(np.uint8)) == pytest.approx(
+        brute_average_precision(maps, masks), abs=1e-12
+    )
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -163,7 +165,9 @@ def test_curve_points_for_plotting() -> None:
     assert np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2) == pytest.approx(pixel_auroc(maps, masks))
     recall, precision = pr_points(maps, masks)
     assert recall[0] == 1.0 and recall[-1] == 0.0 and precision[-1] == 1.0
-    assert all(a.size == 0 for a in roc_points(maps, np.zeros_like(masks)) + pr_points(maps, np.zeros_like(masks)))
+    assert all(
+        a.size == 0 for a in roc_points(maps, np.zeros_like(masks)) + pr_points(maps, np.zeros_like(masks))
+    )
 
 
 def test_undefined_metrics_are_nan() -> None:

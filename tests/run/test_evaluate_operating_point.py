@@ -73,7 +73,9 @@ def test_operating_point_matches_a_fitted_models_calibration(method, tiny_root, 
     statistic = np.array([p.region_score for p in predictions])
     assert np.array_equal(statistic > cal.region_threshold, flagged)
     # best recall with no more false alarms, by trying every threshold
-    candidates = [t for t in np.r_[statistic, -np.inf] if ((statistic > t) & ~labels).sum() <= row["false_alarms"]]
+    candidates = [
+        t for t in np.r_[statistic, -np.inf] if ((statistic > t) & ~labels).sum() <= row["false_alarms"]
+    ]
     assert row["best_recall"] == pytest.approx(max((statistic[labels] > t).mean() for t in candidates))
     assert row["best_recall"] >= row["recall"]
     assert "At the operating point" in (out / "report.html").read_text()

@@ -55,10 +55,36 @@ def runs(plain, tmp_path_factory) -> dict[str, Path]:
     outs = {k: tmp_path_factory.mktemp(k) / "out" for k in ("mvtec", "plain", "no_masks")}
     common = ["--examples", "1", *FAST, "--methods", "spade,padim", "--layers", "1,2,3"]
     assert _run("evaluate", HAZELNUT, "--out", outs["mvtec"], *common) == 0
-    assert _run("evaluate", "--train", plain / "train", "--test", plain / "test", "--masks", plain / "masks",
-                "--name", "hazelnut", "--out", outs["plain"], *common) == 0
-    assert _run("evaluate", "--train", plain / "train", "--test", plain / "test",
-                "--out", outs["no_masks"], *common) == 0
+    assert (
+        _run(
+            "evaluate",
+            "--train",
+            plain / "train",
+            "--test",
+            plain / "test",
+            "--masks",
+            plain / "masks",
+            "--name",
+            "hazelnut",
+            "--out",
+            outs["plain"],
+            *common,
+        )
+        == 0
+    )
+    assert (
+        _run(
+            "evaluate",
+            "--train",
+            plain / "train",
+            "--test",
+            plain / "test",
+            "--out",
+            outs["no_masks"],
+            *common,
+        )
+        == 0
+    )
     return outs
 
 
@@ -98,8 +124,25 @@ def test_without_normal_test_images_image_auroc_is_na_too(plain, tmp_path):
     test = tmp_path / "test"
     shutil.copytree(plain / "test", test, ignore=shutil.ignore_patterns("ok"))
     out = tmp_path / "out"
-    assert _run("evaluate", "--train", plain / "train", "--test", test, "--out", out, "--methods", "padim",
-                "--examples", "0", *FAST, "--layers", "1,2,3") == 0
+    assert (
+        _run(
+            "evaluate",
+            "--train",
+            plain / "train",
+            "--test",
+            test,
+            "--out",
+            out,
+            "--methods",
+            "padim",
+            "--examples",
+            "0",
+            *FAST,
+            "--layers",
+            "1,2,3",
+        )
+        == 0
+    )
     row = _rows(out)["padim"]
     assert all(row[m] is None for m in METRICS) and "image AUROC n/a" in row["note"]
 
@@ -131,13 +174,50 @@ def test_bad_plain_arguments_fail_before_any_work(plain, tmp_path, capsys, monke
     masks = tmp_path / "masks"
     shutil.copytree(plain / "masks", masks)
     (masks / "crack" / "000.png").unlink()
-    assert _run("evaluate", "--train", plain / "train", "--test", plain / "test", "--masks", masks,
-                "--out", out, *FAST, "--layers", "1,2,3", "--methods", "spade,padim") == 2
-    _one_error(capsys, "missing mask for test image", str(plain / "test" / "crack" / "000.png"),
-               str(masks / "crack" / "000_mask.png"))
+    assert (
+        _run(
+            "evaluate",
+            "--train",
+            plain / "train",
+            "--test",
+            plain / "test",
+            "--masks",
+            masks,
+            "--out",
+            out,
+            *FAST,
+            "--layers",
+            "1,2,3",
+            "--methods",
+            "spade,padim",
+        )
+        == 2
+    )
+    _one_error(
+        capsys,
+        "missing mask for test image",
+        str(plain / "test" / "crack" / "000.png"),
+        str(masks / "crack" / "000_mask.png"),
+    )
     broken = tmp_path / "broken"
     shutil.copytree(plain / "test", broken)
     (broken / "cut" / "001.png").write_bytes((broken / "cut" / "001.png").read_bytes()[:200])
-    assert _run("evaluate", "--train", plain / "train", "--test", broken, "--out", out, *FAST, "--methods", "spade,padim", "--layers", "1,2,3") == 2
+    assert (
+        _run(
+            "evaluate",
+            "--train",
+            plain / "train",
+            "--test",
+            broken,
+            "--out",
+            out,
+            *FAST,
+            "--methods",
+            "spade,padim",
+            "--layers",
+            "1,2,3",
+        )
+        == 2
+    )
     _one_error(capsys, "truncated", str(broken / "cut" / "001.png"))
     assert not out.exists()

@@ -16,8 +16,10 @@ from spadim.metrics.ranking import pixel_aupr, pixel_auroc
 
 from conftest import CAFFE_WEIGHTS, SUBSET
 
-pytestmark = pytest.mark.skipif(not (CAFFE_WEIGHTS.is_file() and (SUBSET / "hazelnut").is_dir()),
-                                reason="../shared (real weights and MVTec subset) is not beside this checkout")
+pytestmark = pytest.mark.skipif(
+    not (CAFFE_WEIGHTS.is_file() and (SUBSET / "hazelnut").is_dir()),
+    reason="../shared (real weights and MVTec subset) is not beside this checkout",
+)
 REAL = ["--arch", "resnet50_caffe", "--weights", str(CAFFE_WEIGHTS)]
 HAZELNUT = SUBSET / "hazelnut"
 
@@ -25,9 +27,29 @@ HAZELNUT = SUBSET / "hazelnut"
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     out = tmp_path_factory.mktemp("real") / "eval"
-    assert main(["evaluate", str(HAZELNUT), "--out", str(out), "--examples", "1", "--methods", "spade,padim",
-                 "--layers", "1,2,3", *REAL]) == 0
-    return {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"] if r["class"] == "hazelnut"}
+    assert (
+        main(
+            [
+                "evaluate",
+                str(HAZELNUT),
+                "--out",
+                str(out),
+                "--examples",
+                "1",
+                "--methods",
+                "spade,padim",
+                "--layers",
+                "1,2,3",
+                *REAL,
+            ]
+        )
+        == 0
+    )
+    return {
+        r["method"]: r
+        for r in json.loads((out / "results.json").read_text())["rows"]
+        if r["class"] == "hazelnut"
+    }
 
 
 def test_hazelnut_metrics_with_real_weights(evaluated):
@@ -42,7 +64,9 @@ def test_fit_save_load_predict_reproduces_evaluate(method, evaluated, tmp_path):
     from spadim.inspect import Inspector
 
     model = tmp_path / f"{method}.pt"
-    assert main(["fit", str(HAZELNUT), "--method", method, "--layers", "1,2,3", "--out", str(model), *REAL]) == 0
+    assert (
+        main(["fit", str(HAZELNUT), "--method", method, "--layers", "1,2,3", "--out", str(model), *REAL]) == 0
+    )
     data = load_class(HAZELNUT)
     whole = Preprocess(frame="whole")  # fit's and evaluate's default frame
     frames, shapes = load_images(data.test, whole)
@@ -53,7 +77,10 @@ def test_fit_save_load_predict_reproduces_evaluate(method, evaluated, tmp_path):
     assert pixel_aupr(maps, masks) == pytest.approx(evaluated[method]["pixel_aupr"], abs=1e-6)
     out = tmp_path / "pred"
     folders = sorted(p for p in (HAZELNUT / "test").iterdir())
-    assert main(["predict", str(model), *map(str, folders), "--out", str(out), "--weights", str(CAFFE_WEIGHTS)]) == 0
+    assert (
+        main(["predict", str(model), *map(str, folders), "--out", str(out), "--weights", str(CAFFE_WEIGHTS)])
+        == 0
+    )
     assert len((out / "predictions.csv").read_text().splitlines()) == 1 + len(data.test)
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     # on real images: defect exactly when the image has a region, and the region statistic decides it

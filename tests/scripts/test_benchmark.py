@@ -7,9 +7,32 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
 METHOD_KEYS = {"fit_s", "infer_ms_per_img", "peak_rss_gib", "backbone_ms_per_img", "n_train", "n_test"}
-TINY = ["--n-train", "4", "--n-train-small", "2", "--n-test", "4", "--n-test-large", "6", "--size", "64",
-        "--crop", "56", "--arch", "resnet18", "--weights", "random", "--stream-sizes", "3,10", "--serve-requests", "3",
-        "--serve-clients", "2", "--serve-total", "6"]
+TINY = [
+    "--n-train",
+    "4",
+    "--n-train-small",
+    "2",
+    "--n-test",
+    "4",
+    "--n-test-large",
+    "6",
+    "--size",
+    "64",
+    "--crop",
+    "56",
+    "--arch",
+    "resnet18",
+    "--weights",
+    "random",
+    "--stream-sizes",
+    "3,10",
+    "--serve-requests",
+    "3",
+    "--serve-clients",
+    "2",
+    "--serve-total",
+    "6",
+]
 
 
 def _run(tmp_path: Path, *extra: str) -> tuple[dict, subprocess.CompletedProcess]:
@@ -46,18 +69,38 @@ def _rows(stdout: str) -> list[str]:
 
 def test_benchmark_tiny(tmp_path):
     b, proc = _run(tmp_path)
-    assert {"backbone_ms_per_img", "n_train", "n_test", "arch", "weights", "spade", "padim", "n50", "large",
-            "sweep", "calibration", "stream", "serve", "targets", "machine"} <= b.keys()
+    assert {
+        "backbone_ms_per_img",
+        "n_train",
+        "n_test",
+        "arch",
+        "weights",
+        "spade",
+        "padim",
+        "n50",
+        "large",
+        "sweep",
+        "calibration",
+        "stream",
+        "serve",
+        "targets",
+        "machine",
+    } <= b.keys()
     assert (b["arch"], b["weights"], b["n_train"], b["n_test"]) == ("resnet18", "random", 4, 4)
     assert b["backbone_ms_per_img"] > 0 and b["machine"]["gpu"] is False
     _method_ok(b, 4, 4, ("spade", "padim", "patchcore"))
     pc = b["patchcore"]
     assert pc["layers"] == [2, 3] and pc["last_layer"] == 3
     # resnet18 at 56 px: layer 2 is 7 x 7, so 4 images give 196 patch vectors to thin to 19
-    assert pc["coreset_points"] == 4 * 7 * 7 and pc["coreset_kept"] == 19 and 0 < pc["coreset_s"] < pc["fit_s"]
+    assert (
+        pc["coreset_points"] == 4 * 7 * 7 and pc["coreset_kept"] == 19 and 0 < pc["coreset_s"] < pc["fit_s"]
+    )
     assert set(b["search"]["patchcore_s"]) == set(b["search"]["spade_layer1_s"]) == {"torch", "faiss"}
     assert b["search"]["picked"] in b["search"]["seconds"]
-    assert pc["search"]["name"] in ("bounded", "torch", "faiss") and b["spade"]["search"]["name"] in ("torch", "faiss")
+    assert pc["search"]["name"] in ("bounded", "torch", "faiss") and b["spade"]["search"]["name"] in (
+        "torch",
+        "faiss",
+    )
     _method_ok(b["n50"], 2, 4)
     _method_ok(b["large"], 4, 6)
     assert b["sweep"]["one_score_s"] > 0 and b["sweep"]["ratio"] > 0
@@ -94,5 +137,6 @@ def test_benchmark_only_stream(tmp_path):
     assert "error" not in b["stream"]["model"], b["stream"]["model"].get("traceback")
     _stream_ok(b, [2, 5])
     assert [t["name"].split(",")[0] for t in b["targets"]] == ["predict stream / backbone-only rate"] * 2 + [
-        "predict stream peak RSS"]
+        "predict stream peak RSS"
+    ]
     assert len(_rows(proc.stdout)) == 3

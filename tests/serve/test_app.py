@@ -27,7 +27,22 @@ from conftest import FAST
 @pytest.fixture(scope="session")
 def model_file(tiny_root, tmp_path_factory):
     path = tmp_path_factory.mktemp("serve") / "nut.pt"
-    assert main(["fit", str(tiny_root / "nut"), "--method", "padim", "--out", str(path), *FAST, "--layers", "1,2,3"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(tiny_root / "nut"),
+                "--method",
+                "padim",
+                "--out",
+                str(path),
+                *FAST,
+                "--layers",
+                "1,2,3",
+            ]
+        )
+        == 0
+    )
     return path
 
 

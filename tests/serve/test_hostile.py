@@ -14,7 +14,9 @@ from test_app import client, inspector, model_file, upload  # noqa: F401 (fixtur
 
 
 def _post(client, image: bytes, name: str, headers=None):
-    return client.post("/predict", files={"image": (name, image, "application/octet-stream")}, headers=headers)
+    return client.post(
+        "/predict", files={"image": (name, image, "application/octet-stream")}, headers=headers
+    )
 
 
 def test_hostile_uploads_get_4xx_memory_stays_bounded_and_the_server_keeps_serving(client, upload):

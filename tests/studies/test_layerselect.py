@@ -81,12 +81,18 @@ class FineOnlyBackbone:
             feats = torch.einsum("nchw,cd->ndhw", pooled, self.proj[l])
             if l > 1:  # per-image noise, reproducible from the image content
                 seeds = [int(np.asarray(im, np.int64).sum()) % 2**31 for im in images]
-                feats = feats + torch.stack([torch.randn(feats.shape[1:], generator=torch.Generator().manual_seed(s))
-                                             for s in seeds])
+                feats = feats + torch.stack(
+                    [torch.randn(feats.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds]
+                )
             layers[l] = feats.contiguous(memory_format=torch.channels_last)
         self.n_forward += len(images)
-        return FeatureSet([pathlib.Path(f"<{i}>") for i in range(len(images))], layers,
-                          layers[4].mean((2, 3)), images, [images.shape[1:3]] * len(images))
+        return FeatureSet(
+            [pathlib.Path(f"<{i}>") for i in range(len(images))],
+            layers,
+            layers[4].mean((2, 3)),
+            images,
+            [images.shape[1:3]] * len(images),
+        )
 
     def frames(self, images: np.ndarray, desc: str = "") -> FeatureSet:
         return self.features(images)
@@ -140,12 +146,14 @@ def no_ground_truth(monkeypatch):
         def wrapped(*args, **kw):
             guard(args[0])
             return fn(*args, **kw)
+
         return wrapped
 
     def wrap_method(fn):
         def wrapped(self, *args, **kw):
             guard(self)
             return fn(self, *args, **kw)
+
         return wrapped
 
     for name in ("iterdir", "open", "read_bytes", "is_file", "is_dir", "exists", "stat", "glob"):
@@ -179,7 +187,24 @@ def _rows(path):
 
 def test_evaluate_and_fit_with_layers_auto(tiny_root, tmp_path):
     out = tmp_path / "ev"
-    assert main(["evaluate", str(tiny_root), "--layers", "auto", "--examples", "0", "--out", str(out), *FAST, "--methods", "spade,padim"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tiny_root),
+                "--layers",
+                "auto",
+                "--examples",
+                "0",
+                "--out",
+                str(out),
+                *FAST,
+                "--methods",
+                "spade,padim",
+            ]
+        )
+        == 0
+    )
     rows = _rows(out / "results.csv")
     assert {r["method"] for r in rows} == {"spade", "padim"}
     for r in rows:
@@ -190,12 +215,41 @@ def test_evaluate_and_fit_with_layers_auto(tiny_root, tmp_path):
     html = (out / "report.html").read_text()
     assert "Layers chosen from normal images" in html
     model = tmp_path / "m.pt"
-    assert main(["fit", str(tiny_root / "nut"), "--method", "spade", "--layers", "auto", "--out", str(model),
-                 *FAST]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(tiny_root / "nut"),
+                "--method",
+                "spade",
+                "--layers",
+                "auto",
+                "--out",
+                str(model),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     chosen = json.loads((tmp_path / "m.pt.layers.json").read_text())["chosen"]
     by_class = {(c["class"], c["method"]): c["layers"] for c in meta["layer_choices"]}
     assert chosen == by_class[("nut", "spade")]  # same data, same seed: the same choice
-    assert main(["evaluate", str(tiny_root), "--layers", "autoo", "--out", str(tmp_path / "x"), *FAST, "--methods", "spade,padim"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tiny_root),
+                "--layers",
+                "autoo",
+                "--out",
+                str(tmp_path / "x"),
+                *FAST,
+                "--methods",
+                "spade,padim",
+            ]
+        )
+        == 2
+    )
 
 
 def test_layer_select_writes_regret_table_and_report(tiny_root, tmp_path):
@@ -209,12 +263,16 @@ def test_layer_select_writes_regret_table_and_report(tiny_root, tmp_path):
         assert float(r["cost_ratio"]) > 0
     assert len(_rows(out / "subsets.csv")) == 2 * 2 * 15
     results = json.loads((out / "results.json").read_text())["rows"]
-    assert {r["layers"] for r in results if r["class"] != "mean"} == {r["chosen"] for r in rows if r["chosen"]}
+    assert {r["layers"] for r in results if r["class"] != "mean"} == {
+        r["chosen"] for r in rows if r["chosen"]
+    }
     html = (out / "report.html").read_text()
     assert "Layer subset chosen from normal images (regret)" in html and "oracle" in html
     assert sorted(f.name for f in (out / "per_class").iterdir()) == ["nut.json", "tile.json"]
     before = (out / "layer_select.csv").read_text()
-    assert main(["layer-select", str(tiny_root), "--out", str(out), *FAST]) == 0  # resumes: nothing recomputed
+    assert (
+        main(["layer-select", str(tiny_root), "--out", str(out), *FAST]) == 0
+    )  # resumes: nothing recomputed
     assert (out / "layer_select.csv").read_text() == before
 
 

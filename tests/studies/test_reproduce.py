@@ -26,8 +26,22 @@ class _Links(HTMLParser):
 @pytest.fixture(scope="module")
 def reproduced(tiny_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("rep") / "out"
-    assert main(["reproduce", str(tiny_root), "--out", str(out), "--detectors", "orb",
-                 "--multipliers", "0,0.5,1", *FAST]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                str(tiny_root),
+                "--out",
+                str(out),
+                "--detectors",
+                "orb",
+                "--multipliers",
+                "0,0.5,1",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -35,15 +49,24 @@ def test_reproduce_writes_every_table_and_a_linked_report(reproduced, tiny_root)
     for stem in ("table1", "layer_sweep", "table3", "best", "suitability", "multiplier_sweep"):
         assert (reproduced / f"{stem}.json").is_file(), stem
     table1 = json.loads((reproduced / "table1.json").read_text())["rows"]
-    assert {(r["class"], r["method"]) for r in table1} == {(c, m) for c in ("nut", "tile", "mean")
-                                                           for m in ("spade", "padim")}
+    assert {(r["class"], r["method"]) for r in table1} == {
+        (c, m) for c in ("nut", "tile", "mean") for m in ("spade", "padim")
+    }
     layers = json.loads((reproduced / "layer_sweep.json").read_text())["rows"]
     assert len([r for r in layers if r["class"] != "mean"]) == 2 * 15 * 2
     # Table 1 is the 1+2+3 row of the layer sweep, and r = 1 of the mask sweep leaves it unchanged
     sweep = json.loads((reproduced / "multiplier_sweep.json").read_text())["rows"]
     for row in (r for r in table1 if r["class"] != "mean"):
-        same = next(r for r in layers if (r["class"], r["method"], r["layers"]) == (row["class"], row["method"], "1+2+3"))
-        unmasked = next(r for r in sweep if (r["class"], r["method"], r["multiplier"]) == (row["class"], row["method"], 1.0))
+        same = next(
+            r
+            for r in layers
+            if (r["class"], r["method"], r["layers"]) == (row["class"], row["method"], "1+2+3")
+        )
+        unmasked = next(
+            r
+            for r in sweep
+            if (r["class"], r["method"], r["multiplier"]) == (row["class"], row["method"], 1.0)
+        )
         for metric in ("pixel_auroc", "pixel_aupr"):
             assert row[metric] == same[metric] == unmasked[metric]
     html = (reproduced / "report.html").read_text()
@@ -59,14 +82,18 @@ def report_numbers(html: str) -> dict:
     import re
 
     numbers = {}
-    for row in re.finditer(r'<tr[^>]*data-class="([^"]+)"[^>]*data-method="([^"]+)"[^>]*>(.*?)</tr>', html, re.S):
+    for row in re.finditer(
+        r'<tr[^>]*data-class="([^"]+)"[^>]*data-method="([^"]+)"[^>]*>(.*?)</tr>', html, re.S
+    ):
         for cell in re.finditer(r'data-metric="([^"]+)"[^>]*data-value="([^"]+)"', row.group(3)):
             numbers[(row.group(1), row.group(2), cell.group(1))] = float(cell.group(2))
     return numbers
 
 
-@pytest.mark.parametrize("command,table", [("evaluate", "results"), ("layer-sweep", "layer_sweep"),
-                                           ("mask-sweep", "multiplier_sweep")])
+@pytest.mark.parametrize(
+    "command,table",
+    [("evaluate", "results"), ("layer-sweep", "layer_sweep"), ("mask-sweep", "multiplier_sweep")],
+)
 def test_every_command_writes_a_report_whose_numbers_are_the_results(command, table, tiny_root, tmp_path):
     out = tmp_path / command
     extra = ["--detectors", "orb", "--multipliers", "0.5,1"] if command == "mask-sweep" else []
@@ -93,12 +120,40 @@ def test_reproduce_resumes_by_class_and_refuses_other_settings(reproduced, tiny_
     monkeypatch.setattr(rp, "reproduce_class", lambda *a, **k: calls.append(1) or real(*a, **k))
     (reproduced / "per_class" / "tile.json").unlink()
     before = json.loads((reproduced / "table1.json").read_text())["rows"]
-    assert main(["reproduce", str(tiny_root), "--out", str(reproduced), "--detectors", "orb",
-                 "--multipliers", "0,0.5,1", *FAST]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                str(tiny_root),
+                "--out",
+                str(reproduced),
+                "--detectors",
+                "orb",
+                "--multipliers",
+                "0,0.5,1",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert len(calls) == 1 and "1 of 2 classes already done" in capsys.readouterr().err
     assert json.loads((reproduced / "table1.json").read_text())["rows"] == before
-    assert main(["reproduce", str(tiny_root), "--out", str(reproduced), "--detectors", "orb",
-                 "--multipliers", "0,1", *FAST]) == 2
+    assert (
+        main(
+            [
+                "reproduce",
+                str(tiny_root),
+                "--out",
+                str(reproduced),
+                "--detectors",
+                "orb",
+                "--multipliers",
+                "0,1",
+                *FAST,
+            ]
+        )
+        == 2
+    )
     assert "other settings" in capsys.readouterr().err
 
 
@@ -107,8 +162,26 @@ def test_reproduce_runs_patchcore_with_its_own_layers(tiny_root, tmp_path):
     the mask sweep at r = 1 leaves PatchCore's metrics unchanged and the report compares it with the
     reference code's published pixel AUROC."""
     out = tmp_path / "rep"
-    assert main(["reproduce", str(tiny_root), "--classes", "nut", "--methods", "spade,patchcore",
-                 "--out", str(out), "--detectors", "orb", "--multipliers", "0,1", *FAST]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                str(tiny_root),
+                "--classes",
+                "nut",
+                "--methods",
+                "spade,patchcore",
+                "--out",
+                str(out),
+                "--detectors",
+                "orb",
+                "--multipliers",
+                "0,1",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     rows = lambda name: json.loads((out / f"{name}.json").read_text())["rows"]  # noqa: E731
     table1 = {r["method"]: r for r in rows("table1") if r["class"] == "nut"}
     sweep = {(r["layers"], r["method"]): r for r in rows("layer_sweep") if r["class"] == "nut"}

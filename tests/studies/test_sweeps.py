@@ -29,8 +29,11 @@ def test_layer_sweep_has_all_15_combinations(layer_sweep):
     assert combos == {"+".join(map(str, c)) for c in ALL_COMBOS} and len(combos) == 15
     t3 = _rows(layer_sweep / "table3.json")
     assert [(r["method"], r["combinations"], r["n"]) for r in t3] == [
-        ("spade", "with layer 4", 16), ("spade", "without layer 4", 14),
-        ("padim", "with layer 4", 16), ("padim", "without layer 4", 14)]
+        ("spade", "with layer 4", 16),
+        ("spade", "without layer 4", 14),
+        ("padim", "with layer 4", 16),
+        ("padim", "without layer 4", 14),
+    ]
     with4 = [r["pixel_aupr"] for r in rows if r["method"] == "spade" and "4" in r["layers"]]
     assert t3[0]["mean_pixel_aupr"] == pytest.approx(sum(with4) / len(with4))
     best = _rows(layer_sweep / "best.json")
@@ -44,10 +47,32 @@ def test_layer_sweep_has_all_15_combinations(layer_sweep):
 @pytest.mark.parametrize("layers", ["1,2", "3,4", "2"])
 def test_sweep_equals_single_evaluate_runs(layer_sweep, tiny_root, tmp_path, layers):
     out = tmp_path / "ev"
-    assert main(["evaluate", str(tiny_root), "--out", str(out), "--layers", layers, "--examples", "0", *FAST,
-                 "--methods", "spade,padim", "--frame", "crop"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tiny_root),
+                "--out",
+                str(out),
+                "--layers",
+                layers,
+                "--examples",
+                "0",
+                *FAST,
+                "--methods",
+                "spade,padim",
+                "--frame",
+                "crop",
+            ]
+        )
+        == 0
+    )
     ev = {(r["class"], r["method"]): r for r in _rows(out / "results.json") if r["class"] != "mean"}
-    sw = {(r["class"], r["method"]): r for r in _rows(layer_sweep / "layer_sweep.json") if r["layers"] == layers.replace(",", "+")}
+    sw = {
+        (r["class"], r["method"]): r
+        for r in _rows(layer_sweep / "layer_sweep.json")
+        if r["layers"] == layers.replace(",", "+")
+    }
     for key, r in ev.items():
         for m in ("pixel_auroc", "pixel_aupr", "image_auroc", "aupro"):
             assert sw[key][m] == r[m], (key, m)
@@ -88,8 +113,26 @@ def test_mask_sweep(tiny_root, tmp_path):
     out = tmp_path / "ms"
     assert main(["mask-sweep", str(tiny_root), "--out", str(out), "--examples", "1", *FAST]) == 0
     ev = tmp_path / "ev"
-    assert main(["evaluate", str(tiny_root), "--out", str(ev), "--examples", "0", *FAST, "--methods", "spade,padim",
-                 "--layers", "1,2,3", "--frame", "crop"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tiny_root),
+                "--out",
+                str(ev),
+                "--examples",
+                "0",
+                *FAST,
+                "--methods",
+                "spade,padim",
+                "--layers",
+                "1,2,3",
+                "--frame",
+                "crop",
+            ]
+        )
+        == 0
+    )
     plain = {(r["class"], r["method"]): r for r in _rows(ev / "results.json")}
     sweep = _rows(out / "multiplier_sweep.json")
     assert {r["multiplier"] for r in sweep} == {0.0, 0.2, 0.4, 0.6, 0.8, 1.0}
@@ -99,7 +142,9 @@ def test_mask_sweep(tiny_root, tmp_path):
             p = plain[(r["class"], r["method"])]
             assert all(r[m] == p[m] for m in ("pixel_auroc", "pixel_aupr", "image_auroc", "aupro"))
     suit = _rows(out / "suitability.json")
-    assert {(r["class"], r["detector"]) for r in suit} == {(c, d) for c in ("nut", "tile") for d in ("orb", "akaze", "brisk")}
+    assert {(r["class"], r["detector"]) for r in suit} == {
+        (c, d) for c in ("nut", "tile") for d in ("orb", "akaze", "brisk")
+    }
     for r in suit:
         assert 0 < r["area_fraction"] <= 1 and r["auto_rating"] in (0, 1, 2)
     assert (out / "mask_grids" / "nut.png").is_file() and (out / "multiplier_sweep_padim.png").is_file()
@@ -109,7 +154,17 @@ def test_mask_sweep(tiny_root, tmp_path):
 def test_layer_sweep_resumes_with_the_default_d_given_explicitly(tiny_root, tmp_path, capsys):
     """The signature stores the effective d: the default and the same value given resume each other."""
     out = tmp_path / "ls"
-    args = ["layer-sweep", str(tiny_root), "--classes", "tile", "--methods", "padim", "--out", str(out), *FAST]
+    args = [
+        "layer-sweep",
+        str(tiny_root),
+        "--classes",
+        "tile",
+        "--methods",
+        "padim",
+        "--out",
+        str(out),
+        *FAST,
+    ]
     assert main(args) == 0
     sig = json.loads((out / "per_class" / "tile.json").read_text())["signature"]
     assert sig["d"] == 100  # resnet18's default
@@ -144,12 +199,42 @@ def test_mask_sweep_and_layer_sweep_take_patchcore(tiny_root, tmp_path):
     """r = 1 reproduces `evaluate --methods patchcore` (layers 2+3) exactly; the layer sweep's 2+3 row too."""
     common = ["--classes", "nut", "--methods", "patchcore", *FAST]
     ev = tmp_path / "ev"
-    assert main(["evaluate", str(tiny_root), "--out", str(ev), "--examples", "0", *common, "--layers", "2,3",
-                 "--frame", "crop"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tiny_root),
+                "--out",
+                str(ev),
+                "--examples",
+                "0",
+                *common,
+                "--layers",
+                "2,3",
+                "--frame",
+                "crop",
+            ]
+        )
+        == 0
+    )
     plain = {r["class"]: r for r in _rows(ev / "results.json") if r["method"] == "patchcore"}["nut"]
     ms = tmp_path / "ms"
-    assert main(["mask-sweep", str(tiny_root), "--out", str(ms), "--examples", "0", "--multipliers", "0,1",
-                 *common]) == 0
+    assert (
+        main(
+            [
+                "mask-sweep",
+                str(tiny_root),
+                "--out",
+                str(ms),
+                "--examples",
+                "0",
+                "--multipliers",
+                "0,1",
+                *common,
+            ]
+        )
+        == 0
+    )
     ones = [r for r in _rows(ms / "multiplier_sweep.json") if r["multiplier"] == 1.0 and r["class"] == "nut"]
     assert len(ones) == 3  # one per detector
     for r in ones:

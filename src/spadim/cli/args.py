@@ -24,68 +24,145 @@ from spadim.run.pipeline import AUTO, Settings
 from spadim.run.session import check_out_dir, check_out_file
 
 
-def add_common(p: argparse.ArgumentParser, layers: bool = True, frame: str = "crop", auto: bool = False) -> None:
+def add_common(
+    p: argparse.ArgumentParser, layers: bool = True, frame: str = "crop", auto: bool = False
+) -> None:
     """``auto``: ``--layers`` defaults to 'auto' (fit and evaluate: chosen by measurement, README)."""
     g = p.add_argument_group("backbone and preprocessing")
     g.add_argument("--arch", default="wide_resnet50_2", choices=ARCHS, help="backbone (default: %(default)s)")
-    g.add_argument("--weights", default=None, metavar="FILE|DIR|random",
-                   help="ImageNet checkpoint (torchvision .pth) or folder; default: $SPADIM_WEIGHTS, then the torch hub "
-                        "cache; 'random' = untrained network (plumbing only, flagged in every report)")
-    g.add_argument("--resize", type=int, default=256, help="shorter side before cropping (default: %(default)s)")
+    g.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE|DIR|random",
+        help="ImageNet checkpoint (torchvision .pth) or folder; default: $SPADIM_WEIGHTS, then the torch hub "
+        "cache; 'random' = untrained network (plumbing only, flagged in every report)",
+    )
+    g.add_argument(
+        "--resize", type=int, default=256, help="shorter side before cropping (default: %(default)s)"
+    )
     g.add_argument("--crop", type=int, default=224, help="centre crop size (default: %(default)s)")
-    g.add_argument("--frame", default=frame, choices=FRAMES,
-                   help="'crop': resize the shorter side to --resize and centre-crop --crop, as the papers; 'whole': "
-                        "squash the whole image to --crop x --crop so no border is lost (default: %(default)s)")
-    g.add_argument("--tile", type=int, default=1, metavar="N",
-                   help="inspect the frame as an N x N grid of --crop tiles: the backbone sees N*--crop pixels "
-                        "(one convolutional pass, no seams), so small defects in large images keep N times the "
-                        "feature resolution; SPADE and PatchCore only (default: %(default)s, off)")
+    g.add_argument(
+        "--frame",
+        default=frame,
+        choices=FRAMES,
+        help="'crop': resize the shorter side to --resize and centre-crop --crop, as the papers; 'whole': "
+        "squash the whole image to --crop x --crop so no border is lost (default: %(default)s)",
+    )
+    g.add_argument(
+        "--tile",
+        type=int,
+        default=1,
+        metavar="N",
+        help="inspect the frame as an N x N grid of --crop tiles: the backbone sees N*--crop pixels "
+        "(one convolutional pass, no seams), so small defects in large images keep N times the "
+        "feature resolution; SPADE and PatchCore only (default: %(default)s, off)",
+    )
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--cache-dir", type=Path, default=None, help="also cache per-image features on disk here")
     g.add_argument("--seed", type=int, default=0, help="seeds PaDiM's channel subset and random weights")
     m = p.add_argument_group("methods")
     if layers:
-        m.add_argument("--layers", default="auto" if auto else None,
-                       help="backbone layers to use, subset of 1,2,3,4, or 'auto': chosen per class and method "
-                       "from normal images with synthetic defects (default: "
-                       + ("auto" if auto else "1,2,3 for SPADE and PaDiM, 2,3 for PatchCore") + ")")
+        m.add_argument(
+            "--layers",
+            default="auto" if auto else None,
+            help="backbone layers to use, subset of 1,2,3,4, or 'auto': chosen per class and method "
+            "from normal images with synthetic defects (default: "
+            + ("auto" if auto else "1,2,3 for SPADE and PaDiM, 2,3 for PatchCore")
+            + ")",
+        )
     m.add_argument("--k", type=int, default=5, help="SPADE: nearest training images (default: %(default)s)")
-    m.add_argument("--coreset", type=float, default=0.1,
-                   help="PatchCore: share of training patches kept by greedy coreset selection (default: %(default)s)")
-    m.add_argument("--d", type=int, default=None, help="PaDiM: random channels kept (default: 100 resnet18, 550 others)")
-    m.add_argument("--search", default="auto", choices=("auto", *SEARCHES),
-                   help="SPADE and PatchCore nearest-neighbour backend, all exact: 'auto' times them once "
-                        "on this machine and keeps the faster (default: %(default)s)")
-    m.add_argument("--spade-fusion", default="mean", choices=FUSIONS,
-                   help="SPADE: 'mean' of per-layer distance maps (reference code) or one search over "
-                        "'concat'enated layers (default: %(default)s)")
+    m.add_argument(
+        "--coreset",
+        type=float,
+        default=0.1,
+        help="PatchCore: share of training patches kept by greedy coreset selection (default: %(default)s)",
+    )
+    m.add_argument(
+        "--d", type=int, default=None, help="PaDiM: random channels kept (default: 100 resnet18, 550 others)"
+    )
+    m.add_argument(
+        "--search",
+        default="auto",
+        choices=("auto", *SEARCHES),
+        help="SPADE and PatchCore nearest-neighbour backend, all exact: 'auto' times them once "
+        "on this machine and keeps the faster (default: %(default)s)",
+    )
+    m.add_argument(
+        "--spade-fusion",
+        default="mean",
+        choices=FUSIONS,
+        help="SPADE: 'mean' of per-layer distance maps (reference code) or one search over "
+        "'concat'enated layers (default: %(default)s)",
+    )
 
 
 def add_mask_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     g = p.add_argument_group("object mask (proposal 1)")
     if not sweep:
-        g.add_argument("--object-mask", choices=DETECTORS + LEARNED, default=None,
-                       help="suppress scores outside an object mask: a keypoint detector, 'features' (learned from "
-                            "the normal images' features) or 'auto' (type and r chosen per class from normal images)")
-        g.add_argument("--outside-multiplier", type=float, default=0.6, help="factor for scores outside the mask, 0..1 (default: %(default)s)")
-    g.add_argument("--refs", type=int, default=3, help="normal reference images matched per test image (default: %(default)s)")
-    g.add_argument("--ratio", type=float, default=0.8, help="Lowe ratio test threshold, 1 disables (default: %(default)s)")
+        g.add_argument(
+            "--object-mask",
+            choices=DETECTORS + LEARNED,
+            default=None,
+            help="suppress scores outside an object mask: a keypoint detector, 'features' (learned from "
+            "the normal images' features) or 'auto' (type and r chosen per class from normal images)",
+        )
+        g.add_argument(
+            "--outside-multiplier",
+            type=float,
+            default=0.6,
+            help="factor for scores outside the mask, 0..1 (default: %(default)s)",
+        )
+    g.add_argument(
+        "--refs",
+        type=int,
+        default=3,
+        help="normal reference images matched per test image (default: %(default)s)",
+    )
+    g.add_argument(
+        "--ratio",
+        type=float,
+        default=0.8,
+        help="Lowe ratio test threshold, 1 disables (default: %(default)s)",
+    )
     g.add_argument("--cross-check", action="store_true", help="mutual best matches instead of the ratio test")
-    g.add_argument("--radius", type=int, default=12, help="disc radius around matched keypoints, px (default: %(default)s)")
-    g.add_argument("--close", type=int, default=15, help="closing kernel, px; 0 disables (default: %(default)s)")
+    g.add_argument(
+        "--radius",
+        type=int,
+        default=12,
+        help="disc radius around matched keypoints, px (default: %(default)s)",
+    )
+    g.add_argument(
+        "--close", type=int, default=15, help="closing kernel, px; 0 disables (default: %(default)s)"
+    )
     g.add_argument("--no-hull", action="store_true", help="do not fill convex hulls of mask components")
-    g.add_argument("--min-matches", type=int, default=8, help="fewer matches -> full-frame fallback (default: %(default)s)")
+    g.add_argument(
+        "--min-matches",
+        type=int,
+        default=8,
+        help="fewer matches -> full-frame fallback (default: %(default)s)",
+    )
 
 
 def add_plain_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("plain folders (instead of DATA)")
-    g.add_argument("--train", type=Path, default=None, metavar="DIR",
-                   help="normal training images, any depth")
-    g.add_argument("--test", type=Path, default=None, metavar="DIR",
-                   help="test images in good/ (or ok/, normal/) and one folder per defect type")
-    g.add_argument("--masks", type=Path, default=None, metavar="DIR",
-                   help="ground truth as <defect>/<stem>.png or <defect>/<stem>_mask.png; without it only "
-                        "image metrics are measured (pixel metrics n/a)")
+    g.add_argument(
+        "--train", type=Path, default=None, metavar="DIR", help="normal training images, any depth"
+    )
+    g.add_argument(
+        "--test",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="test images in good/ (or ok/, normal/) and one folder per defect type",
+    )
+    g.add_argument(
+        "--masks",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="ground truth as <defect>/<stem>.png or <defect>/<stem>_mask.png; without it only "
+        "image metrics are measured (pixel metrics n/a)",
+    )
     g.add_argument("--name", default=None, help="class name (default: the --train folder's parent)")
 
 
@@ -99,11 +176,14 @@ def evaluation_data(a: argparse.Namespace) -> Path | ClassData:
     if a.data is not None:
         return a.data
     if plain["--train"] is None or plain["--test"] is None:
-        raise SpadimError("give DATA (an MVTec AD root or class folder), or --train DIR --test DIR "
-                          "[--masks DIR] for plain folders")
+        raise SpadimError(
+            "give DATA (an MVTec AD root or class folder), or --train DIR --test DIR "
+            "[--masks DIR] for plain folders"
+        )
     if a.classes:
-        raise SpadimError("--classes picks classes of an MVTec AD root; with --train/--test name the "
-                          "one class with --name")
+        raise SpadimError(
+            "--classes picks classes of an MVTec AD root; with --train/--test name the one class with --name"
+        )
     return load_plain(plain["--train"], plain["--test"], plain["--masks"], plain["--name"])
 
 
@@ -122,30 +202,54 @@ def settings_from(a) -> Settings:
             f"use --method spade or patchcore with --tile, or drop --tile"
         )
     return Settings(
-        arch=a.arch, weights=a.weights, resize=a.resize * tile, crop=a.crop * tile,
+        arch=a.arch,
+        weights=a.weights,
+        resize=a.resize * tile,
+        crop=a.crop * tile,
         layers=layers_arg(a.layers) if getattr(a, "layers", None) else (1, 2, 3),
         layers_given=getattr(a, "layers", None) is not None,
-        k=a.k, d=a.d, seed=a.seed, batch_size=a.batch_size, cache_dir=a.cache_dir, spade_fusion=a.spade_fusion,
-        frame=getattr(a, "frame", "crop"), coreset=a.coreset, search=a.search,
+        k=a.k,
+        d=a.d,
+        seed=a.seed,
+        batch_size=a.batch_size,
+        cache_dir=a.cache_dir,
+        spade_fusion=a.spade_fusion,
+        frame=getattr(a, "frame", "crop"),
+        coreset=a.coreset,
+        search=a.search,
     )
 
 
 def mask_config(a, detector: str) -> MaskConfig:
     if detector not in available_detectors():
-        raise SpadimError(f"detector {detector!r} is not in this OpenCV build ({', '.join(available_detectors())} are): reinstall spadim's dependencies")
-    return MaskConfig(detector=detector, n_refs=a.refs, ratio=a.ratio, cross_check=a.cross_check, radius=a.radius,
-                      close=a.close, hull=not a.no_hull, min_matches=a.min_matches)
+        raise SpadimError(
+            f"detector {detector!r} is not in this OpenCV build ({', '.join(available_detectors())} are): reinstall spadim's dependencies"
+        )
+    return MaskConfig(
+        detector=detector,
+        n_refs=a.refs,
+        ratio=a.ratio,
+        cross_check=a.cross_check,
+        radius=a.radius,
+        close=a.close,
+        hull=not a.no_hull,
+        min_matches=a.min_matches,
+    )
 
 
 def parse_multipliers(text: str) -> list[float]:
     vals = parse_list(text, "multiplier", "--multipliers", convert=float, example="0,0.2,0.4,0.6,0.8,1")
     if any(not 0 <= v <= 1 for v in vals):
-        raise SpadimError(f"--multipliers {text!r} must be numbers in [0, 1], e.g. --multipliers 0,0.2,0.4,0.6,0.8,1")
+        raise SpadimError(
+            f"--multipliers {text!r} must be numbers in [0, 1], e.g. --multipliers 0,0.2,0.4,0.6,0.8,1"
+        )
     return vals
 
 
 def parse_detectors(text: str) -> list[str]:
-    return parse_list(text.lower(), "detector", "--detectors", DETECTORS + LEARNED, example="orb,akaze,features,auto")
+    return parse_list(
+        text.lower(), "detector", "--detectors", DETECTORS + LEARNED, example="orb,akaze,features,auto"
+    )
 
 
 # flag -> (attribute, smallest sensible value, what it is)

@@ -3,5 +3,17 @@
 from .backbone import ARCHS, ResNet, Weights, load_backbone, locate, weights_report
 from .extractor import ALL_COMBOS, FeatureExtractor, FeatureSet, combo_name, embed, parse_layers
 
-__all__ = ["ALL_COMBOS", "ARCHS", "FeatureExtractor", "FeatureSet", "ResNet", "Weights", "combo_name", "embed",
-           "load_backbone", "locate", "parse_layers", "weights_report"]
+__all__ = [
+    "ALL_COMBOS",
+    "ARCHS",
+    "FeatureExtractor",
+    "FeatureSet",
+    "ResNet",
+    "Weights",
+    "combo_name",
+    "embed",
+    "load_backbone",
+    "locate",
+    "parse_layers",
+    "weights_report",
+]

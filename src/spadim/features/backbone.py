@@ -46,12 +46,17 @@ TORCHVISION_FILES = {
 }
 #: Checkpoints that are not downloadable here; where to get them.
 OTHER_FILES = {
-    "resnet50_caffe": ("resnet50_caffe-44e9675b.pth", "../shared/weights/ beside a spadim checkout (see its README)"),
+    "resnet50_caffe": (
+        "resnet50_caffe-44e9675b.pth",
+        "../shared/weights/ beside a spadim checkout (see its README)",
+    ),
 }
 #: SHA-256 prefixes of known checkpoints -> their architecture (guards against loading a file into a
 #: network with the same parameter names but a different stride layout).
-KNOWN_DIGESTS = {name.split("-")[-1].split(".")[0]: arch
-                 for arch, name in [*TORCHVISION_FILES.items(), *((a, f) for a, (f, _) in OTHER_FILES.items())]}
+KNOWN_DIGESTS = {
+    name.split("-")[-1].split(".")[0]: arch
+    for arch, name in [*TORCHVISION_FILES.items(), *((a, f) for a, (f, _) in OTHER_FILES.items())]
+}
 DOWNLOAD_URL = "https://download.pytorch.org/models/"
 DOWNLOAD_TIMEOUT_S = 20
 RANDOM = "random"
@@ -78,8 +83,15 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample=None, width: int = 64,
-                 stride_in_1x1: bool = False):
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample=None,
+        width: int = 64,
+        stride_in_1x1: bool = False,
+    ):
         super().__init__()
         mid = int(planes * (width / 64.0))
         # v1 (Caffe) downsamples in the first 1x1 conv, v1.5 (torchvision) in the 3x3 conv
@@ -102,8 +114,9 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """torchvision.models.ResNet, same parameter names; v1.5 strides unless ``stride_in_1x1``."""
 
-    def __init__(self, block, layers: list[int], width: int = 64, num_classes: int = 1000,
-                 stride_in_1x1: bool = False):
+    def __init__(
+        self, block, layers: list[int], width: int = 64, num_classes: int = 1000, stride_in_1x1: bool = False
+    ):
         super().__init__()
         self.stride_in_1x1 = stride_in_1x1
         self.inplanes = 64
@@ -236,8 +249,10 @@ def download_checkpoint(arch: str, progress: bool = True) -> Path:
     """
     url = download_url(arch)
     if url is None:
-        raise SpadimError(f"{arch} weights are not downloadable: put {_known_file(arch)} in a folder given by "
-                          f"--weights or $SPADIM_WEIGHTS ({OTHER_FILES[arch][1]})")
+        raise SpadimError(
+            f"{arch} weights are not downloadable: put {_known_file(arch)} in a folder given by "
+            f"--weights or $SPADIM_WEIGHTS ({OTHER_FILES[arch][1]})"
+        )
     dst = hub_checkpoints() / TORCHVISION_FILES[arch]
     dst.parent.mkdir(parents=True, exist_ok=True)
     prefix = TORCHVISION_FILES[arch].split("-")[-1].split(".")[0]
@@ -248,9 +263,11 @@ def download_checkpoint(arch: str, progress: bool = True) -> Path:
         raise SpadimError(f"download of {url} failed its hash check ({exc}): try again later") from None
     except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections, bad addresses
         reason = getattr(exc, "reason", None) or exc
-        raise SpadimError(f"cannot download {url} ({reason}); this machine may be offline: put "
-                          f"{TORCHVISION_FILES[arch]} in {dst.parent} or pass --weights FILE "
-                          f"(or --weights random for untrained plumbing runs)") from None
+        raise SpadimError(
+            f"cannot download {url} ({reason}); this machine may be offline: put "
+            f"{TORCHVISION_FILES[arch]} in {dst.parent} or pass --weights FILE "
+            f"(or --weights random for untrained plumbing runs)"
+        ) from None
     return dst
 
 
@@ -269,7 +286,9 @@ def find_checkpoint(arch: str, spec: str | None = None) -> tuple[Path | None, li
                 return hit, looked
             looked.append(f"{p}/{arch}-*.pth")
         else:
-            raise SpadimError(f"weights path {p} does not exist: give a checkpoint file or folder, or --weights random")
+            raise SpadimError(
+                f"weights path {p} does not exist: give a checkpoint file or folder, or --weights random"
+            )
     hub = hub_checkpoints()
     looked.append(f"{hub}/{arch}-*.pth")
     if hub.is_dir():
@@ -299,7 +318,9 @@ def load_checkpoint(arch: str, path: Path) -> tuple[dict, str]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise SpadimError(f"cannot read checkpoint {path} ({type(exc).__name__}): give a torchvision .pth state dict") from None
+        raise SpadimError(
+            f"cannot read checkpoint {path} ({type(exc).__name__}): give a torchvision .pth state dict"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -321,10 +342,15 @@ def locate(arch: str, weights: str | None = None, download: bool | None = None) 
         download = os.environ.get("SPADIM_OFFLINE", "") in ("", "0")
     if download and download_url(arch):
         return download_checkpoint(arch)
-    how = (f"download {download_url(arch)} into {hub_checkpoints()}" if download_url(arch)
-           else f"put {_known_file(arch)} there ({OTHER_FILES[arch][1]})")
-    raise SpadimError(f"no ImageNet checkpoint for {arch} found (looked in: {'; '.join(looked)}); {how} "
-                      f"or pass --weights FILE (or --weights random for untrained plumbing runs)")
+    how = (
+        f"download {download_url(arch)} into {hub_checkpoints()}"
+        if download_url(arch)
+        else f"put {_known_file(arch)} there ({OTHER_FILES[arch][1]})"
+    )
+    raise SpadimError(
+        f"no ImageNet checkpoint for {arch} found (looked in: {'; '.join(looked)}); {how} "
+        f"or pass --weights FILE (or --weights random for untrained plumbing runs)"
+    )
 
 
 def weights_report(weights: str | None = None) -> list[tuple[str, Path | None, str]]:
@@ -335,13 +361,18 @@ def weights_report(weights: str | None = None) -> list[tuple[str, Path | None, s
         if path is not None:
             rows.append((arch, path, str(path)))
             continue
-        how = (f"downloadable from {download_url(arch)} on first use" if download_url(arch)
-               else f"not downloadable: get {_known_file(arch)} from {OTHER_FILES[arch][1]}")
+        how = (
+            f"downloadable from {download_url(arch)} on first use"
+            if download_url(arch)
+            else f"not downloadable: get {_known_file(arch)} from {OTHER_FILES[arch][1]}"
+        )
         rows.append((arch, None, f"not in {'; '.join(looked)}; {how}"))
     return rows
 
 
-def load_backbone(arch: str = "wide_resnet50_2", weights: str | None = None, seed: int = 0) -> tuple[ResNet, Weights]:
+def load_backbone(
+    arch: str = "wide_resnet50_2", weights: str | None = None, seed: int = 0
+) -> tuple[ResNet, Weights]:
     """Build ``arch`` with real ImageNet weights (or random ones when ``weights == 'random'``).
 
     Raises SpadimError, naming every place looked at and how to get the file, when no
@@ -360,7 +391,9 @@ def load_backbone(arch: str = "wide_resnet50_2", weights: str | None = None, see
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-            raise SpadimError(f"checkpoint {path} does not fit {arch} ({first}): give the {arch} checkpoint") from None
+            raise SpadimError(
+                f"checkpoint {path} does not fit {arch} ({first}): give the {arch} checkpoint"
+            ) from None
         info = Weights(arch, str(path), digest)
     model.eval()
     for p in model.parameters():

@@ -58,9 +58,13 @@ class FeatureSet:
 
     def rows(self, start: int, stop: int) -> "FeatureSet":
         """Images ``start:stop`` as views (no copy)."""
-        return FeatureSet(self.paths[start:stop], {l: t[start:stop] for l, t in self.layers.items()},
-                          None if self.pooled is None else self.pooled[start:stop], self.images[start:stop],
-                          self.shapes[start:stop])
+        return FeatureSet(
+            self.paths[start:stop],
+            {l: t[start:stop] for l, t in self.layers.items()},
+            None if self.pooled is None else self.pooled[start:stop],
+            self.images[start:stop],
+            self.shapes[start:stop],
+        )
 
     def batches(self, size: int) -> Iterator["FeatureSet"]:
         for start in range(0, len(self), size):
@@ -75,7 +79,9 @@ def embed(fs: FeatureSet, layers: Sequence[int], idx=None) -> torch.Tensor:
     """
     maps = [fs.layers[l] if idx is None else fs.layers[l][idx] for l in layers]
     size = max(m.shape[-1] for m in maps)
-    return torch.cat([m if m.shape[-1] == size else F.interpolate(m, size=(size, size), mode="nearest") for m in maps], 1)
+    return torch.cat(
+        [m if m.shape[-1] == size else F.interpolate(m, size=(size, size), mode="nearest") for m in maps], 1
+    )
 
 
 class FeatureExtractor:
@@ -111,9 +117,13 @@ class FeatureExtractor:
 
     def _key(self, path: Path) -> str:
         st = path.stat()
-        frame = "whole|" if self.pre.frame == "whole" else ""  # crop-mode keys as before: old caches stay valid
-        ident = (f"{self.weights.arch}|{self.weights.sha256}|{self.pre.resize}|{self.pre.crop}|{frame}{path.resolve()}|"
-                 f"{st.st_size}|{st.st_mtime_ns}")
+        frame = (
+            "whole|" if self.pre.frame == "whole" else ""
+        )  # crop-mode keys as before: old caches stay valid
+        ident = (
+            f"{self.weights.arch}|{self.weights.sha256}|{self.pre.resize}|{self.pre.crop}|{frame}{path.resolve()}|"
+            f"{st.st_size}|{st.st_mtime_ns}"
+        )
         return hashlib.sha1(ident.encode()).hexdigest()
 
     def _shapes(self) -> dict:
@@ -146,15 +156,22 @@ class FeatureExtractor:
         shapes = self._shapes()
         layers = {l: torch.empty((n, *shapes[l]), memory_format=torch.channels_last) for l in self.layers}
         pooled = torch.empty((n, *shapes["pool"])) if self.pooled else None
-        return FeatureSet(paths, layers, pooled, np.zeros((n, self.pre.crop, self.pre.crop, 3), np.uint8), [(0, 0)] * n)
+        return FeatureSet(
+            paths, layers, pooled, np.zeros((n, self.pre.crop, self.pre.crop, 3), np.uint8), [(0, 0)] * n
+        )
 
     def frames(self, images: np.ndarray, desc: str = "frames") -> FeatureSet:
         """Features of preprocessed uint8 frames [N, crop, crop, 3] held in memory (e.g. synthetic
         defects on normal images); they are not cached on disk."""
         if images.ndim != 4 or images.shape[1:] != (self.pre.crop, self.pre.crop, 3):
-            raise SpadimError(f"frames must be [N, {self.pre.crop}, {self.pre.crop}, 3] uint8, got {images.shape}")
+            raise SpadimError(
+                f"frames must be [N, {self.pre.crop}, {self.pre.crop}, 3] uint8, got {images.shape}"
+            )
         fs = self._empty(len(images), [Path(f"<frame {i}>") for i in range(len(images))])
-        batches = [list(range(i, min(i + self.batch_size, len(images)))) for i in range(0, len(images), self.batch_size)]
+        batches = [
+            list(range(i, min(i + self.batch_size, len(images))))
+            for i in range(0, len(images), self.batch_size)
+        ]
         for batch in self.progress(batches, desc, len(images)) if self.progress and batches else batches:
             self._forward(fs, batch, images[batch], [images.shape[1:3]] * len(batch), [])
         return fs
@@ -175,15 +192,24 @@ class FeatureExtractor:
                 fs.pooled[i] = out["pool"][j]
             fs.images[i], fs.shapes[i] = images[j], tuple(shapes[j])
             if keys:
-                self._to_disk(keys[i], {l: out[l][j] for l in LAYER_IDS if l in out}, out.get("pool"), j,
-                              images[j], shapes[j])
+                self._to_disk(
+                    keys[i],
+                    {l: out[l][j] for l in LAYER_IDS if l in out},
+                    out.get("pool"),
+                    j,
+                    images[j],
+                    shapes[j],
+                )
 
     def _to_disk(self, key: str, layers: dict, pool, j: int, image: np.ndarray, shape) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.cache_dir / f"{key}.tmp"
-        entry = {"layers": {l: t.contiguous().clone() for l, t in layers.items()},
-                 "pool": None if pool is None else pool[j].clone(), "image": torch.from_numpy(image),
-                 "shape": list(shape)}
+        entry = {
+            "layers": {l: t.contiguous().clone() for l, t in layers.items()},
+            "pool": None if pool is None else pool[j].clone(),
+            "image": torch.from_numpy(image),
+            "shape": list(shape),
+        }
         torch.save(entry, tmp)
         tmp.replace(self.cache_dir / f"{key}.pt")
 
@@ -193,7 +219,9 @@ class FeatureExtractor:
             return False
         try:
             entry = torch.load(f, map_location="cpu", weights_only=True)
-            if any(l not in entry["layers"] for l in self.layers) or (fs.pooled is not None and entry["pool"] is None):
+            if any(l not in entry["layers"] for l in self.layers) or (
+                fs.pooled is not None and entry["pool"] is None
+            ):
                 return False  # cached by a run that needed fewer layers
             for l in self.layers:
                 fs.layers[l][i] = entry["layers"][l]

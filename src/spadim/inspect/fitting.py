@@ -93,18 +93,32 @@ def fit_model(
         "seconds": seconds,
         "layer_choice": selection.to_json() if selection else None,
         "audit": suspects,
-        "held_out": {"images": names, "region_scores": held.region_scores.tolist(),
-                     "image_scores": held.image_scores.tolist()},
+        "held_out": {
+            "images": names,
+            "region_scores": held.region_scores.tolist(),
+            "image_scores": held.image_scores.tolist(),
+        },
     }
     save_model(out, method, extractor.weights, settings.pre, name, refs_frames, calibration.to_json(), info)
     if selection is not None:  # the audit trail of the choice, readable without torch
         Path(f"{out}.layers.json").write_text(json.dumps(selection.to_json(), indent=1))
-    Path(f"{out}.audit.json").write_text(json.dumps(json_ready(
-        {"rule": f"modified z-score of the {calibration.how} region statistic > 3.5", "flagged": suspects,
-         **info["held_out"]}), indent=1, allow_nan=False))
+    Path(f"{out}.audit.json").write_text(
+        json.dumps(
+            json_ready(
+                {
+                    "rule": f"modified z-score of the {calibration.how} region statistic > 3.5",
+                    "flagged": suspects,
+                    **info["held_out"],
+                }
+            ),
+            indent=1,
+            allow_nan=False,
+        )
+    )
     low, high = far_interval(len(train), far)
-    report = write_fit_report(out, method_name, calibration, held, names, train.images, suspects,
-                              extractor.weights.banner)
+    report = write_fit_report(
+        out, method_name, calibration, held, names, train.images, suspects, extractor.weights.banner
+    )
     for line in filter(None, [calibration.warning(), calibration.advice()]):
         say(f"warning: {line}")
     for entry in suspects:
@@ -122,8 +136,14 @@ def fit_model(
         f"at far={far:g}; the false-alarm rate of a calibration on {len(train)} images lies in "
         f"[{low:.3f}, {high:.3f}] for 90% of such sets -> {out} (report: {report})"
     )
-    return {"calibration": calibration, "seconds": seconds, "layers": layers, "selection": selection,
-            "audit": suspects, "held_out": held}
+    return {
+        "calibration": calibration,
+        "seconds": seconds,
+        "layers": layers,
+        "selection": selection,
+        "audit": suspects,
+        "held_out": held,
+    }
 
 
 def calibrate_model(
@@ -141,8 +161,9 @@ def calibrate_model(
     check_images(paths)
     inspector = Inspector.load(model, weights)
     name = inspector.method.name
-    frames, maps, scores = score_stream(inspector.extractor, paths, {name: inspector.method}, 32,
-                                        inspector.pre.crop, "calibrate")
+    frames, maps, scores = score_stream(
+        inspector.extractor, paths, {name: inspector.method}, 32, inspector.pre.crop, "calibrate"
+    )
     maps, scores = list(maps[name]), scores[name]
     regions = region_scores(maps, frames.shapes, inspector.pre)
     calibration = Calibration(
@@ -161,8 +182,10 @@ def calibrate_model(
     if calibration.warning():
         say(f"warning: {calibration.warning()}")
     for entry in audit(regions, [str(p) for p in paths], far):
-        say(f"audit: {entry['image']} stands apart from the other good images (robust z "
-            f"{entry['robust_z']:.1f}); without it the region level would be {entry['level_without_it']:.4g}")
+        say(
+            f"audit: {entry['image']} stands apart from the other good images (robust z "
+            f"{entry['robust_z']:.1f}); without it the region level would be {entry['level_without_it']:.4g}"
+        )
     say(
         f"recalibrated {model} on {len(paths)} good images: region level {calibration.region_threshold:.4g}, "
         f"regions drawn from {calibration.mask_level:.4g} at far={far:g} -> {out or model}"

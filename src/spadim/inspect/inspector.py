@@ -66,7 +66,9 @@ class Prediction:
     score: float
     normalized_score: float | None
     decision: str  # "ok" or "defect": "defect" exactly when ``regions`` is not empty
-    region_score: float  # the level at which the last region of min_area disappears (the decision's statistic)
+    region_score: (
+        float  # the level at which the last region of min_area disappears (the decision's statistic)
+    )
     regions: list[Region]
     anomaly_map: np.ndarray = field(repr=False)  # float32 [height, width], raw score units
     defect_mask: np.ndarray = field(repr=False)  # bool [height, width]: pixels of the kept regions

@@ -14,6 +14,17 @@ from .keypoints import (
     reference_features,
 )
 
-__all__ = ["DETECTORS", "LEARNED", "ForegroundConfig", "MaskConfig", "MaskPlanner", "MaskResult",
-           "apply_outside_multiplier", "auto_masks", "available_detectors", "fit_foreground", "object_mask",
-           "reference_features"]
+__all__ = [
+    "DETECTORS",
+    "LEARNED",
+    "ForegroundConfig",
+    "MaskConfig",
+    "MaskPlanner",
+    "MaskResult",
+    "apply_outside_multiplier",
+    "auto_masks",
+    "available_detectors",
+    "fit_foreground",
+    "object_mask",
+    "reference_features",
+]

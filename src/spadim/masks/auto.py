@@ -62,8 +62,14 @@ class Decision:
     stats: dict = field(default_factory=dict)  # texture test numbers
 
     def row(self, cls: str) -> dict:
-        return {"class": cls, "mask": self.mask, "r": self.r, "reason": self.reason,
-                **{f"agree_{k}": v for k, v in self.agreement.items()}, **self.stats}
+        return {
+            "class": cls,
+            "mask": self.mask,
+            "r": self.r,
+            "reason": self.reason,
+            **{f"agree_{k}": v for k, v in self.agreement.items()},
+            **self.stats,
+        }
 
 
 def split_indices(n: int, seed: int, max_held: int = 6, max_fit: int = 32) -> tuple[list[int], list[int]]:
@@ -103,8 +109,14 @@ class MaskPlanner:
     learned masks of the test images.
     """
 
-    def __init__(self, layers_kept, crop: int, seed: int, kp_cfgs: dict[str, MaskConfig] | None = None,
-                 cfg: ForegroundConfig = ForegroundConfig()):
+    def __init__(
+        self,
+        layers_kept,
+        crop: int,
+        seed: int,
+        kp_cfgs: dict[str, MaskConfig] | None = None,
+        cfg: ForegroundConfig = ForegroundConfig(),
+    ):
         kept = sorted(layers_kept)
         # the layer must be one the run keeps anyway: the nearest kept layer to the configured one
         self.layer = min(kept, key=lambda l: (abs(l - cfg.layer), -l))
@@ -166,46 +178,79 @@ class MaskPlanner:
 
     def _decide(self, fx, train_images: np.ndarray, multipliers) -> Decision:
         fg = self.foreground()
-        stats = {"train_fg_area": round(fg.train_area, 4), "structure": round(fg.structure, 4),
-                 "between_fraction": round(fg.between, 4)}
+        stats = {
+            "train_fg_area": round(fg.train_area, 4),
+            "structure": round(fg.structure, 4),
+            "between_fraction": round(fg.between, 4),
+        }
         if fg.train_area >= TEXTURE_AREA or fg.structure < TEXTURE_STRUCTURE:
-            why = (f"texture: learned foreground covers {fg.train_area:.0%} of the frame"
-                   if fg.train_area >= TEXTURE_AREA else
-                   f"texture: foreground split has no spatial layout (structure {fg.structure:.2f} "
-                   f"< {TEXTURE_STRUCTURE})")
+            why = (
+                f"texture: learned foreground covers {fg.train_area:.0%} of the frame"
+                if fg.train_area >= TEXTURE_AREA
+                else f"texture: foreground split has no spatial layout (structure {fg.structure:.2f} "
+                f"< {TEXTURE_STRUCTURE})"
+            )
             return Decision("none", why, 1.0, stats=stats)
         if len(self.held) < 2:
             return Decision("none", f"only {self.n} training images: nothing to hold back", 1.0, stats=stats)
         pool = [i for i in range(self.n) if i not in self.held]
-        self.refs = {d: reference_features(list(train_images[pool][_spread(len(pool), kc.n_refs)]), kc)
-                     for d, kc in self.kp_cfgs.items()}
+        self.refs = {
+            d: reference_features(list(train_images[pool][_spread(len(pool), kc.n_refs)]), kc)
+            for d, kc in self.kp_cfgs.items()
+        }
         frames = train_images[self.held]
         masks, falls = self.candidate_masks(frames, self._held_feats(), self.refs)
         names = [c for c in masks if c != CONSENSUS]
-        agree = {c: float(np.mean([iou(masks[c][i], masks[o][i]) for i in range(len(frames))
-                                   for o in names if o != c])) if len(names) > 1 else 1.0 for c in masks}
+        agree = {
+            c: float(
+                np.mean([iou(masks[c][i], masks[o][i]) for i in range(len(frames)) for o in names if o != c])
+            )
+            if len(names) > 1
+            else 1.0
+            for c in masks
+        }
         agreement = {c: round(v, 4) for c, v in agree.items()}
         stable = [c for c in masks if falls[c] == 0 and agree[c] >= MIN_AGREEMENT]
         if not stable:
-            why = ", ".join(f"{c} {falls[c]} fallbacks" if falls[c] else f"{c} IoU {agree[c]:.2f}" for c in masks)
-            return Decision("none", f"no stable mask (needs no fallback and mean IoU >= {MIN_AGREEMENT}): {why}",
-                            1.0, agreement, stats=stats)
+            why = ", ".join(
+                f"{c} {falls[c]} fallbacks" if falls[c] else f"{c} IoU {agree[c]:.2f}" for c in masks
+            )
+            return Decision(
+                "none",
+                f"no stable mask (needs no fallback and mean IoU >= {MIN_AGREEMENT}): {why}",
+                1.0,
+                agreement,
+                stats=stats,
+            )
         aupr = self.validate(fx, stable, frames, masks, train_images[pool], multipliers)
         best = max(v for by_r in aupr.values() for v in by_r.values())
         # ties: the mildest r, then the mask that agrees best with the others
-        chosen, r = max(((c, rv) for c, by_r in aupr.items() for rv, v in by_r.items() if v >= best - R_TOLERANCE),
-                        key=lambda cr: (cr[1], agree[cr[0]]))
+        chosen, r = max(
+            ((c, rv) for c, by_r in aupr.items() for rv, v in by_r.items() if v >= best - R_TOLERANCE),
+            key=lambda cr: (cr[1], agree[cr[0]]),
+        )
         if r == 1.0:
-            why = (f"object, but no mask raised the synthetic AUPR by more than {R_TOLERANCE} "
-                   f"(best {best:.3f}); {chosen} agrees best (mean IoU {agree[chosen]:.2f})")
+            why = (
+                f"object, but no mask raised the synthetic AUPR by more than {R_TOLERANCE} "
+                f"(best {best:.3f}); {chosen} agrees best (mean IoU {agree[chosen]:.2f})"
+            )
         else:
-            why = (f"object: {chosen} at r={r} has the best synthetic AUPR {aupr[chosen][r]:.3f} "
-                   f"(no mask: {aupr[chosen][1.0]:.3f}; mean IoU {agree[chosen]:.2f})")
-        return Decision(chosen, why, r, agreement, {f"{c} {rv}": round(v, 4) for c, by_r in aupr.items()
-                                                    for rv, v in by_r.items()}, stats)
+            why = (
+                f"object: {chosen} at r={r} has the best synthetic AUPR {aupr[chosen][r]:.3f} "
+                f"(no mask: {aupr[chosen][1.0]:.3f}; mean IoU {agree[chosen]:.2f})"
+            )
+        return Decision(
+            chosen,
+            why,
+            r,
+            agreement,
+            {f"{c} {rv}": round(v, 4) for c, by_r in aupr.items() for rv, v in by_r.items()},
+            stats,
+        )
 
-    def validate(self, fx, stable: list[str], frames: np.ndarray, masks: dict, pool_images: np.ndarray,
-                 multipliers) -> dict:
+    def validate(
+        self, fx, stable: list[str], frames: np.ndarray, masks: dict, pool_images: np.ndarray, multipliers
+    ) -> dict:
         """Synthetic pixel AUPR per stable candidate and multiplier r (see :func:`validation_set`);
         each candidate's mask recomputed on the validation images as at test time."""
         chosen = max(stable, key=lambda c: c == CONSENSUS)
@@ -231,8 +276,9 @@ def layer_features(fx, images: np.ndarray, layer: int) -> torch.Tensor:
     return out
 
 
-def validation_set(frames: np.ndarray, regions: np.ndarray, sources: np.ndarray, seed: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def validation_set(
+    frames: np.ndarray, regions: np.ndarray, sources: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Held-back normal frames made into (images, defect truth, clutter pixels) for the r choice.
 
     Half of the frames (seeded) get a defect inside the object mask ``regions`` (CutPaste/DRAEM style,
@@ -244,7 +290,7 @@ def validation_set(frames: np.ndarray, regions: np.ndarray, sources: np.ndarray,
     """
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(frames))
-    inner, edge = np.sort(order[: (len(frames) + 1) // 2]), np.sort(order[(len(frames) + 1) // 2:])
+    inner, edge = np.sort(order[: (len(frames) + 1) // 2]), np.sort(order[(len(frames) + 1) // 2 :])
     bad, truth = frames.copy(), np.zeros(frames.shape[:3], bool)
     bad[inner], truth[inner], _ = make_defects(frames[inner], sources, seed, regions=regions[inner])
     if len(edge):
@@ -262,8 +308,9 @@ def _background_colour(image: np.ndarray, region: np.ndarray) -> np.ndarray:
     return np.median(image[outside] if outside.any() else image.reshape(-1, 3), axis=0)
 
 
-def edge_defects(images: np.ndarray, regions: np.ndarray, rng: np.random.Generator
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def edge_defects(
+    images: np.ndarray, regions: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """One silhouette defect per image at the boundary of its object mask -> (images, exact masks).
 
     A blob (4-9% of the frame side in radius) centred on a boundary pixel either removes the object
@@ -280,8 +327,16 @@ def edge_defects(images: np.ndarray, regions: np.ndarray, rng: np.random.Generat
         cy, cx = edge[rng.integers(len(edge))]
         blob = np.zeros((h, w), np.uint8)
         radius = rng.uniform(0.04, 0.09) * min(h, w)
-        cv2.ellipse(blob, (int(cx), int(cy)), (int(radius), int(radius * rng.uniform(0.5, 1.0))),
-                    float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        cv2.ellipse(
+            blob,
+            (int(cx), int(cy)),
+            (int(radius), int(radius * rng.uniform(0.5, 1.0))),
+            float(rng.uniform(0, 180)),
+            0,
+            360,
+            1,
+            -1,
+        )
         blob = blob.astype(bool)
         painted = img.astype(np.float32)
         if rng.random() < 0.5:  # removal
@@ -290,15 +345,18 @@ def edge_defects(images: np.ndarray, regions: np.ndarray, rng: np.random.Generat
         else:  # addition: the object's own texture from further inside, shifted out past the edge
             where = blob & ~reg
             cy0, cx0 = np.argwhere(reg).mean(0)
-            shift = np.round(np.array([cy - cy0, cx - cx0]) / max(np.hypot(cy - cy0, cx - cx0), 1) * 2 * radius)
+            shift = np.round(
+                np.array([cy - cy0, cx - cx0]) / max(np.hypot(cy - cy0, cx - cx0), 1) * 2 * radius
+            )
             painted[where] = np.roll(img, (int(shift[0]), int(shift[1])), axis=(0, 1))[where]
         painted = np.clip(np.round(painted), 0, 255).astype(np.uint8)
         out[i], truth[i] = painted, (painted != img).any(axis=2) & where
     return out, truth
 
 
-def clutter(images: np.ndarray, keep_out: np.ndarray, rng: np.random.Generator
-            ) -> tuple[np.ndarray, np.ndarray]:
+def clutter(
+    images: np.ndarray, keep_out: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Unlabelled dust-like clutter: 3-6 specks and 1-2 thin fibres per image, darker or brighter than
     the background, placed at least 1/28 of the frame away from ``keep_out`` -> (images, changed pixels)."""
     out, changed = images.copy(), np.zeros(images.shape[:3], bool)
@@ -348,7 +406,9 @@ def _spread(n: int, k: int) -> list[int]:
     return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
 
 
-def scorer_maps(gallery: torch.Tensor, queries: torch.Tensor, layer: int, size: int, k: int = 5) -> np.ndarray:
+def scorer_maps(
+    gallery: torch.Tensor, queries: torch.Tensor, layer: int, size: int, k: int = 5
+) -> np.ndarray:
     """SPADE's pixel step on one layer: each query position's distance to its nearest gallery
     position among the K gallery images nearest by mean feature; upsampled and blurred."""
     g_mean, q_mean = gallery.mean((2, 3)), queries.mean((2, 3))

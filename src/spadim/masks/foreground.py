@@ -118,8 +118,9 @@ class Foreground:
 
     def raw_masks(self, feats: torch.Tensor) -> np.ndarray:
         """Per-image masks before the common region and margin: bool [N, size, size]."""
-        up = F.interpolate(self.scores(feats)[:, None], size=(self.size, self.size), mode="bilinear",
-                           align_corners=False)[:, 0].numpy()
+        up = F.interpolate(
+            self.scores(feats)[:, None], size=(self.size, self.size), mode="bilinear", align_corners=False
+        )[:, 0].numpy()
         return np.stack([clean(m > 0, self.cfg.min_area) for m in up])
 
     def masks(self, feats: torch.Tensor) -> np.ndarray:
@@ -158,7 +159,7 @@ def spatial_structure(on: np.ndarray) -> float:
     hazelnut 0.40, transistor 0.48.
     """
     f = on.mean(0)
-    return float((f ** 2).sum() / f.sum() - f.mean()) if f.sum() > 0 else 0.0
+    return float((f**2).sum() / f.sum() - f.mean()) if f.sum() > 0 else 0.0
 
 
 def object_side(on: np.ndarray) -> tuple[bool, dict]:
@@ -173,7 +174,7 @@ def object_side(on: np.ndarray) -> tuple[bool, dict]:
 
     def score(side: np.ndarray) -> float:
         f = side.mean(0)
-        cons = float((f ** 2).sum() / f.sum()) if f.sum() > 0 else 0.0
+        cons = float((f**2).sum() / f.sum()) if f.sum() > 0 else 0.0
         return cons - float(side[:, border].mean())
 
     s_on, s_off = score(on), score(~on)
@@ -196,11 +197,14 @@ def leading_eigenvectors(cov: torch.Tensor, k: int, iters: int = 60) -> torch.Te
     return (q @ small)[:, torch.argsort(vals, descending=True)[:k]]
 
 
-def fit_foreground(feats: torch.Tensor, size: int, cfg: ForegroundConfig = ForegroundConfig(),
-                   layer: int | None = None) -> Foreground:
+def fit_foreground(
+    feats: torch.Tensor, size: int, cfg: ForegroundConfig = ForegroundConfig(), layer: int | None = None
+) -> Foreground:
     """Fit the projection, threshold, object side and common region on normal features [N, C, h, w]."""
     if feats.ndim != 4 or len(feats) < 1:
-        raise SpadimError(f"foreground: need features [N, C, h, w] of at least one normal image, got {tuple(feats.shape)}")
+        raise SpadimError(
+            f"foreground: need features [N, C, h, w] of at least one normal image, got {tuple(feats.shape)}"
+        )
     r = _ring(feats)
     x = _positions(feats[:, :, r : feats.shape[2] - r, r : feats.shape[3] - r])
     mean = x.mean(0)
@@ -219,8 +223,17 @@ def fit_foreground(feats: torch.Tensor, size: int, cfg: ForegroundConfig = Foreg
         if best is None or sep > best[0] + 1e-9:
             best = (sep, axis if is_obj else -axis, t if is_obj else -t)
     _, axis, t = best
-    fg = Foreground(layer if layer is not None else cfg.layer, size, mean, axis, t, None, cfg, 0.0,
-                    between_position_fraction(feats))
+    fg = Foreground(
+        layer if layer is not None else cfg.layer,
+        size,
+        mean,
+        axis,
+        t,
+        None,
+        cfg,
+        0.0,
+        between_position_fraction(feats),
+    )
     raw = fg.raw_masks(feats)
     fg.train_area = float(raw.mean())
     fg.structure = spatial_structure(fg.scores(feats)[:, r : h - r, r : w - r].numpy() > 0)

@@ -220,7 +220,9 @@ def object_mask(
         matched |= _matched(desc, ref_desc, cfg)
     if len(matched) < cfg.min_matches:
         return MaskResult(
-            full, len(kps), len(matched),
+            full,
+            len(kps),
+            len(matched),
             f"only {len(matched)} of {len(kps)} {cfg.detector} keypoints matched the references "
             f"(min_matches={cfg.min_matches})",
         )
@@ -236,7 +238,9 @@ def apply_outside_multiplier(maps: np.ndarray, masks: np.ndarray, r: float) -> n
     maps = np.asarray(maps)
     masks = np.asarray(masks)
     if not (isinstance(r, (int, float, np.number)) and 0.0 <= float(r) <= 1.0):
-        raise SpadimError(f"outside multiplier r={r!r} is not in [0, 1]: use 1.0 for no mask, 0.0 to zero the outside")
+        raise SpadimError(
+            f"outside multiplier r={r!r} is not in [0, 1]: use 1.0 for no mask, 0.0 to zero the outside"
+        )
     if maps.ndim not in (2, 3) or masks.shape != maps.shape:
         raise SpadimError(
             f"maps shape {maps.shape} and masks shape {masks.shape} differ (or are not [N,H,W]/[H,W]): "
@@ -305,7 +309,9 @@ def mask_quality(
             return None
         other = np.asarray(other).astype(bool)
         if other.shape != mask.shape:
-            raise SpadimError(f"{name} shape {other.shape} differs from mask shape {mask.shape}: pass aligned masks")
+            raise SpadimError(
+                f"{name} shape {other.shape} differs from mask shape {mask.shape}: pass aligned masks"
+            )
         return other
 
     gt = check(gt_mask, "gt_mask")

@@ -8,5 +8,20 @@ from .patchcore import PatchCore
 from .registry import METHODS, AnomalyMethod, create, from_state, parse_methods
 from .spade import Spade
 
-__all__ = ["METHODS", "AnomalyMethod", "FaissSearch", "LowRankPadim", "NearestSearch", "Padim", "PatchCore", "Spade",
-           "TorchSearch", "create", "default_search", "fit_padim", "from_state", "parse_methods", "upsample_blur"]
+__all__ = [
+    "METHODS",
+    "AnomalyMethod",
+    "FaissSearch",
+    "LowRankPadim",
+    "NearestSearch",
+    "Padim",
+    "PatchCore",
+    "Spade",
+    "TorchSearch",
+    "create",
+    "default_search",
+    "fit_padim",
+    "from_state",
+    "parse_methods",
+    "upsample_blur",
+]

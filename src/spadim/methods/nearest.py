@@ -150,8 +150,10 @@ class BoundedSearch:
             self._build(gallery)
         if self.choice is None:
             head = queries[: 4 * self.block]
-            self.timings = {"bounded": _time(self, head, gallery, 1, self._bounded),
-                            self.fallback.name: _time(self.fallback, head, gallery, 1)}
+            self.timings = {
+                "bounded": _time(self, head, gallery, 1, self._bounded),
+                self.fallback.name: _time(self.fallback, head, gallery, 1),
+            }
             self.choice = min(self.timings, key=self.timings.get)
         if self.choice == "bounded":
             return self._bounded(queries)
@@ -162,8 +164,9 @@ SEARCHES = {"torch": TorchSearch, "faiss": FaissSearch}
 _probed: dict[str, object] = {}
 
 
-def _time(search: NearestSearch, queries: torch.Tensor, gallery: torch.Tensor, repeats: int = 3,
-          call=None) -> float:
+def _time(
+    search: NearestSearch, queries: torch.Tensor, gallery: torch.Tensor, repeats: int = 3, call=None
+) -> float:
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
@@ -208,7 +211,9 @@ def _machine_key() -> str:
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as handle:
-            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
+            model = next(
+                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model
+            )
     except OSError:
         pass
     return f"{model}|threads={torch.get_num_threads()}|torch={torch.__version__}|faiss={faiss_version}"
@@ -240,7 +245,9 @@ def default_search() -> NearestSearch:
     forced = os.environ.get("SPADIM_SEARCH", "").strip().lower()
     if forced:
         if forced not in SEARCHES:
-            raise SpadimError(f"SPADIM_SEARCH={forced!r} is not a search backend: use one of {', '.join(SEARCHES)}")
+            raise SpadimError(
+                f"SPADIM_SEARCH={forced!r} is not a search backend: use one of {', '.join(SEARCHES)}"
+            )
         return SEARCHES[forced]()
     timings = _timings()
     return SEARCHES[min(timings, key=timings.get)]()
@@ -259,5 +266,9 @@ def make_search(name: str = "auto") -> NearestSearch:
 def probe_report() -> dict:
     """What the probe measured and picked on this machine (for benchmarks and run metadata)."""
     timings = _timings()
-    return {"seconds": timings, "picked": min(timings, key=timings.get),
-            "forced": os.environ.get("SPADIM_SEARCH") or None, "remembered_in": str(_cache_file())}
+    return {
+        "seconds": timings,
+        "picked": min(timings, key=timings.get),
+        "forced": os.environ.get("SPADIM_SEARCH") or None,
+        "remembered_in": str(_cache_file()),
+    }

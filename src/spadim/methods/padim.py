@@ -128,9 +128,21 @@ class GaussianAccumulator:
 class Padim:
     name = "padim"
 
-    def __init__(self, layers: tuple[int, ...] = (1, 2, 3), d: int = 550, seed: int = 0, batch: int = 32,
-                 chunk: int = 256):
-        self.layers, self.d, self.seed, self.batch, self.chunk = tuple(layers), int(d), int(seed), batch, chunk
+    def __init__(
+        self,
+        layers: tuple[int, ...] = (1, 2, 3),
+        d: int = 550,
+        seed: int = 0,
+        batch: int = 32,
+        chunk: int = 256,
+    ):
+        self.layers, self.d, self.seed, self.batch, self.chunk = (
+            tuple(layers),
+            int(d),
+            int(seed),
+            batch,
+            chunk,
+        )
         self.idx: torch.Tensor | None = None
         self.mean: torch.Tensor | None = None  # [L, d]
         self.chol: torch.Tensor | None = None  # [L, d, d] lower Cholesky factors of the covariances
@@ -208,10 +220,14 @@ class Padim:
         (n - 2)`` instead of ``eps`` (0.0104 instead of 0.01 at n = 25; the test refits them)."""
         n = getattr(self, "n_train", None)
         if n is None or len(fs) != n or n < 3:
-            raise ValueError("score_left_out takes the training set (n >= 3) the model was fitted on in this process")
+            raise ValueError(
+                "score_left_out takes the training set (n >= 3) the model was fitted on in this process"
+            )
         squared = self.distance_grid(fs).double().square()
         ratio = n / (n - 1)
-        left_out = ratio**2 * ((n - 2) / (n - 1)) * squared / (1 - squared * n / (n - 1) ** 2).clamp_min(1e-12)
+        left_out = (
+            ratio**2 * ((n - 2) / (n - 1)) * squared / (1 - squared * n / (n - 1) ** 2).clamp_min(1e-12)
+        )
         maps = upsample_blur(left_out.sqrt().float(), size)
         return maps, maps.reshape(len(maps), -1).max(axis=1)
 
@@ -219,7 +235,11 @@ class Padim:
         rows, cols = torch.tril_indices(self.chol.shape[1], self.chol.shape[1])
         return {
             "config": {"layers": list(self.layers), "d": self.d, "seed": self.seed, "grid": list(self.grid)},
-            "tensors": {"idx": self.idx, "mean": self.mean, "chol_lower": self.chol[:, rows, cols].contiguous()},
+            "tensors": {
+                "idx": self.idx,
+                "mean": self.mean,
+                "chol_lower": self.chol[:, rows, cols].contiguous(),
+            },
         }
 
     @classmethod

@@ -119,16 +119,22 @@ def embed_patches(
     return pool_last(stacked.reshape(-1, len(layers) * dim), target_dim), grid
 
 
-def _masked_nearest(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor,
-                    excluded: torch.Tensor) -> torch.Tensor:
+def _masked_nearest(
+    queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, excluded: torch.Tensor
+) -> torch.Tensor:
     """Euclidean distance of each query to its nearest bank row outside ``excluded`` (bool [G])."""
     squared = torch.addmm(bank_sq, queries, bank.T, alpha=-2).add_(queries.square().sum(1, keepdim=True))
     squared[:, excluded] = float("inf")
     return squared.amin(1).clamp_min_(0).sqrt_()
 
 
-def reweighted_score(query: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, b: int,
-                     excluded: torch.Tensor | None = None) -> float:
+def reweighted_score(
+    query: torch.Tensor,
+    bank: torch.Tensor,
+    bank_sq: torch.Tensor,
+    b: int,
+    excluded: torch.Tensor | None = None,
+) -> float:
     """Eq. 7 for one test patch feature ``query`` [D] (the image's most anomalous patch); rows in
     ``excluded`` (bool [G]) are treated as absent from the bank (leave-one-out)."""
     to_bank = torch.addmv(bank_sq, bank, query, alpha=-2).add_(query.square().sum())  # squared, [G]

@@ -36,8 +36,13 @@ def _positions(feature_map: torch.Tensor) -> torch.Tensor:
 class Spade:
     name = "spade"
 
-    def __init__(self, layers: tuple[int, ...] = (1, 2, 3), k: int = 5, fusion: str = "mean",
-                 search: NearestSearch | None = None):
+    def __init__(
+        self,
+        layers: tuple[int, ...] = (1, 2, 3),
+        k: int = 5,
+        fusion: str = "mean",
+        search: NearestSearch | None = None,
+    ):
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}")
         self.layers, self.k, self.fusion = tuple(layers), int(k), fusion
@@ -47,8 +52,12 @@ class Spade:
 
     @classmethod
     def configure(cls, settings, layers: tuple[int, ...]) -> "Spade":
-        return cls(layers, settings.k, getattr(settings, "spade_fusion", "mean"),
-                   search=make_search(getattr(settings, "search", "auto")))
+        return cls(
+            layers,
+            settings.k,
+            getattr(settings, "spade_fusion", "mean"),
+            search=make_search(getattr(settings, "search", "auto")),
+        )
 
     def fit(self, fs: FeatureSet) -> "Spade":
         """Store the training features: SPADE has no other training."""
@@ -68,8 +77,12 @@ class Spade:
             for l in layers or self.layers:
                 test, train = fs.layers[l], self.train_layers[l]
                 n, _, h, w = test.shape
-                out[l] = torch.stack([self.search.min_distances(_positions(test[i]), _positions(train[nn_idx[i]]))
-                                      for i in range(n)]).reshape(n, h, w)
+                out[l] = torch.stack(
+                    [
+                        self.search.min_distances(_positions(test[i]), _positions(train[nn_idx[i]]))
+                        for i in range(n)
+                    ]
+                ).reshape(n, h, w)
         return out
 
     def concat_grid(self, fs: FeatureSet, nn_idx: torch.Tensor) -> torch.Tensor:
@@ -78,8 +91,12 @@ class Spade:
         n, _, h, w = test.shape
         train = FeatureSet([], self.train_layers, None, np.zeros((0,)), [])
         with torch.inference_mode():
-            grids = [self.search.min_distances(_positions(test[i]), _positions(embed(train, self.layers, nn_idx[i])))
-                     for i in range(n)]
+            grids = [
+                self.search.min_distances(
+                    _positions(test[i]), _positions(embed(train, self.layers, nn_idx[i]))
+                )
+                for i in range(n)
+            ]
         return torch.stack(grids).reshape(n, h, w)
 
     @staticmethod
@@ -112,8 +129,10 @@ class Spade:
     def state(self) -> dict:
         return {
             "config": {"layers": list(self.layers), "k": self.k, "fusion": self.fusion},
-            "tensors": {"pooled": self.train_pooled,
-                        **{f"layer{l}": t.contiguous() for l, t in self.train_layers.items()}},
+            "tensors": {
+                "pooled": self.train_pooled,
+                **{f"layer{l}": t.contiguous() for l, t in self.train_layers.items()},
+            },
         }
 
     @classmethod

@@ -16,5 +16,17 @@ from .ranking import (
     undefined_notes,
 )
 
-__all__ = ["at_threshold", "best_f1", "aupro", "evaluate_maps", "image_auroc", "pixel_aupr", "pixel_aupr_by_multiplier", "pixel_auroc",
-           "pr_points", "pro_curve", "roc_points", "undefined_notes"]
+__all__ = [
+    "at_threshold",
+    "best_f1",
+    "aupro",
+    "evaluate_maps",
+    "image_auroc",
+    "pixel_aupr",
+    "pixel_aupr_by_multiplier",
+    "pixel_auroc",
+    "pr_points",
+    "pro_curve",
+    "roc_points",
+    "undefined_notes",
+]

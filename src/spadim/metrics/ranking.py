@@ -63,8 +63,9 @@ def pixel_aupr(maps: np.ndarray, masks: np.ndarray) -> float:
     return float(average_precision_score(labels, scores))
 
 
-def pixel_aupr_by_multiplier(maps: np.ndarray, inside: np.ndarray, masks: np.ndarray,
-                             multipliers) -> dict[float, float]:
+def pixel_aupr_by_multiplier(
+    maps: np.ndarray, inside: np.ndarray, masks: np.ndarray, multipliers
+) -> dict[float, float]:
     """``{r: pixel_aupr(apply_outside_multiplier(maps, inside, r), masks)}`` for every r, exactly.
 
     AUPR depends on the ranking alone and r >= 0 keeps the outside scores' order, so the inside and

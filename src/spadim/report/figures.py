@@ -24,7 +24,9 @@ def save_figure(fig, path: Path, title: str, banner: str = "", dpi: int = 90) ->
     plt.close(fig)
 
 
-def plot_curves(path: Path, title: str, maps: dict[str, np.ndarray], masks: np.ndarray, banner: str = "") -> None:
+def plot_curves(
+    path: Path, title: str, maps: dict[str, np.ndarray], masks: np.ndarray, banner: str = ""
+) -> None:
     """Pixel-level ROC and PR curves of each method on one figure."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.5))
     y = masks.ravel()
@@ -81,7 +83,9 @@ def pick_examples(defects: Sequence[str], n: int) -> list[int]:
     return picked
 
 
-def best_worst_gallery(out: Path, cr, methods, obj: np.ndarray | None, detector: str | None, banner: str) -> list[dict]:
+def best_worst_gallery(
+    out: Path, cr, methods, obj: np.ndarray | None, detector: str | None, banner: str
+) -> list[dict]:
     """Panels (image | ground truth | each method's map | object mask) of the best and worst anomalous
     test image by pixel AUPR (mean over methods), written under ``out/gallery``; -> report entries."""
     scored = [i for i in range(len(cr.masks)) if cr.masks[i].any()]

@@ -32,8 +32,16 @@ def _histogram(path: Path, statistic: np.ndarray, level: float, flagged: list[in
     save_figure(fig, path, "good images, scored by the model without them", banner)
 
 
-def write_fit_report(model: Path, method: str, calibration, held, names: list[str], frames: np.ndarray,
-                     flagged: list[dict], banner: str = "") -> Path:
+def write_fit_report(
+    model: Path,
+    method: str,
+    calibration,
+    held,
+    names: list[str],
+    frames: np.ndarray,
+    flagged: list[dict],
+    banner: str = "",
+) -> Path:
     """``MODEL.report/index.html`` with the histogram, the audit and each listed image with its map."""
     folder = Path(f"{model}.report")
     folder.mkdir(parents=True, exist_ok=True)
@@ -48,20 +56,27 @@ def write_fit_report(model: Path, method: str, calibration, held, names: list[st
     for rank, i in enumerate(shown):
         heat = colorize(held.maps[i], low, high)
         path = folder / f"image_{rank:02d}.png"
-        panel_figure(path, Path(names[i]).name, [("good image", frames[i]), ("held-out map", heat),
-                                                 ("overlay", overlay(frames[i], heat))], banner)
+        panel_figure(
+            path,
+            Path(names[i]).name,
+            [("good image", frames[i]), ("held-out map", heat), ("overlay", overlay(frames[i], heat))],
+            banner,
+        )
         pictures.append((i, path.name))
     rows = "".join(
         f"<tr><td>{html.escape(e['image'])}</td><td>{e['region_score']:.4g}</td><td>{e['robust_z']:.1f}</td>"
-        f"<td>{e['level']:.4g}</td><td>{e['level_without_it']:.4g}</td></tr>" for e in flagged)
+        f"<td>{e['level']:.4g}</td><td>{e['level_without_it']:.4g}</td></tr>"
+        for e in flagged
+    )
     audit = (
         "<p>These good images stand apart from the others (modified z-score of the held-out region statistic "
         "above 3.5). Each is a defect filed as good, or a rare variant that needs more examples like it. "
         "Check them; removing one changes the level as shown.</p><table><tr><th>image</th><th>region "
         "statistic</th><th>robust z</th><th>level</th><th>level without it</th></tr>" + rows + "</table>"
-        if flagged else
-        f"<p>No good image stands apart (modified z-score above 3.5). The {len(shown)} highest-scoring ones are "
-        "shown below.</p>")
+        if flagged
+        else f"<p>No good image stands apart (modified z-score above 3.5). The {len(shown)} highest-scoring ones are "
+        "shown below.</p>"
+    )
     advice = calibration.advice() or ""
     warning = calibration.warning() or ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>spadim fit: {html.escape(str(model))}</title>

@@ -18,8 +18,24 @@ from typing import Any, Iterable, Sequence
 
 from . import published
 from .markup import (  # noqa: F401 - callers import html_table and RANDOM_BANNER from here
-    METRICS, METRIC_LABELS, PAPER_ARCH, RANDOM_BANNER, REF_METRIC, REFERENCES, _cell, _data_value, _delta,
-    _e, _figure, _fmt, _missing_reason, _Notes, _num, _reference, _source_id, html_table,
+    METRICS,
+    METRIC_LABELS,
+    PAPER_ARCH,
+    RANDOM_BANNER,
+    REF_METRIC,
+    REFERENCES,
+    _cell,
+    _data_value,
+    _delta,
+    _e,
+    _figure,
+    _fmt,
+    _missing_reason,
+    _Notes,
+    _num,
+    _reference,
+    _source_id,
+    html_table,
 )
 
 CSS = """
@@ -65,15 +81,20 @@ def section_header(context: dict) -> str:
     parts.append(section_data(context.get("data")))
     weights = context.get("weights") or {}
     sha = str(weights.get("sha256") or "")
-    kv = [("arch", weights.get("arch")), ("file", weights.get("source")),
-          ("sha256", sha[:12] if sha else None), ("pretrained", weights.get("pretrained")),
-          ("description", weights.get("describe"))]
+    kv = [
+        ("arch", weights.get("arch")),
+        ("file", weights.get("source")),
+        ("sha256", sha[:12] if sha else None),
+        ("pretrained", weights.get("pretrained")),
+        ("description", weights.get("describe")),
+    ]
     boxes = ["<div><h3>Weights</h3>" + _kv(kv) + "</div>"]
     settings = context.get("settings") or {}
     if settings:
         order = ["seed"] + [k for k in settings if k != "seed"]
-        boxes.append("<div><h3>Settings</h3>" + _kv([(k, settings.get(k)) for k in order if k in settings])
-                     + "</div>")
+        boxes.append(
+            "<div><h3>Settings</h3>" + _kv([(k, settings.get(k)) for k in order if k in settings]) + "</div>"
+        )
     parts.append(f'<div class="cols">{"".join(boxes)}</div>')
     parts.append(f"<h3>Command</h3><pre>{_e(context.get('command'))}</pre>")
     return "<header>" + "".join(parts) + "</header>"
@@ -111,8 +132,9 @@ def caveats(context: dict) -> list[str]:
         out.append("The backbone has random, untrained weights: the comparison is meaningless.")
     arch = weights.get("arch")
     if arch and arch != PAPER_ARCH:
-        out.append(f"Our backbone is <b>{_e(arch)}</b>; the papers use Wide ResNet-50-2 "
-                   f"(<code>{PAPER_ARCH}</code>).")
+        out.append(
+            f"Our backbone is <b>{_e(arch)}</b>; the papers use Wide ResNet-50-2 (<code>{PAPER_ARCH}</code>)."
+        )
     for c in (context.get("data") or {}).get("classes") or []:
         note = c.get("note")
         if note:
@@ -122,8 +144,10 @@ def caveats(context: dict) -> list[str]:
     classes = [r.get("class") for r in context.get("results") or [] if r.get("class") != "mean"]
     n = len(set(classes))
     if n and n < len(published.MVTEC_CLASSES):
-        out.append(f"Our mean row is over {n} class{'es' if n != 1 else ''}; "
-                   f"the study's Table 1 means are over all {len(published.MVTEC_CLASSES)} MVTec AD classes.")
+        out.append(
+            f"Our mean row is over {n} class{'es' if n != 1 else ''}; "
+            f"the study's Table 1 means are over all {len(published.MVTEC_CLASSES)} MVTec AD classes."
+        )
     return out
 
 
@@ -134,11 +158,14 @@ def section_results(context: dict, notes: _Notes) -> str:
         return ""
     study_means = published.study_means()
     study_src = published.study()["source"]
-    head = ("<tr><th rowspan=2>class</th><th rowspan=2>method</th><th colspan=4>ours</th>"
-            "<th colspan=3>published pixel AUROC</th><th colspan=3>published pixel AUPR</th>"
-            "<th rowspan=2>note</th></tr><tr>"
-            + "".join(f"<th>{METRIC_LABELS[m]}</th>" for m in METRICS)
-            + "<th>value</th><th>Δ ours</th><th>source</th>" * 2 + "</tr>")
+    head = (
+        "<tr><th rowspan=2>class</th><th rowspan=2>method</th><th colspan=4>ours</th>"
+        "<th colspan=3>published pixel AUROC</th><th colspan=3>published pixel AUPR</th>"
+        "<th rowspan=2>note</th></tr><tr>"
+        + "".join(f"<th>{METRIC_LABELS[m]}</th>" for m in METRICS)
+        + "<th>value</th><th>Δ ours</th><th>source</th>" * 2
+        + "</tr>"
+    )
     body = []
     for r in rows:
         cls_name, method = r.get("class"), r.get("method")
@@ -169,14 +196,23 @@ def section_results(context: dict, notes: _Notes) -> str:
         attrs = f' data-class="{_e(cls_name)}" data-method="{_e(method)}"'
         attrs = (' class="mean"' if is_mean else "") + attrs
         body.append(f"<tr{attrs}>{''.join(cells)}</tr>")
-    table = (f'<table id="results-table"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>')
+    table = f'<table id="results-table"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
     cav = caveats(context)
-    cav_html = ('<div class="caveats"><b>Read the comparison with care:</b><ul>'
-                + "".join(f"<li>{c}</li>" for c in cav) + "</ul></div>") if cav else ""
-    return (f'<section id="results"><h2>Results and published numbers</h2>{cav_html}{table}'
-            '<p class="muted">Values shown with 3 decimals; Δ = ours − published '
-            '(<span class="pos">green ≥ 0</span>, <span class="neg">red &lt; 0</span>); '
-            '“–” = not available or undefined; “n/a” = not measured (no ground-truth masks).</p></section>')
+    cav_html = (
+        (
+            '<div class="caveats"><b>Read the comparison with care:</b><ul>'
+            + "".join(f"<li>{c}</li>" for c in cav)
+            + "</ul></div>"
+        )
+        if cav
+        else ""
+    )
+    return (
+        f'<section id="results"><h2>Results and published numbers</h2>{cav_html}{table}'
+        '<p class="muted">Values shown with 3 decimals; Δ = ours − published '
+        '(<span class="pos">green ≥ 0</span>, <span class="neg">red &lt; 0</span>); '
+        "“–” = not available or undefined; “n/a” = not measured (no ground-truth masks).</p></section>"
+    )
 
 
 def _ref_cells(ours: Any, refs: list[tuple[Any, str, str]]) -> str:
@@ -214,8 +250,17 @@ def section_mask_sweep(out: Path, sweep: dict | None) -> str:
     parts = ['<section id="proposal1"><h2>Proposal 1: object mask × outside multiplier</h2>']
     suit = sweep.get("suitability") or []
     if suit:
-        cols = ["class", "detector", "area_fraction", "gt_coverage", "fg_coverage", "fg_precision",
-                "auto_rating", "fallbacks", "n_test"]
+        cols = [
+            "class",
+            "detector",
+            "area_fraction",
+            "gt_coverage",
+            "fg_coverage",
+            "fg_precision",
+            "auto_rating",
+            "fallbacks",
+            "n_test",
+        ]
         parts.append("<h3>Mask suitability per class and detector</h3>" + html_table(suit, cols))
     rows = sweep.get("sweep") or []
     if rows:
@@ -223,8 +268,11 @@ def section_mask_sweep(out: Path, sweep: dict | None) -> str:
         parts.append("<h3>Multiplier sweep, mean over classes</h3>" + html_table(_sweep_means(rows), cols))
         per_class = [r for r in rows if r.get("class") != "mean"]
         if per_class:
-            parts.append("<details><summary>Full sweep, per class</summary>"
-                         + html_table(per_class, ["class", *cols]) + "</details>")
+            parts.append(
+                "<details><summary>Full sweep, per class</summary>"
+                + html_table(per_class, ["class", *cols])
+                + "</details>"
+            )
     plots = sweep.get("plots") or []
     figs = "".join(_figure(out, p, Path(str(p)).stem.replace("_", " "), "half") for p in plots)
     parts.append(f"<div>{figs}</div></section>")
@@ -257,13 +305,16 @@ def section_layer_sweep(out: Path, sweep: dict | None) -> str:
     if corr:
         r1 = corr.get("pearson_r_combination_means")
         r2 = corr.get("pearson_r_class_x_combination")
-        items.append(f"<li>SPADE vs PaDiM pixel AUPR over layer subsets: Pearson r = {_fmt(r1, 2)} "
-                     f"(subset means), {_fmt(r2, 2)} (class × subset); study: {_fmt(r_study, 2)} "
-                     f"{_delta(r1, r_study)}</li>")
+        items.append(
+            f"<li>SPADE vs PaDiM pixel AUPR over layer subsets: Pearson r = {_fmt(r1, 2)} "
+            f"(subset means), {_fmt(r2, 2)} (class × subset); study: {_fmt(r_study, 2)} "
+            f"{_delta(r1, r_study)}</li>"
+        )
     if items:
         parts.append("<h3>Two-layer share and correlation</h3><ul>" + "".join(items) + "</ul>")
-    parts.append(_figure(out, sweep.get("figure5"), "Figure 5: SPADE vs PaDiM pixel AUPR per layer subset",
-                         "half"))
+    parts.append(
+        _figure(out, sweep.get("figure5"), "Figure 5: SPADE vs PaDiM pixel AUPR per layer subset", "half")
+    )
     rows = sweep.get("rows") or []
     if rows:
         cols = list(dict.fromkeys(k for r in rows for k in r))
@@ -283,13 +334,19 @@ def _table3(rows: list[dict], study: dict) -> str:
         key = "without_layer4" if combo.startswith("without") else "with_layer4"
         theirs = (ref.get(str(r.get("method"))) or {}).get(key)
         ours = r.get("mean_pixel_aupr")
-        body.append(f"<tr><td>{_e(r.get('method'))}</td><td>{_e(combo)}</td>"
-                    f'<td class="num">{_e(r.get("n"))}</td>{_cell(ours)}{_cell(r.get("mean_pixel_auroc"))}'
-                    f'<td class="num">{_fmt(theirs)}</td><td class="num">{_delta(ours, theirs)}</td></tr>')
-    head = ("<tr><th>method</th><th>combinations</th><th>n</th><th>ours: mean pixel AUPR</th>"
-            "<th>ours: mean pixel AUROC</th><th>study: mean pixel AUPR</th><th>Δ AUPR</th></tr>")
-    return (f"<h3>Table 3: with vs without layer 4</h3><table><thead>{head}</thead>"
-            f"<tbody>{''.join(body)}</tbody></table>")
+        body.append(
+            f"<tr><td>{_e(r.get('method'))}</td><td>{_e(combo)}</td>"
+            f'<td class="num">{_e(r.get("n"))}</td>{_cell(ours)}{_cell(r.get("mean_pixel_auroc"))}'
+            f'<td class="num">{_fmt(theirs)}</td><td class="num">{_delta(ours, theirs)}</td></tr>'
+        )
+    head = (
+        "<tr><th>method</th><th>combinations</th><th>n</th><th>ours: mean pixel AUPR</th>"
+        "<th>ours: mean pixel AUROC</th><th>study: mean pixel AUPR</th><th>Δ AUPR</th></tr>"
+    )
+    return (
+        f"<h3>Table 3: with vs without layer 4</h3><table><thead>{head}</thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 def section_per_class(out: Path, context: dict) -> str:
@@ -301,8 +358,9 @@ def section_per_class(out: Path, context: dict) -> str:
     blocks = []
     for name in names:
         figs = _figure(out, curves.get(name), "ROC and PR curves", "half")
-        figs += "".join(_figure(out, g.get("path"), g.get("caption") or "", "wide")
-                        for g in galleries.get(name) or [])
+        figs += "".join(
+            _figure(out, g.get("path"), g.get("caption") or "", "wide") for g in galleries.get(name) or []
+        )
         if figs:
             blocks.append(f'<h3 id="class-{_e(name)}">{_e(name)}</h3><div>{figs}</div>')
     if not blocks:
@@ -312,13 +370,19 @@ def section_per_class(out: Path, context: dict) -> str:
 
 def section_extra(extra: Sequence[dict] | None) -> str:
     """Caller-provided sections, already escaped HTML, appended as given."""
-    return "".join(f"<section><h2>{_e(s.get('title'))}</h2>{s.get('html') or ''}</section>"
-                   for s in extra or [])
+    return "".join(
+        f"<section><h2>{_e(s.get('title'))}</h2>{s.get('html') or ''}</section>" for s in extra or []
+    )
 
 
 def _nav(body: str) -> str:
-    links = [("results", "Results"), ("proposal1", "Proposal 1"), ("proposal2", "Proposal 2"),
-             ("per-class", "Per class"), ("notes", "Sources")]
+    links = [
+        ("results", "Results"),
+        ("proposal1", "Proposal 1"),
+        ("proposal2", "Proposal 2"),
+        ("per-class", "Per class"),
+        ("notes", "Sources"),
+    ]
     found = [f'<a href="#{i}">{t}</a>' for i, t in links if f'id="{i}"' in body]
     return f"<nav>{''.join(found)}</nav>" if found else ""
 
@@ -337,10 +401,12 @@ def render(out: Path, context: dict) -> str:
     foot = notes.html()
     body = "".join(sections) + (f'<section id="notes">{foot}</section>' if foot else "")
     title = _e(context.get("title") or "spadim report")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title}</title>"
-            f"<style>{CSS}</style></head><body>{section_banner(context)}<main>"
-            f"{section_header(context)}{_nav(body)}{body}</main></body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title>'
+        f"<style>{CSS}</style></head><body>{section_banner(context)}<main>"
+        f"{section_header(context)}{_nav(body)}{body}</main></body></html>\n"
+    )
 
 
 def write_report(out: Path, context: dict) -> Path:

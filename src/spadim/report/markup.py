@@ -15,20 +15,25 @@ from . import published
 
 METRICS = ("pixel_auroc", "pixel_aupr", "image_auroc", "aupro")
 METRIC_LABELS = {
-    "pixel_auroc": "pixel AUROC", "pixel_aupr": "pixel AUPR", "image_auroc": "image AUROC",
-    "aupro": "AUPRO", "mean_pixel_aupr": "mean pixel AUPR", "mean_pixel_auroc": "mean pixel AUROC",
+    "pixel_auroc": "pixel AUROC",
+    "pixel_aupr": "pixel AUPR",
+    "image_auroc": "image AUROC",
+    "aupro": "AUPRO",
+    "mean_pixel_aupr": "mean pixel AUPR",
+    "mean_pixel_auroc": "mean pixel AUROC",
 }
 PAPER_ARCH = "wide_resnet50_2"
-RANDOM_BANNER = ("RANDOM UNTRAINED WEIGHTS — NOT IMAGENET-PRETRAINED; "
-                 "numbers are not comparable to the papers")
+RANDOM_BANNER = "RANDOM UNTRAINED WEIGHTS — NOT IMAGENET-PRETRAINED; numbers are not comparable to the papers"
 VERBATIM = {"multiplier", "layers", "best_layers"}  # shown as given, not as 3-decimal numbers
 
 # Published per-class tables compared with each of our methods: (metric, method key, label).
 REFERENCES = {
     "spade": [("pixel_auroc", "spade_paper", "SPADE paper")],
-    "padim": [("pixel_auroc", "padim_paper_wr50", "PaDiM paper WR50-Rd550"),
-              ("pixel_auroc", "padim_paper_r18", "PaDiM paper R18-Rd100"),
-              ("pixel_aupr", "padim_draem", "PaDiM re-run in DRAEM")],
+    "padim": [
+        ("pixel_auroc", "padim_paper_wr50", "PaDiM paper WR50-Rd550"),
+        ("pixel_auroc", "padim_paper_r18", "PaDiM paper R18-Rd100"),
+        ("pixel_aupr", "padim_draem", "PaDiM re-run in DRAEM"),
+    ],
     "patchcore": [("pixel_auroc", "patchcore_reference_wr50", "PatchCore reference code WR50, coreset 10%")],
 }
 # Our metric name -> the reference file's name for the same quantity.
@@ -150,9 +155,11 @@ class _Notes:
 
     def source(self, source_id: str) -> str:
         src = published.source(source_id)
-        text = (f"{_e(src['citation'])}. {_e(src['table'])}. Backbone: {_e(src['backbone'])}. "
-                f"<span class=\"muted\">{_e(src['url'])}"
-                f"{'; ' + _e(published.text(src.get('note'))) if src.get('note') else ''}</span>")
+        text = (
+            f"{_e(src['citation'])}. {_e(src['table'])}. Backbone: {_e(src['backbone'])}. "
+            f'<span class="muted">{_e(src["url"])}'
+            f"{'; ' + _e(published.text(src.get('note'))) if src.get('note') else ''}</span>"
+        )
         return self.ref("src:" + source_id, text)
 
     def html(self) -> str:

@@ -82,15 +82,18 @@ def json_ready(value, reasons: dict | None = None, key: str = ""):
     return value
 
 
-def write_table(out: Path, stem: str, rows: list[dict], columns: Sequence[str], title: str, meta: dict) -> str:
+def write_table(
+    out: Path, stem: str, rows: list[dict], columns: Sequence[str], title: str, meta: dict
+) -> str:
     """Write ``stem``.csv/.json/.md; returns the Markdown text (title, banner, table)."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / f"{stem}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         w.writerows({c: _fmt(r.get(c, "")) for c in columns} for r in rows)
-    (out / f"{stem}.json").write_text(json.dumps(json_ready({"meta": meta, "rows": rows}), indent=2, default=str,
-                                                        allow_nan=False))
+    (out / f"{stem}.json").write_text(
+        json.dumps(json_ready({"meta": meta, "rows": rows}), indent=2, default=str, allow_nan=False)
+    )
     md = f"# {title}\n\n{meta.get('weights', '')}\n\n{markdown_table(rows, columns)}\n"
     (out / f"{stem}.md").write_text(md)
     return md

@@ -5,5 +5,17 @@ from .layerchoice import Selection, select_layers, select_many
 from .modelfile import load_model, save_model
 from .pipeline import AUTO, ClassRun, Settings, evaluate_class, fit_methods, make_extractor, score_stream
 
-__all__ = ["AUTO", "ClassRun", "Selection", "Settings", "evaluate_class", "fit_methods", "load_model",
-           "make_extractor", "save_model", "score_stream", "select_layers", "select_many"]
+__all__ = [
+    "AUTO",
+    "ClassRun",
+    "Selection",
+    "Settings",
+    "evaluate_class",
+    "fit_methods",
+    "load_model",
+    "make_extractor",
+    "save_model",
+    "score_stream",
+    "select_layers",
+    "select_many",
+]

@@ -125,7 +125,9 @@ class Calibration:
         self.mask_alarm_rate = float(np.mean(np.array(self.pixel_max) > self.pixel_threshold))
         self.region_threshold = None
         if self.region_scores is not None:
-            self.region_threshold, self.guaranteed = conformal_threshold(np.array(self.region_scores), self.far)
+            self.region_threshold, self.guaranteed = conformal_threshold(
+                np.array(self.region_scores), self.far
+            )
 
     @property
     def mask_level(self) -> float:

@@ -23,17 +23,35 @@ from spadim.masks.auto import LEARNED, MaskPlanner, auto_masks
 from spadim.errors import SpadimError
 from spadim.masks.keypoints import MaskConfig
 from spadim.data.mvtec import ClassData
-from .pipeline import (Settings, class_object_masks, evaluate_class, masked_result, metric_notes)
+from .pipeline import Settings, class_object_masks, evaluate_class, masked_result, metric_notes
 from spadim.report.html import html_table, write_report
 from spadim.report.tables import METRIC_COLUMNS, with_means, write_table
-from spadim.report.figures import best_worst_gallery, colorize, overlay, panel_figure, pick_examples, plot_curves
+from spadim.report.figures import (
+    best_worst_gallery,
+    colorize,
+    overlay,
+    panel_figure,
+    pick_examples,
+    plot_curves,
+)
 from .session import class_summary, meta, report_header, say, staged, start_study
 
 
-def run(s: Settings, data: Path | ClassData, out_dir: Path, methods: str = "spade,padim",
-        classes: str | None = None, object_mask: str | None = None, cfg: MaskConfig | None = None,
-        candidates: dict | None = None, r: float = 0.6, examples: int = 4, command: str = "",
-        far: float | None = DEFAULT_FAR, folds: int = DEFAULT_FOLDS) -> list[dict]:
+def run(
+    s: Settings,
+    data: Path | ClassData,
+    out_dir: Path,
+    methods: str = "spade,padim",
+    classes: str | None = None,
+    object_mask: str | None = None,
+    cfg: MaskConfig | None = None,
+    candidates: dict | None = None,
+    r: float = 0.6,
+    examples: int = 4,
+    command: str = "",
+    far: float | None = DEFAULT_FAR,
+    folds: int = DEFAULT_FOLDS,
+) -> list[dict]:
     """Evaluate and write everything into ``out_dir`` (staged: a failure leaves earlier results);
     returns the result rows, class means included. ``cfg`` configures a keypoint ``object_mask``;
     ``candidates`` are the keypoint configs ``object_mask="auto"`` chooses from. With ``far``, each
@@ -42,7 +60,9 @@ def run(s: Settings, data: Path | ClassData, out_dir: Path, methods: str = "spad
     learned = object_mask in LEARNED
     candidates = candidates or {}
     if learned and s.auto_layers:
-        raise SpadimError(f"--object-mask {object_mask} with --layers auto is not supported yet: give --layers")
+        raise SpadimError(
+            f"--object-mask {object_mask} with --layers auto is not supported yet: give --layers"
+        )
     methods, classes, fx = start_study(s, data, methods, classes)
     rows, warnings, summaries, curves, galleries, choices, decisions = [], [], [], {}, {}, [], []
     points = []
@@ -51,12 +71,25 @@ def run(s: Settings, data: Path | ClassData, out_dir: Path, methods: str = "spad
             t0 = time.perf_counter()
             if s.auto_layers:  # choose per method from the training images, then refit on all of them
                 run, metrics, sels = layerchoice.evaluate_auto(fx, source, s, methods)
-                choices += [{"class": run.data.name, "method": m, "layers": sel.name, "synthetic_aupr": sel.aupr,
-                             "selection_s": layerchoice.selection_seconds(sels)} for m, sel in sels.items()]
-                say(f"{run.data.name}: --layers auto chose " + ", ".join(f"{m} {sel.name}" for m, sel in sels.items()))
+                choices += [
+                    {
+                        "class": run.data.name,
+                        "method": m,
+                        "layers": sel.name,
+                        "synthetic_aupr": sel.aupr,
+                        "selection_s": layerchoice.selection_seconds(sels),
+                    }
+                    for m, sel in sels.items()
+                ]
+                say(
+                    f"{run.data.name}: --layers auto chose "
+                    + ", ".join(f"{m} {sel.name}" for m, sel in sels.items())
+                )
             else:
                 planner = MaskPlanner(fx.layers, s.crop, s.seed, candidates) if learned else None
-                run, metrics = evaluate_class(fx, source, s, methods, observer=planner, hold_train=far is not None)
+                run, metrics = evaluate_class(
+                    fx, source, s, methods, observer=planner, hold_train=far is not None
+                )
             notes = metric_notes(run.data, run.masks)
             for n in notes:
                 say(f"warning: {run.data.name}: {n}")
@@ -71,7 +104,10 @@ def run(s: Settings, data: Path | ClassData, out_dir: Path, methods: str = "spad
                 if object_mask == "auto":
                     dec = planner.decide(fx, run.train.images)
                     t_masks = time.perf_counter()  # the test masks auto asks for are part of its cost
-                    obj, r_class = auto_masks(dec, planner, lambda d: class_object_masks(run, candidates[d])[0]), dec.r
+                    obj, r_class = (
+                        auto_masks(dec, planner, lambda d: class_object_masks(run, candidates[d])[0]),
+                        dec.r,
+                    )
                     auto_s = planner.seconds + time.perf_counter() - t_masks
                     decisions.append({**dec.row(run.data.name), "auto_s": round(auto_s, 2)})
                     say(f"{run.data.name}: --object-mask auto chose {dec.mask}, r={dec.r} ({dec.reason})")
@@ -85,49 +121,105 @@ def run(s: Settings, data: Path | ClassData, out_dir: Path, methods: str = "spad
             note = {"note": "; ".join(notes)} if notes else {}
             for name in methods:
                 chosen = {"layers": sels[name].name} if s.auto_layers else {}
-                rows.append({"class": run.data.name, "method": name, **chosen, **metrics[name],
-                             "n_train": len(run.train), "n_test": len(run.test), **note})
-                say(f"{run.data.name:>12} {name:>6}: " + "  ".join(f"{c}={_shown(metrics[name][c])}"
-                                                                    for c in METRIC_COLUMNS))
+                rows.append(
+                    {
+                        "class": run.data.name,
+                        "method": name,
+                        **chosen,
+                        **metrics[name],
+                        "n_train": len(run.train),
+                        "n_test": len(run.test),
+                        **note,
+                    }
+                )
+                say(
+                    f"{run.data.name:>12} {name:>6}: "
+                    + "  ".join(f"{c}={_shown(metrics[name][c])}" for c in METRIC_COLUMNS)
+                )
             if run.data.has_masks:  # pixel curves need pixel labels
                 curves[run.data.name] = f"curves/{run.data.name}.png"
-                plot_curves(out / curves[run.data.name], f"{run.data.name}: pixel ROC and PR",
-                            run.maps, run.masks, fx.weights.banner)
-            galleries[run.data.name] = best_worst_gallery(out, run, methods, obj, object_mask, fx.weights.banner)
+                plot_curves(
+                    out / curves[run.data.name],
+                    f"{run.data.name}: pixel ROC and PR",
+                    run.maps,
+                    run.masks,
+                    fx.weights.banner,
+                )
+            galleries[run.data.name] = best_worst_gallery(
+                out, run, methods, obj, object_mask, fx.weights.banner
+            )
             _heatmaps(out / "heatmaps" / run.data.name, run, methods, examples, fx)
             say(f"{run.data.name}: done in {time.perf_counter() - t0:.1f} s")
         rows = with_means(rows, ["method"])
-        extra = {"object_mask": object_mask, "outside_multiplier": r if cfg or learned else None,
-                 "mask_warnings": warnings}
-        cols = ["class", "method", *(["layers"] if s.auto_layers else []), *METRIC_COLUMNS, "n_train", "n_test"]
+        extra = {
+            "object_mask": object_mask,
+            "outside_multiplier": r if cfg or learned else None,
+            "mask_warnings": warnings,
+        }
+        cols = [
+            "class",
+            "method",
+            *(["layers"] if s.auto_layers else []),
+            *METRIC_COLUMNS,
+            "n_train",
+            "n_test",
+        ]
         cols += ["note"] if any("note" in r for r in rows) else []
         extra_sections = []
         if s.auto_layers:
             extra["layer_choices"] = choices
-            extra_sections.append({"title": "Layers chosen from normal images (--layers auto)",
-                                   "html": html_table(choices, ["class", "method", "layers", "synthetic_aupr",
-                                                                "selection_s"],
-                                                      "subset with the highest pixel AUPR on synthetic defects on "
-                                                      "held-out training images; then refitted on all of them")})
+            extra_sections.append(
+                {
+                    "title": "Layers chosen from normal images (--layers auto)",
+                    "html": html_table(
+                        choices,
+                        ["class", "method", "layers", "synthetic_aupr", "selection_s"],
+                        "subset with the highest pixel AUPR on synthetic defects on "
+                        "held-out training images; then refitted on all of them",
+                    ),
+                }
+            )
         if decisions:
             extra["mask_decisions"] = decisions
-            extra_sections.append({"title": "Object mask chosen from normal images (--object-mask auto)",
-                                   "html": html_table(decisions, list(dict.fromkeys(k for d in decisions for k in d)),
-                                                      "mask type, reason and outside multiplier r per class, from "
-                                                      "the training images only")})
+            extra_sections.append(
+                {
+                    "title": "Object mask chosen from normal images (--object-mask auto)",
+                    "html": html_table(
+                        decisions,
+                        list(dict.fromkeys(k for d in decisions for k in d)),
+                        "mask type, reason and outside multiplier r per class, from the training images only",
+                    ),
+                }
+            )
         if points:
             points = with_means(points, ["method"], POINT_MEANS)
-            write_table(out, "operating_point", points, POINT_COLUMNS, "spadim evaluate: the calibrated "
-                        "decision vs the best threshold with no more false alarms", meta(s, fx, methods=methods, far=far, folds=folds))
-            extra_sections.append({"title": f"At the operating point (calibrated at far={far:g} from normal "
-                                            f"images) vs the best threshold with as few false alarms", "html": html_table(points, POINT_COLUMNS,
-                                   POINT_CAPTION)})
-        md = write_table(out, "results", rows, cols,
-                         "spadim evaluate", meta(s, fx, methods=methods, **extra))
+            write_table(
+                out,
+                "operating_point",
+                points,
+                POINT_COLUMNS,
+                "spadim evaluate: the calibrated decision vs the best threshold with no more false alarms",
+                meta(s, fx, methods=methods, far=far, folds=folds),
+            )
+            extra_sections.append(
+                {
+                    "title": f"At the operating point (calibrated at far={far:g} from normal "
+                    f"images) vs the best threshold with as few false alarms",
+                    "html": html_table(points, POINT_COLUMNS, POINT_CAPTION),
+                }
+            )
+        md = write_table(out, "results", rows, cols, "spadim evaluate", meta(s, fx, methods=methods, **extra))
         where = (data.origin or str(data.root)) if isinstance(data, ClassData) else Path(data)
-        write_report(out, {**report_header("spadim evaluate", command, s, fx, where, summaries),
-                           "results": rows, "curves": curves, "galleries": galleries,
-                           "extra_sections": extra_sections})
+        write_report(
+            out,
+            {
+                **report_header("spadim evaluate", command, s, fx, where, summaries),
+                "results": rows,
+                "curves": curves,
+                "galleries": galleries,
+                "extra_sections": extra_sections,
+            },
+        )
     print(md)
     for w in warnings:
         say(f"warning: object mask fell back to the full frame: {w}")
@@ -135,13 +227,44 @@ def run(s: Settings, data: Path | ClassData, out_dir: Path, methods: str = "spad
     return rows
 
 
-POINT_COLUMNS = ["class", "method", "n_calibration", "calibration", "guaranteed", "region_threshold",
-                 "mask_level", "good_test", "false_alarms", "defective_test", "recall", "best_recall",
-                 "recall_ratio", "image_precision", "contradictions", "best_recall_image_score",
-                 "image_rule_false_alarms", "image_rule_recall", "image_rule_contradictions", "mask_alarm_rate",
-                 "pixel_f1", "pixel_iou", "oracle_pixel_f1", "pixel_f1_ratio"]
-POINT_MEANS = ("recall", "best_recall", "recall_ratio", "image_precision", "best_recall_image_score",
-               "image_rule_recall", "pixel_f1", "pixel_iou", "oracle_pixel_f1", "pixel_f1_ratio")
+POINT_COLUMNS = [
+    "class",
+    "method",
+    "n_calibration",
+    "calibration",
+    "guaranteed",
+    "region_threshold",
+    "mask_level",
+    "good_test",
+    "false_alarms",
+    "defective_test",
+    "recall",
+    "best_recall",
+    "recall_ratio",
+    "image_precision",
+    "contradictions",
+    "best_recall_image_score",
+    "image_rule_false_alarms",
+    "image_rule_recall",
+    "image_rule_contradictions",
+    "mask_alarm_rate",
+    "pixel_f1",
+    "pixel_iou",
+    "oracle_pixel_f1",
+    "pixel_f1_ratio",
+]
+POINT_MEANS = (
+    "recall",
+    "best_recall",
+    "recall_ratio",
+    "image_precision",
+    "best_recall_image_score",
+    "image_rule_recall",
+    "pixel_f1",
+    "pixel_iou",
+    "oracle_pixel_f1",
+    "pixel_f1_ratio",
+)
 POINT_CAPTION = (
     "levels from the training images only (SPADE and PatchCore leave-one-out, PaDiM out-of-fold): an image "
     "is a defect when its map, on the original pixels, has a region of min_area above region_threshold, "
@@ -186,28 +309,52 @@ def operating_point_row(run, name: str, layers, s: Settings, far: float, folds: 
     statistic = region_scores(run.maps[name], shapes, pre, cal.min_area)
     decided = decide(run.maps[name], shapes, pre, cal.region_threshold, cal.mask_level, cal.min_area)
     flagged = np.array([d for d, _ in decided], bool)
-    row = {"class": run.data.name, "method": name, "n_calibration": cal.n_images, "calibration": cal.how,
-           "guaranteed": cal.guaranteed, "region_threshold": cal.region_threshold, "mask_level": cal.mask_level,
-           "mask_alarm_rate": cal.mask_alarm_rate, "good_test": int((~labels).sum()),
-           "false_alarms": int((flagged & ~labels).sum()), "defective_test": int(labels.sum()),
-           "contradictions": sum(d != r for d, r in decided)}
-    old = decide(run.maps[name], shapes, pre, -np.inf, cal.pixel_threshold, cal.min_area)  # regions at the quantile
+    row = {
+        "class": run.data.name,
+        "method": name,
+        "n_calibration": cal.n_images,
+        "calibration": cal.how,
+        "guaranteed": cal.guaranteed,
+        "region_threshold": cal.region_threshold,
+        "mask_level": cal.mask_level,
+        "mask_alarm_rate": cal.mask_alarm_rate,
+        "good_test": int((~labels).sum()),
+        "false_alarms": int((flagged & ~labels).sum()),
+        "defective_test": int(labels.sum()),
+        "contradictions": sum(d != r for d, r in decided),
+    }
+    old = decide(
+        run.maps[name], shapes, pre, -np.inf, cal.pixel_threshold, cal.min_area
+    )  # regions at the quantile
     image_flagged = run.scores[name] > cal.image_threshold
     row["image_rule_contradictions"] = int(sum(f != r for f, (_, r) in zip(image_flagged, old)))
     if labels.any():
         best = best_recall(statistic, labels, row["false_alarms"])
         recall = float(np.mean(flagged[labels]))
-        row.update({"recall": recall, "best_recall": best["recall"],
-                    "recall_ratio": recall / best["recall"] if best["recall"] > 0 else float("nan"),
-                    "image_precision": at_threshold(flagged, labels, 0.5)["precision"],
-                    "image_rule_false_alarms": int((image_flagged & ~labels).sum()),
-                    "image_rule_recall": float(np.mean(image_flagged[labels])),
-                    "best_recall_image_score": best_recall(run.scores[name], labels, row["false_alarms"])["recall"]})
+        row.update(
+            {
+                "recall": recall,
+                "best_recall": best["recall"],
+                "recall_ratio": recall / best["recall"] if best["recall"] > 0 else float("nan"),
+                "image_precision": at_threshold(flagged, labels, 0.5)["precision"],
+                "image_rule_false_alarms": int((image_flagged & ~labels).sum()),
+                "image_rule_recall": float(np.mean(image_flagged[labels])),
+                "best_recall_image_score": best_recall(run.scores[name], labels, row["false_alarms"])[
+                    "recall"
+                ],
+            }
+        )
     if run.data.has_masks and run.masks.any():
         masks = frame_masks(run.maps[name], flagged, cal.mask_level, cal.min_area)
         pixel, oracle = at_threshold(masks, run.masks, 0.5), best_f1(run.maps[name], run.masks)
-        row.update({"pixel_f1": pixel["f1"], "pixel_iou": pixel["iou"], "oracle_pixel_f1": oracle["f1"],
-                    "pixel_f1_ratio": pixel["f1"] / oracle["f1"] if oracle["f1"] > 0 else float("nan")})
+        row.update(
+            {
+                "pixel_f1": pixel["f1"],
+                "pixel_iou": pixel["iou"],
+                "oracle_pixel_f1": oracle["f1"],
+                "pixel_f1_ratio": pixel["f1"] / oracle["f1"] if oracle["f1"] > 0 else float("nan"),
+            }
+        )
     return {column: row.get(column) for column in POINT_COLUMNS}
 
 
@@ -226,4 +373,9 @@ def _heatmaps(folder: Path, run, methods: list[str], n: int, fx) -> None:
             heat = colorize(run.maps[name][i], *ranges[name])
             panels += [(f"{name} map", heat), (f"{name} overlay", overlay(run.test.images[i], heat))]
         p = run.data.test[i]
-        panel_figure(folder / f"{p.parent.name}_{p.stem}.png", f"{run.data.name}/{p.parent.name}/{p.name}", panels, fx.weights.banner)
+        panel_figure(
+            folder / f"{p.parent.name}_{p.stem}.png",
+            f"{run.data.name}/{p.parent.name}/{p.name}",
+            panels,
+            fx.weights.banner,
+        )

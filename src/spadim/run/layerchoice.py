@@ -103,7 +103,7 @@ def fold_rows(n: int, seed: int, folds: int = FOLDS) -> list[list[int]]:
     if n < 2:
         raise SpadimError(f"--layers auto needs at least 2 training images to split (got {n})")
     perm = np.random.default_rng(seed).permutation(n)
-    return [sorted(int(i) for i in perm[f::min(folds, n)]) for f in range(min(folds, n))]
+    return [sorted(int(i) for i in perm[f :: min(folds, n)]) for f in range(min(folds, n))]
 
 
 def other_rows(n: int, rows: list[int]) -> list[int]:
@@ -115,20 +115,34 @@ def other_rows(n: int, rows: list[int]) -> list[int]:
 def take(fs: FeatureSet, rows: list[int]) -> FeatureSet:
     """Rows of a FeatureSet (copies)."""
     idx = torch.as_tensor(rows, dtype=torch.long)
-    return FeatureSet([fs.paths[i] for i in rows], {l: t[idx] for l, t in fs.layers.items()},
-                      None if fs.pooled is None else fs.pooled[idx], fs.images[rows], [fs.shapes[i] for i in rows])
+    return FeatureSet(
+        [fs.paths[i] for i in rows],
+        {l: t[idx] for l, t in fs.layers.items()},
+        None if fs.pooled is None else fs.pooled[idx],
+        fs.images[rows],
+        [fs.shapes[i] for i in rows],
+    )
 
 
 def concat(parts: list[FeatureSet]) -> FeatureSet:
-    return FeatureSet([p for fs in parts for p in fs.paths], {l: torch.cat([fs.layers[l] for fs in parts])
-                      for l in parts[0].layers},
-                      None if parts[0].pooled is None else torch.cat([fs.pooled for fs in parts]),
-                      np.concatenate([fs.images for fs in parts]), [s for fs in parts for s in fs.shapes])
+    return FeatureSet(
+        [p for fs in parts for p in fs.paths],
+        {l: torch.cat([fs.layers[l] for fs in parts]) for l in parts[0].layers},
+        None if parts[0].pooled is None else torch.cat([fs.pooled for fs in parts]),
+        np.concatenate([fs.images for fs in parts]),
+        [s for fs in parts for s in fs.shapes],
+    )
 
 
-def validation_folds(fx: FeatureExtractor, train: FeatureSet, seed: int, folds: int = FOLDS,
-                     copies: int = COPIES, cfg: DefectConfig = DEFECTS, validated: int = VALIDATED
-                     ) -> tuple[Folds, dict[str, float]]:
+def validation_folds(
+    fx: FeatureExtractor,
+    train: FeatureSet,
+    seed: int,
+    folds: int = FOLDS,
+    copies: int = COPIES,
+    cfg: DefectConfig = DEFECTS,
+    validated: int = VALIDATED,
+) -> tuple[Folds, dict[str, float]]:
     """The first ``validated`` folds with their synthetic defects (patches cut from the fold's fit
     part); all synthetic frames pass the backbone in one call, nothing else does."""
     t0 = time.perf_counter()
@@ -139,8 +153,9 @@ def validation_folds(fx: FeatureExtractor, train: FeatureSet, seed: int, folds: 
         fold_masks = [np.zeros((len(val_rows), *train.images.shape[1:3]), bool)]
         start = sum(len(d) for d in defective)
         for c in range(copies):
-            img, m, k = make_defects(train.images[val_rows], train.images[fit_rows],
-                                     seed * 1000 + 17 * f + c, cfg)
+            img, m, k = make_defects(
+                train.images[val_rows], train.images[fit_rows], seed * 1000 + 17 * f + c, cfg
+            )
             defective.append(img)
             fold_masks.append(m)
             kinds += k
@@ -187,7 +202,9 @@ def pick(auprs: dict[str, float], tolerance: float = TOLERANCE) -> tuple[int, ..
     combos = [tuple(int(x) for x in name.split("+")) for name in auprs]
     valid = [c for c in combos if not math.isnan(auprs[combo_name(c)])]
     if not valid:
-        raise SpadimError("no layer subset gave a defined synthetic AUPR (no synthetic defect fitted the frames)")
+        raise SpadimError(
+            "no layer subset gave a defined synthetic AUPR (no synthetic defect fitted the frames)"
+        )
     best = max(auprs[combo_name(c)] for c in valid)
     return min((c for c in valid if auprs[combo_name(c)] >= best - tolerance), key=lambda c: (len(c), c))
 
@@ -203,9 +220,18 @@ def training_features(fx: FeatureExtractor, data) -> FeatureSet:
     return fx(list(data), "train")
 
 
-def select_many(fx: FeatureExtractor, data, s: Settings, methods, seed: int | None = None,
-                folds: int = FOLDS, copies: int = COPIES, tolerance: float = TOLERANCE,
-                cfg: DefectConfig = DEFECTS, validated: int = VALIDATED) -> dict[str, Selection]:
+def select_many(
+    fx: FeatureExtractor,
+    data,
+    s: Settings,
+    methods,
+    seed: int | None = None,
+    folds: int = FOLDS,
+    copies: int = COPIES,
+    tolerance: float = TOLERANCE,
+    cfg: DefectConfig = DEFECTS,
+    validated: int = VALIDATED,
+) -> dict[str, Selection]:
     """One :class:`Selection` per method, sharing the split, the defects and their backbone pass.
 
     ``data`` is training data only (see :func:`training_features`); ``fx`` must keep all four
@@ -217,8 +243,10 @@ def select_many(fx: FeatureExtractor, data, s: Settings, methods, seed: int | No
     t_train = time.perf_counter() - t0
     missing = [l for l in (1, 2, 3, 4) if l not in train.layers]
     if missing:
-        raise SpadimError(f"layer selection needs all 4 layers; the features lack {missing}: "
-                          f"make the extractor with layer_sets=ALL_COMBOS")
+        raise SpadimError(
+            f"layer selection needs all 4 layers; the features lack {missing}: "
+            f"make the extractor with layer_sets=ALL_COMBOS"
+        )
     parts, shared = validation_folds(fx, train, seed, folds, copies, cfg, validated)
     out = {}
     for m in methods:
@@ -229,8 +257,9 @@ def select_many(fx: FeatureExtractor, data, s: Settings, methods, seed: int | No
     return out
 
 
-def select_layers(fx: FeatureExtractor, data, s: Settings, method: str, seed: int | None = None,
-                  **kw) -> Selection:
+def select_layers(
+    fx: FeatureExtractor, data, s: Settings, method: str, seed: int | None = None, **kw
+) -> Selection:
     """The layer subset for ``method`` on one class, chosen from its training images alone."""
     return select_many(fx, data, s, [method], seed, **kw)[method]
 
@@ -242,8 +271,9 @@ def selection_seconds(sels: dict[str, Selection]) -> float:
     return shared + sum(sel.seconds["scoring"] for sel in sels.values())
 
 
-def evaluate_auto(fx: FeatureExtractor, source: Path | ClassData, s: Settings, methods: list[str]
-                  ) -> tuple[ClassRun, dict[str, dict], dict[str, Selection]]:
+def evaluate_auto(
+    fx: FeatureExtractor, source: Path | ClassData, s: Settings, methods: list[str]
+) -> tuple[ClassRun, dict[str, dict], dict[str, Selection]]:
     """``evaluate`` with ``--layers auto``: select per method on the training images, refit each
     method on all of them with its subset (features held, not re-extracted), stream the test set.
     ``source`` is a class folder or a class of any layout (:func:`spadim.run.pipeline.class_data`)."""
@@ -253,5 +283,3 @@ def evaluate_auto(fx: FeatureExtractor, source: Path | ClassData, s: Settings, m
     fitted = {m: s.method(m, sels[m].chosen).fit(train) for m in methods}
     run, metrics = evaluate_fitted(fx, data, s, fitted, train)
     return run, metrics, sels
-
-

@@ -24,8 +24,16 @@ FORMAT_VERSION = 3  # 3: calibration (operating point) and preprocessing frame; 
 READABLE_VERSIONS = (2, 3)  # version 2 files load as uncalibrated, cropped-frame models
 
 
-def save_model(path: Path, method, weights: Weights, pre: Preprocess, class_name: str, ref_images: np.ndarray,
-               calibration: dict | None = None, fit_info: dict | None = None) -> None:
+def save_model(
+    path: Path,
+    method,
+    weights: Weights,
+    pre: Preprocess,
+    class_name: str,
+    ref_images: np.ndarray,
+    calibration: dict | None = None,
+    fit_info: dict | None = None,
+) -> None:
     """Write atomically (temporary file, then rename). ``ref_images`` (uint8 [n, crop, crop, 3])
     are normal frames kept for keypoint object masks at predict time; ``calibration`` is
     :meth:`spadim.run.calibration.Calibration.to_json` (plain data, loadable without code)."""
@@ -62,7 +70,9 @@ def load_model(path: Path) -> tuple[object, dict]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - anything unreadable is not a model file of ours
-        raise SpadimError(f"{path} is not a spadim model file (unreadable): create one with `spadim fit`") from None
+        raise SpadimError(
+            f"{path} is not a spadim model file (unreadable): create one with `spadim fit`"
+        ) from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise SpadimError(f"{path} is not a spadim model file: create one with `spadim fit`")
     if blob.get("format_version") not in READABLE_VERSIONS:
@@ -73,7 +83,9 @@ def load_model(path: Path) -> tuple[object, dict]:
     try:
         method = from_state(blob["method"], blob["state"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise SpadimError(f"model file {path} is damaged ({type(exc).__name__}: {exc}): refit it with `spadim fit`") from None
+        raise SpadimError(
+            f"model file {path} is damaged ({type(exc).__name__}: {exc}): refit it with `spadim fit`"
+        ) from None
     blob.setdefault("calibration", None)
     blob["preprocess"].setdefault("frame", "crop")
     return method, blob

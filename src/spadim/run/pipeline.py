@@ -52,7 +52,9 @@ class Settings:
     cache_dir: Path | None = None
     spade_fusion: str = "mean"  # "mean" of per-layer maps (reference) or "concat"
     stream_size: int = 32  # test images scored per chunk when streaming
-    frame: str = "crop"  # "crop" as the papers (evaluate, studies) or "whole" (fit/predict/serve inspect it all)
+    frame: str = (
+        "crop"  # "crop" as the papers (evaluate, studies) or "whole" (fit/predict/serve inspect it all)
+    )
     coreset: float = 0.1  # PatchCore: fraction of training patches kept in the memory bank, in (0, 1]
     patchcore_dim: int = 1024  # PatchCore: per-layer and final patch-feature dimension
     search: str = "auto"  # nearest-neighbour backend of SPADE and PatchCore: auto (probed), torch, faiss
@@ -60,8 +62,12 @@ class Settings:
     def __post_init__(self):
         if self.arch not in DEFAULT_D:
             raise SpadimError(f"unknown backbone {self.arch!r}: choose one of {', '.join(DEFAULT_D)}")
-        for flag, value in (("--k", self.k), ("--d", self.padim_d), ("--batch-size", self.batch_size),
-                            ("--patchcore-dim", self.patchcore_dim)):
+        for flag, value in (
+            ("--k", self.k),
+            ("--d", self.padim_d),
+            ("--batch-size", self.batch_size),
+            ("--patchcore-dim", self.patchcore_dim),
+        ):
             if value < 1:
                 raise SpadimError(f"{flag} must be >= 1 (got {value})")
         Preprocess(self.resize, self.crop, self.frame)  # raises SpadimError on bad sizes
@@ -100,7 +106,9 @@ class Settings:
 
     def method(self, name: str, layers: tuple[int, ...] | None = None):
         if layers is None and self.auto_layers:
-            raise SpadimError("layers are 'auto': choose them first (spadim.studies.layerselect) and pass them")
+            raise SpadimError(
+                "layers are 'auto': choose them first (spadim.studies.layerselect) and pass them"
+            )
         return registry.create(name, self, layers or self.method_layers(name))
 
 
@@ -110,7 +118,9 @@ def needed_features(methods: list[str], layer_sets) -> tuple[tuple[int, ...], bo
     return layers, "spade" in methods
 
 
-def make_extractor(s: Settings, progress=None, methods=("spade", "padim"), layer_sets=None) -> FeatureExtractor:
+def make_extractor(
+    s: Settings, progress=None, methods=("spade", "padim"), layer_sets=None
+) -> FeatureExtractor:
     """The backbone with real (or explicitly random) weights, keeping only what the run needs."""
     model, weights = load_backbone(s.arch, s.weights, s.seed)
     if layer_sets is None and s.auto_layers:
@@ -156,8 +166,12 @@ def class_metrics(data: ClassData, maps: np.ndarray, masks: np.ndarray, scores: 
     if data.has_masks:
         return evaluate_maps(maps, masks, scores, data.labels)
     auroc = image_auroc(scores, data.labels)
-    return {"pixel_auroc": None, "pixel_aupr": None, "image_auroc": None if math.isnan(auroc) else auroc,
-            "aupro": None}
+    return {
+        "pixel_auroc": None,
+        "pixel_aupr": None,
+        "image_auroc": None if math.isnan(auroc) else auroc,
+        "aupro": None,
+    }
 
 
 def metric_notes(data: ClassData, masks: np.ndarray) -> list[str]:
@@ -178,13 +192,25 @@ def prepare_class(fx: FeatureExtractor, source: Path | ClassData) -> ClassRun:
 
 def images_only(paths: list[Path], chunks: list[FeatureSet]) -> FeatureSet:
     """The frames and sizes of streamed chunks, without features."""
-    return FeatureSet(list(paths), {}, None, np.concatenate([c.images for c in chunks]),
-                      [shape for c in chunks for shape in c.shapes])
+    return FeatureSet(
+        list(paths),
+        {},
+        None,
+        np.concatenate([c.images for c in chunks]),
+        [shape for c in chunks for shape in c.shapes],
+    )
 
 
-def fit_methods(fx: FeatureExtractor, paths: list[Path], s: Settings, methods: list[str],
-                layers: tuple[int, ...] | None = None, desc: str = "train",
-                on_chunk=None, hold: bool = False) -> tuple[dict, FeatureSet]:
+def fit_methods(
+    fx: FeatureExtractor,
+    paths: list[Path],
+    s: Settings,
+    methods: list[str],
+    layers: tuple[int, ...] | None = None,
+    desc: str = "train",
+    on_chunk=None,
+    hold: bool = False,
+) -> tuple[dict, FeatureSet]:
     """Fitted methods and the training FeatureSet.
 
     When every method can fit chunk by chunk (PaDiM), the training features are streamed
@@ -210,8 +236,15 @@ def fit_methods(fx: FeatureExtractor, paths: list[Path], s: Settings, methods: l
     return {name: m.finish_fit() for name, m in fresh.items()}, images_only(paths, frames)
 
 
-def score_stream(fx: FeatureExtractor, paths: list[Path], fitted: dict, chunk_size: int, size: int,
-                 desc: str = "test", on_chunk=None) -> tuple[FeatureSet, dict[str, np.ndarray], dict[str, np.ndarray]]:
+def score_stream(
+    fx: FeatureExtractor,
+    paths: list[Path],
+    fitted: dict,
+    chunk_size: int,
+    size: int,
+    desc: str = "test",
+    on_chunk=None,
+) -> tuple[FeatureSet, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Frames, maps [N, size, size] and image scores per method; features live one chunk at a time
     (``on_chunk(features)`` sees each chunk, e.g. to compute learned object masks)."""
     frames, maps, scores = [], {n: [] for n in fitted}, {n: [] for n in fitted}
@@ -224,13 +257,22 @@ def score_stream(fx: FeatureExtractor, paths: list[Path], fitted: dict, chunk_si
             on_chunk(chunk)
         frames.append(FeatureSet([], {}, None, chunk.images, chunk.shapes))
         del chunk
-    return (images_only(paths, frames), {n: np.concatenate(m) for n, m in maps.items()},
-            {n: np.concatenate(v) for n, v in scores.items()})
+    return (
+        images_only(paths, frames),
+        {n: np.concatenate(m) for n, m in maps.items()},
+        {n: np.concatenate(v) for n, v in scores.items()},
+    )
 
 
-def evaluate_class(fx: FeatureExtractor, source: Path | ClassData, s: Settings, methods: list[str],
-                   layers: tuple[int, ...] | None = None, observer=None, hold_train: bool = False
-                   ) -> tuple[ClassRun, dict[str, dict]]:
+def evaluate_class(
+    fx: FeatureExtractor,
+    source: Path | ClassData,
+    s: Settings,
+    methods: list[str],
+    layers: tuple[int, ...] | None = None,
+    observer=None,
+    hold_train: bool = False,
+) -> tuple[ClassRun, dict[str, dict]]:
     """Fit each method on the training features, stream the test set through all of them.
     ``hold_train`` keeps the training features in the run (for calibration) even for PaDiM.
 
@@ -243,17 +285,33 @@ def evaluate_class(fx: FeatureExtractor, source: Path | ClassData, s: Settings, 
     data = class_data(source)
     if observer is not None:
         observer.start(data)
-    fitted, train = fit_methods(fx, data.train, s, methods, layers, f"{data.name} train",
-                                observer.train_chunk if observer is not None else None, hold_train)
+    fitted, train = fit_methods(
+        fx,
+        data.train,
+        s,
+        methods,
+        layers,
+        f"{data.name} train",
+        observer.train_chunk if observer is not None else None,
+        hold_train,
+    )
     return evaluate_fitted(fx, data, s, fitted, train, observer)
 
 
-def evaluate_fitted(fx: FeatureExtractor, data: ClassData, s: Settings, fitted: dict,
-                    train: FeatureSet, observer=None) -> tuple[ClassRun, dict[str, dict]]:
+def evaluate_fitted(
+    fx: FeatureExtractor, data: ClassData, s: Settings, fitted: dict, train: FeatureSet, observer=None
+) -> tuple[ClassRun, dict[str, dict]]:
     """Stream the test set through already fitted methods (``fitted`` is emptied to free them)."""
     methods = list(fitted)
-    test, maps, scores = score_stream(fx, data.test, fitted, s.stream_size, s.crop, f"{data.name} test",
-                                      observer.test_chunk if observer is not None else None)
+    test, maps, scores = score_stream(
+        fx,
+        data.test,
+        fitted,
+        s.stream_size,
+        s.crop,
+        f"{data.name} test",
+        observer.test_chunk if observer is not None else None,
+    )
     left_out = {n: m for n, m in fitted.items() if hasattr(m, "score_left_out") and len(train)}
     fitted.clear()  # PaDiM's factors (3.8 GB at d=550) are not needed by the metrics
     run = ClassRun(data, train, test, load_masks(data, fx.pre, test.shapes), maps, scores, left_out)
@@ -261,7 +319,9 @@ def evaluate_fitted(fx: FeatureExtractor, data: ClassData, s: Settings, fitted: 
     return run, metrics
 
 
-def score_class(run: ClassRun, s: Settings, methods: list[str], layers: tuple[int, ...] | None = None) -> dict[str, dict]:
+def score_class(
+    run: ClassRun, s: Settings, methods: list[str], layers: tuple[int, ...] | None = None
+) -> dict[str, dict]:
     """Fit each method on the train features, score the test set; returns metrics per method."""
     out = {}
     for name in methods:
@@ -277,7 +337,9 @@ def reference_indices(n_train: int, n_refs: int) -> list[int]:
     return sorted({round(i * (n_train - 1) / max(n - 1, 1)) for i in range(n)})
 
 
-def object_masks(test_images: np.ndarray, ref_images: np.ndarray, cfg: MaskConfig) -> tuple[np.ndarray, list[str]]:
+def object_masks(
+    test_images: np.ndarray, ref_images: np.ndarray, cfg: MaskConfig
+) -> tuple[np.ndarray, list[str]]:
     """Keypoint object masks [N, H, W] of the test images and one warning per fallback."""
     refs = reference_features(list(ref_images), cfg)
     masks, warnings = [], []
@@ -296,7 +358,9 @@ def class_object_masks(run: ClassRun, cfg: MaskConfig) -> tuple[np.ndarray, list
     return masks, [f"{run.data.name}: {w}" for w in warnings]
 
 
-def suppress_outside(name: str, maps: np.ndarray, scores: np.ndarray, obj: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray]:
+def suppress_outside(
+    name: str, maps: np.ndarray, scores: np.ndarray, obj: np.ndarray, r: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Scale scores outside the object masks by ``r``.
 
     PaDiM's image score is its map maximum, so it is recomputed on the masked map;

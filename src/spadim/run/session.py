@@ -103,9 +103,15 @@ def class_summary(data: ClassData, shapes=None) -> dict:
     if shapes is None:
         shapes = [read_rgb(p).shape[:2] for p in data.test]
     sizes = sorted({f"{w}x{h}" for h, w in shapes})
-    summary = {"name": data.name, "n_train": len(data.train), "n_test_good": int((data.labels == 0).sum()),
-               "n_test_anomalous": int(data.labels.sum()), "image_size": sizes[0] if len(sizes) == 1 else
-               f"mixed ({', '.join(sizes[:3])}{', ...' if len(sizes) > 3 else ''})"}
+    summary = {
+        "name": data.name,
+        "n_train": len(data.train),
+        "n_test_good": int((data.labels == 0).sum()),
+        "n_test_anomalous": int(data.labels.sum()),
+        "image_size": sizes[0]
+        if len(sizes) == 1
+        else f"mixed ({', '.join(sizes[:3])}{', ...' if len(sizes) > 3 else ''})",
+    }
     notes = []
     if data.name in FULL_MVTEC:
         full_train, full_side = FULL_MVTEC[data.name]
@@ -119,19 +125,37 @@ def class_summary(data: ClassData, shapes=None) -> dict:
     return summary
 
 
-def report_header(title: str, command: str, s: Settings, fx: FeatureExtractor, data: Path | str,
-                  summaries) -> dict:
+def report_header(
+    title: str, command: str, s: Settings, fx: FeatureExtractor, data: Path | str, summaries
+) -> dict:
     """The part of a report context every command shares: what ran, on what, with which weights.
 
     ``data`` is the data root, or for plain folders a line naming them (:attr:`ClassData.origin`)."""
     w = fx.weights
-    return {"title": title, "command": command, "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "data": {"root": str(data), "classes": list(summaries)},
-            "weights": {"arch": w.arch, "source": w.source, "sha256": w.sha256, "pretrained": w.pretrained,
-                        "describe": w.describe()},
-            "settings": {"layers": _layers_setting(s), "k": s.k, "d": s.padim_d, "seed": s.seed, "resize": s.resize,
-                         "crop": s.crop, "spade_fusion": s.spade_fusion, "coreset": s.coreset,
-                         "search": search_label(s.search)}}
+    return {
+        "title": title,
+        "command": command,
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "data": {"root": str(data), "classes": list(summaries)},
+        "weights": {
+            "arch": w.arch,
+            "source": w.source,
+            "sha256": w.sha256,
+            "pretrained": w.pretrained,
+            "describe": w.describe(),
+        },
+        "settings": {
+            "layers": _layers_setting(s),
+            "k": s.k,
+            "d": s.padim_d,
+            "seed": s.seed,
+            "resize": s.resize,
+            "crop": s.crop,
+            "spade_fusion": s.spade_fusion,
+            "coreset": s.coreset,
+            "search": search_label(s.search),
+        },
+    }
 
 
 def _layers_setting(s: Settings):
@@ -141,8 +165,11 @@ def _layers_setting(s: Settings):
 
     if s.layers_given or s.auto_layers:
         return s.layers_label
-    own = [f"{name}: {', '.join(map(str, cls.default_layers))}" for name, cls in METHODS.items()
-           if getattr(cls, "default_layers", None)]
+    own = [
+        f"{name}: {', '.join(map(str, cls.default_layers))}"
+        for name, cls in METHODS.items()
+        if getattr(cls, "default_layers", None)
+    ]
     return f"{', '.join(map(str, s.layers))}" + (f" ({'; '.join(own)})" if own else "")
 
 
@@ -171,10 +198,22 @@ def save_atomic(path: Path, content: dict) -> None:
 
 
 def meta(s: Settings, fx: FeatureExtractor, **extra) -> dict:
-    return {"spadim": __version__, "weights": fx.weights.describe(), "pretrained": fx.weights.pretrained,
-            "arch": s.arch, "resize": s.resize, "crop": s.crop, "layers": s.layers_label, "k": s.k,
-            "d": s.padim_d, "spade_fusion": s.spade_fusion, "seed": s.seed, "coreset": s.coreset,
-            "search": search_label(s.search), **extra}
+    return {
+        "spadim": __version__,
+        "weights": fx.weights.describe(),
+        "pretrained": fx.weights.pretrained,
+        "arch": s.arch,
+        "resize": s.resize,
+        "crop": s.crop,
+        "layers": s.layers_label,
+        "k": s.k,
+        "d": s.padim_d,
+        "spade_fusion": s.spade_fusion,
+        "seed": s.seed,
+        "coreset": s.coreset,
+        "search": search_label(s.search),
+        **extra,
+    }
 
 
 def search_label(name: str) -> str:
@@ -188,8 +227,9 @@ def search_label(name: str) -> str:
     return f"auto: {report['forced'] or report['picked']}"
 
 
-def start_study(s: Settings, data: Path | ClassData, methods: str, classes: str | None = None,
-                layer_sets=None) -> tuple[list[str], list[Path | ClassData], FeatureExtractor]:
+def start_study(
+    s: Settings, data: Path | ClassData, methods: str, classes: str | None = None, layer_sets=None
+) -> tuple[list[str], list[Path | ClassData], FeatureExtractor]:
     """Common start of evaluate and the studies -> (methods, class sources, extractor).
 
     ``data`` is an MVTec AD root or class folder (the sources are class folders), or one class in
@@ -201,8 +241,10 @@ def start_study(s: Settings, data: Path | ClassData, methods: str, classes: str 
     names = parse_methods(methods)
     if isinstance(data, ClassData):
         if classes:
-            raise SpadimError(f"--classes {classes!r} picks classes of an MVTec AD root; {data.name!r} is a "
-                              f"single class: drop --classes")
+            raise SpadimError(
+                f"--classes {classes!r} picks classes of an MVTec AD root; {data.name!r} is a "
+                f"single class: drop --classes"
+            )
         sources = [data]
     else:
         sources = find_classes(data, classes)

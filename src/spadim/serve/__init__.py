@@ -4,8 +4,26 @@
 :func:`bind` claims the port before models load, :func:`serve` runs uvicorn on it.
 """
 
-from .app import (DEFAULT_HOST, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, DecodeBudget, bind, create_app,
-                  exposure_warning, load_inspectors, serve)
+from .app import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_PORT,
+    DecodeBudget,
+    bind,
+    create_app,
+    exposure_warning,
+    load_inspectors,
+    serve,
+)
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_MAX_UPLOAD_MB", "DEFAULT_PORT", "DecodeBudget", "bind", "create_app",
-           "exposure_warning", "load_inspectors", "serve"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_UPLOAD_MB",
+    "DEFAULT_PORT",
+    "DecodeBudget",
+    "bind",
+    "create_app",
+    "exposure_warning",
+    "load_inspectors",
+    "serve",
+]

@@ -42,9 +42,14 @@ DEFAULT_PORT = 8000
 DEFAULT_MAX_UPLOAD_MB = 20
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small form fields, on top of the image itself
 PAGE = "page.html"
-OPEN_PATHS = ("/health", "/")  # load balancers probe /health; the page itself holds no data and asks for the key
+OPEN_PATHS = (
+    "/health",
+    "/",
+)  # load balancers probe /health; the page itself holds no data and asks for the key
 DECODE_WAIT_S = 30.0  # how long an upload waits for decode memory before a 503
-BYTES_PER_PIXEL = 24  # decoded RGB, the full-resolution map, mask and overlay of one image, with room to spare
+BYTES_PER_PIXEL = (
+    24  # decoded RGB, the full-resolution map, mask and overlay of one image, with room to spare
+)
 
 
 # ------------------------------------------------------------------ loading and binding

@@ -22,10 +22,30 @@ from spadim.run.pipeline import ClassRun, Settings, evaluate_class, make_extract
 from .layersweep import spade_subsets
 
 
-REGRET_COLUMNS = ["class", "method", "chosen", "synthetic_aupr", "auto_aupr", "oracle_layers", "oracle_aupr",
-                  "regret", "fixed_aupr", "selection_s", "evaluate_s", "cost_ratio"]
-MEAN_COLUMNS = ("synthetic_aupr", "auto_aupr", "oracle_aupr", "regret", "fixed_aupr", "selection_s",
-                "evaluate_s", "cost_ratio")
+REGRET_COLUMNS = [
+    "class",
+    "method",
+    "chosen",
+    "synthetic_aupr",
+    "auto_aupr",
+    "oracle_layers",
+    "oracle_aupr",
+    "regret",
+    "fixed_aupr",
+    "selection_s",
+    "evaluate_s",
+    "cost_ratio",
+]
+MEAN_COLUMNS = (
+    "synthetic_aupr",
+    "auto_aupr",
+    "oracle_aupr",
+    "regret",
+    "fixed_aupr",
+    "selection_s",
+    "evaluate_s",
+    "cost_ratio",
+)
 
 
 def _sweep_results(sweep: Path | None, name: str, s: Settings, weights_id: str) -> dict:
@@ -37,11 +57,20 @@ def _sweep_results(sweep: Path | None, name: str, s: Settings, weights_id: str) 
         return {}
     saved = json.loads(path.read_text())
     sig = saved.get("signature") or {}
-    ours = {"arch": s.arch, "weights": weights_id, "resize": s.resize, "crop": s.crop, "k": s.k, "d": s.padim_d,
-            "seed": s.seed}
+    ours = {
+        "arch": s.arch,
+        "weights": weights_id,
+        "resize": s.resize,
+        "crop": s.crop,
+        "k": s.k,
+        "d": s.padim_d,
+        "seed": s.seed,
+    }
     diff = {k: (sig.get(k), v) for k, v in ours.items() if sig.get(k) != v}
     if diff:
-        raise SpadimError(f"--sweep {path} was run with other settings {diff}: give the same flags or drop --sweep")
+        raise SpadimError(
+            f"--sweep {path} was run with other settings {diff}: give the same flags or drop --sweep"
+        )
     return saved.get("results", {})
 
 
@@ -66,33 +95,71 @@ def regret_rows(name: str, sels: dict[str, Selection], real: dict[str, dict], fi
         aupr = {combo_name(c): real[f"{combo_name(c)}/{m}"]["pixel_aupr"] for c in ALL_COMBOS}
         defined = {k: v for k, v in aupr.items() if not math.isnan(v)}
         oracle = max(defined, key=defined.get) if defined else ""
-        rows.append({"class": name, "method": m, "chosen": sel.name, "synthetic_aupr": sel.aupr,
-                     "auto_aupr": aupr[sel.name], "oracle_layers": oracle,
-                     "oracle_aupr": defined.get(oracle, float("nan")),
-                     "regret": defined.get(oracle, float("nan")) - aupr[sel.name],
-                     "fixed_aupr": aupr[combo_name(fixed)]})
+        rows.append(
+            {
+                "class": name,
+                "method": m,
+                "chosen": sel.name,
+                "synthetic_aupr": sel.aupr,
+                "auto_aupr": aupr[sel.name],
+                "oracle_layers": oracle,
+                "oracle_aupr": defined.get(oracle, float("nan")),
+                "regret": defined.get(oracle, float("nan")) - aupr[sel.name],
+                "fixed_aupr": aupr[combo_name(fixed)],
+            }
+        )
     return rows
 
 
-def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classes: str | None = None,
-        sweep: Path | None = None, command: str = "", time_evaluate: bool = True) -> list[dict]:
+def run(
+    s: Settings,
+    data: Path,
+    out: Path,
+    methods: str = "spade,padim",
+    classes: str | None = None,
+    sweep: Path | None = None,
+    command: str = "",
+    time_evaluate: bool = True,
+) -> list[dict]:
     """``spadim layer-select``: per class and method the auto choice, and with real masks its regret.
 
     Each finished class is saved to ``out/per_class/<class>.json``; a rerun with the same settings
     resumes after it."""
     from spadim.report.html import html_table, write_report
     from spadim.report.tables import METRIC_COLUMNS, with_means, write_table
-    from spadim.run.session import (check_out_dir, class_summary, load_resumable, meta, progress, report_header,
-                          save_atomic, say, staged, start_study)
+    from spadim.run.session import (
+        check_out_dir,
+        class_summary,
+        load_resumable,
+        meta,
+        progress,
+        report_header,
+        save_atomic,
+        say,
+        staged,
+        start_study,
+    )
 
     s = dataclasses.replace(s, layers=(1, 2, 3)) if s.auto_layers else s  # the fixed baseline
     check_out_dir(out)
     methods, dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS)
-    sig = {"arch": s.arch, "weights": fx.weights.sha256, "resize": s.resize, "crop": s.crop, "k": s.k,
-           "d": s.padim_d, "seed": s.seed, "spade_fusion": s.spade_fusion, "methods": methods,
-           "folds": FOLDS, "validated": VALIDATED, "copies": COPIES,
-           "defects": {**dataclasses.asdict(DEFECTS), "kinds": list(DEFECTS.kinds)},  # as JSON reads it back
-           "time_evaluate": time_evaluate, "sweep": str(sweep) if sweep else None}
+    sig = {
+        "arch": s.arch,
+        "weights": fx.weights.sha256,
+        "resize": s.resize,
+        "crop": s.crop,
+        "k": s.k,
+        "d": s.padim_d,
+        "seed": s.seed,
+        "spade_fusion": s.spade_fusion,
+        "methods": methods,
+        "folds": FOLDS,
+        "validated": VALIDATED,
+        "copies": COPIES,
+        "defects": {**dataclasses.asdict(DEFECTS), "kinds": list(DEFECTS.kinds)},  # as JSON reads it back
+        "time_evaluate": time_evaluate,
+        "sweep": str(sweep) if sweep else None,
+    }
     regret, results, subsets, summaries, choices = [], [], [], [], {}
     for cdir in dirs:
         data_c = load_class(cdir)
@@ -111,8 +178,11 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
         sels = select_many(fx, train, s, methods)  # training features only
         t_sel = time.perf_counter() - t0
         choices[data_c.name] = {m: sel.to_json() for m, sel in sels.items()}
-        say(f"{data_c.name}: chose " + ", ".join(f"{m} {sel.name} (synthetic AUPR {sel.aupr:.3f})"
-                                                 for m, sel in sels.items()) + f" in {t_sel:.1f} s")
+        say(
+            f"{data_c.name}: chose "
+            + ", ".join(f"{m} {sel.name} (synthetic AUPR {sel.aupr:.3f})" for m, sel in sels.items())
+            + f" in {t_sel:.1f} s"
+        )
         stored = _sweep_results(sweep, data_c.name, s, fx.weights.sha256)
         t_eval = float("nan")
         if time_evaluate:  # one plain evaluate of the class, as `spadim evaluate` runs it
@@ -134,49 +204,112 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
             real = real_subsets(cr, s, methods, stored) if need else stored
             rows = regret_rows(data_c.name, sels, real)
             for r in rows:
-                results.append({"class": data_c.name, "method": r["method"], "layers": r["chosen"],
-                                **real[f"{r['chosen']}/{r['method']}"]})
+                results.append(
+                    {
+                        "class": data_c.name,
+                        "method": r["method"],
+                        "layers": r["chosen"],
+                        **real[f"{r['chosen']}/{r['method']}"],
+                    }
+                )
             for m, sel in sels.items():
-                subsets += [{"class": data_c.name, "method": m, "layers": combo_name(c),
-                             "synthetic_aupr": sel.synthetic_aupr[combo_name(c)],
-                             "real_aupr": real[f"{combo_name(c)}/{m}"]["pixel_aupr"]} for c in ALL_COMBOS]
+                subsets += [
+                    {
+                        "class": data_c.name,
+                        "method": m,
+                        "layers": combo_name(c),
+                        "synthetic_aupr": sel.synthetic_aupr[combo_name(c)],
+                        "real_aupr": real[f"{combo_name(c)}/{m}"]["pixel_aupr"],
+                    }
+                    for c in ALL_COMBOS
+                ]
         else:
-            rows = [{"class": data_c.name, "method": m, "chosen": sel.name, "synthetic_aupr": sel.aupr}
-                    for m, sel in sels.items()]
+            rows = [
+                {"class": data_c.name, "method": m, "chosen": sel.name, "synthetic_aupr": sel.aupr}
+                for m, sel in sels.items()
+            ]
         for r in rows:
             r.update({"selection_s": t_sel, "evaluate_s": t_eval, "cost_ratio": t_sel / t_eval})
         regret += rows
-        save_atomic(Path(out) / "per_class" / f"{data_c.name}.json",
-                    {"signature": sig, "regret": regret[n_rows[0]:], "results": results[n_rows[1]:],
-                     "subsets": subsets[n_rows[2]:], "summary": summaries[-1], "choices": choices[data_c.name]})
-        say(f"{data_c.name}: " + "; ".join(f"{r['method']} regret {r.get('regret', float('nan')):.4f}"
-                                            for r in rows) + f"; selection/evaluate = {t_sel / t_eval:.2f}")
+        save_atomic(
+            Path(out) / "per_class" / f"{data_c.name}.json",
+            {
+                "signature": sig,
+                "regret": regret[n_rows[0] :],
+                "results": results[n_rows[1] :],
+                "subsets": subsets[n_rows[2] :],
+                "summary": summaries[-1],
+                "choices": choices[data_c.name],
+            },
+        )
+        say(
+            f"{data_c.name}: "
+            + "; ".join(f"{r['method']} regret {r.get('regret', float('nan')):.4f}" for r in rows)
+            + f"; selection/evaluate = {t_sel / t_eval:.2f}"
+        )
     regret = with_means(regret, ["method"], MEAN_COLUMNS)
     for r in regret:
         if r["class"] == "mean":
             r["chosen"] = r["oracle_layers"] = ""
-    info = meta(s, fx, methods=methods, layer_choice="auto", folds=FOLDS, validated=VALIDATED, copies=COPIES,
-                tolerance=TOLERANCE, sweep=str(sweep) if sweep else None,
-                choices=choices)
+    info = meta(
+        s,
+        fx,
+        methods=methods,
+        layer_choice="auto",
+        folds=FOLDS,
+        validated=VALIDATED,
+        copies=COPIES,
+        tolerance=TOLERANCE,
+        sweep=str(sweep) if sweep else None,
+        choices=choices,
+    )
     with staged(out) as stage:
-        md = write_table(stage, "layer_select", regret, REGRET_COLUMNS,
-                         "Layer subset chosen from normal images (--layers auto) and its regret", info)
+        md = write_table(
+            stage,
+            "layer_select",
+            regret,
+            REGRET_COLUMNS,
+            "Layer subset chosen from normal images (--layers auto) and its regret",
+            info,
+        )
         if subsets:
-            write_table(stage, "subsets", subsets, ["class", "method", "layers", "synthetic_aupr", "real_aupr"],
-                        "Synthetic vs real pixel AUPR of every subset", info)
+            write_table(
+                stage,
+                "subsets",
+                subsets,
+                ["class", "method", "layers", "synthetic_aupr", "real_aupr"],
+                "Synthetic vs real pixel AUPR of every subset",
+                info,
+            )
         results = with_means(results, ["method"]) if results else []
         if results:
-            write_table(stage, "results", results, ["class", "method", "layers", *METRIC_COLUMNS],
-                        "Real test metrics of the chosen subsets", info)
+            write_table(
+                stage,
+                "results",
+                results,
+                ["class", "method", "layers", *METRIC_COLUMNS],
+                "Real test metrics of the chosen subsets",
+                info,
+            )
         (stage / "summary.md").write_text(md)
-        html = html_table(regret, REGRET_COLUMNS,
-                          "regret = oracle AUPR - AUPR of the auto choice (real test masks); "
-                          "fixed = layers 1,2,3; cost_ratio = selection time / one evaluate of the class")
+        html = html_table(
+            regret,
+            REGRET_COLUMNS,
+            "regret = oracle AUPR - AUPR of the auto choice (real test masks); "
+            "fixed = layers 1,2,3; cost_ratio = selection time / one evaluate of the class",
+        )
         header = report_header("spadim layer-select", command, s, fx, Path(data), summaries)
         header["settings"]["layers"] = "auto"
-        write_report(stage, {**header, "results": results,
-                             "extra_sections": [{"title": "Layer subset chosen from normal images (regret)",
-                                                 "html": html}]})
+        write_report(
+            stage,
+            {
+                **header,
+                "results": results,
+                "extra_sections": [
+                    {"title": "Layer subset chosen from normal images (regret)", "html": html}
+                ],
+            },
+        )
     print(md)
     say(f"results in {out}/ (report.html, layer_select.*, subsets.*, results.*, summary.md, per_class/)")
     return regret

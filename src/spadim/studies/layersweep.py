@@ -39,8 +39,16 @@ from spadim.run.session import class_summary, meta, report_header, save_atomic, 
 def _signature(s, methods: list[str], weights_id: str) -> dict:
     """What must match for stored results to be reused; d is the effective one, so that
     the default and the same value given explicitly resume each other."""
-    sig = {"arch": s.arch, "weights": weights_id, "resize": s.resize, "crop": s.crop, "k": s.k, "d": s.padim_d,
-           "seed": s.seed, "methods": methods}
+    sig = {
+        "arch": s.arch,
+        "weights": weights_id,
+        "resize": s.resize,
+        "crop": s.crop,
+        "k": s.k,
+        "d": s.padim_d,
+        "seed": s.seed,
+        "methods": methods,
+    }
     # SPADE results depend on the fusion; sweeps before it existed concatenated, so they do not resume
     return {**sig, "spade_fusion": s.spade_fusion} if "spade" in methods else sig
 
@@ -56,7 +64,9 @@ def _load_partial(path: Path, sig: dict) -> dict:
     if old.get("d") is None and old.get("arch") in DEFAULT_D:  # written before d was stored resolved
         old = {**old, "d": DEFAULT_D[old["arch"]]}
     if old != sig:
-        raise SpadimError(f"{path} holds a sweep with other settings ({d.get('signature')}): use another --out or delete it")
+        raise SpadimError(
+            f"{path} holds a sweep with other settings ({d.get('signature')}): use another --out or delete it"
+        )
     return d.get("results", {})
 
 
@@ -70,28 +80,47 @@ def table3(rows: list[dict], methods: list[str]) -> list[dict]:
     for m in methods:
         for has4 in (True, False):
             sel = [r for r in rows if r["method"] == m and ("4" in r["layers"].split("+")) == has4]
-            out.append({"method": m, "combinations": "with layer 4" if has4 else "without layer 4", "n": len(sel),
-                        "mean_pixel_aupr": float(np.nanmean([r["pixel_aupr"] for r in sel])),
-                        "mean_pixel_auroc": float(np.nanmean([r["pixel_auroc"] for r in sel]))})
+            out.append(
+                {
+                    "method": m,
+                    "combinations": "with layer 4" if has4 else "without layer 4",
+                    "n": len(sel),
+                    "mean_pixel_aupr": float(np.nanmean([r["pixel_aupr"] for r in sel])),
+                    "mean_pixel_auroc": float(np.nanmean([r["pixel_auroc"] for r in sel])),
+                }
+            )
     return out
 
 
 def combo_means(rows: list[dict], method: str) -> list[float]:
-    return [float(np.nanmean([r["pixel_aupr"] for r in rows if r["method"] == method and r["layers"] == combo_name(c)]))
-            for c in ALL_COMBOS]
+    return [
+        float(
+            np.nanmean(
+                [r["pixel_aupr"] for r in rows if r["method"] == method and r["layers"] == combo_name(c)]
+            )
+        )
+        for c in ALL_COMBOS
+    ]
 
 
 def correlation(rows: list[dict]) -> dict:
     """Pearson r between SPADE and PaDiM AUPR across combinations (class means), and over class x combination."""
     a, b = combo_means(rows, "spade"), combo_means(rows, "padim")
     padim = {(r["class"], r["layers"]): r["pixel_aupr"] for r in rows if r["method"] == "padim"}
-    pairs = [(r["pixel_aupr"], padim[(r["class"], r["layers"])]) for r in rows
-             if r["method"] == "spade" and (r["class"], r["layers"]) in padim]
+    pairs = [
+        (r["pixel_aupr"], padim[(r["class"], r["layers"])])
+        for r in rows
+        if r["method"] == "spade" and (r["class"], r["layers"]) in padim
+    ]
     r_mean = pearsonr(a, b)[0] if np.std(a) > 0 and np.std(b) > 0 else float("nan")
     pa, pb = np.array(pairs).T if pairs else (np.zeros(0), np.zeros(0))
     r_all = pearsonr(pa, pb)[0] if len(pa) > 2 and pa.std() > 0 and pb.std() > 0 else float("nan")
-    return {"pearson_r_combination_means": float(r_mean), "pearson_r_class_x_combination": float(r_all),
-            "n_combinations": len(a), "n_pairs": len(pairs)}
+    return {
+        "pearson_r_combination_means": float(r_mean),
+        "pearson_r_class_x_combination": float(r_all),
+        "n_combinations": len(a),
+        "n_pairs": len(pairs),
+    }
 
 
 def best_rows(rows: list[dict], methods: list[str]) -> tuple[list[dict], dict]:
@@ -99,12 +128,22 @@ def best_rows(rows: list[dict], methods: list[str]) -> tuple[list[dict], dict]:
     for m in methods:
         classes = sorted({r["class"] for r in rows if r["method"] == m})
         for c in classes:
-            sel = [r for r in rows if r["method"] == m and r["class"] == c and not math.isnan(r["pixel_aupr"])]
+            sel = [
+                r for r in rows if r["method"] == m and r["class"] == c and not math.isnan(r["pixel_aupr"])
+            ]
             if not sel:
                 continue
             b = max(sel, key=lambda r: r["pixel_aupr"])
-            best.append({"class": c, "method": m, "best_layers": b["layers"], "n_layers": len(b["layers"].split("+")),
-                         "pixel_aupr": b["pixel_aupr"], "pixel_auroc": b["pixel_auroc"]})
+            best.append(
+                {
+                    "class": c,
+                    "method": m,
+                    "best_layers": b["layers"],
+                    "n_layers": len(b["layers"].split("+")),
+                    "pixel_aupr": b["pixel_aupr"],
+                    "pixel_auroc": b["pixel_auroc"],
+                }
+            )
         mine = [b for b in best if b["method"] == m]
         counts[m] = {"classes": len(mine), "best_uses_two_layers": sum(b["n_layers"] == 2 for b in mine)}
     return best, counts
@@ -125,8 +164,11 @@ def figure5(path: Path, rows: list[dict], methods: list[str], corr: dict, banner
         b.scatter(sa, pa)
         for n, u, v in zip(names, sa, pa):
             b.annotate(n, (u, v), fontsize=7)
-        b.set(xlabel="SPADE AUPR", ylabel="PaDiM AUPR",
-              title=f"Pearson r = {corr['pearson_r_combination_means']:.2f} (study: 0.70)")
+        b.set(
+            xlabel="SPADE AUPR",
+            ylabel="PaDiM AUPR",
+            title=f"Pearson r = {corr['pearson_r_combination_means']:.2f} (study: 0.70)",
+        )
         b.grid(alpha=0.3)
     else:
         b.axis("off")
@@ -148,21 +190,36 @@ def spade_subset_maps(cr, s: Settings, combos):
 
 def spade_subsets(cr, s: Settings, combos) -> dict[tuple[int, ...], dict]:
     """SPADE metrics of each layer subset (see :func:`spade_subset_maps`)."""
-    return {combo: evaluate_maps(maps, cr.masks, scores, cr.labels)
-            for combo, maps, scores in spade_subset_maps(cr, s, combos)}
+    return {
+        combo: evaluate_maps(maps, cr.masks, scores, cr.labels)
+        for combo, maps, scores in spade_subset_maps(cr, s, combos)
+    }
 
 
-def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classes: str | None = None,
-        command: str = "") -> None:
+def run(
+    s: Settings,
+    data: Path,
+    out: Path,
+    methods: str = "spade,padim",
+    classes: str | None = None,
+    command: str = "",
+) -> None:
     """Sweep every layer combination of ``methods`` over the classes of ``data`` into ``out``
     (resuming results already there); ``classes`` is a comma list, None for all."""
     methods, classes, fx = start_study(s, data, methods, classes, ALL_COMBOS)
     sig = _signature(s, methods, fx.weights.sha256)
     out = Path(out)
     partial = {c.name: _load_partial(out / "per_class" / f"{c.name}.json", sig) for c in classes}
-    jobs = [(c, combo, m) for c in classes for combo in ALL_COMBOS for m in methods
-            if f"{combo_name(combo)}/{m}" not in partial[c.name]]
-    say(f"{len(classes) * len(ALL_COMBOS) * len(methods) - len(jobs)} results already done, {len(jobs)} to go")
+    jobs = [
+        (c, combo, m)
+        for c in classes
+        for combo in ALL_COMBOS
+        for m in methods
+        if f"{combo_name(combo)}/{m}" not in partial[c.name]
+    ]
+    say(
+        f"{len(classes) * len(ALL_COMBOS) * len(methods) - len(jobs)} results already done, {len(jobs)} to go"
+    )
     bar = tqdm(total=len(jobs), desc="layer sweep", unit="run", disable=None)
     t0, done = time.perf_counter(), 0
     for cdir in classes:
@@ -188,39 +245,86 @@ def run(s: Settings, data: Path, out: Path, methods: str = "spade,padim", classe
             bar.update(1)
             done += 1
         rate = (time.perf_counter() - t0) / done
-        say(f"{cdir.name}: done; {done}/{len(jobs)} runs, about {rate * (len(jobs) - done) / 60:.1f} min left")
+        say(
+            f"{cdir.name}: done; {done}/{len(jobs)} runs, about {rate * (len(jobs) - done) / 60:.1f} min left"
+        )
     bar.close()
     info = meta(s, fx, methods=methods, combinations=[combo_name(c) for c in ALL_COMBOS])
-    header = report_header("spadim layer-sweep", command, s, fx, Path(data),
-                           [class_summary(load_class(c)) for c in classes])
+    header = report_header(
+        "spadim layer-sweep", command, s, fx, Path(data), [class_summary(load_class(c)) for c in classes]
+    )
     _report(out, classes, partial, methods, info, fx.weights.banner, header)
 
 
-def _report(out: Path, classes, partial: dict, methods: list[str], info: dict, banner: str, header: dict) -> None:
-    rows = [{"class": c.name, "layers": combo_name(combo), "n_layers": len(combo), "method": m,
-             **partial[c.name][f"{combo_name(combo)}/{m}"]}
-            for c in classes for combo in ALL_COMBOS for m in methods]
+def _report(
+    out: Path, classes, partial: dict, methods: list[str], info: dict, banner: str, header: dict
+) -> None:
+    rows = [
+        {
+            "class": c.name,
+            "layers": combo_name(combo),
+            "n_layers": len(combo),
+            "method": m,
+            **partial[c.name][f"{combo_name(combo)}/{m}"],
+        }
+        for c in classes
+        for combo in ALL_COMBOS
+        for m in methods
+    ]
     corr = correlation(rows) if {"spade", "padim"} <= set(methods) else {}
     best, counts = best_rows(rows, methods)
     t3 = table3(rows, methods)
-    md = write_table(out, "layer_sweep", with_means(rows, ["layers", "method"]),
-                     ["class", "layers", "method", *METRIC_COLUMNS], "Layer-combination sweep", info)
-    md += "\n" + write_table(out, "table3", t3, ["method", "combinations", "n", "mean_pixel_aupr", "mean_pixel_auroc"],
-                             "Mean AUPR with vs without layer 4 (study Table 3)", info)
-    md += "\n" + write_table(out, "best", best, ["class", "method", "best_layers", "n_layers", "pixel_aupr", "pixel_auroc"],
-                             "Best combination per class", {**info, "counts": counts, "correlation": corr})
+    md = write_table(
+        out,
+        "layer_sweep",
+        with_means(rows, ["layers", "method"]),
+        ["class", "layers", "method", *METRIC_COLUMNS],
+        "Layer-combination sweep",
+        info,
+    )
+    md += "\n" + write_table(
+        out,
+        "table3",
+        t3,
+        ["method", "combinations", "n", "mean_pixel_aupr", "mean_pixel_auroc"],
+        "Mean AUPR with vs without layer 4 (study Table 3)",
+        info,
+    )
+    md += "\n" + write_table(
+        out,
+        "best",
+        best,
+        ["class", "method", "best_layers", "n_layers", "pixel_aupr", "pixel_auroc"],
+        "Best combination per class",
+        {**info, "counts": counts, "correlation": corr},
+    )
     summary = [{"method": m, **c} for m, c in counts.items()]
     md += "\n" + markdown_table(summary, ["method", "classes", "best_uses_two_layers"]) + "\n"
     if corr:
-        md += (f"\nPearson r between SPADE and PaDiM AUPR across the 15 combinations (class means): "
-               f"{corr['pearson_r_combination_means']:.3f}; over class x combination pairs: "
-               f"{corr['pearson_r_class_x_combination']:.3f} (the study found 0.70)\n")
+        md += (
+            f"\nPearson r between SPADE and PaDiM AUPR across the 15 combinations (class means): "
+            f"{corr['pearson_r_combination_means']:.3f}; over class x combination pairs: "
+            f"{corr['pearson_r_class_x_combination']:.3f} (the study found 0.70)\n"
+        )
     (out / "summary.md").write_text(md)
     figure5(out / "figure5.png", rows, methods, corr, banner)
     default = with_means([r for r in rows if r["layers"] == "1+2+3"], ["method"])
-    write_report(out, {**header, "results": default,
-                       "layer_sweep": {"rows": rows, "table3": t3, "best": best, "counts": counts,
-                                       "correlation": corr, "figure5": "figure5.png"}})
+    write_report(
+        out,
+        {
+            **header,
+            "results": default,
+            "layer_sweep": {
+                "rows": rows,
+                "table3": t3,
+                "best": best,
+                "counts": counts,
+                "correlation": corr,
+                "figure5": "figure5.png",
+            },
+        },
+    )
     print(md)
-    say(f"results in {out}/ (report.html, layer_sweep.*, table3.*, best.*, figure5.png, summary.md, per_class/)")
-
+    say(
+        f"results in {out}/ (report.html, layer_sweep.*, table3.*, best.*, figure5.png, summary.md, per_class/)"
+    )

@@ -25,20 +25,40 @@ from spadim.masks.keypoints import MaskConfig, foreground_estimate
 from spadim.run.pipeline import Settings, class_object_masks, masked_result, prepare_class
 from spadim.report.tables import METRIC_COLUMNS, with_means, write_table
 from spadim.report.figures import best_worst_gallery, plot_curves
-from spadim.run.session import (check_out_dir, class_summary, load_resumable, meta, report_header, save_atomic, say,
-                      start_study)
+from spadim.run.session import (
+    check_out_dir,
+    class_summary,
+    load_resumable,
+    meta,
+    report_header,
+    save_atomic,
+    say,
+    start_study,
+)
 
 DEFAULT_MULTIPLIERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 FORMAT = 1
 
 
-def _signature(s: Settings, weights_id: str, methods, cfgs: dict[str, MaskConfig], multipliers,
-               auto: bool = False) -> dict:
-    return {"format": FORMAT, "arch": s.arch, "weights": weights_id, "resize": s.resize, "crop": s.crop,
-            "k": s.k, "d": s.padim_d, "seed": s.seed, "spade_fusion": s.spade_fusion, "layers": list(s.layers),
-            "methods": list(methods), "multipliers": list(multipliers),
-            "masks": {det: dataclasses.asdict(cfg) for det, cfg in cfgs.items()},
-            **({"auto_layers": True} if auto else {})}
+def _signature(
+    s: Settings, weights_id: str, methods, cfgs: dict[str, MaskConfig], multipliers, auto: bool = False
+) -> dict:
+    return {
+        "format": FORMAT,
+        "arch": s.arch,
+        "weights": weights_id,
+        "resize": s.resize,
+        "crop": s.crop,
+        "k": s.k,
+        "d": s.padim_d,
+        "seed": s.seed,
+        "spade_fusion": s.spade_fusion,
+        "layers": list(s.layers),
+        "methods": list(methods),
+        "multipliers": list(multipliers),
+        "masks": {det: dataclasses.asdict(cfg) for det, cfg in cfgs.items()},
+        **({"auto_layers": True} if auto else {}),
+    }
 
 
 def layer_subsets(cr, s: Settings, methods, bar) -> tuple[dict, dict]:
@@ -70,8 +90,15 @@ def auto_choice(fx, cr, s: Settings, methods, layers: dict) -> dict:
     from spadim.run.layerchoice import select_many, selection_seconds
 
     sels = select_many(fx, cr.train, s, methods)
-    return {m: {"layers": sel.name, "synthetic_aupr": sel.aupr, "pixel_aupr": layers[f"{sel.name}/{m}"]["pixel_aupr"],
-                "selection_s": selection_seconds(sels)} for m, sel in sels.items()}
+    return {
+        m: {
+            "layers": sel.name,
+            "synthetic_aupr": sel.aupr,
+            "pixel_aupr": layers[f"{sel.name}/{m}"]["pixel_aupr"],
+            "selection_s": selection_seconds(sels),
+        }
+        for m, sel in sels.items()
+    }
 
 
 AUTO_MEANS = ("auto_pixel_aupr", "auto_synthetic_aupr")
@@ -79,8 +106,15 @@ AUTO_MEANS = ("auto_pixel_aupr", "auto_synthetic_aupr")
 
 def _auto_columns(result: dict, method: str) -> dict:
     a = (result.get("auto") or {}).get(method)
-    return {"auto_layers": a["layers"], "auto_pixel_aupr": a["pixel_aupr"],
-            "auto_synthetic_aupr": a["synthetic_aupr"]} if a else {}
+    return (
+        {
+            "auto_layers": a["layers"],
+            "auto_pixel_aupr": a["pixel_aupr"],
+            "auto_synthetic_aupr": a["synthetic_aupr"],
+        }
+        if a
+        else {}
+    )
 
 
 def _layers_used(s: Settings, methods) -> str:
@@ -91,8 +125,17 @@ def _layers_used(s: Settings, methods) -> str:
     return ", ".join(f"{method} {combo}" for method, combo in used.items())
 
 
-def reproduce_class(fx, cdir: Path, s: Settings, methods, cfgs: dict[str, MaskConfig], multipliers,
-                    out: Path, bar, auto: bool = False) -> dict:
+def reproduce_class(
+    fx,
+    cdir: Path,
+    s: Settings,
+    methods,
+    cfgs: dict[str, MaskConfig],
+    multipliers,
+    out: Path,
+    bar,
+    auto: bool = False,
+) -> dict:
     """Everything the study measures on one class; pictures are written into ``out``."""
     cr = prepare_class(fx, cdir)
     notes = undefined_notes(cr.masks, cr.labels)
@@ -112,21 +155,51 @@ def reproduce_class(fx, cdir: Path, s: Settings, methods, cfgs: dict[str, MaskCo
         suitability.append(suitability_row(cr.data.name, det, obj, cr.masks, fg, len(warn)))
         for m in methods:
             for r in multipliers:
-                sweep.append({"class": cr.data.name, "method": m, "detector": det, "multiplier": r,
-                              **masked_result(cr, m, obj, r)[2]})
+                sweep.append(
+                    {
+                        "class": cr.data.name,
+                        "method": m,
+                        "detector": det,
+                        "multiplier": r,
+                        **masked_result(cr, m, obj, r)[2],
+                    }
+                )
         bar.update(1)
     banner = fx.weights.banner
     used = _layers_used(s, methods)
-    plot_curves(out / "curves" / f"{cr.data.name}.png", f"{cr.data.name}: pixel ROC and PR (layers: {used})",
-                cr.maps, cr.masks, banner)
+    plot_curves(
+        out / "curves" / f"{cr.data.name}.png",
+        f"{cr.data.name}: pixel ROC and PR (layers: {used})",
+        cr.maps,
+        cr.masks,
+        banner,
+    )
     gallery = best_worst_gallery(out, cr, methods, first_mask, next(iter(cfgs), None), banner)
-    return {"summary": class_summary(cr.data, cr.test.shapes), "table1": table1, "layers": layers,
-            "suitability": suitability, "sweep": sweep, "warnings": warnings, "notes": notes,
-            "gallery": gallery, "curves": f"curves/{cr.data.name}.png", **({"auto": choice} if auto else {})}
+    return {
+        "summary": class_summary(cr.data, cr.test.shapes),
+        "table1": table1,
+        "layers": layers,
+        "suitability": suitability,
+        "sweep": sweep,
+        "warnings": warnings,
+        "notes": notes,
+        "gallery": gallery,
+        "curves": f"curves/{cr.data.name}.png",
+        **({"auto": choice} if auto else {}),
+    }
 
 
-def run(s: Settings, data: Path, out: Path, cfgs: dict[str, MaskConfig], methods: str = "spade,padim",
-        classes: str | None = None, multipliers=DEFAULT_MULTIPLIERS, command: str = "", auto: bool = False) -> dict:
+def run(
+    s: Settings,
+    data: Path,
+    out: Path,
+    cfgs: dict[str, MaskConfig],
+    methods: str = "spade,padim",
+    classes: str | None = None,
+    multipliers=DEFAULT_MULTIPLIERS,
+    command: str = "",
+    auto: bool = False,
+) -> dict:
     """Run (or resume) the study on ``data`` into ``out``; returns the report context.
 
     ``auto`` also records, per class, the ``--layers auto`` choice and its real AUPR (Table 1 keeps
@@ -148,51 +221,125 @@ def run(s: Settings, data: Path, out: Path, cfgs: dict[str, MaskConfig], methods
         left = (time.perf_counter() - t0) / n * (len(todo) - n)
         say(f"{cdir.name}: done; {n}/{len(todo)} classes, about {left / 60:.1f} min left")
     bar.close()
-    return write_outputs(out, s, fx, methods, [done[c.name] for c in class_dirs], list(cfgs), multipliers,
-                         Path(data), command)
+    return write_outputs(
+        out, s, fx, methods, [done[c.name] for c in class_dirs], list(cfgs), multipliers, Path(data), command
+    )
 
 
-def write_outputs(out: Path, s: Settings, fx, methods, results: list[dict], detectors, multipliers,
-                  data: Path, command: str) -> dict:
+def write_outputs(
+    out: Path, s: Settings, fx, methods, results: list[dict], detectors, multipliers, data: Path, command: str
+) -> dict:
     """Tables (CSV/JSON/MD), figures and report.html from the per-class results."""
     from spadim.report.html import write_report
 
     info = meta(s, fx, methods=methods, detectors=detectors, multipliers=list(multipliers))
     names = [r["summary"]["name"] for r in results]
     banner = fx.weights.banner
-    table1 = with_means([{"class": name, "method": m, **r["table1"][m], **_auto_columns(r, m),
-                          "n_train": r["summary"]["n_train"],
-                          "n_test": r["summary"]["n_test_good"] + r["summary"]["n_test_anomalous"],
-                          **({"note": "; ".join(r["notes"])} if r["notes"] else {})}
-                         for name, r in zip(names, results) for m in methods], ["method"])
-    table1 = with_means([r for r in table1 if r["class"] != "mean"], ["method"], [*METRIC_COLUMNS, *AUTO_MEANS]) \
-        if any("auto_layers" in r for r in table1) else table1
-    auto_cols = ["auto_layers", "auto_pixel_aupr", "auto_synthetic_aupr"] if any("auto_layers" in r for r in table1) else []
+    table1 = with_means(
+        [
+            {
+                "class": name,
+                "method": m,
+                **r["table1"][m],
+                **_auto_columns(r, m),
+                "n_train": r["summary"]["n_train"],
+                "n_test": r["summary"]["n_test_good"] + r["summary"]["n_test_anomalous"],
+                **({"note": "; ".join(r["notes"])} if r["notes"] else {}),
+            }
+            for name, r in zip(names, results)
+            for m in methods
+        ],
+        ["method"],
+    )
+    table1 = (
+        with_means([r for r in table1 if r["class"] != "mean"], ["method"], [*METRIC_COLUMNS, *AUTO_MEANS])
+        if any("auto_layers" in r for r in table1)
+        else table1
+    )
+    auto_cols = (
+        ["auto_layers", "auto_pixel_aupr", "auto_synthetic_aupr"]
+        if any("auto_layers" in r for r in table1)
+        else []
+    )
     cols = ["class", "method", *METRIC_COLUMNS, *auto_cols, "n_train", "n_test"]
-    md = write_table(out, "table1", table1, cols + (["note"] if any("note" in r for r in table1) else []),
-                     f"Table 1: layers {_layers_used(s, methods)}", info)
-    layer_rows = [{"class": name, "layers": combo_name(c), "n_layers": len(c), "method": m,
-                   **r["layers"][f"{combo_name(c)}/{m}"]}
-                  for name, r in zip(names, results) for c in ALL_COMBOS for m in methods]
+    md = write_table(
+        out,
+        "table1",
+        table1,
+        cols + (["note"] if any("note" in r for r in table1) else []),
+        f"Table 1: layers {_layers_used(s, methods)}",
+        info,
+    )
+    layer_rows = [
+        {
+            "class": name,
+            "layers": combo_name(c),
+            "n_layers": len(c),
+            "method": m,
+            **r["layers"][f"{combo_name(c)}/{m}"],
+        }
+        for name, r in zip(names, results)
+        for c in ALL_COMBOS
+        for m in methods
+    ]
     corr = correlation(layer_rows) if {"spade", "padim"} <= set(methods) else {}
     best, counts = best_rows(layer_rows, methods)
     t3 = table3(layer_rows, methods)
-    write_table(out, "layer_sweep", with_means(layer_rows, ["layers", "method"]),
-                ["class", "layers", "method", *METRIC_COLUMNS], "Layer-combination sweep", info)
-    md += "\n" + write_table(out, "table3", t3, ["method", "combinations", "n", "mean_pixel_aupr", "mean_pixel_auroc"],
-                             "Mean AUPR with vs without layer 4 (study Table 3)", info)
-    write_table(out, "best", best, ["class", "method", "best_layers", "n_layers", "pixel_aupr", "pixel_auroc"],
-                "Best combination per class", {**info, "counts": counts, "correlation": corr})
+    write_table(
+        out,
+        "layer_sweep",
+        with_means(layer_rows, ["layers", "method"]),
+        ["class", "layers", "method", *METRIC_COLUMNS],
+        "Layer-combination sweep",
+        info,
+    )
+    md += "\n" + write_table(
+        out,
+        "table3",
+        t3,
+        ["method", "combinations", "n", "mean_pixel_aupr", "mean_pixel_auroc"],
+        "Mean AUPR with vs without layer 4 (study Table 3)",
+        info,
+    )
+    write_table(
+        out,
+        "best",
+        best,
+        ["class", "method", "best_layers", "n_layers", "pixel_aupr", "pixel_auroc"],
+        "Best combination per class",
+        {**info, "counts": counts, "correlation": corr},
+    )
     figure5(out / "figure5.png", layer_rows, methods, corr, banner)
     suitability = [row for r in results for row in r["suitability"]]
     sweep = with_means([row for r in results for row in r["sweep"]], ["method", "detector", "multiplier"])
     plots = []
     if detectors:
-        write_table(out, "suitability", suitability, ["class", "detector", "area_fraction", "gt_coverage",
-                    "fg_coverage", "fg_precision", "auto_rating", "fallbacks", "n_test"],
-                    "Detector suitability (study Table 2)", info)
-        write_table(out, "multiplier_sweep", sweep, ["class", "method", "detector", "multiplier", *METRIC_COLUMNS],
-                    "Outside-mask multiplier sweep (study Figure 4)", info)
+        write_table(
+            out,
+            "suitability",
+            suitability,
+            [
+                "class",
+                "detector",
+                "area_fraction",
+                "gt_coverage",
+                "fg_coverage",
+                "fg_precision",
+                "auto_rating",
+                "fallbacks",
+                "n_test",
+            ],
+            "Detector suitability (study Table 2)",
+            info,
+        )
+        write_table(
+            out,
+            "multiplier_sweep",
+            sweep,
+            ["class", "method", "detector", "multiplier", *METRIC_COLUMNS],
+            "Outside-mask multiplier sweep (study Figure 4)",
+            info,
+        )
         for m in methods:
             sweep_plot(out / f"multiplier_sweep_{m}.png", sweep, m, list(detectors), banner)
             plots.append(f"multiplier_sweep_{m}.png")
@@ -202,22 +349,37 @@ def write_outputs(out: Path, s: Settings, fx, methods, results: list[dict], dete
         "curves": {name: r["curves"] for name, r in zip(names, results)},
         "galleries": {name: r["gallery"] for name, r in zip(names, results)},
         "mask_sweep": {"suitability": suitability, "sweep": sweep, "plots": plots} if detectors else None,
-        "layer_sweep": {"rows": layer_rows, "table3": t3, "best": best, "counts": counts, "correlation": corr,
-                        "figure5": "figure5.png"},
+        "layer_sweep": {
+            "rows": layer_rows,
+            "table3": t3,
+            "best": best,
+            "counts": counts,
+            "correlation": corr,
+            "figure5": "figure5.png",
+        },
     }
     if auto_cols:
         from spadim.report.html import html_table
 
-        context["extra_sections"] = [{"title": "Layers chosen from normal images (--layers auto)", "html": html_table(
-            table1, ["class", "method", "pixel_aupr", *auto_cols],
-            f"pixel AUPR of the study's layers ({_layers_used(s, methods)}) beside the auto choice's real "
-            f"AUPR")}]
+        context["extra_sections"] = [
+            {
+                "title": "Layers chosen from normal images (--layers auto)",
+                "html": html_table(
+                    table1,
+                    ["class", "method", "pixel_aupr", *auto_cols],
+                    f"pixel AUPR of the study's layers ({_layers_used(s, methods)}) beside the auto choice's real "
+                    f"AUPR",
+                ),
+            }
+        ]
     write_report(out, context)
     (out / "summary.md").write_text(md)
     print(md)
     for r in results:
         for w in r["warnings"]:
             say(f"warning: object mask fell back to the full frame: {w}")
-    say(f"results in {out}/ (report.html, table1.*, layer_sweep.*, table3.*, best.*, suitability.*, "
-        f"multiplier_sweep.*, figure5.png, curves/, gallery/, per_class/)")
+    say(
+        f"results in {out}/ (report.html, table1.*, layer_sweep.*, table3.*, best.*, suitability.*, "
+        f"multiplier_sweep.*, figure5.png, curves/, gallery/, per_class/)"
+    )
     return context
