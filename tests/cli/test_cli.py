@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from spadim.cli.commands import main
+from spadim.cli import main
 from spadim.metrics.ranking import pixel_aupr, pixel_auroc
 
 from conftest import FAST
@@ -569,7 +569,7 @@ def test_object_mask_below_one_scales_only_outside_and_padim_score_follows(tiny_
     """r < 1 end to end: inside the (independently recomputed) object mask the maps are unchanged,
     outside they are r times the unmasked maps, and PaDiM's image score is the masked map's maximum."""
     from spadim.cli.args import mask_config
-    from spadim.cli.commands import build_parser
+    from spadim.cli import build_parser
     from spadim.data.mvtec import Preprocess, load_images
     from spadim.inspect import Inspector, ObjectMask
     from spadim.run.modelfile import load_model

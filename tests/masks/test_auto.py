@@ -12,7 +12,7 @@ import torch
 from spadim.data.embedded import dataset as synth
 from spadim.masks.auto import MaskPlanner, consensus, edge_defects, split_indices, validation_set
 from spadim.features.backbone import load_backbone
-from spadim.cli.commands import main
+from spadim.cli import main
 from spadim.cli.args import parse_detectors
 from spadim.data.mvtec import Preprocess
 from spadim.features.extractor import FeatureExtractor

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from spadim.cli.commands import main
+from spadim.cli import main
 
 from conftest import FAST, SUBSET
 

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from spadim.cli.commands import main
+from spadim.cli import main
 from spadim.data.mvtec import Preprocess, load_class, load_images, load_masks
 from spadim.metrics.ranking import pixel_aupr, pixel_auroc
 

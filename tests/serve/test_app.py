@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from spadim.cli.commands import main
+from spadim.cli import main
 from spadim.data.mvtec import decode_rgb
 from spadim.inspect import Inspector
 from spadim.serve import create_app, serve

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import spadim.data.mvtec
-from spadim.cli.commands import main
+from spadim.cli import main
 from spadim.cli.args import layers_arg
 from spadim.errors import SpadimError
 from spadim.features.extractor import ALL_COMBOS, FeatureSet

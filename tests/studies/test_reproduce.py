@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 import pytest
 
 import spadim.studies.reproduce as rp
-from spadim.cli.commands import main
+from spadim.cli import main
 
 from conftest import FAST
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import spadim.studies.layersweep as ls
-from spadim.cli.commands import main
+from spadim.cli import main
 from spadim.features.extractor import ALL_COMBOS
 
 from conftest import FAST

@@ -1,5 +1,6 @@
-"""The command line: a thin shell over the package's functions (argument parsing in :mod:`.args`)."""
+"""The command line: a thin shell over the package's functions (flags in :mod:`.args` and :mod:`.parser`,
+handlers in :mod:`.commands`)."""
 
-from .commands import build_parser, main
+from .parser import build_parser, main
 
 __all__ = ["build_parser", "main"]
