@@ -27,7 +27,7 @@ from spadim.run.session import check_out_dir, check_out_file
 def add_common(
     p: argparse.ArgumentParser, layers: bool = True, frame: str = "crop", auto: bool = False
 ) -> None:
-    """``auto``: ``--layers`` defaults to 'auto' (fit and evaluate: chosen by measurement, README)."""
+    """``auto``: ``--layers`` defaults to 'auto' (fit and evaluate: chosen by measurement, docs/inspection.md)."""
     g = p.add_argument_group("backbone and preprocessing")
     g.add_argument("--arch", default="wide_resnet50_2", choices=ARCHS, help="backbone (default: %(default)s)")
     g.add_argument(

@@ -28,7 +28,7 @@ from spadim.errors import SpadimError
 
 @dataclass(frozen=True)
 class ForegroundConfig:
-    """``layer``: backbone layer whose features are projected (3 measured best, see README).
+    """``layer``: backbone layer whose features are projected (3 measured best, see docs/masks-and-layers.md).
     ``components``: the leading principal components tried; the one whose Otsu split separates
     object and background best (:func:`object_side`) is kept. ``max_fit``: at most this many training images (evenly spread) fit the projection.
     ``prior``: join each mask with the positions that are object in at least this fraction of the

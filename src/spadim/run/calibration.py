@@ -16,7 +16,7 @@ model, so each training image is scored by the fitted model without that image (
 the cost of one scoring pass): SPADE's gallery without the image, PatchCore's coreset without the
 patches it took from it, PaDiM's Gaussians downdated by the image in closed form. Refitting on
 ``folds`` parts (out-of-fold, what a method without ``score_left_out`` gets) thins the model to
-(k-1)/k of the images and inflated held-out scores of few-image classes (README, decision rules).
+(k-1)/k of the images and inflated held-out scores of few-image classes (docs/inspection.md).
 
 Regions are drawn, on defect images only, at ``mask_level`` = min(pixel threshold, region level), where
 the pixel threshold is a quantile of all normal pixel scores (at most ``pixel_far`` of them above it);

@@ -9,7 +9,7 @@ on the validation images, normal and defective. The subset with the highest synt
 wins; ties (within ``TOLERANCE``) go to fewer, then lower layers. The caller then refits on all
 training images with the chosen subset. ``validated=FOLDS`` turns this into full cross-validation
 (pooled AUPR over the folds); it changed no mean regret beyond noise here and costs FOLDS times as
-much (README), so one part validates by default.
+much (docs/masks-and-layers.md), so one part validates by default.
 
 The backbone pass is shared: training features are extracted once (their validation rows are
 reused as the normal validation images and their frames as the defect canvases) and each synthetic

@@ -1,0 +1,40 @@
+"""The README's Python example runs as printed, on real hazelnut images (../shared) with real weights."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CAFFE_WEIGHTS, SUBSET
+
+ROOT = Path(__file__).resolve().parents[1]
+HAZELNUT = SUBSET / "hazelnut"
+
+
+@pytest.mark.skipif(
+    not (CAFFE_WEIGHTS.is_file() and HAZELNUT.is_dir()),
+    reason="../shared (real weights and MVTec subset) is not beside this checkout",
+)
+def test_the_python_example_runs(tmp_path):
+    (snippet,) = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    good, tonight = tmp_path / "good_parts", tmp_path / "tonight"
+    good.mkdir()
+    tonight.mkdir()
+    for path in sorted((HAZELNUT / "train" / "good").glob("*.png"))[:20]:
+        (good / path.name).symlink_to(path)
+    for path in sorted((HAZELNUT / "test" / "crack").glob("*.png")):
+        (tonight / f"crack_{path.name}").symlink_to(path)
+    env = {**os.environ, "SPADIM_WEIGHTS": str(CAFFE_WEIGHTS.parent)}
+    run = subprocess.run(
+        [sys.executable, "-c", snippet], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr
+    images = sorted(path.name for path in tonight.iterdir())
+    lines = run.stdout.strip().splitlines()[-len(images) :]  # fit_model's own messages come first
+    assert [line.split()[0] for line in lines] == images
+    assert all(line.split()[1] in ("ok", "defect") for line in lines)
+    assert (tmp_path / "models" / "bolts.pt.report" / "index.html").is_file()
