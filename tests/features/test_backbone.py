@@ -219,3 +219,20 @@ def test_v15_strides_give_different_features_from_the_same_file():
     assert cos < 0.95, cos
     with pytest.raises(SpadimError, match="holds resnet50_caffe weights.*--arch resnet50_caffe"):
         load_backbone("resnet50", str(CAFFE_WEIGHTS))
+
+
+def test_a_missing_checkpoint_names_the_architecture_whose_checkpoint_is_there(tmp_path, monkeypatch):
+    from spadim.errors import SpadimError
+    from spadim.features.backbone import locate
+
+    monkeypatch.delenv("SPADIM_WEIGHTS", raising=False)  # only the folder given, and an empty hub cache
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (tmp_path / "resnet50_caffe-44e9675b.pth").write_bytes(b"")  # found by name; not read here
+    with pytest.raises(
+        SpadimError, match=r"checkpoints found for resnet50_caffe .*pass --arch resnet50_caffe"
+    ):
+        locate("wide_resnet50_2", str(tmp_path), download=False)
+    (tmp_path / "resnet50_caffe-44e9675b.pth").unlink()
+    with pytest.raises(SpadimError) as nothing:
+        locate("wide_resnet50_2", str(tmp_path), download=False)
+    assert "pass --arch" not in str(nothing.value)

@@ -341,7 +341,10 @@ def locate(arch: str, weights: str | None = None, download: bool | None = None) 
     if download is None:
         download = os.environ.get("SPADIM_OFFLINE", "") in ("", "0")
     if download and download_url(arch):
-        return download_checkpoint(arch)
+        try:
+            return download_checkpoint(arch)
+        except SpadimError as exc:  # offline: say which architecture's checkpoint *is* here
+            raise SpadimError(f"{exc}{_other_checkpoints(arch, weights)}") from None
     how = (
         f"download {download_url(arch)} into {hub_checkpoints()}"
         if download_url(arch)
@@ -350,7 +353,18 @@ def locate(arch: str, weights: str | None = None, download: bool | None = None) 
     raise SpadimError(
         f"no ImageNet checkpoint for {arch} found (looked in: {'; '.join(looked)}); {how} "
         f"or pass --weights FILE (or --weights random for untrained plumbing runs)"
+        f"{_other_checkpoints(arch, weights)}"
     )
+
+
+def _other_checkpoints(arch: str, weights: str | None) -> str:
+    """'; found resnet50_caffe (FILE): pass --arch resnet50_caffe', or '' when no other checkpoint is here."""
+    found = [(other, find_checkpoint(other, weights)[0]) for other in ARCHS if other != arch]
+    found = [(other, path) for other, path in found if path is not None]
+    if not found:
+        return ""
+    listed = ", ".join(f"{other} ({path})" for other, path in found)
+    return f"; checkpoints found for {listed}: pass --arch {found[0][0]} to use it"
 
 
 def weights_report(weights: str | None = None) -> list[tuple[str, Path | None, str]]:
