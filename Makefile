@@ -46,8 +46,8 @@ reproduce: install
 	$(BIN)/spadim reproduce $(DATA) --methods spade,padim,patchcore --layers auto --arch $$A $$W --out runs/reproduce
 
 test: install
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/ruff format --check src tests scripts benchmarks
 	$(BIN)/python -m pytest -q
 
 bench: install
