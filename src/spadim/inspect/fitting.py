@@ -101,7 +101,9 @@ def fit_model(
     }
     save_model(out, method, extractor.weights, settings.pre, name, refs_frames, calibration.to_json(), info)
     if selection is not None:  # the audit trail of the choice, readable without torch
-        Path(f"{out}.layers.json").write_text(json.dumps(selection.to_json(), indent=1))
+        Path(f"{out}.layers.json").write_text(
+            json.dumps(json_ready(selection.to_json()), indent=1, allow_nan=False)
+        )
     Path(f"{out}.audit.json").write_text(
         json.dumps(
             json_ready(
