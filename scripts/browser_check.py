@@ -6,10 +6,10 @@
 
 Starts the real CLI server (`spadim serve MODEL --port 0`, the OS picks the port) on 127.0.0.1, opens
 the page, uploads a defective and a good image, waits for the verdict and the overlay, drags the
-threshold slider to both ends (the verdict must follow the score), returns to the calibrated
-threshold and takes the screenshot. Exit 0 only if every check held.
+region-level slider to both ends (the verdict must follow the region score), returns to the
+calibrated level and takes the screenshot. Exit 0 only if every check held.
 
-The model: --model if given; else PaDiM fitted on ../shared hazelnut with the real resnet50_caffe
+The model: --model if given; else PatchCore (layers 2,3) fitted on ../shared hazelnut with the real resnet50_caffe
 ImageNet weights when they are there (about 2 minutes once, then reused from runs/browser-check/);
 else, or with --random, a tiny model with RANDOM UNTRAINED weights on the generated toy data, whose
 scores mean nothing (the page says so in its warning banner).
@@ -75,8 +75,21 @@ def prepare(args, scratch: Path) -> tuple[Path, list[Path], list[str]]:
     if not args.random and real_weights_found():
         model = ROOT / "runs" / "browser-check" / "hazelnut.pt"
         if not model.is_file():
-            say("fitting PaDiM on hazelnut with ImageNet resnet50_caffe weights (about 2 minutes, once)")
-            run_spadim("fit", HAZELNUT, "--arch", "resnet50_caffe", "--weights", WEIGHTS, "--out", model)
+            say("fitting PatchCore on hazelnut with ImageNet resnet50_caffe weights (about a minute, once)")
+            run_spadim(
+                "fit",
+                HAZELNUT,
+                "--method",
+                "patchcore",
+                "--layers",
+                "2,3",
+                "--arch",
+                "resnet50_caffe",
+                "--weights",
+                WEIGHTS,
+                "--out",
+                model,
+            )
         images = [HAZELNUT / "test" / "crack" / "000.png", HAZELNUT / "test" / "good" / "000.png"]
         return model, args.images or images, ["--weights", str(WEIGHTS)]
     say("RANDOM UNTRAINED weights on generated toy data: this checks the page, not detection quality")

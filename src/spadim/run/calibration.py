@@ -147,8 +147,8 @@ class Calibration:
             return None
         return (
             f"{self.n_images} normal images cannot guarantee a false-alarm rate of {self.far:g} (the smallest "
-            f"they can is 1/(n+1) = {smallest_far(self.n_images):.3g}): the image threshold is the largest "
-            f"normal score and the rate is NOT guaranteed; add good images or raise --far"
+            f"they can is 1/(n+1) = {smallest_far(self.n_images):.3g}): the region level is the largest held-out "
+            f"statistic and the rate is NOT guaranteed; add good images or raise --far"
         )
 
     def advice(self) -> str | None:
