@@ -188,3 +188,19 @@ def test_far_interval_matches_a_simulation_of_calibration_sets():
     assert np.mean(rates < low) == pytest.approx(0.05, abs=0.015)
     assert np.mean(rates > high) == pytest.approx(0.05, abs=0.015)
     assert np.mean(rates) == pytest.approx(3 / 61, abs=0.003)  # the marginal guarantee: <= far
+
+
+def test_resume_files_are_strict_json_and_keep_undefined_metrics(tmp_path):
+    """save_atomic writes null (no NaN token) and read_saved restores NaN where it was, None where it was."""
+    import json
+
+    from spadim.run.session import read_saved, save_atomic
+
+    content = {"signature": {"k": 5}, "rows": [{"aupr": float("nan"), "auroc": 0.9, "aupro": None}]}
+    path = tmp_path / "unit.json"
+    save_atomic(path, content)
+    json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in a JSON file"))
+    back = read_saved(path)
+    row = back["rows"][0]
+    assert math.isnan(row["aupr"]) and row["auroc"] == 0.9 and row["aupro"] is None
+    assert set(row) == {"aupr", "auroc", "aupro"} and back["signature"] == {"k": 5}

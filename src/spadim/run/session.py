@@ -22,6 +22,7 @@ from spadim.data.mvtec import ClassData, check_class, find_classes, read_rgb
 from spadim.errors import SpadimError
 from spadim.features.extractor import FeatureExtractor
 from spadim.methods.registry import parse_methods
+from spadim.report.tables import json_ready
 from .pipeline import NO_MASKS, Settings, class_data, make_extractor
 
 
@@ -181,7 +182,7 @@ def load_resumable(path: Path, signature: dict, what: str = "run") -> dict | Non
     if not path.is_file():
         return None
     try:
-        saved = json.loads(path.read_text())
+        saved = read_saved(path)
     except json.JSONDecodeError:
         return None
     if saved.get("signature") != signature:
@@ -190,11 +191,31 @@ def load_resumable(path: Path, signature: dict, what: str = "run") -> dict | Non
 
 
 def save_atomic(path: Path, content: dict) -> None:
-    """Write JSON via a temporary file and a rename, so an interruption never leaves half a file."""
+    """Write strict JSON via a temporary file and a rename, so an interruption never leaves half a file.
+    An undefined metric (NaN) is written as null and listed in its row's ``null_reasons``, from which
+    :func:`read_saved` restores it, so a resumed run computes the same means."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(content, indent=1, default=float))
+    tmp.write_text(json.dumps(json_ready(content), indent=1, default=float, allow_nan=False))
     tmp.replace(path)
+
+
+def read_saved(path: Path):
+    """A file written by :func:`save_atomic`, with its undefined values NaN again."""
+    return _restore_undefined(json.loads(Path(path).read_text()))
+
+
+def _restore_undefined(value):
+    if isinstance(value, dict):
+        undefined = value.get("null_reasons", {})
+        return {
+            key: float("nan") if key in undefined else _restore_undefined(item)
+            for key, item in value.items()
+            if key != "null_reasons"
+        }
+    if isinstance(value, list):
+        return [_restore_undefined(item) for item in value]
+    return value
 
 
 def meta(s: Settings, fx: FeatureExtractor, **extra) -> dict:

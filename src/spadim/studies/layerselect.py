@@ -8,7 +8,6 @@ study only measures it against the test labels.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from spadim.features.extractor import ALL_COMBOS, combo_name
 from spadim.metrics.ranking import undefined_notes
 from spadim.run.layerchoice import COPIES, DEFECTS, FOLDS, TOLERANCE, VALIDATED, Selection, select_many
 from spadim.run.pipeline import ClassRun, Settings, evaluate_class, make_extractor, score_class
+from spadim.run.session import read_saved
 from .layersweep import spade_subsets
 
 
@@ -55,7 +55,7 @@ def _sweep_results(sweep: Path | None, name: str, s: Settings, weights_id: str) 
     path = Path(sweep) / "per_class" / f"{name}.json"
     if not path.is_file():
         return {}
-    saved = json.loads(path.read_text())
+    saved = read_saved(path)
     sig = saved.get("signature") or {}
     ours = {
         "arch": s.arch,

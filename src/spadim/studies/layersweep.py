@@ -33,7 +33,15 @@ from spadim.report.html import write_report  # noqa: E402
 from spadim.report.tables import METRIC_COLUMNS, markdown_table, with_means, write_table  # noqa: E402
 from spadim.report.figures import save_figure  # noqa: E402
 from spadim.data.mvtec import load_class  # noqa: E402
-from spadim.run.session import class_summary, meta, report_header, save_atomic, say, start_study  # noqa: E402
+from spadim.run.session import (  # noqa: E402
+    class_summary,
+    meta,
+    read_saved,
+    report_header,
+    save_atomic,
+    say,
+    start_study,
+)
 
 
 def _signature(s, methods: list[str], weights_id: str) -> dict:
@@ -57,7 +65,7 @@ def _load_partial(path: Path, sig: dict) -> dict:
     if not path.is_file():
         return {}
     try:
-        d = json.loads(path.read_text())
+        d = read_saved(path)
     except json.JSONDecodeError:
         return {}  # a damaged partial file is recomputed
     old = d.get("signature") or {}
