@@ -28,7 +28,7 @@ def _sweep_child(cfg: dict) -> dict:
     grids = spade.layer_grids(test, idx)
     t1 = time.perf_counter()
     for combo in ALL_COMBOS:
-        spade.fuse([grids[l] for l in combo], s.crop)
+        spade.fuse([grids[layer] for layer in combo], s.crop)
     t2 = time.perf_counter()
     return {
         "one_score_s": one,

@@ -29,7 +29,7 @@ def test_architecture_matches_torchvision(arch):
     m = build(arch)
     assert sum(p.numel() for p in m.parameters()) == TORCHVISION_PARAMS[arch]
     feats = m.features(torch.zeros(1, 3, 64, 64))
-    assert [feats[l].shape[-1] for l in (1, 2, 3, 4)] == [16, 8, 4, 2]
+    assert [feats[layer_id].shape[-1] for layer_id in (1, 2, 3, 4)] == [16, 8, 4, 2]
     assert set(m.features(torch.zeros(1, 3, 64, 64), last=2)) == {1, 2}
 
 

@@ -32,7 +32,7 @@ def test_extractor_shapes_batches_and_kept_layers(tiny_root):
     fx = _extractor()
     fs = fx(data.train)
     assert fx.n_forward == len(data.train)
-    assert {l: tuple(t.shape[1:]) for l, t in fs.layers.items()} == {
+    assert {layer: tuple(t.shape[1:]) for layer, t in fs.layers.items()} == {
         1: (64, 16, 16),
         2: (128, 8, 8),
         3: (256, 4, 4),
@@ -62,7 +62,9 @@ def test_disk_cache_round_trip(tiny_root, tmp_path):
     fx2 = _extractor(tmp_path / "cache")
     b = fx2(paths)
     assert fx2.n_forward == 0
-    assert all(torch.equal(a.layers[l], b.layers[l]) for l in a.layers) and np.array_equal(a.images, b.images)
+    assert all(torch.equal(a.layers[layer], b.layers[layer]) for layer in a.layers) and np.array_equal(
+        a.images, b.images
+    )
 
 
 def test_embed_is_nearest_upsampled_concatenation():
@@ -110,7 +112,7 @@ def test_in_memory_frames_give_the_same_features_as_their_files(tiny_root):
     fx = _extractor()
     from_files = fx(data.train[:3])
     from_frames = fx.frames(from_files.images)
-    for l in (1, 2, 3, 4):
-        assert torch.allclose(from_frames.layers[l], from_files.layers[l], atol=1e-5)
+    for layer in (1, 2, 3, 4):
+        assert torch.allclose(from_frames.layers[layer], from_files.layers[layer], atol=1e-5)
     with pytest.raises(SpadimError, match="frames must be"):
         fx.frames(from_files.images[:, :10])

@@ -23,16 +23,19 @@ from spadim.methods.spade import Spade
 
 def _fs(n, seed, c=(3, 4, 5, 6), hw=(8, 4, 2, 1)):
     g = torch.Generator().manual_seed(seed)
-    layers = {l: torch.randn(n, c[l - 1], hw[l - 1], hw[l - 1], generator=g) for l in (1, 2, 3, 4)}
+    layers = {
+        layer: torch.randn(n, c[layer - 1], hw[layer - 1], hw[layer - 1], generator=g)
+        for layer in (1, 2, 3, 4)
+    }
     return FeatureSet([], layers, torch.randn(n, 6, generator=g), np.zeros((n, 1, 1, 3), np.uint8), [])
 
 
 def _concat_np(fs, idx, layers):
     """Independent concatenation: numpy repeat of each layer up to the largest grid."""
-    size = max(fs.layers[l].shape[-1] for l in layers)
+    size = max(fs.layers[layer].shape[-1] for layer in layers)
     parts = []
-    for l in layers:
-        a = fs.layers[l][idx].numpy()
+    for layer in layers:
+        a = fs.layers[layer][idx].numpy()
         f = size // a.shape[-1]
         parts.append(a.repeat(f, axis=-2).repeat(f, axis=-1))
     return np.concatenate(parts, axis=0)  # [C, H, W]
@@ -64,12 +67,12 @@ def test_spade_per_layer_mean_against_cdist(layers, k, search):
     expect_maps = []
     for i in range(3):
         per_layer = []
-        for l in layers:
-            q = test.layers[l][i].numpy()
+        for layer in layers:
+            q = test.layers[layer][i].numpy()
             c, h, w = q.shape
-            gallery = np.concatenate([train.layers[l][j].numpy().reshape(c, -1).T for j in nn[i]])
+            gallery = np.concatenate([train.layers[layer][j].numpy().reshape(c, -1).T for j in nn[i]])
             expect = cdist(q.reshape(c, -1).T, gallery).min(1).reshape(h, w)
-            np.testing.assert_allclose(grids[l][i].numpy(), expect, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(grids[layer][i].numpy(), expect, rtol=1e-4, atol=1e-4)
             per_layer.append(_upsample_cv2(expect, size))
         expect_maps.append(gaussian_filter(np.mean(per_layer, axis=0), 4))
     maps, scores = m.score(test, size)
@@ -112,7 +115,7 @@ def test_nearest_searches_match_cdist_on_realistic_sizes():
 def test_padim_against_numpy(layers, d):
     train, test = _fs(9, 2), _fs(2, 3)
     m = Padim(layers, d, seed=5, batch=4, chunk=7).fit(train)
-    idx = channel_subset(sum((3, 4, 5, 6)[l - 1] for l in layers), d, 5).numpy()
+    idx = channel_subset(sum((3, 4, 5, 6)[layer - 1] for layer in layers), d, 5).numpy()
     assert np.array_equal(m.idx.numpy(), idx)
     tr = np.stack([_concat_np(train, i, layers)[idx] for i in range(9)])  # [N, d, H, W]
     te = np.stack([_concat_np(test, i, layers)[idx] for i in range(2)])
@@ -167,7 +170,11 @@ def test_padim_per_layer_selection_equals_select_after_concat():
     fs = _fs(4, 3)
     idx = channel_subset(3 + 4 + 5, 7, 0)
     full = torch.cat(
-        [torch.nn.functional.interpolate(fs.layers[l], size=(8, 8), mode="nearest") for l in (1, 2, 3)], 1
+        [
+            torch.nn.functional.interpolate(fs.layers[layer], size=(8, 8), mode="nearest")
+            for layer in (1, 2, 3)
+        ],
+        1,
     )
     expect = full[:, idx].flatten(2).transpose(1, 2)
     assert torch.equal(select_and_concat(fs, (1, 2, 3), idx), expect)
@@ -199,7 +206,11 @@ def test_padim_selection_equals_nearest_interpolation_on_uneven_grids():
     fs = _fs(3, 4, hw=(18, 9, 5, 3))
     idx = channel_subset(3 + 4 + 5, 9, 2)
     full = torch.cat(
-        [torch.nn.functional.interpolate(fs.layers[l], size=(18, 18), mode="nearest") for l in (1, 2, 3)], 1
+        [
+            torch.nn.functional.interpolate(fs.layers[layer], size=(18, 18), mode="nearest")
+            for layer in (1, 2, 3)
+        ],
+        1,
     )
     assert torch.equal(select_and_concat(fs, (1, 2, 3), idx), full[:, idx].flatten(2).transpose(1, 2))
 
@@ -213,13 +224,13 @@ def test_spade_left_out_equals_a_model_fitted_without_the_image():
         others = [j for j in range(6) if j != i]
         part = FeatureSet(
             [],
-            {l: t[others] for l, t in train.layers.items()},
+            {layer: t[others] for layer, t in train.layers.items()},
             train.pooled[others],
             train.images[others],
             [],
         )
         alone = FeatureSet(
-            [], {l: t[[i]] for l, t in train.layers.items()}, train.pooled[[i]], train.images[[i]], []
+            [], {layer: t[[i]] for layer, t in train.layers.items()}, train.pooled[[i]], train.images[[i]], []
         )
         expect_map, expect_score = Spade((1, 2, 3), 3, search=TorchSearch()).fit(part).score(alone, 16)
         np.testing.assert_allclose(maps[i], expect_map[0], rtol=1e-5, atol=1e-6)
@@ -238,8 +249,12 @@ def test_padim_left_out_equals_refitting_without_the_image(low_rank, monkeypatch
     monkeypatch.setattr(padim_module, "EPS", EPS * (n - 1) / (n - 2))
     for i in range(n):
         others = [j for j in range(n) if j != i]
-        part = FeatureSet([], {l: t[others] for l, t in train.layers.items()}, None, train.images[others], [])
-        alone = FeatureSet([], {l: t[[i]] for l, t in train.layers.items()}, None, train.images[[i]], [])
+        part = FeatureSet(
+            [], {layer: t[others] for layer, t in train.layers.items()}, None, train.images[others], []
+        )
+        alone = FeatureSet(
+            [], {layer: t[[i]] for layer, t in train.layers.items()}, None, train.images[[i]], []
+        )
         expect_map, expect_score = Padim((1, 2), d=5, seed=0).fit(part).score(alone, 16)
         tolerance = (
             1e-3 if low_rank else 1e-4

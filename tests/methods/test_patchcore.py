@@ -21,7 +21,10 @@ from spadim.run.pipeline import Settings
 
 def _fs(n, seed, c=(3, 4, 6, 5), hw=(8, 4, 2, 1)):
     g = torch.Generator().manual_seed(seed)
-    layers = {l: torch.randn(n, c[l - 1], hw[l - 1], hw[l - 1], generator=g) for l in (1, 2, 3, 4)}
+    layers = {
+        layer: torch.randn(n, c[layer - 1], hw[layer - 1], hw[layer - 1], generator=g)
+        for layer in (1, 2, 3, 4)
+    }
     return FeatureSet([], layers, None, np.zeros((n, 1, 1, 3), np.uint8), [])
 
 
@@ -67,7 +70,7 @@ def _unfolded(m: np.ndarray) -> np.ndarray:
 def _reference_embedding(fs, image, layers, dim, target):
     """The reference's order: unfold each layer, resize the unfolded maps to the first grid, pool each
     position's vector to ``dim``, concatenate the layers, pool to ``target``. -> [H*W, target]."""
-    unfolded = [_unfolded(fs.layers[l][image].double().numpy()) for l in layers]
+    unfolded = [_unfolded(fs.layers[layer][image].double().numpy()) for layer in layers]
     h, w = unfolded[0].shape[1:]
     unfolded = [u if u.shape[1:] == (h, w) else _bilinear(u, h, w) for u in unfolded]
     rows = []

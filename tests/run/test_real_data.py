@@ -124,11 +124,18 @@ def test_spade_search_equals_cdist_on_real_features(hazelnut_features):
     spade = s.method("spade").fit(run.train)
     _, idx = spade.neighbours(run.test)
     grids = spade.layer_grids(run.test.rows(0, 2), idx[:2])
-    for l in (1, 2, 3):
+    for layer in (1, 2, 3):
         for i in range(2):
-            q = run.test.layers[l][i].permute(1, 2, 0).reshape(-1, run.test.layers[l].shape[1]).numpy()[::5]
-            g = run.train.layers[l][idx[i]].permute(0, 2, 3, 1).reshape(-1, q.shape[1]).numpy()
-            found = grids[l][i].reshape(-1).numpy()[::5]  # every 5th query position: scipy's cdist is slow
+            q = (
+                run.test.layers[layer][i]
+                .permute(1, 2, 0)
+                .reshape(-1, run.test.layers[layer].shape[1])
+                .numpy()[::5]
+            )
+            g = run.train.layers[layer][idx[i]].permute(0, 2, 3, 1).reshape(-1, q.shape[1]).numpy()
+            found = (
+                grids[layer][i].reshape(-1).numpy()[::5]
+            )  # every 5th query position: scipy's cdist is slow
             np.testing.assert_allclose(found, cdist(q, g).min(1), rtol=1e-4, atol=1e-4)
 
 

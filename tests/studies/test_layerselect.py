@@ -70,21 +70,21 @@ class FineOnlyBackbone:
 
     def __init__(self):
         g = torch.Generator().manual_seed(0)
-        self.proj = {l: torch.randn(3, 8 * l, generator=g) for l in (1, 2, 3, 4)}
+        self.proj = {layer: torch.randn(3, 8 * layer, generator=g) for layer in (1, 2, 3, 4)}
         self.n_forward = 0
 
     def features(self, images: np.ndarray) -> FeatureSet:
         x = torch.from_numpy(images).float().permute(0, 3, 1, 2) / 255.0
         layers = {}
-        for l in (1, 2, 3, 4):
-            pooled = F.avg_pool2d(x, 4 * 2 ** (l - 1))  # 16, 8, 4, 2 px grids
-            feats = torch.einsum("nchw,cd->ndhw", pooled, self.proj[l])
-            if l > 1:  # per-image noise, reproducible from the image content
+        for layer in (1, 2, 3, 4):
+            pooled = F.avg_pool2d(x, 4 * 2 ** (layer - 1))  # 16, 8, 4, 2 px grids
+            feats = torch.einsum("nchw,cd->ndhw", pooled, self.proj[layer])
+            if layer > 1:  # per-image noise, reproducible from the image content
                 seeds = [int(np.asarray(im, np.int64).sum()) % 2**31 for im in images]
                 feats = feats + torch.stack(
                     [torch.randn(feats.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds]
                 )
-            layers[l] = feats.contiguous(memory_format=torch.channels_last)
+            layers[layer] = feats.contiguous(memory_format=torch.channels_last)
         self.n_forward += len(images)
         return FeatureSet(
             [pathlib.Path(f"<{i}>") for i in range(len(images))],

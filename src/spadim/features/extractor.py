@@ -24,13 +24,13 @@ from spadim.lists import parse_list
 
 LAYER_IDS = (1, 2, 3, 4)
 ALL_COMBOS: tuple[tuple[int, ...], ...] = tuple(
-    tuple(l for l in LAYER_IDS if mask >> (l - 1) & 1) for mask in range(1, 16)
+    tuple(layer for layer in LAYER_IDS if mask >> (layer - 1) & 1) for mask in range(1, 16)
 )
 
 
 def combo_name(combo) -> str:
     """(1, 2) -> '1+2': the name a layer subset has in tables and files."""
-    return "+".join(str(l) for l in combo)
+    return "+".join(str(layer) for layer in combo)
 
 
 def parse_layers(text: str | Iterable[int]) -> tuple[int, ...]:
@@ -60,7 +60,7 @@ class FeatureSet:
         """Images ``start:stop`` as views (no copy)."""
         return FeatureSet(
             self.paths[start:stop],
-            {l: t[start:stop] for l, t in self.layers.items()},
+            {layer: t[start:stop] for layer, t in self.layers.items()},
             None if self.pooled is None else self.pooled[start:stop],
             self.images[start:stop],
             self.shapes[start:stop],
@@ -77,7 +77,7 @@ def embed(fs: FeatureSet, layers: Sequence[int], idx=None) -> torch.Tensor:
     Nearest upsampling is what PaDiM's reference ``embedding_concat`` computes. ``idx``
     selects rows. Returns [n, sum C, H, W].
     """
-    maps = [fs.layers[l] if idx is None else fs.layers[l][idx] for l in layers]
+    maps = [fs.layers[layer] if idx is None else fs.layers[layer][idx] for layer in layers]
     size = max(m.shape[-1] for m in maps)
     return torch.cat(
         [m if m.shape[-1] == size else F.interpolate(m, size=(size, size), mode="nearest") for m in maps], 1
@@ -154,7 +154,10 @@ class FeatureExtractor:
 
     def _empty(self, n: int, paths: list[Path]) -> FeatureSet:
         shapes = self._shapes()
-        layers = {l: torch.empty((n, *shapes[l]), memory_format=torch.channels_last) for l in self.layers}
+        layers = {
+            layer: torch.empty((n, *shapes[layer]), memory_format=torch.channels_last)
+            for layer in self.layers
+        }
         pooled = torch.empty((n, *shapes["pool"])) if self.pooled else None
         return FeatureSet(
             paths, layers, pooled, np.zeros((n, self.pre.crop, self.pre.crop, 3), np.uint8), [(0, 0)] * n
@@ -186,15 +189,15 @@ class FeatureExtractor:
             out = self.model.features(x, self.last)
         self.n_forward += len(rows)
         for j, i in enumerate(rows):
-            for l in self.layers:
-                fs.layers[l][i] = out[l][j]
+            for layer in self.layers:
+                fs.layers[layer][i] = out[layer][j]
             if fs.pooled is not None:
                 fs.pooled[i] = out["pool"][j]
             fs.images[i], fs.shapes[i] = images[j], tuple(shapes[j])
             if keys:
                 self._to_disk(
                     keys[i],
-                    {l: out[l][j] for l in LAYER_IDS if l in out},
+                    {layer: out[layer][j] for layer in LAYER_IDS if layer in out},
                     out.get("pool"),
                     j,
                     images[j],
@@ -205,7 +208,7 @@ class FeatureExtractor:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.cache_dir / f"{key}.tmp"
         entry = {
-            "layers": {l: t.contiguous().clone() for l, t in layers.items()},
+            "layers": {layer: t.contiguous().clone() for layer, t in layers.items()},
             "pool": None if pool is None else pool[j].clone(),
             "image": torch.from_numpy(image),
             "shape": list(shape),
@@ -219,12 +222,12 @@ class FeatureExtractor:
             return False
         try:
             entry = torch.load(f, map_location="cpu", weights_only=True)
-            if any(l not in entry["layers"] for l in self.layers) or (
+            if any(layer not in entry["layers"] for layer in self.layers) or (
                 fs.pooled is not None and entry["pool"] is None
             ):
                 return False  # cached by a run that needed fewer layers
-            for l in self.layers:
-                fs.layers[l][i] = entry["layers"][l]
+            for layer in self.layers:
+                fs.layers[layer][i] = entry["layers"][layer]
             if fs.pooled is not None:
                 fs.pooled[i] = entry["pool"]
             fs.images[i], fs.shapes[i] = entry["image"].numpy(), tuple(entry["shape"])

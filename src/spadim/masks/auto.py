@@ -119,7 +119,7 @@ class MaskPlanner:
     ):
         kept = sorted(layers_kept)
         # the layer must be one the run keeps anyway: the nearest kept layer to the configured one
-        self.layer = min(kept, key=lambda l: (abs(l - cfg.layer), -l))
+        self.layer = min(kept, key=lambda layer_id: (abs(layer_id - cfg.layer), -layer_id))
         self.crop, self.seed, self.cfg = crop, seed, cfg
         self.kp_cfgs = dict(kp_cfgs or {})
         self.fg: Foreground | None = None

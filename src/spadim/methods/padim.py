@@ -47,16 +47,16 @@ def select_and_concat(fs: FeatureSet, layers: tuple[int, ...], idx: torch.Tensor
     (``floor(dst * h / size)``, as ``F.interpolate(mode="nearest")``) and the concatenation write
     each position's vector contiguously, with no transpose of the result.
     """
-    n, size = len(fs), max(fs.layers[l].shape[-1] for l in layers)
+    n, size = len(fs), max(fs.layers[layer].shape[-1] for layer in layers)
     out = torch.empty(n, size, size, len(idx), dtype=fs.layers[layers[0]].dtype)
     offset, filled = 0, 0
-    for l in layers:
-        c, h = fs.layers[l].shape[1], fs.layers[l].shape[-1]
+    for layer in layers:
+        c, h = fs.layers[layer].shape[1], fs.layers[layer].shape[-1]
         local = idx[(idx >= offset) & (idx < offset + c)] - offset
         offset += c
         if not len(local):
             continue
-        chosen = fs.layers[l].permute(0, 2, 3, 1)[..., local]  # [N, h, w, c_sel]
+        chosen = fs.layers[layer].permute(0, 2, 3, 1)[..., local]  # [N, h, w, c_sel]
         cols = slice(filled, filled + len(local))
         filled += len(local)
         if size % h == 0:  # each cell repeated f x f times, written by broadcasting: one copy
@@ -159,8 +159,10 @@ class Padim:
     def _vectors(self, fs: FeatureSet) -> torch.Tensor:
         """[N, L, d] selected features per position."""
         if self.idx is None:
-            self.idx = channel_subset(sum(fs.layers[l].shape[1] for l in self.layers), self.d, self.seed)
-        size = max(fs.layers[l].shape[-1] for l in self.layers)
+            self.idx = channel_subset(
+                sum(fs.layers[layer].shape[1] for layer in self.layers), self.d, self.seed
+            )
+        size = max(fs.layers[layer].shape[-1] for layer in self.layers)
         self.grid = (size, size)
         return select_and_concat(fs, self.layers, self.idx)
 

@@ -106,8 +106,8 @@ def embed_patches(
     """[n * H * W, target_dim] locally aware patch features (rows image by image, then row-major
     positions) and the grid (H, W) of the first layer."""
     per_layer, grid = [], None
-    for l in layers:
-        f = patch_features(fs.layers[l], dim, patch)
+    for layer in layers:
+        f = patch_features(fs.layers[layer], dim, patch)
         if grid is None:
             grid = tuple(f.shape[1:3])
         elif tuple(f.shape[1:3]) != grid:

@@ -61,7 +61,7 @@ class Spade:
 
     def fit(self, fs: FeatureSet) -> "Spade":
         """Store the training features: SPADE has no other training."""
-        self.train_layers = {l: fs.layers[l] for l in self.layers}
+        self.train_layers = {layer: fs.layers[layer] for layer in self.layers}
         self.train_pooled = fs.pooled
         return self
 
@@ -74,10 +74,10 @@ class Spade:
         """Per layer, [N, h, w] distance of each test position to that layer's K-image gallery."""
         out = {}
         with torch.inference_mode():
-            for l in layers or self.layers:
-                test, train = fs.layers[l], self.train_layers[l]
+            for layer in layers or self.layers:
+                test, train = fs.layers[layer], self.train_layers[layer]
                 n, _, h, w = test.shape
-                out[l] = torch.stack(
+                out[layer] = torch.stack(
                     [
                         self.search.min_distances(_positions(test[i]), _positions(train[nn_idx[i]]))
                         for i in range(n)
@@ -131,7 +131,7 @@ class Spade:
             "config": {"layers": list(self.layers), "k": self.k, "fusion": self.fusion},
             "tensors": {
                 "pooled": self.train_pooled,
-                **{f"layer{l}": t.contiguous() for l, t in self.train_layers.items()},
+                **{f"layer{layer}": t.contiguous() for layer, t in self.train_layers.items()},
             },
         }
 
@@ -139,5 +139,5 @@ class Spade:
     def from_state(cls, state: dict) -> "Spade":
         m = cls(tuple(state["config"]["layers"]), state["config"]["k"], state["config"].get("fusion", "mean"))
         m.train_pooled = state["tensors"]["pooled"]
-        m.train_layers = {l: state["tensors"][f"layer{l}"] for l in m.layers}
+        m.train_layers = {layer: state["tensors"][f"layer{layer}"] for layer in m.layers}
         return m

@@ -117,7 +117,7 @@ def take(fs: FeatureSet, rows: list[int]) -> FeatureSet:
     idx = torch.as_tensor(rows, dtype=torch.long)
     return FeatureSet(
         [fs.paths[i] for i in rows],
-        {l: t[idx] for l, t in fs.layers.items()},
+        {layer: t[idx] for layer, t in fs.layers.items()},
         None if fs.pooled is None else fs.pooled[idx],
         fs.images[rows],
         [fs.shapes[i] for i in rows],
@@ -127,7 +127,7 @@ def take(fs: FeatureSet, rows: list[int]) -> FeatureSet:
 def concat(parts: list[FeatureSet]) -> FeatureSet:
     return FeatureSet(
         [p for fs in parts for p in fs.paths],
-        {l: torch.cat([fs.layers[l] for fs in parts]) for l in parts[0].layers},
+        {layer: torch.cat([fs.layers[layer] for fs in parts]) for layer in parts[0].layers},
         None if parts[0].pooled is None else torch.cat([fs.pooled for fs in parts]),
         np.concatenate([fs.images for fs in parts]),
         [s for fs in parts for s in fs.shapes],
@@ -174,14 +174,14 @@ def subset_auprs(method: str, folds: Folds, s: Settings, combos=ALL_COMBOS) -> d
     upsampled once, from all folds together."""
     masks = np.concatenate(folds.masks)
     spade_mean = method == "spade" and s.spade_fusion == "mean"
-    used = tuple(sorted({l for c in combos for l in c}))
+    used = tuple(sorted({layer for c in combos for layer in c}))
     grids: dict = {}  # SPADE: layer -> grids per fold; others: combo -> grids per fold
     for f in range(len(folds.val_rows)):
         fit, val = folds.fold(f)
         if spade_mean:  # per-layer grids once per fold; every subset is their fusion
             spade = s.method("spade", used).fit(fit)
-            for l, g in spade.layer_grids(val, spade.neighbours(val)[1]).items():
-                grids.setdefault(l, []).append(g)
+            for layer, g in spade.layer_grids(val, spade.neighbours(val)[1]).items():
+                grids.setdefault(layer, []).append(g)
             continue
         for combo in combos:  # PaDiM keeps its distance grids; any other method its maps
             if method == "padim":
@@ -191,7 +191,10 @@ def subset_auprs(method: str, folds: Folds, s: Settings, combos=ALL_COMBOS) -> d
             grids.setdefault(combo, []).append(grid)
     joined = {k: torch.cat(v) for k, v in grids.items()}
     if spade_mean:
-        return {combo_name(c): pixel_aupr(Spade.fuse([joined[l] for l in c], s.crop), masks) for c in combos}
+        return {
+            combo_name(c): pixel_aupr(Spade.fuse([joined[layer] for layer in c], s.crop), masks)
+            for c in combos
+        }
     if method == "padim":
         return {combo_name(c): pixel_aupr(upsample_blur(joined[c], s.crop), masks) for c in combos}
     return {combo_name(c): pixel_aupr(joined[c].numpy(), masks) for c in combos}
@@ -241,7 +244,7 @@ def select_many(
     t0 = time.perf_counter()
     train = training_features(fx, data)
     t_train = time.perf_counter() - t0
-    missing = [l for l in (1, 2, 3, 4) if l not in train.layers]
+    missing = [layer for layer in (1, 2, 3, 4) if layer not in train.layers]
     if missing:
         raise SpadimError(
             f"layer selection needs all 4 layers; the features lack {missing}: "

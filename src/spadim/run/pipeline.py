@@ -114,7 +114,7 @@ class Settings:
 
 def needed_features(methods: list[str], layer_sets) -> tuple[tuple[int, ...], bool]:
     """Layers to keep and whether SPADE's pooled layer-4 vector is needed."""
-    layers = tuple(sorted({l for combo in layer_sets for l in combo}))
+    layers = tuple(sorted({layer for combo in layer_sets for layer in combo}))
     return layers, "spade" in methods
 
 
