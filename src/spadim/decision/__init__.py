@@ -5,6 +5,24 @@ level with at least the minimum area); :func:`region_score` is the level at whic
 true, so calibrating its quantile on normal images calibrates the decision and the regions together.
 """
 
-from .regions import DEFAULT_MIN_AREA, Region, find_regions, has_region, min_area_pixels, region_score
+from .regions import (
+    DEFAULT_MIN_AREA,
+    Region,
+    Verdict,
+    find_regions,
+    has_region,
+    judge,
+    min_area_pixels,
+    region_score,
+)
 
-__all__ = ["DEFAULT_MIN_AREA", "Region", "find_regions", "has_region", "min_area_pixels", "region_score"]
+__all__ = [
+    "DEFAULT_MIN_AREA",
+    "Region",
+    "Verdict",
+    "find_regions",
+    "has_region",
+    "judge",
+    "min_area_pixels",
+    "region_score",
+]

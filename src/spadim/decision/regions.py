@@ -75,15 +75,11 @@ def region_score(score_map: np.ndarray, min_area: int) -> float:
     min_area = max(1, int(min_area))
     if min_area > values.size:
         return float("-inf")
-    top = float(values.max())
-    # has_region(map, low) is true; has_region(map, high) false. The min_area-th largest value bounds it.
-    high = top
-    low = float(np.partition(values.ravel(), values.size - min_area)[values.size - min_area])
-    low = float(np.nextafter(np.float32(low), np.float32(-np.inf)))
-    if not has_region(values, low, min_area):
-        low = float(np.nextafter(np.float32(values.min()), np.float32(-np.inf)))  # one region = whole map
-        if not has_region(values, low, min_area):
-            return float("-inf")
+    flat = values.ravel()
+    # has_region at low is true (the whole map is one region above it); at high it is false (at most
+    # min_area - 1 pixels lie strictly above the min_area-th largest value)
+    low = float(np.nextafter(np.float32(flat.min()), np.float32(-np.inf)))
+    high = float(np.partition(flat, flat.size - min_area)[flat.size - min_area])
     for _ in range(14):
         middle = float(np.float32(0.5 * (low + high)))
         if middle <= low or middle >= high:
@@ -102,6 +98,29 @@ def region_score(score_map: np.ndarray, min_area: int) -> float:
         else:
             last = middle
     return float(candidates[first])
+
+
+@dataclass
+class Verdict:
+    """One image under the OK/defect rule: a defect exactly when ``regions`` is not empty."""
+
+    region_score: float  # the level at which its last region of the minimum area disappears
+    regions: list[Region]
+    mask: np.ndarray  # bool: the pixels of ``regions``
+
+
+def judge(
+    score_map: np.ndarray, region_level: float, mask_level: float, min_area: int, normalize=None
+) -> Verdict:
+    """The rule ``predict``, ``serve`` and ``evaluate`` apply: a defect when ``region_score`` is above the
+    region level; its regions are then drawn from ``mask_level`` (never above the region level, so the
+    region that decided is among them); an OK image has none."""
+    score = region_score(score_map, min_area)
+    if score > region_level:
+        regions, mask = find_regions(score_map, mask_level, min_area, normalize)
+    else:
+        regions, mask = [], np.zeros(score_map.shape, bool)
+    return Verdict(score, regions, mask)
 
 
 def min_area_pixels(fraction: float, height: int, width: int) -> int:

@@ -25,6 +25,7 @@ from spadim.run.calibration import (
     DEFAULT_FAR,
     DEFAULT_FOLDS,
     DEFAULT_PIXEL_FAR,
+    AUDIT_Z,
     Calibration,
     audit,
     calibrate_held_out,
@@ -108,7 +109,7 @@ def fit_model(
         json.dumps(
             json_ready(
                 {
-                    "rule": f"modified z-score of the {calibration.how} region statistic > 3.5",
+                    "rule": f"modified z-score of the {calibration.how} region statistic > {AUDIT_Z}",
                     "flagged": suspects,
                     **info["held_out"],
                 }
@@ -124,12 +125,7 @@ def fit_model(
     for line in filter(None, [calibration.warning(), calibration.advice()]):
         say(f"warning: {line}")
     for entry in suspects:
-        say(
-            f"audit: {entry['image']} stands apart from the other good images (region score "
-            f"{entry['region_score']:.4g}, robust z {entry['robust_z']:.1f}): a defect filed as good, or a rare "
-            f"variant that needs company; without it the region level would be {entry['level_without_it']:.4g} "
-            f"instead of {entry['level']:.4g}"
-        )
+        say(audit_line(entry))
     say(
         f"fitted {method_name} on {len(train)} images of {name} in {sum(seconds.values()):.1f} s "
         f"(calibration {seconds['calibration']:.1f} s, {calibration.how}): region level "
@@ -146,6 +142,16 @@ def fit_model(
         "audit": suspects,
         "held_out": held,
     }
+
+
+def audit_line(entry: dict) -> str:
+    """One audit entry as ``fit`` and ``calibrate`` print it."""
+    return (
+        f"audit: {entry['image']} stands apart from the other good images (region score "
+        f"{entry['region_score']:.4g}, robust z {entry['robust_z']:.1f}): a defect filed as good, or a rare "
+        f"variant that needs company; without it the region level would be {entry['level_without_it']:.4g} "
+        f"instead of {entry['level']:.4g}"
+    )
 
 
 def calibrate_model(
@@ -184,10 +190,7 @@ def calibrate_model(
     if calibration.warning():
         say(f"warning: {calibration.warning()}")
     for entry in audit(regions, [str(p) for p in paths], far):
-        say(
-            f"audit: {entry['image']} stands apart from the other good images (robust z "
-            f"{entry['robust_z']:.1f}); without it the region level would be {entry['level_without_it']:.4g}"
-        )
+        say(audit_line(entry))
     say(
         f"recalibrated {model} on {len(paths)} good images: region level {calibration.region_threshold:.4g}, "
         f"regions drawn from {calibration.mask_level:.4g} at far={far:g} -> {out or model}"

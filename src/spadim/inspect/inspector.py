@@ -27,10 +27,8 @@ from spadim.run.calibration import Calibration, check_far
 from spadim.decision.regions import (
     DEFAULT_MIN_AREA,
     Region,
-    find_regions,
-    has_region,
+    judge,
     min_area_pixels,
-    region_score,
 )
 
 
@@ -66,9 +64,7 @@ class Prediction:
     score: float
     normalized_score: float | None
     decision: str  # "ok" or "defect": "defect" exactly when ``regions`` is not empty
-    region_score: (
-        float  # the level at which the last region of min_area disappears (the decision's statistic)
-    )
+    region_score: float  # the level at which its last region of min_area disappears (decides)
     regions: list[Region]
     anomaly_map: np.ndarray = field(repr=False)  # float32 [height, width], raw score units
     defect_mask: np.ndarray = field(repr=False)  # bool [height, width]: pixels of the kept regions
@@ -226,16 +222,13 @@ class Inspector:
         for rgb, name, frame_map, score in zip(images, names, maps, scores):
             height, width = rgb.shape[:2]
             full = self.pre.to_original(frame_map, (height, width))
-            area = min_area_pixels(min_area, height, width)
-            if has_region(full, point.region_threshold, area):  # the decision; then its regions
-                regions, mask = find_regions(
-                    full,
-                    point.pixel_threshold,
-                    area,
-                    self.calibration.normalize_pixels if self.calibration else None,
-                )
-            else:
-                regions, mask = [], np.zeros(full.shape, bool)
+            verdict = judge(
+                full,
+                point.region_threshold,
+                point.pixel_threshold,
+                min_area_pixels(min_area, height, width),
+                self.calibration.normalize_pixels if self.calibration else None,
+            )
             normalized = (
                 float(self.calibration.normalize_image(score, point.image_threshold))
                 if self.calibration and point.image_threshold is not None
@@ -248,11 +241,11 @@ class Inspector:
                     width,
                     float(score),
                     normalized,
-                    "defect" if regions else "ok",
-                    region_score(full, area),
-                    regions,
+                    "defect" if verdict.regions else "ok",
+                    verdict.region_score,
+                    verdict.regions,
                     full,
-                    mask,
+                    verdict.mask,
                 )
             )
         return out

@@ -125,6 +125,12 @@ class GaussianAccumulator:
         return factors
 
 
+def _maps_and_maxima(grid: torch.Tensor, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distance grids -> anomaly maps [N, size, size] and image scores (each map's maximum) [N]."""
+    maps = upsample_blur(grid, size)
+    return maps, maps.reshape(len(maps), -1).max(axis=1)
+
+
 class Padim:
     name = "padim"
 
@@ -211,8 +217,7 @@ class Padim:
 
     def score(self, fs: FeatureSet, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Anomaly maps [N, size, size] and image scores (max of each map) [N]."""
-        maps = upsample_blur(self.distance_grid(fs), size)
-        return maps, maps.reshape(len(maps), -1).max(axis=1)
+        return _maps_and_maxima(self.distance_grid(fs), size)
 
     def score_left_out(self, fs: FeatureSet, size: int) -> tuple[np.ndarray, np.ndarray]:
         """The n training images it was fitted on (``fs``), each scored by the Gaussians of the other n - 1,
@@ -230,8 +235,7 @@ class Padim:
         left_out = (
             ratio**2 * ((n - 2) / (n - 1)) * squared / (1 - squared * n / (n - 1) ** 2).clamp_min(1e-12)
         )
-        maps = upsample_blur(left_out.sqrt().float(), size)
-        return maps, maps.reshape(len(maps), -1).max(axis=1)
+        return _maps_and_maxima(left_out.sqrt().float(), size)
 
     def state(self) -> dict:
         rows, cols = torch.tril_indices(self.chol.shape[1], self.chol.shape[1])

@@ -237,23 +237,49 @@ class PatchCore:
             start += len(emb)
         return bank, picked
 
-    def distance_grid(self, fs: FeatureSet) -> tuple[torch.Tensor, np.ndarray]:
-        """[N, H, W] squared distance of every test patch to its nearest bank vector, and the image scores [N]."""
+    def distance_grid(self, fs: FeatureSet, left_out: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+        """[N, H, W] squared distance of every test patch to its nearest bank vector, and the image scores [N].
+
+        ``left_out``: ``fs`` is the training set the bank was built from, and each image is searched
+        against the bank without the rows its own patches contributed (see :meth:`score_left_out`)."""
+        if left_out and self.bank_image is None:
+            raise ValueError("score_left_out needs a model fitted in this process (bank_image)")
         if self._bank_sq is None:
             self._bank_sq = self.bank.square().sum(1)
-        grids, scores = [], []
+        per_image = self.grid[0] * self.grid[1]
+        grids, scores, start = [], [], 0
         with torch.inference_mode():
             for emb in self._embeddings(fs):
-                d = self.search.min_distances(emb, self.bank).square_().reshape(-1, *self.grid)
+                d = self.search.min_distances(emb, self.bank).reshape(-1, per_image)  # Euclidean
+                own = [self.bank_image == start + i if left_out else None for i in range(len(d))]
+                for i, excluded in enumerate(own):
+                    if excluded is not None and excluded.any():
+                        d[i] = self._without_own(emb[i * per_image : (i + 1) * per_image], d[i], excluded)
+                d = d.square_().reshape(-1, *self.grid)
                 grids.append(d)
                 worst = d.flatten(1).argmax(1)
                 for i, j in enumerate(worst.tolist()):
                     if self.neighbours:
-                        query = emb[i * self.grid[0] * self.grid[1] + j]
-                        scores.append(reweighted_score(query, self.bank, self._bank_sq, self.neighbours))
+                        query = emb[i * per_image + j]
+                        scores.append(
+                            reweighted_score(query, self.bank, self._bank_sq, self.neighbours, own[i])
+                        )
                     else:
                         scores.append(float(d[i].flatten()[j]))
+                start += len(d)
         return torch.cat(grids), np.asarray(scores, dtype=np.float64)
+
+    def _without_own(self, queries: torch.Tensor, nearest: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """Nearest distances of one training image's patches with its own bank rows (``own``) left out:
+        only the patches whose nearest row may be one of their own are searched again."""
+        to_own = torch.cdist(queries, self.bank[own]).amin(1)
+        # generous: float32 distances near 0 carry errors of ~sqrt(eps) |q|; a redo only costs time
+        slack = 2e-3 * queries.norm(dim=1) + 1e-3 * nearest
+        redo = (to_own <= nearest + slack).nonzero()[:, 0]
+        out = nearest.clone()
+        if len(redo):
+            out[redo] = _masked_nearest(queries[redo], self.bank, self._bank_sq, own)
+        return out
 
     def score_left_out(self, fs: FeatureSet, size: int) -> tuple[np.ndarray, np.ndarray]:
         """The training images it was fitted on (``fs``), each scored against the bank without the rows
@@ -263,38 +289,8 @@ class PatchCore:
 
         Cost: one search against the whole bank (the fitted, pruned search), then, only for the patches
         whose nearest row is one of their own image's, a search with those rows masked out."""
-        if self.bank_image is None:
-            raise ValueError("score_left_out needs a model fitted in this process (bank_image)")
-        if self._bank_sq is None:
-            self._bank_sq = self.bank.square().sum(1)
-        grids, scores, start = [], [], 0
-        per_image = self.grid[0] * self.grid[1]
-        with torch.inference_mode():
-            for emb in self._embeddings(fs):
-                nearest = self.search.min_distances(emb, self.bank)  # Euclidean, all rows
-                for offset in range(len(emb) // per_image):
-                    image = start + offset
-                    own = self.bank_image == image
-                    queries = emb[offset * per_image : (offset + 1) * per_image]
-                    distances = nearest[offset * per_image : (offset + 1) * per_image].clone()
-                    if own.any():
-                        to_own = torch.cdist(queries, self.bank[own]).amin(1)
-                        # generous: float32 distances near 0 carry errors of ~sqrt(eps) |q|; a redo only costs time
-                        slack = 2e-3 * queries.norm(dim=1) + 1e-3 * distances
-                        redo = (to_own <= distances + slack).nonzero()[:, 0]
-                        if len(redo):
-                            distances[redo] = _masked_nearest(queries[redo], self.bank, self._bank_sq, own)
-                    squared = distances.square()
-                    grids.append(squared.reshape(*self.grid))
-                    worst = int(squared.argmax())
-                    if self.neighbours:
-                        scores.append(
-                            reweighted_score(queries[worst], self.bank, self._bank_sq, self.neighbours, own)
-                        )
-                    else:
-                        scores.append(float(squared[worst]))
-                start += len(emb) // per_image
-        return upsample_blur(torch.stack(grids), size), np.asarray(scores, dtype=np.float64)
+        grid, scores = self.distance_grid(fs, left_out=True)
+        return upsample_blur(grid, size), scores
 
     def score(self, fs: FeatureSet, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Anomaly maps [N, size, size] and image scores (eq. 7, or the maximum with ``neighbours=0``) [N]."""

@@ -55,6 +55,11 @@ def check_far(far: float, flag: str = "--far") -> float:
     return float(far)
 
 
+def conformal_rank(n: int, far: float) -> int:
+    """The split-conformal rank ceil((n + 1)(1 - far)) (1-based); above n no order statistic guarantees far."""
+    return math.ceil((n + 1) * (1.0 - far))
+
+
 def conformal_threshold(scores: np.ndarray, far: float) -> tuple[float, bool]:
     """(threshold, guaranteed): the ceil((n+1)(1-far))-th smallest score; a score strictly above it
     is an alarm. Without enough scores for ``far`` the largest score and ``False``."""
@@ -62,7 +67,7 @@ def conformal_threshold(scores: np.ndarray, far: float) -> tuple[float, bool]:
     n = len(ordered)
     if n == 0:
         raise SpadimError("no normal scores to calibrate on: give at least one good image")
-    rank = math.ceil((n + 1) * (1.0 - far))
+    rank = conformal_rank(n, far)
     if rank > n:
         return float(ordered[-1]), False
     return float(ordered[rank - 1]), True
@@ -72,7 +77,7 @@ def images_needed(far: float) -> int:
     """The fewest normal images for which the conformal quantile at ``far`` is below the largest score
     (39 at 0.05, 199 at 0.01): with fewer, the single highest normal image sets the threshold."""
     n = 2
-    while math.ceil((n + 1) * (1.0 - far)) > n - 1:
+    while conformal_rank(n, far) > n - 1:
         n += 1
     return n
 
@@ -83,7 +88,7 @@ def far_interval(n: int, far: float, coverage: float = 0.9) -> tuple[float, floa
     distributed (continuous scores), so with 60 images and far 0.05 it exceeds 0.10 for about 7% of sets."""
     from scipy.stats import beta
 
-    rank = min(n, math.ceil((n + 1) * (1.0 - far)))
+    rank = min(n, conformal_rank(n, far))
     law = beta(n + 1 - rank, rank)
     tail = (1.0 - coverage) / 2.0
     return float(law.ppf(tail)), float(law.ppf(1.0 - tail))

@@ -15,8 +15,8 @@ from pathlib import Path
 from . import layerchoice
 import numpy as np
 
-from .calibration import DEFAULT_FAR, DEFAULT_FOLDS, calibrate_held_out, region_scores
-from spadim.decision.regions import find_regions, has_region, min_area_pixels
+from .calibration import DEFAULT_FAR, DEFAULT_FOLDS, calibrate_held_out
+from spadim.decision.regions import Verdict, find_regions, judge, min_area_pixels
 from spadim.methods.registry import METHODS
 from spadim.metrics.operating_point import at_threshold, best_f1, best_recall
 from spadim.masks.auto import LEARNED, MaskPlanner, auto_masks
@@ -277,15 +277,15 @@ POINT_CAPTION = (
 )
 
 
-def decide(maps, shapes, pre, region_level: float, mask_level: float, min_area: float):
-    """``predict``'s rule on evaluate's maps: per image (decision, has regions), on the original pixels."""
+def judged(maps, shapes, pre, cal) -> list[tuple[Verdict, bool]]:
+    """``predict``'s rule on evaluate's maps, on the original pixels: per image the verdict, and whether
+    the previous rule (regions at the pixel quantile, whatever the decision) would draw a region."""
     out = []
     for score_map, shape in zip(maps, shapes):
         full = pre.to_original(score_map, shape)
-        area = min_area_pixels(min_area, *full.shape[:2])
-        decision = has_region(full, region_level, area)
-        regions = find_regions(full, mask_level, area)[0] if decision else []
-        out.append((decision, bool(regions)))
+        area = min_area_pixels(cal.min_area, *full.shape[:2])
+        verdict = judge(full, cal.region_threshold, cal.mask_level, area)
+        out.append((verdict, bool(find_regions(full, cal.pixel_threshold, area)[0])))
     return out
 
 
@@ -305,10 +305,9 @@ def operating_point_row(run, name: str, layers, s: Settings, far: float, folds: 
         fitted = s.method(name, tuple(layers)).fit(run.train)
     cal, _ = calibrate_held_out(name, s, layers, run.train, far, folds, fitted=fitted)
     labels = run.labels.astype(bool)
-    pre, shapes = s.pre, run.test.shapes
-    statistic = region_scores(run.maps[name], shapes, pre, cal.min_area)
-    decided = decide(run.maps[name], shapes, pre, cal.region_threshold, cal.mask_level, cal.min_area)
-    flagged = np.array([d for d, _ in decided], bool)
+    verdicts = judged(run.maps[name], run.test.shapes, s.pre, cal)
+    statistic = np.array([verdict.region_score for verdict, _ in verdicts])
+    flagged = statistic > cal.region_threshold
     row = {
         "class": run.data.name,
         "method": name,
@@ -321,13 +320,10 @@ def operating_point_row(run, name: str, layers, s: Settings, far: float, folds: 
         "good_test": int((~labels).sum()),
         "false_alarms": int((flagged & ~labels).sum()),
         "defective_test": int(labels.sum()),
-        "contradictions": sum(d != r for d, r in decided),
+        "contradictions": int(sum(bool(v.regions) != f for (v, _), f in zip(verdicts, flagged))),
     }
-    old = decide(
-        run.maps[name], shapes, pre, -np.inf, cal.pixel_threshold, cal.min_area
-    )  # regions at the quantile
     image_flagged = run.scores[name] > cal.image_threshold
-    row["image_rule_contradictions"] = int(sum(f != r for f, (_, r) in zip(image_flagged, old)))
+    row["image_rule_contradictions"] = int(sum(f != r for f, (_, r) in zip(image_flagged, verdicts)))
     if labels.any():
         best = best_recall(statistic, labels, row["false_alarms"])
         recall = float(np.mean(flagged[labels]))
