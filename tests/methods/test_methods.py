@@ -111,13 +111,23 @@ def test_nearest_searches_match_cdist_on_realistic_sizes():
         )
 
 
-@pytest.mark.parametrize("layers,d", [((1, 2, 3), 6), ((3, 4), 100), ((1,), 2)])
-def test_padim_against_numpy(layers, d):
-    train, test = _fs(9, 2), _fs(2, 3)
+@pytest.mark.parametrize(
+    "layers,d,n_train,form",
+    [
+        ((1, 2, 3), 6, 9, "cholesky"),  # 9 - 1 >= d: full rank
+        ((3, 4), 100, 9, "low-rank"),  # d capped at 11 > 9 - 1
+        ((1,), 2, 9, "cholesky"),
+        ((1, 2, 3), 12, 6, "low-rank"),
+    ],
+)
+def test_padim_against_numpy(layers, d, n_train, form):
+    """Both forms give the reference Mahalanobis distance."""
+    train, test = _fs(n_train, 2), _fs(2, 3)
     m = Padim(layers, d, seed=5, batch=4, chunk=7).fit(train)
+    assert m.form == form
     idx = channel_subset(sum((3, 4, 5, 6)[layer - 1] for layer in layers), d, 5).numpy()
     assert np.array_equal(m.idx.numpy(), idx)
-    tr = np.stack([_concat_np(train, i, layers)[idx] for i in range(9)])  # [N, d, H, W]
+    tr = np.stack([_concat_np(train, i, layers)[idx] for i in range(n_train)])  # [N, d, H, W]
     te = np.stack([_concat_np(test, i, layers)[idx] for i in range(2)])
     grid = m.distance_grid(test).numpy()
     h, w = tr.shape[2:]
@@ -141,14 +151,50 @@ def test_padim_subset_seeded_and_capped():
     assert np.array_equal(channel_subset(100, 10, 1), channel_subset(100, 10, 1))
     assert not np.array_equal(channel_subset(100, 10, 1), channel_subset(100, 10, 2))
     assert np.array_equal(channel_subset(8, 550, 0), np.arange(8))
-    train = _fs(6, 0)
+    train = _fs(12, 0)
     m = Padim((3, 4), 550).fit(train)
-    assert m.chol.shape == (4, 11, 11)  # d capped by 5+6 channels, 2x2 grid
+    assert m.chol.shape == (4, 11, 11)  # d capped by 5+6 channels, 2x2 grid; 12 - 1 >= d: Cholesky
     state = m.state()
     assert state["tensors"]["chol_lower"].numel() == 4 * 11 * 12 // 2  # only the lower triangles are stored
     m2 = Padim.from_state(state)
     test = _fs(2, 9)
     assert np.array_equal(m.distance_grid(test).numpy(), m2.distance_grid(test).numpy())
+    low = Padim((3, 4), 550).fit(_fs(6, 0))  # 6 images: rank 5 < 11
+    assert low.form == "low-rank" and low.state()["tensors"]["basis"].shape == (4, 11, 5)
+    assert np.array_equal(
+        low.distance_grid(test).numpy(), Padim.from_state(low.state()).distance_grid(test).numpy()
+    )
+
+
+def test_padim_files_from_before_the_low_rank_form_still_load():
+    """Files written before the low-rank form hold lower triangles and no 'form': they load as before."""
+    train, test = _fs(12, 0), _fs(2, 9)
+    m = Padim((3, 4), 550).fit(train)
+    old = m.state()
+    old["config"].pop("form")
+    loaded = Padim.from_state(old)
+    assert loaded.form == "cholesky" and loaded.chol.dtype == torch.float32
+    assert np.array_equal(m.distance_grid(test).numpy(), loaded.distance_grid(test).numpy())
+
+
+def test_padim_low_rank_form_is_exact_for_real_sized_rank_deficiency():
+    """Rank N - 1 = 20 of d = 40 (random features with a large offset): low-rank and a float64 inverse agree."""
+    g = torch.Generator().manual_seed(3)
+    train = _fs(21, 4, c=(40, 4, 5, 6))
+    train.layers[1] = train.layers[1] * torch.linspace(0.1, 3, 40)[:, None, None] + 5
+    test = _fs(3, 5, c=(40, 4, 5, 6))
+    test.layers[1] = test.layers[1] + torch.randn(3, 40, 8, 8, generator=g) + 5
+    m = Padim((1,), 40, seed=0).fit(train)
+    assert m.form == "low-rank"
+    tr = train.layers[1].double().permute(0, 2, 3, 1).reshape(21, 64, 40).numpy()
+    te = test.layers[1].double().permute(0, 2, 3, 1).reshape(3, 64, 40).numpy()
+    grid = m.distance_grid(test).reshape(3, 64).numpy()
+    for pos in range(0, 64, 7):
+        inv = np.linalg.inv(np.cov(tr[:, pos], rowvar=False) + EPS * np.eye(40))
+        diff = te[:, pos] - tr[:, pos].mean(0)
+        np.testing.assert_allclose(
+            grid[:, pos], np.sqrt(np.einsum("nd,de,ne->n", diff, inv, diff)), rtol=1e-4
+        )
 
 
 def test_streamed_covariance_matches_np_cov_with_a_large_offset():
@@ -159,10 +205,12 @@ def test_streamed_covariance_matches_np_cov_with_a_large_offset():
     for part in x.split(7):
         acc.add(part)
     np.testing.assert_allclose(acc.mean().numpy(), x.double().mean(0).numpy(), rtol=1e-6)
+    covariances = acc.covariance(slice(None)).numpy()
     factors = acc.cholesky_(EPS).double()
     for pos in range(3):
-        cov = (factors[pos] @ factors[pos].T).numpy() - EPS * np.eye(20)
         expect = np.cov(x[:, pos].double().numpy(), rowvar=False)
+        np.testing.assert_allclose(covariances[pos], expect, rtol=1e-5, atol=1e-5 * np.abs(expect).max())
+        cov = (factors[pos] @ factors[pos].T).numpy() - EPS * np.eye(20)
         np.testing.assert_allclose(cov, expect, rtol=1e-5, atol=1e-5 * np.abs(expect).max())
 
 
@@ -237,14 +285,16 @@ def test_spade_left_out_equals_a_model_fitted_without_the_image():
         assert scores[i] == pytest.approx(float(expect_score[0]), rel=1e-6)
 
 
-@pytest.mark.parametrize("low_rank", [False, True])
-def test_padim_left_out_equals_refitting_without_the_image(low_rank, monkeypatch):
-    """The closed form against refitting on the other n - 1 images with the regulariser it states."""
+@pytest.mark.parametrize("low_rank,d", [(False, 5), (True, 5), (False, 7)])
+def test_padim_left_out_equals_refitting_without_the_image(low_rank, d, monkeypatch):
+    """The closed form against refitting on the other n - 1 images with the regulariser it states
+    (Padim in its Cholesky form at d = 5, its low-rank form at d = 7 > n - 1; LowRankPadim)."""
     import spadim.methods.padim as padim_module
 
     n = 7
     train = _fs(n, 9)
-    model = (LowRankPadim if low_rank else Padim)((1, 2), d=5, seed=0).fit(train)
+    model = (LowRankPadim if low_rank else Padim)((1, 2), d=d, seed=0).fit(train)
+    assert low_rank or model.form == ("cholesky" if d == 5 else "low-rank")
     maps, scores = model.score_left_out(train, 16)
     monkeypatch.setattr(padim_module, "EPS", EPS * (n - 1) / (n - 2))
     for i in range(n):
@@ -255,9 +305,8 @@ def test_padim_left_out_equals_refitting_without_the_image(low_rank, monkeypatch
         alone = FeatureSet(
             [], {layer: t[[i]] for layer, t in train.layers.items()}, None, train.images[[i]], []
         )
-        expect_map, expect_score = Padim((1, 2), d=5, seed=0).fit(part).score(alone, 16)
-        tolerance = (
-            1e-3 if low_rank else 1e-4
-        )  # the low-rank form's float32 products, amplified near h's bound
+        expect_map, expect_score = Padim((1, 2), d=d, seed=0).fit(part).score(alone, 16)
+        # the low-rank forms' float32 products, amplified near h's bound
+        tolerance = 1e-3 if low_rank or d == 7 else 1e-4
         np.testing.assert_allclose(maps[i], expect_map[0], rtol=tolerance, atol=1e-5)
         assert scores[i] == pytest.approx(float(expect_score[0]), rel=tolerance)

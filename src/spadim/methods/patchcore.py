@@ -101,13 +101,14 @@ def patch_features(feature_map: torch.Tensor, dim: int, patch: int = PATCH) -> t
 
 
 def embed_patches(
-    fs: FeatureSet, layers: tuple[int, ...], dim: int = DIM, target_dim: int = DIM, patch: int = PATCH
+    fs: FeatureSet | dict, layers: tuple[int, ...], dim: int = DIM, target_dim: int = DIM, patch: int = PATCH
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """[n * H * W, target_dim] locally aware patch features (rows image by image, then row-major
-    positions) and the grid (H, W) of the first layer."""
+    positions) and the grid (H, W) of the first layer. ``fs``: a FeatureSet or its dict of layer maps."""
+    layer_maps = getattr(fs, "layers", fs)
     per_layer, grid = [], None
     for layer in layers:
-        f = patch_features(fs.layers[layer], dim, patch)
+        f = patch_features(layer_maps[layer], dim, patch)
         if grid is None:
             grid = tuple(f.shape[1:3])
         elif tuple(f.shape[1:3]) != grid:
