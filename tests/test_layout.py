@@ -26,6 +26,7 @@ FLOW = [
     "report",
     "run",
     "studies",
+    "export",
     "inspect",
     "serve",
     "cli",

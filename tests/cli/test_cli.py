@@ -1,5 +1,6 @@
 """End-to-end CLI paths and bad inputs (exit code 2, one line, earlier results untouched)."""
 
+import csv
 import json
 
 import cv2
@@ -125,6 +126,11 @@ def test_fit_predict_round_trip(tiny_root, tmp_path, evaluated):
     assert _run("predict", model, *folders, "--out", out, "--save-maps") == 0
     lines = (out / "predictions.csv").read_text().splitlines()
     assert len(lines) == 1 + len(test_imgs)
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    table = list(csv.DictReader(lines))
+    for record, row in zip(records, table):  # the table repeats the JSON's decision and its region score
+        assert row["decision"] == record["decision"]
+        assert float(row["region_score"]) == pytest.approx(record["region_score"], rel=1e-5)
     for sub in ("heatmaps", "overlays", "masks", "maps"):
         assert len(list((out / sub).iterdir())) == len(test_imgs), sub
     data = load_class(tiny_root / "nut")

@@ -15,6 +15,7 @@ from spadim.features.backbone import ARCHS
 from spadim.data.folders import load_plain
 from spadim.data.mvtec import FRAMES, ClassData
 from spadim.errors import SpadimError
+from spadim.features.device import DEVICES
 from spadim.features.extractor import parse_layers
 from spadim.run.calibration import check_far
 from spadim.lists import parse_list
@@ -58,6 +59,7 @@ def add_common(
         "feature resolution; SPADE and PatchCore only (default: %(default)s, off)",
     )
     g.add_argument("--batch-size", type=int, default=8)
+    add_device(g)
     g.add_argument("--cache-dir", type=Path, default=None, help="also cache per-image features on disk here")
     g.add_argument("--seed", type=int, default=0, help="seeds PaDiM's channel subset and random weights")
     m = p.add_argument_group("methods")
@@ -192,6 +194,27 @@ def layers_arg(text: str):
     return AUTO if str(text).strip().lower() == AUTO else parse_layers(text)
 
 
+def add_device(p) -> None:
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=DEVICES,
+        help="where the backbone runs (and, for predict and serve, the whole scoring graph): 'auto' takes "
+        "a CUDA GPU when torch sees one (default: %(default)s; the CUDA path is untested, docs/deploy.md)",
+    )
+
+
+def add_runtime(p) -> None:
+    """predict and serve: which engine runs the model."""
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=("torch", "onnx"),
+        help="'onnx': MODEL is an export (spadim export) run by onnxruntime (default: %(default)s)",
+    )
+    add_device(p)
+
+
 def settings_from(a) -> Settings:
     tile = getattr(a, "tile", 1)
     methods = [getattr(a, "method", "")] + str(getattr(a, "methods", "")).split(",")
@@ -217,6 +240,7 @@ def settings_from(a) -> Settings:
         frame=getattr(a, "frame", "crop"),
         coreset=a.coreset,
         search=a.search,
+        device=getattr(a, "device", "cpu"),
     )
 
 

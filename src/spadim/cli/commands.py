@@ -138,9 +138,9 @@ def cmd_predict(a) -> None:
     )
     paths = _expand_images(a.images)
     check_images(paths)  # every file decodes before the backbone loads
-    inspector = inspect.Inspector.load(a.model, a.weights, a.batch_size, object_mask)
+    inspector = inspect.Inspector.load(a.model, a.weights, a.batch_size, object_mask, a.runtime, a.device)
     point = inspector.operating_point(a.threshold, a.far)
-    say(inspector.extractor.weights.describe())
+    say(inspector.backbone_text())
     for warning in inspector.warnings(point):
         say(f"warning: {warning}")
     summary = inspect.predict_paths(
@@ -180,13 +180,19 @@ def cmd_serve(a) -> None:
     api_key = a.api_key or os.environ.get("SPADIM_API_KEY") or None
     listener = serve.bind(a.host, a.port)  # a port in use fails before the models take seconds to load
     try:
-        inspectors = serve.load_inspectors(a.models, a.weights)
+        inspectors = serve.load_inspectors(a.models, a.weights, a.runtime, a.device)
         max_upload_bytes = round(a.max_upload_mb * (1 << 20))
         serve.serve(
             inspectors, max_upload_bytes=max_upload_bytes, listener=listener, say=say, api_key=api_key
         )
     finally:
         listener.close()
+
+
+def cmd_export(a) -> None:
+    from spadim.export.onnx import export_onnx  # onnx loads for this command only
+
+    export_onnx(a.model, a.out, a.weights, say)
 
 
 def cmd_mask_sweep(a) -> None:

@@ -18,6 +18,7 @@ from .args import (
     add_common,
     add_mask_args,
     add_plain_args,
+    add_runtime,
     check_args,
 )
 from spadim.errors import SpadimError
@@ -30,6 +31,7 @@ from .commands import (
     TOY,
     cmd_calibrate,
     cmd_evaluate,
+    cmd_export,
     cmd_fit,
     cmd_layer_select,
     cmd_layer_sweep,
@@ -187,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         "one, 0.001; another value voids the false-alarm promise)",
     )
     p.add_argument("--save-maps", action="store_true", help="also save each raw anomaly map (maps/*.npy)")
+    add_runtime(p)
     add_mask_args(p)
     p.set_defaults(func=cmd_predict)
 
@@ -195,7 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve fitted models over HTTP: a JSON API (/predict, /models, "
         "/health) and a page at / to drop images on",
     )
-    p.add_argument("models", type=Path, nargs="+", help="model files; clients pick one by its file stem")
+    p.add_argument(
+        "models",
+        type=Path,
+        nargs="+",
+        help="model files (or ONNX exports with --runtime onnx); clients pick one by its file stem",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="default: %(default)s; 0 lets the OS pick")
     p.add_argument(
@@ -217,7 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="require this key (header X-API-Key or Authorization: Bearer) on every call but "
         "/health and the page (default: $SPADIM_API_KEY; none)",
     )
+    add_runtime(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "export",
+        help="write a fitted model as one ONNX graph (image tensor -> anomaly map, image score) with its "
+        "calibration and preprocessing in the metadata",
+    )
+    p.add_argument("model", type=Path, help="model file written by spadim fit")
+    p.add_argument("--format", default="onnx", choices=("onnx",), help="default: %(default)s")
+    p.add_argument("--out", type=Path, required=True, help="folder to write (replaced when it exists)")
+    p.add_argument(
+        "--weights", default=None, help="checkpoint the model was fitted with (default lookup as in fit)"
+    )
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("mask-sweep", help="proposal 1: detector suitability and outside-multiplier sweep")
     p.add_argument("data", type=Path, help="MVTec AD root or one class folder")

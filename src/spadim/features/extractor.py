@@ -104,8 +104,11 @@ class FeatureExtractor:
         progress: Callable[[Iterable, str, int], Iterable] | None = None,
         layers: Sequence[int] = LAYER_IDS,
         pooled: bool = True,
+        device: torch.device | None = None,
     ):
-        self.model, self.weights, self.pre = model.to(memory_format=torch.channels_last), weights, pre
+        self.device = device or torch.device("cpu")  # the backbone's; features always land on the CPU
+        self.model = model.to(self.device, memory_format=torch.channels_last)
+        self.weights, self.pre = weights, pre
         self.batch_size = batch_size
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.progress = progress
@@ -186,7 +189,9 @@ class FeatureExtractor:
     def _forward(self, fs: FeatureSet, rows: list[int], images: np.ndarray, shapes, keys: list[str]) -> None:
         x = torch.from_numpy(normalize(images)).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            out = self.model.features(x, self.last)
+            out = self.model.features(x.to(self.device), self.last)
+            if self.device.type != "cpu":
+                out = {key: value.cpu() for key, value in out.items()}
         self.n_forward += len(rows)
         for j, i in enumerate(rows):
             for layer in self.layers:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -17,10 +18,12 @@ import torch
 
 from spadim.data.mvtec import Preprocess
 from spadim.errors import SpadimError
-from spadim.features.backbone import file_sha256, load_backbone
+from spadim.features.backbone import file_sha256
+from spadim.features.device import resolve_device
+from spadim.export.graph import GraphScorer
 from spadim.features.extractor import FeatureExtractor
 from spadim.report.figures import colorize, overlay
-from spadim.run.modelfile import load_model
+from spadim.run.modelfile import load_fitted, load_model
 from spadim.masks.keypoints import MaskConfig
 from spadim.run.pipeline import needed_features, object_masks, suppress_outside
 from spadim.run.calibration import Calibration, check_far
@@ -98,14 +101,23 @@ def _require_references(meta: dict, path, object_mask) -> None:
 
 
 class Inspector:
-    """One model, loaded once. ``frame`` overrides the model's frame only for experiments."""
+    """One model, loaded once. ``scorer`` (frames -> maps, image scores) replaces the in-process
+    backbone and method: an ONNX export run by onnxruntime, or the method's graph on a GPU."""
 
-    def __init__(self, method, meta: dict, extractor: FeatureExtractor, model_path: Path | None = None):
-        self.method, self.meta, self.extractor = method, meta, extractor
-        self.pre: Preprocess = extractor.pre
-        self.model_path = model_path
+    def __init__(
+        self,
+        method,
+        meta: dict,
+        extractor: FeatureExtractor | None,
+        model_path: Path | None = None,
+        scorer=None,
+        runtime: str = "torch",
+    ):
+        self.method, self.meta, self.extractor, self.scorer = method, meta, extractor, scorer
+        self.pre: Preprocess = extractor.pre if extractor else Preprocess(**meta["preprocess"])
+        self.model_path, self.runtime = model_path, runtime
         self.calibration = Calibration.from_json(meta["calibration"]) if meta.get("calibration") else None
-        self.sha256 = file_sha256(model_path) if model_path else ""
+        self.sha256 = file_sha256(scorer.path if runtime == "onnx" else model_path) if model_path else ""
 
     @classmethod
     def load(
@@ -114,26 +126,46 @@ class Inspector:
         weights: str | None = None,
         batch_size: int = 8,
         object_mask: ObjectMask | None = None,
+        runtime: str = "torch",
+        device: str = "cpu",
     ) -> "Inspector":
         """Read the model and its backbone; a checkpoint other than the one it was fitted with is refused.
-        A model that cannot serve ``object_mask`` is refused before the backbone loads."""
-        method, meta = load_model(path)
+        A model that cannot serve ``object_mask`` is refused before the backbone loads. ``runtime`` "onnx":
+        ``path`` is an export (``spadim export``), run by onnxruntime on ``device``."""
+        if runtime == "onnx":
+            from spadim.export.onnx import OnnxScorer
+
+            if object_mask is not None:
+                raise SpadimError(
+                    "--object-mask matches against the model file's reference images, which an ONNX "
+                    "export does not hold: use --runtime torch with the model file"
+                )
+            scorer = OnnxScorer(path, device, batch_size)
+            meta = {**scorer.meta, "ref_images": torch.zeros(0, 1, 1, 3, dtype=torch.uint8)}
+            method = SimpleNamespace(name=meta["method"], layers=tuple(meta["layers"]))
+            return cls(method, meta, None, Path(path), scorer, "onnx")
+        if runtime != "torch":
+            raise SpadimError(f"--runtime {runtime!r}: choose torch or onnx")
+        method, meta = load_model(path)  # a damaged file or missing references fail before the backbone
         _require_references(meta, path, object_mask)
-        backbone = meta["backbone"]
-        random = backbone["source"] == "random"
-        seed = int(backbone["sha256"].removeprefix("random-seed")) if random else 0
-        network, found = load_backbone(backbone["arch"], "random" if random else weights, seed)
-        if found.sha256 != backbone["sha256"]:
-            raise SpadimError(
-                f"model {path} was fitted with {backbone['arch']} weights sha256 "
-                f"{backbone['sha256'][:12]} but the weights found are {found.sha256[:12]} "
-                f"({found.source}): pass the same checkpoint with --weights"
-            )
+        method, meta, network, found = load_fitted(path, weights)
         layers, pooled = needed_features([method.name], [method.layers])
         extractor = FeatureExtractor(
             network, found, Preprocess(**meta["preprocess"]), batch_size, None, None, layers, pooled
         )
-        return cls(method, meta, extractor, Path(path))
+        target = resolve_device(device)
+        scorer = None if target.type == "cpu" else GraphScorer(network, method, extractor.pre.crop, target)
+        return cls(method, meta, extractor, Path(path), scorer)
+
+    def backbone_text(self) -> str:
+        """The weights line predict and serve print."""
+        if self.extractor is not None:
+            return self.extractor.weights.describe()
+        backbone = self.meta["backbone"]
+        return (
+            f"backbone {backbone['arch']} ({backbone['source']}, sha256 {backbone['sha256'][:12]}), "
+            f"inside the ONNX export {self.scorer.path}"
+        )
 
     # ------------------------------------------------------------ operating point
     def operating_point(self, threshold: float | None = None, far: float | None = None) -> OperatingPoint:
@@ -193,9 +225,12 @@ class Inspector:
     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Preprocessed uint8 frames [N, crop, crop, 3] -> maps [N, crop, crop], image scores [N] and the
         object mask's fallback warnings."""
-        with torch.inference_mode():
-            features = self.extractor.frames(frames, "predict")
-            maps, scores = self.method.score(features, self.pre.crop)
+        if self.scorer is not None:
+            maps, scores = self.scorer(frames)
+        else:
+            with torch.inference_mode():
+                features = self.extractor.frames(frames, "predict")
+                maps, scores = self.method.score(features, self.pre.crop)
         if object_mask is None:
             return maps, scores, []
         self.check_object_mask(object_mask)
@@ -279,6 +314,7 @@ class Inspector:
             "backbone": meta["backbone"],
             "preprocess": meta["preprocess"],
             "model_sha256": self.sha256,
+            "runtime": self.runtime,
             "spadim_version": meta.get("spadim_version"),
             "format_version": meta.get("format_version"),
             "calibration": None

@@ -123,6 +123,7 @@ def _csv_row(record: dict) -> dict:
     return {
         "image": record["image"],
         "decision": record["decision"],
+        "region_score": f"{record['region_score']:.6g}",
         "score": f"{record['score']:.6g}",
         "normalized_score": "n/a"
         if record["normalized_score"] is None

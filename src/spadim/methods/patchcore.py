@@ -72,7 +72,12 @@ def pooling_pattern(length: int, size: int) -> tuple[int, torch.Tensor]:
     """1-D adaptive average pooling of ``length`` values to ``size`` (bin i spans floor(i L/s) to
     ceil((i+1) L/s)) repeats every L/g inputs and s/g outputs, g = gcd(L, s): -> (g, [L/g, s/g] weights)."""
     g = math.gcd(length, size)
-    return g, F.adaptive_avg_pool1d(torch.eye(length // g)[:, None], size // g)[:, 0]
+    inputs, outputs = length // g, size // g
+    weights = np.zeros((inputs, outputs), np.float32)  # numpy: a constant, also inside a traced graph
+    for i in range(outputs):
+        start, stop = i * inputs // outputs, -(-(i + 1) * inputs // outputs)
+        weights[start:stop, i] = 1.0 / (stop - start)
+    return g, torch.from_numpy(weights)
 
 
 def pool_last(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -81,19 +86,28 @@ def pool_last(x: torch.Tensor, size: int) -> torch.Tensor:
     return (x.reshape(-1, g, len(pattern)) @ pattern).reshape(*x.shape[:-1], size)
 
 
-def patch_features(feature_map: torch.Tensor, dim: int, patch: int = PATCH) -> torch.Tensor:
+def patch_kernel(channels: int, dim: int, patch: int = PATCH) -> tuple[int, torch.Tensor] | None:
+    """(groups, weights) of the grouped convolution that is unfold + pooling to ``dim`` for a layer of
+    ``channels``, when the pooling's period covers whole channels (always for power-of-two ``dim``)."""
+    g, pattern = pooling_pattern(channels * patch * patch, dim)
+    if channels % g:
+        return None
+    return g, pattern.T.reshape(dim // g, channels // g, patch, patch).repeat(g, 1, 1, 1).contiguous()
+
+
+def patch_features(feature_map: torch.Tensor, dim: int, patch: int = PATCH, kernel=None) -> torch.Tensor:
     """[n, C, h, w] -> [n, h, w, dim]: each position's zero-padded ``patch`` x ``patch`` neighbourhood,
     flattened channel-major (C, row, column), adaptive-average-pooled to ``dim``.
 
-    When the pooling's period covers whole channels (g divides C; always for power-of-two ``dim``)
-    this is a grouped convolution with the pooling weights; otherwise the neighbourhoods are unfolded.
+    A grouped convolution (:func:`patch_kernel`, or the precomputed ``kernel``) where it applies;
+    otherwise the neighbourhoods are unfolded.
     """
     n, c, h, w = feature_map.shape
     pad = (patch - 1) // 2
-    g, pattern = pooling_pattern(c * patch * patch, dim)
-    if c % g == 0:
-        weight = pattern.T.reshape(dim // g, c // g, patch, patch).repeat(g, 1, 1, 1)
-        return F.conv2d(feature_map, weight.contiguous(), padding=pad, groups=g).permute(0, 2, 3, 1)
+    kernel = kernel if kernel is not None else patch_kernel(c, dim, patch)
+    if kernel is not None:
+        groups, weight = kernel
+        return F.conv2d(feature_map, weight, padding=pad, groups=groups).permute(0, 2, 3, 1)
     padded = F.pad(feature_map, (pad, pad, pad, pad))
     windows = padded.unfold(2, patch, 1).unfold(3, patch, 1)  # [n, C, h, w, p, p] view
     flat = windows.permute(0, 2, 3, 1, 4, 5).reshape(n * h * w, c * patch * patch)
@@ -101,14 +115,20 @@ def patch_features(feature_map: torch.Tensor, dim: int, patch: int = PATCH) -> t
 
 
 def embed_patches(
-    fs: FeatureSet | dict, layers: tuple[int, ...], dim: int = DIM, target_dim: int = DIM, patch: int = PATCH
+    fs: FeatureSet | dict,
+    layers: tuple[int, ...],
+    dim: int = DIM,
+    target_dim: int = DIM,
+    patch: int = PATCH,
+    kernels: dict | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """[n * H * W, target_dim] locally aware patch features (rows image by image, then row-major
-    positions) and the grid (H, W) of the first layer. ``fs``: a FeatureSet or its dict of layer maps."""
+    positions) and the grid (H, W) of the first layer. ``fs``: a FeatureSet or its dict of layer maps;
+    ``kernels``: precomputed :func:`patch_kernel` per layer (the export's constants)."""
     layer_maps = getattr(fs, "layers", fs)
     per_layer, grid = [], None
     for layer in layers:
-        f = patch_features(layer_maps[layer], dim, patch)
+        f = patch_features(layer_maps[layer], dim, patch, (kernels or {}).get(layer))
         if grid is None:
             grid = tuple(f.shape[1:3])
         elif tuple(f.shape[1:3]) != grid:

@@ -89,3 +89,22 @@ def load_model(path: Path) -> tuple[object, dict]:
     blob.setdefault("calibration", None)
     blob["preprocess"].setdefault("frame", "crop")
     return method, blob
+
+
+def load_fitted(path: Path, weights: str | None = None):
+    """-> (method, metadata, backbone network, Weights): a model file with the very checkpoint it was fitted
+    with (the SHA-256 must match; random weights are rebuilt from their seed)."""
+    from spadim.features.backbone import load_backbone
+
+    method, meta = load_model(path)
+    backbone = meta["backbone"]
+    random = backbone["source"] == "random"
+    seed = int(backbone["sha256"].removeprefix("random-seed")) if random else 0
+    network, found = load_backbone(backbone["arch"], "random" if random else weights, seed)
+    if found.sha256 != backbone["sha256"]:
+        raise SpadimError(
+            f"model {path} was fitted with {backbone['arch']} weights sha256 "
+            f"{backbone['sha256'][:12]} but the weights found are {found.sha256[:12]} "
+            f"({found.source}): pass the same checkpoint with --weights"
+        )
+    return method, meta, network, found

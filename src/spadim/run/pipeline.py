@@ -18,6 +18,7 @@ import numpy as np
 from spadim.features.backbone import load_backbone
 from spadim.data.mvtec import ClassData, Preprocess, load_class, load_masks
 from spadim.errors import SpadimError
+from spadim.features.device import resolve_device
 from spadim.features.extractor import FeatureExtractor, FeatureSet
 from spadim.metrics.ranking import evaluate_maps, image_auroc, undefined_notes
 from spadim.methods import registry
@@ -58,6 +59,7 @@ class Settings:
     coreset: float = 0.1  # PatchCore: fraction of training patches kept in the memory bank, in (0, 1]
     patchcore_dim: int = 1024  # PatchCore: per-layer and final patch-feature dimension
     search: str = "auto"  # nearest-neighbour backend of SPADE and PatchCore: auto (probed), torch, faiss
+    device: str = "cpu"  # where the backbone runs: cpu, cuda or auto (features/device.py)
 
     def __post_init__(self):
         if self.arch not in DEFAULT_D:
@@ -77,6 +79,7 @@ class Settings:
             raise SpadimError(f"--search {self.search!r}: choose auto or one of {', '.join(SEARCHES)}")
         if self.spade_fusion not in FUSIONS:
             raise SpadimError(f"--spade-fusion {self.spade_fusion!r}: choose {' or '.join(FUSIONS)}")
+        resolve_device(self.device)  # an unknown or absent device fails before any work
         if isinstance(self.layers, str) and self.layers != AUTO:
             raise SpadimError(f"--layers {self.layers!r}: give ids such as 1,2,3 or {AUTO!r}")
 
@@ -128,7 +131,9 @@ def make_extractor(
 
         layer_sets = ALL_COMBOS  # the choice needs every layer
     layers, pooled = needed_features(list(methods), layer_sets or [s.method_layers(m) for m in methods])
-    return FeatureExtractor(model, weights, s.pre, s.batch_size, s.cache_dir, progress, layers, pooled)
+    return FeatureExtractor(
+        model, weights, s.pre, s.batch_size, s.cache_dir, progress, layers, pooled, resolve_device(s.device)
+    )
 
 
 @dataclass

@@ -53,8 +53,11 @@ BYTES_PER_PIXEL = (
 
 
 # ------------------------------------------------------------------ loading and binding
-def load_inspectors(paths: list[Path], weights: str | None = None) -> dict[str, Inspector]:
-    """Model files -> inspectors keyed by file stem (the name clients send as ``model``)."""
+def load_inspectors(
+    paths: list[Path], weights: str | None = None, runtime: str = "torch", device: str = "cpu"
+) -> dict[str, Inspector]:
+    """Model files (or ONNX export folders) -> inspectors keyed by file stem (the name clients send as
+    ``model``)."""
     names: dict[str, Path] = {}
     for path in paths:
         path = Path(path)
@@ -64,7 +67,9 @@ def load_inspectors(paths: list[Path], weights: str | None = None) -> dict[str, 
                 f"server tells models apart by file stem, so rename one"
             )
         names[path.stem] = path
-    return {name: Inspector.load(path, weights) for name, path in names.items()}
+    return {
+        name: Inspector.load(path, weights, runtime=runtime, device=device) for name, path in names.items()
+    }
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -417,10 +422,7 @@ def serve(
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
     for name, inspector in inspectors.items():
         about = inspector.describe()
-        say(
-            f"model {name}: {about['method']} for class {about['class_name']}, "
-            f"{inspector.extractor.weights.describe()}"
-        )
+        say(f"model {name}: {about['method']} for class {about['class_name']}, {inspector.backbone_text()}")
     say(f"serving {len(inspectors)} model(s) on {url} (Ctrl-C stops)")
     if started is not None:
         started(server, url)

@@ -1,0 +1,132 @@
+"""The ONNX export and the scoring graph against the methods they copy (random weights, 64 px)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from spadim.cli import main
+from spadim.data.mvtec import load_class, load_images
+from spadim.export import onnx as onnx_export
+from spadim.export.graph import GraphScorer, MapStep
+from spadim.inspect import Inspector
+from spadim.methods.maps import upsample_blur
+
+from conftest import FAST
+
+MODELS = {  # name -> fit flags; PaDiM in both of its forms
+    "spade": ["--method", "spade", "--layers", "1,2,3"],
+    "padim-low-rank": ["--method", "padim", "--layers", "1,2,3"],  # 6 images, d = 100: rank 5
+    "padim-cholesky": ["--method", "padim", "--layers", "1,2,3", "--d", "4"],  # rank 4 = d
+    "patchcore": ["--method", "patchcore", "--layers", "2,3"],
+}
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_root, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    paths = {}
+    for name, flags in MODELS.items():
+        paths[name] = folder / f"{name}.pt"
+        assert main(["fit", str(tiny_root / "nut"), *flags, "--out", str(paths[name]), *FAST]) == 0
+    return paths
+
+
+@pytest.fixture(scope="module")
+def frames(tiny_root, fitted):
+    """The test images. (A training image repeats SPADE gallery rows: the graph's direct distance gives
+    exactly 0 there, while faiss's and torch's |q|^2 - 2 q.g + |g|^2 leave ~1e-3 of cancellation.)"""
+    data = load_class(tiny_root / "nut")
+    return load_images(data.test, Inspector.load(fitted["spade"]).pre)[0]
+
+
+def test_map_step_equals_the_methods_upsample_and_scipy_blur():
+    grid = torch.rand(3, 7, 7) * 5
+    np.testing.assert_allclose(MapStep(64)(grid).numpy(), upsample_blur(grid, 64), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_scoring_graph_equals_the_method(name, fitted, frames):
+    """The graph the export traces (and --device cuda runs), here on the CPU, against the method."""
+    inspector = Inspector.load(fitted[name])
+    if name.startswith("padim"):
+        assert inspector.method.form == name.removeprefix("padim-")
+    maps, scores, _ = inspector.score_frames(frames)
+    graph = GraphScorer(inspector.extractor.model, inspector.method, inspector.pre.crop, torch.device("cpu"))
+    graph_maps, graph_scores = graph(frames)
+    np.testing.assert_allclose(graph_maps, maps, rtol=1e-4, atol=1e-4 * np.abs(maps).max())
+    np.testing.assert_allclose(graph_scores, scores, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_onnx_export_runs_in_onnxruntime_and_matches_torch(name, fitted, frames, tmp_path):
+    out = tmp_path / "export"
+    assert main(["export", str(fitted[name]), "--out", str(out), *FAST[2:4]]) == 0
+    meta = json.loads((out / "spadim.json").read_text())
+    torch_side = Inspector.load(fitted[name])
+    assert meta["method"] == torch_side.method.name and meta["calibration"] == torch_side.meta["calibration"]
+    onnx_side = Inspector.load(out, runtime="onnx")
+    assert onnx_side.meta["preprocess"] == torch_side.meta["preprocess"]
+    maps, scores, _ = torch_side.score_frames(frames)
+    onnx_maps, onnx_scores, _ = onnx_side.score_frames(frames)
+    assert onnx_maps.shape == maps.shape
+    np.testing.assert_allclose(onnx_maps, maps, rtol=1e-4, atol=1e-4 * np.abs(maps).max())
+    np.testing.assert_allclose(onnx_scores, scores, rtol=1e-4)
+    point = torch_side.operating_point()
+    assert onnx_side.operating_point() == point  # the calibration travels in the metadata
+
+
+def test_predict_and_serve_runtimes_give_the_same_decisions(fitted, tiny_root, tmp_path):
+    export = tmp_path / "padim_export"
+    assert main(["export", str(fitted["padim-low-rank"]), "--out", str(export), *FAST[2:4]]) == 0
+    test = str(tiny_root / "nut" / "test")
+    assert (
+        main(["predict", str(fitted["padim-low-rank"]), test, "--out", str(tmp_path / "t"), *FAST[2:4]]) == 0
+    )
+    assert main(["predict", str(export), test, "--out", str(tmp_path / "o"), "--runtime", "onnx"]) == 0
+    records = {}
+    for side in ("t", "o"):
+        lines = (tmp_path / side / "predictions.jsonl").read_text().splitlines()
+        records[side] = [json.loads(line) for line in lines]
+    assert len(records["t"]) == len(records["o"]) == 6  # 2 good, 2 + 2 defective
+    for torch_record, onnx_record in zip(records["t"], records["o"]):
+        assert torch_record["decision"] == onnx_record["decision"]
+        assert onnx_record["region_score"] == pytest.approx(torch_record["region_score"], rel=1e-4)
+        assert len(onnx_record["regions"]) == len(torch_record["regions"])
+
+
+def test_large_graphs_keep_their_constants_in_external_data(fitted, frames, tmp_path, monkeypatch):
+    """Above 1.8 GB of constants protobuf's 2 GB limit is near: they go to model.onnx.data (forced here)."""
+    monkeypatch.setattr(onnx_export, "EXTERNAL_ABOVE", 0)
+    out = tmp_path / "big"
+    onnx_export.export_onnx(fitted["padim-cholesky"], out, "random", say=lambda _: None)
+    assert (out / onnx_export.DATA_FILE).stat().st_size > (out / onnx_export.MODEL_FILE).stat().st_size
+    maps, _, _ = Inspector.load(fitted["padim-cholesky"]).score_frames(frames)
+    onnx_maps, _, _ = Inspector.load(out, runtime="onnx").score_frames(frames)
+    np.testing.assert_allclose(onnx_maps, maps, rtol=1e-4, atol=1e-4 * np.abs(maps).max())
+
+
+def test_export_writes_nothing_on_a_bad_model_and_keeps_an_earlier_export(fitted, tmp_path, capsys):
+    out = tmp_path / "keep"
+    out.mkdir()
+    (out / "model.onnx").write_text("earlier")
+    assert main(["export", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert (out / "model.onnx").read_text() == "earlier"
+
+
+def test_onnx_runtime_refuses_what_it_cannot_run(fitted, tiny_root, tmp_path, capsys):
+    test = str(tiny_root / "nut" / "test")
+    assert (
+        main(["predict", str(fitted["spade"]), test, "--out", str(tmp_path / "p"), "--runtime", "onnx"]) == 2
+    )
+    assert "not an ONNX export" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert (
+            main(["predict", str(fitted["spade"]), test, "--out", str(tmp_path / "q"), "--device", "cuda"])
+            == 2
+        )
+        assert "no CUDA device" in capsys.readouterr().err
