@@ -28,6 +28,7 @@ FLOW = [
     "studies",
     "export",
     "inspect",
+    "scale",
     "serve",
     "cli",
 ]

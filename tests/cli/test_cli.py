@@ -303,13 +303,13 @@ def no_backbone(monkeypatch):
 
     import spadim.cli.commands
     import spadim.inspect.fitting
-    import spadim.inspect.inspector
+    import spadim.run.modelfile
     import spadim.run.session
 
     for mod in (spadim.cli.commands, spadim.run.session, spadim.inspect.fitting):
         if hasattr(mod, "make_extractor"):
             monkeypatch.setattr(mod, "make_extractor", boom)
-    for mod in (spadim.cli.commands, spadim.inspect.inspector):
+    for mod in (spadim.cli.commands, spadim.run.modelfile):
         monkeypatch.setattr(mod, "load_backbone", boom)
 
 
@@ -416,11 +416,9 @@ def test_truncated_image_given_to_predict(tiny_root, tmp_path, capsys, monkeypat
     bad.write_bytes((tiny_root / "tile" / "test" / "good" / "000.png").read_bytes())
     _truncate(bad)
     capsys.readouterr()
-    import spadim.inspect.inspector
+    import spadim.run.modelfile
 
-    monkeypatch.setattr(
-        spadim.inspect.inspector, "load_backbone", lambda *a, **k: pytest.fail("backbone loaded")
-    )
+    monkeypatch.setattr(spadim.run.modelfile, "load_backbone", lambda *a, **k: pytest.fail("backbone loaded"))
     assert _run("predict", model, tiny_root / "tile" / "test" / "good", bad, "--out", tmp_path / "p") == 2
     _one_error(capsys, bad, "truncated")
     assert not (tmp_path / "p").exists()
@@ -500,11 +498,9 @@ def test_predict_object_mask_needs_reference_images(tiny_root, tmp_path, capsys,
     blob["ref_images"] = blob["ref_images"][:0]  # as written by an older spadim with --refs 0
     torch.save(blob, tmp_path / "norefs.pt")
     capsys.readouterr()
-    import spadim.inspect.inspector
+    import spadim.run.modelfile
 
-    monkeypatch.setattr(
-        spadim.inspect.inspector, "load_backbone", lambda *a, **k: pytest.fail("backbone loaded")
-    )
+    monkeypatch.setattr(spadim.run.modelfile, "load_backbone", lambda *a, **k: pytest.fail("backbone loaded"))
     images = tiny_root / "tile" / "test" / "good"
     assert (
         _run("predict", tmp_path / "norefs.pt", images, "--object-mask", "orb", "--out", tmp_path / "p") == 2

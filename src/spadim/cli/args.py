@@ -215,6 +215,24 @@ def add_runtime(p) -> None:
     add_device(p)
 
 
+def add_ray(p, what: str) -> None:
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help=f"{what} on Ray (pip install 'spadim[ray]'): without ADDRESS a local cluster on 127.0.0.1; "
+        "'auto' or ray://HOST:10001 joins a running one (docs/deploy.md)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Ray workers, replicas for serve (default: one per CPU of the cluster)",
+    )
+
+
 def settings_from(a) -> Settings:
     tile = getattr(a, "tile", 1)
     methods = [getattr(a, "method", "")] + str(getattr(a, "methods", "")).split(",")
@@ -289,6 +307,7 @@ _MINIMUMS = {
     "--min-matches": ("min_matches", 0, "the match count below which a mask falls back to the full frame"),
     "--folds": ("folds", 2, "the number of calibration folds (each scored by a model of the others)"),
     "--min-area": ("min_area", 0, "the smallest defect region as a fraction of the image area"),
+    "--workers": ("workers", 1, "the number of Ray workers"),
 }
 
 

@@ -98,7 +98,16 @@ def cmd_evaluate(a) -> None:
         recorded_command(a),
         far,
         a.folds,
+        _class_runner(a),
     )
+
+
+def _class_runner(a):
+    if a.ray is None:
+        return None
+    from spadim.scale import ray_jobs
+
+    return ray_jobs.class_runner(a.ray, a.workers)
 
 
 def cmd_fit(a) -> None:
@@ -143,8 +152,14 @@ def cmd_predict(a) -> None:
     say(inspector.backbone_text())
     for warning in inspector.warnings(point):
         say(f"warning: {warning}")
+    runner = None
+    if a.ray is not None:
+        from spadim.scale import ray_jobs
+
+        ray_jobs.connect(a.ray)
+        runner = ray_jobs.ray_runner(a.model, a.weights, a.runtime, a.device, a.batch_size, a.workers)
     summary = inspect.predict_paths(
-        inspector, paths, a.out, point, a.min_area, a.save_maps, a.batch_size, progress, object_mask
+        inspector, paths, a.out, point, a.min_area, a.save_maps, a.batch_size, progress, object_mask, runner
     )
     rate = summary["new"] / summary["seconds"] if summary["seconds"] > 0 else float("nan")
     say(
@@ -181,6 +196,11 @@ def cmd_serve(a) -> None:
     listener = serve.bind(a.host, a.port)  # a port in use fails before the models take seconds to load
     try:
         inspectors = serve.load_inspectors(a.models, a.weights, a.runtime, a.device)
+        if a.ray is not None:
+            from spadim.scale import ray_serve
+
+            paths = {Path(p).stem: p for p in a.models}
+            ray_serve.deploy(inspectors, paths, a.ray, a.workers, a.weights, a.runtime, a.device)
         max_upload_bytes = round(a.max_upload_mb * (1 << 20))
         serve.serve(
             inspectors, max_upload_bytes=max_upload_bytes, listener=listener, say=say, api_key=api_key

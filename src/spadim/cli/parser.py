@@ -18,6 +18,7 @@ from .args import (
     add_common,
     add_mask_args,
     add_plain_args,
+    add_ray,
     add_runtime,
     check_args,
 )
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-operating-point", action="store_true", help="skip the calibration and its table")
     add_plain_args(p)
     add_common(p, frame="whole", auto=True)  # fit's defaults; reproduce keeps the papers' crop and layers
+    add_ray(p, "evaluate the classes as Ray tasks, one per class")
     add_mask_args(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -190,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--save-maps", action="store_true", help="also save each raw anomaly map (maps/*.npy)")
     add_runtime(p)
+    add_ray(p, "predict on Ray Data workers, each loading the model once")
     add_mask_args(p)
     p.set_defaults(func=cmd_predict)
 
@@ -226,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/health and the page (default: $SPADIM_API_KEY; none)",
     )
     add_runtime(p)
+    add_ray(p, "score on Ray Serve replicas (--workers of them) with dynamic batching")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

@@ -138,6 +138,28 @@ def _csv_row(record: dict) -> dict:
     }
 
 
+def predict_records(
+    inspector: Inspector,
+    batch: list[tuple[int, Path]],
+    out: Path,
+    point: OperatingPoint,
+    min_area: float,
+    save_maps: bool = False,
+    object_mask: ObjectMask | None = None,
+) -> list[dict]:
+    """One batch of (index, path): read, predict, write each image's pictures; -> its JSON records, in
+    order. The unit of work of both this process's loop and a Ray worker (:mod:`spadim.scale`)."""
+    images = [read_rgb(p) for _, p in batch]
+    predictions = inspector.predict(images, [str(p) for _, p in batch], point, min_area, object_mask)
+    records = []
+    for (index, path), rgb, prediction in zip(batch, images, predictions):
+        pictures = _write_pictures(
+            out, f"{index:05d}_{Path(path).stem}", inspector, rgb, prediction, point, save_maps
+        )
+        records.append(json_ready({**prediction.to_json(point), **pictures}))
+    return records
+
+
 def predict_paths(
     inspector: Inspector,
     paths: list[Path],
@@ -148,8 +170,13 @@ def predict_paths(
     batch_size: int = 8,
     progress=None,
     object_mask: ObjectMask | None = None,
+    runner=None,
 ) -> dict:
-    """Predict every path not finished in ``out`` yet; returns counts and timing of this call."""
+    """Predict every path not finished in ``out`` yet; returns counts and timing of this call.
+
+    ``runner(batches, out, point, min_area, save_maps, object_mask)``, when given, yields each batch's
+    records in order from elsewhere (Ray Data, :func:`spadim.scale.ray_jobs.ray_runner`); this process
+    still owns predictions.jsonl/.csv, so files and resuming are the same either way."""
     out = Path(out)
     inspector.check_object_mask(object_mask)
     min_area = point.min_area if min_area is None else min_area
@@ -165,22 +192,23 @@ def predict_paths(
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     started = time.perf_counter()
     defects = sum(record["decision"] == "defect" for record in done)
+    if runner is None:
+        shown = progress(batches, "predict", len(todo)) if progress and batches else batches
+        results = (
+            predict_records(inspector, batch, out, point, min_area, save_maps, object_mask) for batch in shown
+        )
+    else:
+        results = runner(batches, out, point, min_area, save_maps, object_mask)
     with (
         open(out / "predictions.jsonl", "a") as jsonl,
         open(out / "predictions.csv", "a", newline="") as table,
     ):
         writer = csv.DictWriter(table, CSV_COLUMNS)
-        for batch in progress(batches, "predict", len(todo)) if progress and batches else batches:
-            images = [read_rgb(p) for _, p in batch]
-            predictions = inspector.predict(images, [str(p) for _, p in batch], point, min_area, object_mask)
-            for (index, path), rgb, prediction in zip(batch, images, predictions):
-                record = _write_pictures(
-                    out, f"{index:05d}_{path.stem}", inspector, rgb, prediction, point, save_maps
-                )
-                record = {**prediction.to_json(point), **record}
-                jsonl.write(json.dumps(json_ready(record), allow_nan=False) + "\n")
+        for records in results:
+            for record in records:
+                jsonl.write(json.dumps(record, allow_nan=False) + "\n")
                 writer.writerow(_csv_row(record))
-                defects += prediction.decision == "defect"
+                defects += record["decision"] == "defect"
             jsonl.flush()
             table.flush()
     seconds = time.perf_counter() - started

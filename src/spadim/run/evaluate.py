@@ -10,6 +10,7 @@ tables, ROC/PR curves, the best/worst gallery, heatmap panels and ``report.html`
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import layerchoice
@@ -51,12 +52,15 @@ def run(
     command: str = "",
     far: float | None = DEFAULT_FAR,
     folds: int = DEFAULT_FOLDS,
+    per_class=None,
 ) -> list[dict]:
     """Evaluate and write everything into ``out_dir`` (staged: a failure leaves earlier results);
     returns the result rows, class means included. ``cfg`` configures a keypoint ``object_mask``;
     ``candidates`` are the keypoint configs ``object_mask="auto"`` chooses from. With ``far``, each
     method is also calibrated as ``fit`` calibrates it and its decisions are scored beside the best
-    threshold with no more false alarms (``operating_point.*``); ``far=None`` skips it."""
+    threshold with no more false alarms (``operating_point.*``); ``far=None`` skips it.
+    ``per_class(settings, plan, out, classes)``, when given, yields each class's :func:`evaluate_source`
+    result from elsewhere, in order (one Ray task per class: :func:`spadim.scale.ray_jobs.per_class`)."""
     learned = object_mask in LEARNED
     candidates = candidates or {}
     if learned and s.auto_layers:
@@ -64,92 +68,23 @@ def run(
             f"--object-mask {object_mask} with --layers auto is not supported yet: give --layers"
         )
     methods, classes, fx = start_study(s, data, methods, classes)
+    plan = ClassPlan(methods, object_mask, cfg, candidates, r, examples, far, folds)
     rows, warnings, summaries, curves, galleries, choices, decisions = [], [], [], {}, {}, [], []
     points = []
     with staged(out_dir) as out:
-        for source in classes:
-            t0 = time.perf_counter()
-            if s.auto_layers:  # choose per method from the training images, then refit on all of them
-                run, metrics, sels = layerchoice.evaluate_auto(fx, source, s, methods)
-                choices += [
-                    {
-                        "class": run.data.name,
-                        "method": m,
-                        "layers": sel.name,
-                        "synthetic_aupr": sel.aupr,
-                        "selection_s": layerchoice.selection_seconds(sels),
-                    }
-                    for m, sel in sels.items()
-                ]
-                say(
-                    f"{run.data.name}: --layers auto chose "
-                    + ", ".join(f"{m} {sel.name}" for m, sel in sels.items())
-                )
-            else:
-                planner = MaskPlanner(fx.layers, s.crop, s.seed, candidates) if learned else None
-                run, metrics = evaluate_class(
-                    fx, source, s, methods, observer=planner, hold_train=far is not None
-                )
-            notes = metric_notes(run.data, run.masks)
-            for n in notes:
-                say(f"warning: {run.data.name}: {n}")
-            obj = None
-            if cfg:
-                obj, warn = class_object_masks(run, cfg)
-                warnings += warn
-                for name in methods:
-                    run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r)
-            elif learned:
-                obj, r_class = planner.test_masks, r
-                if object_mask == "auto":
-                    dec = planner.decide(fx, run.train.images)
-                    t_masks = time.perf_counter()  # the test masks auto asks for are part of its cost
-                    obj, r_class = (
-                        auto_masks(dec, planner, lambda d: class_object_masks(run, candidates[d])[0]),
-                        dec.r,
-                    )
-                    auto_s = planner.seconds + time.perf_counter() - t_masks
-                    decisions.append({**dec.row(run.data.name), "auto_s": round(auto_s, 2)})
-                    say(f"{run.data.name}: --object-mask auto chose {dec.mask}, r={dec.r} ({dec.reason})")
-                for name in methods:
-                    run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r_class)
-            if far is not None:
-                for name in methods:
-                    layers = sels[name].chosen if s.auto_layers else s.method_layers(name)
-                    points.append(operating_point_row(run, name, layers, s, far, folds))
-            summaries.append(class_summary(run.data, run.test.shapes))
-            note = {"note": "; ".join(notes)} if notes else {}
-            for name in methods:
-                chosen = {"layers": sels[name].name} if s.auto_layers else {}
-                rows.append(
-                    {
-                        "class": run.data.name,
-                        "method": name,
-                        **chosen,
-                        **metrics[name],
-                        "n_train": len(run.train),
-                        "n_test": len(run.test),
-                        **note,
-                    }
-                )
-                say(
-                    f"{run.data.name:>12} {name:>6}: "
-                    + "  ".join(f"{c}={_shown(metrics[name][c])}" for c in METRIC_COLUMNS)
-                )
-            if run.data.has_masks:  # pixel curves need pixel labels
-                curves[run.data.name] = f"curves/{run.data.name}.png"
-                plot_curves(
-                    out / curves[run.data.name],
-                    f"{run.data.name}: pixel ROC and PR",
-                    run.maps,
-                    run.masks,
-                    fx.weights.banner,
-                )
-            galleries[run.data.name] = best_worst_gallery(
-                out, run, methods, obj, object_mask, fx.weights.banner
-            )
-            _heatmaps(out / "heatmaps" / run.data.name, run, methods, examples, fx)
-            say(f"{run.data.name}: done in {time.perf_counter() - t0:.1f} s")
+        if per_class is None:
+            results = (evaluate_source(fx, source, s, plan, out) for source in classes)
+        else:
+            results = per_class(s, plan, out, classes)
+        for result in results:
+            rows += result["rows"]
+            warnings += result["warnings"]
+            summaries.append(result["summary"])
+            curves.update(result["curves"])
+            galleries.update(result["galleries"])
+            choices += result["choices"]
+            decisions += result["decisions"]
+            points += result["points"]
         rows = with_means(rows, ["method"])
         extra = {
             "object_mask": object_mask,
@@ -275,6 +210,123 @@ POINT_CAPTION = (
     "the pixel quantile), measured on the same maps. contradictions: images whose decision and regions "
     "disagree. Pixel metrics pool every test pixel at the frame's resolution"
 )
+
+
+@dataclass
+class ClassPlan:
+    """What evaluate does with each class, apart from the data: picklable, so a Ray task can carry it."""
+
+    methods: list[str]
+    object_mask: str | None = None
+    cfg: MaskConfig | None = None
+    candidates: dict | None = None
+    r: float = 0.6
+    examples: int = 4
+    far: float | None = DEFAULT_FAR
+    folds: int = DEFAULT_FOLDS
+
+
+def evaluate_source(fx, source, s: Settings, plan: ClassPlan, out: Path) -> dict:
+    """One class: fit, score, masks, operating point, and its pictures written into ``out``; -> its rows and
+    the report's pieces. The unit of both evaluate's loop and a Ray task (``evaluate --ray``)."""
+    methods, object_mask, cfg, r, examples, far, folds = (
+        plan.methods,
+        plan.object_mask,
+        plan.cfg,
+        plan.r,
+        plan.examples,
+        plan.far,
+        plan.folds,
+    )
+    candidates, learned = plan.candidates or {}, plan.object_mask in LEARNED
+    rows, warnings, curves, galleries, choices, decisions, points = [], [], {}, {}, [], [], []
+    t0 = time.perf_counter()
+    if s.auto_layers:  # choose per method from the training images, then refit on all of them
+        run, metrics, sels = layerchoice.evaluate_auto(fx, source, s, methods)
+        choices += [
+            {
+                "class": run.data.name,
+                "method": m,
+                "layers": sel.name,
+                "synthetic_aupr": sel.aupr,
+                "selection_s": layerchoice.selection_seconds(sels),
+            }
+            for m, sel in sels.items()
+        ]
+        say(
+            f"{run.data.name}: --layers auto chose " + ", ".join(f"{m} {sel.name}" for m, sel in sels.items())
+        )
+    else:
+        planner = MaskPlanner(fx.layers, s.crop, s.seed, candidates) if learned else None
+        run, metrics = evaluate_class(fx, source, s, methods, observer=planner, hold_train=far is not None)
+    notes = metric_notes(run.data, run.masks)
+    for n in notes:
+        say(f"warning: {run.data.name}: {n}")
+    obj = None
+    if cfg:
+        obj, warn = class_object_masks(run, cfg)
+        warnings += warn
+        for name in methods:
+            run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r)
+    elif learned:
+        obj, r_class = planner.test_masks, r
+        if object_mask == "auto":
+            dec = planner.decide(fx, run.train.images)
+            t_masks = time.perf_counter()  # the test masks auto asks for are part of its cost
+            obj, r_class = (
+                auto_masks(dec, planner, lambda d: class_object_masks(run, candidates[d])[0]),
+                dec.r,
+            )
+            auto_s = planner.seconds + time.perf_counter() - t_masks
+            decisions.append({**dec.row(run.data.name), "auto_s": round(auto_s, 2)})
+            say(f"{run.data.name}: --object-mask auto chose {dec.mask}, r={dec.r} ({dec.reason})")
+        for name in methods:
+            run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r_class)
+    if far is not None:
+        for name in methods:
+            layers = sels[name].chosen if s.auto_layers else s.method_layers(name)
+            points.append(operating_point_row(run, name, layers, s, far, folds))
+    summary = class_summary(run.data, run.test.shapes)
+    note = {"note": "; ".join(notes)} if notes else {}
+    for name in methods:
+        chosen = {"layers": sels[name].name} if s.auto_layers else {}
+        rows.append(
+            {
+                "class": run.data.name,
+                "method": name,
+                **chosen,
+                **metrics[name],
+                "n_train": len(run.train),
+                "n_test": len(run.test),
+                **note,
+            }
+        )
+        say(
+            f"{run.data.name:>12} {name:>6}: "
+            + "  ".join(f"{c}={_shown(metrics[name][c])}" for c in METRIC_COLUMNS)
+        )
+    if run.data.has_masks:  # pixel curves need pixel labels
+        curves[run.data.name] = f"curves/{run.data.name}.png"
+        plot_curves(
+            out / curves[run.data.name],
+            f"{run.data.name}: pixel ROC and PR",
+            run.maps,
+            run.masks,
+            fx.weights.banner,
+        )
+    galleries[run.data.name] = best_worst_gallery(out, run, methods, obj, object_mask, fx.weights.banner)
+    _heatmaps(out / "heatmaps" / run.data.name, run, methods, examples, fx)
+    say(f"{run.data.name}: done in {time.perf_counter() - t0:.1f} s")
+    return {
+        "rows": rows,
+        "warnings": warnings,
+        "summary": summary,
+        "curves": curves,
+        "galleries": galleries,
+        "choices": choices,
+        "decisions": decisions,
+        "points": points,
+    }
 
 
 def judged(maps, shapes, pre, cal) -> list[tuple[Verdict, bool]]:

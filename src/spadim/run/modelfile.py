@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from spadim import __version__
-from spadim.features.backbone import Weights
+from spadim.features.backbone import Weights, load_backbone
 from spadim.data.mvtec import Preprocess
 from spadim.errors import SpadimError
 from spadim.methods.registry import from_state
@@ -94,8 +94,6 @@ def load_model(path: Path) -> tuple[object, dict]:
 def load_fitted(path: Path, weights: str | None = None):
     """-> (method, metadata, backbone network, Weights): a model file with the very checkpoint it was fitted
     with (the SHA-256 must match; random weights are rebuilt from their seed)."""
-    from spadim.features.backbone import load_backbone
-
     method, meta = load_model(path)
     backbone = meta["backbone"]
     random = backbone["source"] == "random"

@@ -10,6 +10,8 @@ it is, and the server keeps serving after it.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import base64
 import hmac
 import ipaddress
@@ -188,7 +190,11 @@ def create_app(
         raise SpadimError("no model to serve: give at least one model file")
     if max_upload_bytes < 1:
         raise SpadimError(f"--max-upload-mb must be positive (got {max_upload_bytes} bytes)")
-    locks = {name: threading.Lock() for name in inspectors}
+    # an inspector whose scoring runs elsewhere (Ray Serve) takes concurrent calls: no lock, so they batch
+    locks = {
+        name: nullcontext() if getattr(inspector, "concurrent", False) else threading.Lock()
+        for name, inspector in inspectors.items()
+    }
     default_model = next(iter(inspectors))
     app = FastAPI(title="spadim", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(UploadLimit, max_body=max_upload_bytes + FORM_OVERHEAD)
@@ -298,7 +304,7 @@ def _operating_point(inspector: Inspector, threshold: float | None, far: float |
 
 def _predict_one(
     inspector: Inspector,
-    lock: threading.Lock,
+    lock,
     data: bytes,
     filename: str,
     point: OperatingPoint,

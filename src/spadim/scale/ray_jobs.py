@@ -1,0 +1,145 @@
+"""Ray jobs: ``predict --ray`` on Ray Data and one Ray task per class for ``evaluate --ray``/``fit --ray``.
+
+Each worker loads the model once (an actor's constructor) and runs the very function the single process
+runs (:func:`spadim.inspect.stream.predict_records`), so records, pictures and resuming are the same. The
+driver keeps writing predictions.jsonl/.csv in input order. Workers write pictures into ``--out``
+directly, so on a cluster of several machines ``--out``, the model and the images must be on a shared
+file system (docs/deploy.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from spadim.errors import SpadimError
+
+LOCAL = "local"  # --ray with no address: a one-machine cluster started here, bound to 127.0.0.1
+
+
+def require_ray():
+    try:
+        import ray
+    except ImportError:
+        raise SpadimError("--ray needs Ray: pip install 'spadim[ray]'") from None
+    return ray
+
+
+def connect(address: str | None = LOCAL, cpus: int | None = None):
+    """Join the cluster at ``address`` ("auto": the one ``ray start`` made; ``local``: start one on
+    loopback with ``cpus`` CPUs). A session already connected is reused."""
+    ray = require_ray()
+    for name in ("ray", "ray.data", "ray.serve"):  # the run's own lines, not the engine's progress chatter
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if ray.is_initialized():
+        return ray
+    quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address in (None, "", LOCAL):
+        ray.init(num_cpus=cpus or os.cpu_count(), _node_ip_address="127.0.0.1", **quiet)
+    else:
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except ConnectionError as exc:
+            raise SpadimError(f"--ray {address}: no Ray cluster answers there ({exc})") from None
+    return ray
+
+
+class PredictWorker:
+    """A Ray Data actor: the model loaded once, then batches of {index, path} -> their JSON records."""
+
+    def __init__(self, model, weights, runtime, device, batch_size, out, point, object_mask):
+        import torch
+
+        from spadim.inspect.inspector import Inspector
+
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        self.inspector = Inspector.load(model, weights, batch_size, object_mask, runtime, device)
+        self.out, self.point, self.object_mask = Path(out), point, object_mask
+
+    def __call__(self, batch: dict) -> dict:
+        import json
+
+        from spadim.inspect.stream import predict_records
+
+        work = [(int(i), Path(p)) for i, p in zip(batch["index"], batch["path"])]
+        min_area = float(batch["min_area"][0])
+        save_maps = bool(batch["save_maps"][0])
+        records = predict_records(
+            self.inspector, work, self.out, self.point, min_area, save_maps, self.object_mask
+        )
+        return {"index": batch["index"], "record": [json.dumps(r, allow_nan=False) for r in records]}
+
+
+def ray_runner(model: Path, weights, runtime: str, device: str, batch_size: int, workers: int | None):
+    """A ``runner`` for :func:`spadim.inspect.stream.predict_paths` that maps the batches over Ray Data
+    actors (``workers`` of them, one CPU each by default) and yields their records in input order."""
+
+    def run(batches, out, point, min_area, save_maps, object_mask):
+        import json
+
+        require_ray()
+        import ray
+        import ray.data
+
+        rows = [
+            {"index": index, "path": str(path), "min_area": min_area, "save_maps": save_maps}
+            for batch in batches
+            for index, path in batch
+        ]
+        if not rows:
+            return
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # records arrive in input order, as locally
+        context.enable_progress_bars = False
+        count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // batch_size))
+        predicted = dataset.map_batches(
+            PredictWorker,
+            fn_constructor_args=(
+                str(model),
+                weights,
+                runtime,
+                device,
+                batch_size,
+                str(out),
+                point,
+                object_mask,
+            ),
+            batch_size=batch_size,
+            concurrency=count,
+            num_cpus=1,
+        )
+        for batch in predicted.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            yield [json.loads(text) for text in batch["record"]]
+
+    return run
+
+
+def _class_task(settings, plan, out: str, source, threads: int):
+    """One class of ``evaluate --ray`` on a worker: its own backbone, then the single-process function."""
+    import torch
+
+    from spadim.run.evaluate import evaluate_source
+    from spadim.run.pipeline import make_extractor
+
+    torch.set_num_threads(threads)
+    fx = make_extractor(settings, None, plan.methods)
+    return evaluate_source(fx, source, settings, plan, Path(out))
+
+
+def class_runner(address: str, workers: int | None):
+    """A ``per_class`` for :func:`spadim.run.evaluate.run`: each class as one Ray task."""
+    return lambda settings, plan, out, sources: per_class(address, workers, settings, plan, out, sources)
+
+
+def per_class(address: str, workers: int | None, settings, plan, out: Path, sources: list):
+    """Each class as one Ray task (``workers`` at a time, default one per CPU); yields the classes' results
+    in input order, as the local loop does."""
+    ray = connect(address)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    per_task = max(1, cpus // workers) if workers else 1
+    task = ray.remote(num_cpus=per_task)(_class_task)
+    refs = [task.remote(settings, plan, str(out), source, per_task) for source in sources]
+    for ref in refs:
+        yield ray.get(ref)
