@@ -64,7 +64,10 @@ def main() -> int:
             fit += ["--arch", args.arch]
             if spadim(fit) != 0 or spadim(["export", str(model), "--out", str(export)]) != 0:
                 return 1
-            torch_side, onnx_side = Inspector.load(model, batch_size=1), Inspector.load(export, runtime="onnx")
+            torch_side, onnx_side = (
+                Inspector.load(model, batch_size=1),
+                Inspector.load(export, runtime="onnx"),
+            )
             frames, _ = load_images(data.test, torch_side.pre)
             maps, scores, _ = torch_side.score_frames(frames)
             onnx_maps, onnx_scores, _ = onnx_side.score_frames(frames)

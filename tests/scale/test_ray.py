@@ -116,3 +116,24 @@ def test_serve_with_ray_replicas_answers_as_the_single_process_server(cluster, p
         assert other["decision"] == one["decision"]
         assert other["region_score"] == pytest.approx(one["region_score"], rel=1e-5)
         assert other["defect_pixels"] == one["defect_pixels"]
+
+
+def test_fit_per_class_as_ray_tasks_writes_the_models_one_process_writes(cluster, tiny_root, tmp_path):
+    import torch
+
+    flags = ["--per-class", "--method", "patchcore", "--layers", "2,3", *FAST]
+    assert main(["fit", str(tiny_root), "--out", str(tmp_path / "local"), *flags]) == 0
+    assert main(["fit", str(tiny_root), "--out", str(tmp_path / "ray"), *flags, "--ray"]) == 0
+    for name in ("nut", "tile"):
+        local = torch.load(tmp_path / "local" / f"{name}.pt", weights_only=True)
+        remote = torch.load(tmp_path / "ray" / f"{name}.pt", weights_only=True)
+        assert remote["class_name"] == local["class_name"] == name
+        levels = [m["calibration"]["region_threshold"] for m in (local, remote)]
+        assert levels[1] == pytest.approx(levels[0], rel=1e-5)
+        assert (tmp_path / "ray" / f"{name}.pt.report" / "index.html").is_file()
+
+
+def test_fit_refuses_ray_without_per_class(tiny_root, tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    assert main(["fit", str(tiny_root / "nut"), "--out", str(out), *FAST, "--ray"]) == 2
+    assert "--per-class" in capsys.readouterr().err and not out.exists()

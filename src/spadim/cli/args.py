@@ -324,4 +324,5 @@ def check_args(a: argparse.Namespace) -> None:
     if getattr(a, "far", None) is not None:
         check_far(a.far)
     if getattr(a, "out", None) is not None:
-        (check_out_file if getattr(a, "out_is_file", False) else check_out_dir)(a.out)
+        one_file = getattr(a, "out_is_file", False) and not getattr(a, "per_class", False)
+        (check_out_file if one_file else check_out_dir)(a.out)

@@ -112,6 +112,19 @@ def _class_runner(a):
 
 def cmd_fit(a) -> None:
     (method_name,) = parse_methods(a.method)
+    if a.per_class:
+        runner = None
+        if a.ray is not None:
+            from spadim.scale import ray_jobs
+
+            runner = ray_jobs.fit_runner(a.ray, a.workers)
+        options = {"far": a.far, "folds": a.folds, "refs": a.refs, "pixel_far": a.pixel_far}
+        inspect.fit_classes(a.data, a.out, settings_from(a), method_name, a.classes, runner, say, **options)
+        return
+    if a.ray is not None or a.classes:
+        raise SpadimError(
+            "--ray and --classes fit one model per class: add --per-class (--out is then a folder)"
+        )
     inspect.fit_model(
         a.data, a.out, settings_from(a), method_name, a.far, a.folds, a.refs, say, progress, a.pixel_far
     )

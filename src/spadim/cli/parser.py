@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of normal pixels allowed above the defect-mask threshold (default: %(default)s)",
     )
     p.add_argument("--refs", type=int, default=3, help="normal images kept for object masks at predict time")
+    p.add_argument(
+        "--per-class",
+        action="store_true",
+        help="DATA is an MVTec AD root: fit one model per class into the folder --out (CLASS.pt)",
+    )
+    p.add_argument("--classes", default=None, help="with --per-class: the classes to fit (default: all)")
+    add_ray(p, "with --per-class, fit each class as one Ray task")
     add_common(p, frame="whole", auto=True)
     p.set_defaults(func=cmd_fit)
 

@@ -7,7 +7,7 @@ The CLI (``fit``, ``calibrate``, ``predict``) and the HTTP server are thin shell
 
 from spadim.decision.regions import DEFAULT_MIN_AREA, Region, find_regions
 from spadim.run.calibration import DEFAULT_FAR, DEFAULT_FOLDS, Calibration, conformal_threshold
-from .fitting import calibrate_model, fit_model
+from .fitting import calibrate_model, fit_classes, fit_model
 from .inspector import Inspector, ObjectMask, OperatingPoint, Prediction
 from .stream import predict_paths
 
@@ -24,6 +24,7 @@ __all__ = [
     "calibrate_model",
     "conformal_threshold",
     "find_regions",
+    "fit_classes",
     "fit_model",
     "predict_paths",
 ]

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 
 from spadim.data.folders import find_images, training_images
-from spadim.data.mvtec import check_images
+from spadim.data.mvtec import check_images, find_classes
 from spadim.errors import SpadimError
 from spadim.features.extractor import ALL_COMBOS
 from spadim.report.fitreport import write_fit_report
@@ -196,3 +197,35 @@ def calibrate_model(
         f"regions drawn from {calibration.mask_level:.4g} at far={far:g} -> {out or model}"
     )
     return calibration
+
+
+def fit_classes(
+    root: Path,
+    out_dir: Path,
+    settings: Settings,
+    method_name: str,
+    classes: str | None = None,
+    runner=None,
+    say=print,
+    **options,
+) -> dict:
+    """``spadim fit --per-class``: one model per class of an MVTec AD root, ``out_dir/CLASS.pt``. Every
+    class's images are checked before the first fit. ``runner(job, sources)``, when given, yields the
+    classes' results in order from elsewhere (one Ray task per class: :mod:`spadim.scale.ray_jobs`);
+    ``options`` go to :func:`fit_model`."""
+    sources = find_classes(root, classes)
+    for source in sources:
+        check_images(training_images(source)[1])
+    job = partial(_fit_one, out_dir=Path(out_dir), settings=settings, method_name=method_name, **options)
+    results = runner(job, sources) if runner else (job(source, say=say) for source in sources)
+    fitted = {}
+    for source, result in zip(sources, results):
+        fitted[source.name] = result
+        say(f"{source.name}: {method_name} -> {result['path']}")
+    return fitted
+
+
+def _fit_one(source: Path, out_dir: Path, settings: Settings, method_name: str, say=print, **options) -> dict:
+    path = out_dir / f"{source.name}.pt"
+    result = fit_model(source, path, settings, method_name, say=say, **options)
+    return {"path": str(path), "region_threshold": result["calibration"].region_threshold}

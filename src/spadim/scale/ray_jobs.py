@@ -143,3 +143,25 @@ def per_class(address: str, workers: int | None, settings, plan, out: Path, sour
     refs = [task.remote(settings, plan, str(out), source, per_task) for source in sources]
     for ref in refs:
         yield ray.get(ref)
+
+
+def _fit_task(job, source, threads: int):
+    import torch
+
+    torch.set_num_threads(threads)
+    return job(source, say=lambda _: None)
+
+
+def fit_runner(address: str, workers: int | None):
+    """A ``runner`` for :func:`spadim.inspect.fit_classes`: each class fitted as one Ray task."""
+
+    def run(job, sources):
+        ray = connect(address)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        per_task = max(1, cpus // workers) if workers else 1
+        task = ray.remote(num_cpus=per_task)(_fit_task)
+        refs = [task.remote(job, source, per_task) for source in sources]
+        for ref in refs:
+            yield ray.get(ref)
+
+    return run
