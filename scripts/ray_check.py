@@ -72,6 +72,28 @@ def _serve_rate(model: Path, images: list[Path], clients: int, requests: int, ex
         server.wait(60)
 
 
+def _batching_bound(model: Path, images: list[Path], batch: int, rounds: int = 5) -> dict:
+    """Scoring throughput (backbone + method, this process, all cores) at batch 1 and at ``batch``: the most
+    any batching server can gain over one-at-a-time scoring on this machine."""
+    from spadim.data.mvtec import read_rgb
+    from spadim.inspect import Inspector
+
+    inspector = Inspector.load(model)
+    frames = [inspector.pre.image(read_rgb(p)) for p in images]
+    import numpy as np
+
+    stacked = np.stack((frames * batch)[:batch])
+    inspector.score_frames(stacked)  # warm-up
+    rates = {}
+    for size in (1, batch):
+        started = time.perf_counter()
+        for _ in range(rounds):
+            for start in range(0, batch, size):
+                inspector.score_frames(stacked[start : start + size])
+        rates[size] = rounds * batch / (time.perf_counter() - started)
+    return {"score_batch1_per_s": round(rates[1], 2), f"score_batch{batch}_per_s": round(rates[batch], 2)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
@@ -80,6 +102,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--requests", type=int, default=80)
     parser.add_argument("--skip-predict", action="store_true")
+    parser.add_argument("--skip-serve", action="store_true")
     args = parser.parse_args()
     images = sorted(p for p in args.images.rglob("*.png"))
     work = Path(tempfile.mkdtemp(prefix="spadim-ray-check-"))
@@ -109,14 +132,16 @@ def main() -> int:
             ),
             max_score_relative=max(abs(a["score"] - b["score"]) / abs(a["score"]) for a, b in pairs),
         )
-    single = _serve_rate(args.model, images, args.clients, args.requests, [])
-    ray = _serve_rate(args.model, images, args.clients, args.requests, ["--ray"])
-    row.update(
-        serve_images_per_s=round(single, 2),
-        serve_ray_images_per_s=round(ray, 2),
-        serve_ray_ratio=round(ray / single, 2),
-        clients=args.clients,
-    )
+    if not args.skip_serve:
+        row.update(_batching_bound(args.model, images, args.clients))
+        single = _serve_rate(args.model, images, args.clients, args.requests, [])
+        ray = _serve_rate(args.model, images, args.clients, args.requests, ["--ray"])
+        row.update(
+            serve_images_per_s=round(single, 2),
+            serve_ray_images_per_s=round(ray, 2),
+            serve_ray_ratio=round(ray / single, 2),
+            clients=args.clients,
+        )
     print(json.dumps(row), flush=True)
     return 0
 

@@ -130,3 +130,20 @@ def test_onnx_runtime_refuses_what_it_cannot_run(fitted, tiny_root, tmp_path, ca
             == 2
         )
         assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_openvino_reads_the_export_unchanged_and_agrees(fitted, frames, tmp_path):
+    """OpenVINO's CPU plugin compiles model.onnx as written; in float32 (its default is bfloat16 on CPUs with
+    bfloat16 units) its maps are the torch path's."""
+    import openvino as ov
+
+    from spadim.data.mvtec import normalize
+
+    out = tmp_path / "vino"
+    assert main(["export", str(fitted["patchcore"]), "--out", str(out), *FAST[2:4]]) == 0
+    compiled = ov.Core().compile_model(str(out / "model.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    result = compiled(normalize(frames))
+    maps, scores, _ = Inspector.load(fitted["patchcore"]).score_frames(frames)
+    vino_maps = np.asarray(result[compiled.output(0)])
+    np.testing.assert_allclose(vino_maps, maps, rtol=1e-4, atol=1e-4 * np.abs(maps).max())
+    np.testing.assert_allclose(np.asarray(result[compiled.output(1)]), scores, rtol=1e-4)

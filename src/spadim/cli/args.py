@@ -238,8 +238,8 @@ def settings_from(a) -> Settings:
     methods = [getattr(a, "method", "")] + str(getattr(a, "methods", "")).split(",")
     if tile > 1 and "padim" in methods:
         raise SpadimError(
-            f"--tile {tile} with PaDiM would keep {tile * tile}x the per-position Gaussians "
-            f"({tile * tile * 3136} positions x 550 x 550 floats, about {tile * tile * 3.8:.0f} GB): "
+            f"--tile {tile} with PaDiM would accumulate {tile * tile}x the per-position covariance sums "
+            f"while fitting ({tile * tile * 3136} positions x 550 x 550 floats, about {tile * tile * 3.8:.0f} GB): "
             f"use --method spade or patchcore with --tile, or drop --tile"
         )
     return Settings(

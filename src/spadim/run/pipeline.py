@@ -318,7 +318,7 @@ def evaluate_fitted(
         observer.test_chunk if observer is not None else None,
     )
     left_out = {n: m for n, m in fitted.items() if hasattr(m, "score_left_out") and len(train)}
-    fitted.clear()  # PaDiM's factors (3.8 GB at d=550) are not needed by the metrics
+    fitted.clear()  # PaDiM's Gaussians (up to 3.8 GB at d=550) are not needed by the metrics
     run = ClassRun(data, train, test, load_masks(data, fx.pre, test.shapes), maps, scores, left_out)
     metrics = {n: class_metrics(data, run.maps[n], run.masks, run.scores[n]) for n in methods}
     return run, metrics
