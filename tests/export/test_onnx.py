@@ -113,6 +113,7 @@ def test_export_writes_nothing_on_a_bad_model_and_keeps_an_earlier_export(fitted
     out = tmp_path / "keep"
     out.mkdir()
     (out / "model.onnx").write_text("earlier")
+    (out / "spadim.json").write_text("{}")  # an earlier export: it may be replaced, but only by a good one
     assert main(["export", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert (out / "model.onnx").read_text() == "earlier"
@@ -147,3 +148,12 @@ def test_openvino_reads_the_export_unchanged_and_agrees(fitted, frames, tmp_path
     vino_maps = np.asarray(result[compiled.output(0)])
     np.testing.assert_allclose(vino_maps, maps, rtol=1e-4, atol=1e-4 * np.abs(maps).max())
     np.testing.assert_allclose(np.asarray(result[compiled.output(1)]), scores, rtol=1e-4)
+
+
+def test_export_refuses_a_folder_that_is_not_an_export(fitted, tmp_path, capsys):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"not ours")
+    assert main(["export", str(fitted["padim-low-rank"]), "--out", str(out), *FAST[2:4]]) == 2
+    assert "holds no spadim export" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["holiday.jpg"]

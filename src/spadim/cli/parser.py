@@ -246,7 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", type=Path, help="model file written by spadim fit")
     p.add_argument("--format", default="onnx", choices=("onnx",), help="default: %(default)s")
-    p.add_argument("--out", type=Path, required=True, help="folder to write (replaced when it exists)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder to write; an earlier export there is replaced, anything else is refused",
+    )
     p.add_argument(
         "--weights", default=None, help="checkpoint the model was fitted with (default lookup as in fit)"
     )

@@ -60,13 +60,18 @@ def export_metadata(meta: dict, method) -> dict:
 def export_onnx(model_path: Path, out: Path, weights: str | None = None, say=print) -> Path:
     """Write ``out/model.onnx`` (+ external data when large) and ``out/spadim.json``; returns the graph's path.
     The folder is written beside ``out`` and renamed into place, so an earlier export is never half
-    overwritten."""
+    overwritten; a non-empty ``out`` that is not an export is refused."""
     onnx = _require("onnx")
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not (out / META_FILE).is_file():
+        raise SpadimError(
+            f"--out {out} is not empty and holds no spadim export: choose a new folder (only an "
+            f"earlier export is replaced)"
+        )
     method, model_meta, network, _ = load_fitted(model_path, weights)
     crop = model_meta["preprocess"]["crop"]
     graph = ScoringGraph(network, method, crop).eval()
     meta = export_metadata(model_meta, method)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -116,6 +116,7 @@ class Inspector:
         self.method, self.meta, self.extractor, self.scorer = method, meta, extractor, scorer
         self.pre: Preprocess = extractor.pre if extractor else Preprocess(**meta["preprocess"])
         self.model_path, self.runtime = model_path, runtime
+        self.concurrent = False  # True when the scoring runs elsewhere and takes concurrent calls (Ray Serve)
         self.calibration = Calibration.from_json(meta["calibration"]) if meta.get("calibration") else None
         self.sha256 = file_sha256(scorer.path if runtime == "onnx" else model_path) if model_path else ""
 

@@ -26,12 +26,17 @@ def require_ray():
     return ray
 
 
+def quieten() -> None:
+    """The run's own lines, not the engine's progress chatter (Ray Data sets its loggers when imported)."""
+    for name in ("ray", "ray.data", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def connect(address: str | None = LOCAL, cpus: int | None = None):
     """Join the cluster at ``address`` ("auto": the one ``ray start`` made; ``local``: start one on
     loopback with ``cpus`` CPUs). A session already connected is reused."""
     ray = require_ray()
-    for name in ("ray", "ray.data", "ray.serve"):  # the run's own lines, not the engine's progress chatter
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quieten()
     if ray.is_initialized():
         return ray
     quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
@@ -82,6 +87,7 @@ def ray_runner(model: Path, weights, runtime: str, device: str, batch_size: int,
         import ray
         import ray.data
 
+        quieten()
         rows = [
             {"index": index, "path": str(path), "min_area": min_area, "save_maps": save_maps}
             for batch in batches

@@ -192,7 +192,7 @@ def create_app(
         raise SpadimError(f"--max-upload-mb must be positive (got {max_upload_bytes} bytes)")
     # an inspector whose scoring runs elsewhere (Ray Serve) takes concurrent calls: no lock, so they batch
     locks = {
-        name: nullcontext() if getattr(inspector, "concurrent", False) else threading.Lock()
+        name: nullcontext() if inspector.concurrent else threading.Lock()
         for name, inspector in inspectors.items()
     }
     default_model = next(iter(inspectors))
