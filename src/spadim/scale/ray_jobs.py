@@ -97,10 +97,9 @@ def ray_runner(model: Path, weights, runtime: str, device: str, batch_size: int,
             return
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # records arrive in input order, as locally
-        context.enable_progress_bars = False
         count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // batch_size))
-        predicted = dataset.map_batches(
+        blocks = max(count, -(-len(rows) // batch_size))
+        predicted = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             PredictWorker,
             fn_constructor_args=(
                 str(model),
@@ -113,7 +112,7 @@ def ray_runner(model: Path, weights, runtime: str, device: str, batch_size: int,
                 object_mask,
             ),
             batch_size=batch_size,
-            concurrency=count,
+            compute=ray.data.ActorPoolStrategy(size=count),
             num_cpus=1,
         )
         for batch in predicted.iter_batches(batch_size=batch_size, batch_format="numpy"):
