@@ -37,8 +37,8 @@ def fitted(tiny_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def frames(tiny_root, fitted):
-    """The test images. (A training image repeats SPADE gallery rows: the graph's direct distance gives
-    exactly 0 there, while faiss's and torch's |q|^2 - 2 q.g + |g|^2 leave ~1e-3 of cancellation.)"""
+    """The test images. (A training image repeats SPADE gallery rows, where |q|^2 - 2 q.g + |g|^2 leaves
+    ~1e-3 of float32 cancellation that differs between faiss, torch and onnxruntime.)"""
     data = load_class(tiny_root / "nut")
     return load_images(data.test, Inspector.load(fitted["spade"]).pre)[0]
 

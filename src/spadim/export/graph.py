@@ -4,8 +4,8 @@ scores, built from the method's state: what the ONNX export traces.
 The modules compute what the methods compute, in operations ONNX has. Three steps change form, each
 exact in real arithmetic and checked against the methods on real images (``scripts/export_check.py``):
 
-- nearest-neighbour searches (SPADE, PatchCore) are one matrix product ``|q|^2 - 2 q.g + |g|^2``, an
-  argmin over the gallery and the direct distance to that row, instead of faiss or the pruned search;
+- nearest-neighbour searches (SPADE, PatchCore) are one matrix product ``|q|^2 - 2 q.g + |g|^2`` and a
+  minimum over the gallery (the form faiss computes), instead of faiss or the pruned search;
 - SPADE's per-image gallery is a Gather of the K retrieved images' feature rows (TopK on the pooled
   distances), so the choice of gallery stays inside the graph;
 - PaDiM's Cholesky form has no triangular solve in ONNX: the export holds the inverse factor
@@ -57,18 +57,13 @@ class MapStep(nn.Module):
 
 
 def _nearest_squared(queries: torch.Tensor, gallery: torch.Tensor, gallery_sq: torch.Tensor) -> torch.Tensor:
-    """[n, q, C] queries, [n or 1, g, C] gallery -> [n, q] squared distance to the nearest gallery row.
-
-    The matrix-product form finds the nearest row; the distance to it is then taken directly, because the
-    form loses ~1e-7 |q|^2 to cancellation, which is all there is when a query nearly repeats a row."""
+    """[n, q, C] queries, [n or 1, g, C] gallery -> [n, q] squared distance to the nearest gallery row, as
+    faiss and spadim's torch search compute it: ``|q|^2 - 2 q.g + |g|^2``, minimum, clamped at 0. (Taking
+    the direct distance to the argmin row instead removes the form's ~1e-7 |q|^2 cancellation, which only
+    shows when a query repeats a gallery row, but cost SPADE 25% more time in onnxruntime.)"""
     products = torch.matmul(queries, gallery.transpose(-1, -2))
     squared = queries.square().sum(-1, keepdim=True) - 2 * products + gallery_sq[..., None, :]
-    nearest = squared.argmin(-1)  # [n, q]
-    channels = queries.shape[-1]
-    rows = torch.gather(
-        gallery.expand(queries.shape[0], -1, -1), 1, nearest[..., None].expand(-1, -1, channels)
-    )
-    return (queries - rows).square().sum(-1)
+    return squared.amin(-1).clamp_min(0)
 
 
 class SpadeGraph(nn.Module):
