@@ -48,6 +48,12 @@ def _targets(b: dict) -> list[dict]:
                 "x",
             ),
             _target(
+                "PaDiM one image alone / the backbone on one image (issue 24)",
+                _ratio(_get(pd, "one_image_ms"), _get(pd, "backbone_one_ms")),
+                1.5,
+                "x",
+            ),
+            _target(
                 "SPADE inference / its backbone (per image, K=5)",
                 _ratio(_get(sp, "infer_ms_per_img"), _get(sp, "backbone_ms_per_img")),
                 4.0,

@@ -118,8 +118,10 @@ def test_benchmark_tiny(tmp_path):
     else:
         assert "serve: not available" in proc.stdout
     # issue 8: 9 targets; issue 18: 3 PatchCore; issue 17/23: 3 calibration, 2 stream rates, 1 stream memory,
-    # 2 serve
-    assert len(b["targets"]) == 9 + 3 + 6 + (2 if sv["available"] else 0)
+    # 2 serve; issue 24: PaDiM's one image alone
+    assert len(b["targets"]) == 9 + 3 + 6 + 1 + (2 if sv["available"] else 0)
+    padim = b["padim"]
+    assert padim["one_image_ms"] > 0 and padim["backbone_one_ms"] > 0
     for t in b["targets"]:
         assert {"name", "value", "limit", "pass", "op"} <= t.keys()
         assert t["value"] is not None and t["value"] >= 0 and isinstance(t["pass"], bool)
