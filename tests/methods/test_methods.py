@@ -160,7 +160,7 @@ def test_padim_subset_seeded_and_capped():
     test = _fs(2, 9)
     assert np.array_equal(m.distance_grid(test).numpy(), m2.distance_grid(test).numpy())
     low = Padim((3, 4), 550).fit(_fs(6, 0))  # 6 images: rank 5 < 11
-    assert low.form == "low-rank" and low.state()["tensors"]["basis"].shape == (4, 11, 5)
+    assert low.form == "low-rank" and low.state()["tensors"]["basis"].shape == (4, 5, 11)
     assert np.array_equal(
         low.distance_grid(test).numpy(), Padim.from_state(low.state()).distance_grid(test).numpy()
     )

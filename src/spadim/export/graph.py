@@ -113,7 +113,7 @@ class PadimGraph(nn.Module):
             if len(local):
                 self.register_buffer(f"channels{layer}", local.long())
         if self.low_rank:
-            self.register_buffer("basis", model.basis.float().contiguous())  # [L, d, r]
+            self.register_buffer("basis", model.basis.float().transpose(1, 2).contiguous())  # [L, d, r]
             self.register_buffer("weights", model.weights.float()[:, None, :])  # [L, 1, r]
         else:  # no triangular solve in ONNX: |L^-1 v| with the inverse factor, transposed for x @ W^T
             identity = torch.eye(model.chol.shape[1], dtype=torch.float64)

@@ -141,11 +141,11 @@ class GaussianAccumulator:
         return cov.mul_(1.0 / max(self.n - 1, 1))
 
     def low_rank_(self, eps: float, rank: int, seed: int = 0, chunk: int = 32):
-        """(V [L, d, rank], w [L, rank]) with ``C^-1 = I / eps + V diag(w) V^T``, exact when every covariance
+        """(V^T [L, rank, d], w [L, rank]) with ``C^-1 = I / eps + V diag(w) V^T``, exact when every covariance
         has rank <= ``rank`` (N - 1 images): the range of a seeded Gaussian sketch with 8 extra columns,
         refined once, holds the whole range, and the eigenpairs within it are the covariance's."""
         positions, d = self.total.shape
-        basis = torch.empty(positions, d, rank)
+        basis = torch.empty(positions, rank, d)  # rows: one image's projections read memory in order
         weights = torch.empty(positions, rank)
         sketch = torch.randn(d, rank + 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
@@ -155,7 +155,7 @@ class GaussianAccumulator:
             range_ = torch.linalg.qr(cov @ torch.linalg.qr(cov @ sketch).Q).Q
             values, vectors = torch.linalg.eigh(range_.transpose(1, 2) @ cov @ range_)
             values, vectors = values[:, -rank:].clamp_min(0), vectors[:, :, -rank:]
-            basis[sl] = (range_ @ vectors).float()
+            basis[sl] = (range_ @ vectors).transpose(1, 2).float()
             weights[sl] = (1.0 / (values + eps) - 1.0 / eps).float()
 
         per_worker(decompose, range(0, positions, chunk))
@@ -190,7 +190,7 @@ class Padim:
         self.idx: torch.Tensor | None = None
         self.mean: torch.Tensor | None = None  # [L, d]
         self.chol: torch.Tensor | None = None  # [L, d, d] lower Cholesky factors of the covariances
-        self.basis: torch.Tensor | None = None  # or the low-rank form: [L, d, r] eigenvectors ...
+        self.basis: torch.Tensor | None = None  # or the low-rank form: [L, r, d] eigenvectors (rows) ...
         self.weights: torch.Tensor | None = None  # ... [L, r]: C^-1 = I / eps + basis diag(weights) basis^T
         self.max_rank = MAX_RANK
         self.grid: tuple[int, int] = (0, 0)
@@ -263,7 +263,7 @@ class Padim:
     def _squared_distances(self, sl: slice, diff: torch.Tensor) -> torch.Tensor:
         """[l, n] squared distances of ``diff`` [l, d, n] (centred queries) at positions ``sl``."""
         if self.chol is None:
-            projected = torch.bmm(self.basis[sl].transpose(1, 2), diff)  # [l, r, n]
+            projected = torch.bmm(self.basis[sl], diff)  # [l, r, n]
             return diff.square().sum(1) / EPS + (projected.square() * self.weights[sl, :, None]).sum(1)
         return torch.linalg.solve_triangular(self.chol[sl], diff, upper=False).square().sum(1)
 
@@ -307,6 +307,8 @@ class Padim:
         m.idx, m.mean, m.grid = t["idx"], t["mean"], tuple(c["grid"])
         if "basis" in t:
             m.basis, m.weights = t["basis"].float(), t["weights"].float()
+            if m.basis.shape[1] == len(m.idx):  # written [L, d, r] by this form's first version
+                m.basis = m.basis.transpose(1, 2).contiguous()
             return m
         d = len(m.idx)
         rows, cols = torch.tril_indices(d, d)
