@@ -161,6 +161,9 @@ def test_padim_subset_seeded_and_capped():
     assert np.array_equal(m.distance_grid(test).numpy(), m2.distance_grid(test).numpy())
     low = Padim((3, 4), 550).fit(_fs(6, 0))  # 6 images: rank 5 < 11
     assert low.form == "low-rank" and low.state()["tensors"]["basis"].shape == (4, 5, 11)
+    first_layout = low.state()
+    first_layout["tensors"]["basis"] = first_layout["tensors"]["basis"].transpose(1, 2)  # [L, d, r]
+    assert torch.equal(Padim.from_state(first_layout).distance_grid(test), low.distance_grid(test))
     assert np.array_equal(
         low.distance_grid(test).numpy(), Padim.from_state(low.state()).distance_grid(test).numpy()
     )
