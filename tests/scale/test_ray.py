@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import ray  # installed by make test (the test extra holds spadim[ray]): a missing Ray fails, never skips
 
 from spadim.cli import main
 
 from conftest import FAST
-
-ray = pytest.importorskip("ray", reason="make test installs spadim[ray]; this runs wherever it is installed")
 
 
 @pytest.fixture(scope="module")
