@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,6 +97,17 @@ def test_predict_and_serve_runtimes_give_the_same_decisions(fitted, tiny_root, t
         assert torch_record["decision"] == onnx_record["decision"]
         assert onnx_record["region_score"] == pytest.approx(torch_record["region_score"], rel=1e-4)
         assert len(onnx_record["regions"]) == len(torch_record["regions"])
+    from fastapi.testclient import TestClient
+
+    from spadim.serve import create_app, load_inspectors
+
+    server = TestClient(create_app(load_inspectors([export], runtime="onnx")))
+    assert server.get("/models").json()["models"][0]["runtime"] == "onnx"
+    for record in records["t"]:
+        image = Path(record["image"])
+        answer = server.post("/predict", files={"image": (image.name, image.read_bytes())}).json()
+        assert answer["decision"] == record["decision"]
+        assert answer["region_score"] == pytest.approx(record["region_score"], rel=1e-4)
 
 
 def test_large_graphs_keep_their_constants_in_external_data(fitted, frames, tmp_path, monkeypatch):
