@@ -23,7 +23,7 @@ from spadim.features.device import resolve_device
 from spadim.export.graph import GraphScorer
 from spadim.features.extractor import FeatureExtractor
 from spadim.report.figures import colorize, overlay
-from spadim.run.modelfile import load_fitted, load_model
+from spadim.run.modelfile import load_fitted
 from spadim.masks.keypoints import MaskConfig
 from spadim.run.pipeline import needed_features, object_masks, suppress_outside
 from spadim.run.calibration import Calibration, check_far
@@ -147,9 +147,9 @@ class Inspector:
             return cls(method, meta, None, Path(path), scorer, "onnx")
         if runtime != "torch":
             raise SpadimError(f"--runtime {runtime!r}: choose torch or onnx")
-        method, meta = load_model(path)  # a damaged file or missing references fail before the backbone
-        _require_references(meta, path, object_mask)
-        method, meta, network, found = load_fitted(path, weights)
+        method, meta, network, found = load_fitted(
+            path, weights, lambda meta: _require_references(meta, path, object_mask)
+        )
         layers, pooled = needed_features([method.name], [method.layers])
         extractor = FeatureExtractor(
             network, found, Preprocess(**meta["preprocess"]), batch_size, None, None, layers, pooled

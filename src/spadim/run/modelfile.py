@@ -91,10 +91,13 @@ def load_model(path: Path) -> tuple[object, dict]:
     return method, blob
 
 
-def load_fitted(path: Path, weights: str | None = None):
+def load_fitted(path: Path, weights: str | None = None, check=None):
     """-> (method, metadata, backbone network, Weights): a model file with the very checkpoint it was fitted
-    with (the SHA-256 must match; random weights are rebuilt from their seed)."""
+    with (the SHA-256 must match; random weights are rebuilt from their seed). ``check(metadata)`` runs
+    before the backbone loads, so a model that cannot serve the call fails in a second."""
     method, meta = load_model(path)
+    if check is not None:
+        check(meta)
     backbone = meta["backbone"]
     random = backbone["source"] == "random"
     seed = int(backbone["sha256"].removeprefix("random-seed")) if random else 0
