@@ -136,3 +136,33 @@ def test_fit_refuses_ray_without_per_class(tiny_root, tmp_path, capsys):
     out = tmp_path / "m.pt"
     assert main(["fit", str(tiny_root / "nut"), "--out", str(out), *FAST, "--ray"]) == 2
     assert "--per-class" in capsys.readouterr().err and not out.exists()
+
+
+def test_serve_with_ray_places_every_replica_of_two_models(cluster, padim_model, tiny_root, tmp_path):
+    """Two models with two replicas each on a two-CPU cluster: replicas take a share of a CPU, so all four
+    are placed (whole CPUs each would wait forever for the third)."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from spadim.scale import ray_serve
+    from spadim.serve import create_app, load_inspectors
+
+    other = tmp_path / "other.pt"
+    shutil.copy(padim_model, other)
+    inspectors = load_inspectors([padim_model, other], "random")
+    ray_serve.deploy(inspectors, {"nut": padim_model, "other": other}, "local", 2, "random", "torch", "cpu")
+    try:
+        client = TestClient(create_app(inspectors))
+        image = sorted((tiny_root / "nut" / "test").rglob("*.png"))[0]
+        answers = [
+            client.post(
+                "/predict", data={"model": name}, files={"image": (image.name, image.read_bytes())}
+            ).json()
+            for name in ("nut", "other")
+        ]
+    finally:
+        ray_serve.shutdown()
+    assert [a["model"] for a in answers] == ["nut", "other"]  # each model answered for itself
+    assert answers[0]["decision"] == answers[1]["decision"]
+    assert answers[0]["region_score"] == pytest.approx(answers[1]["region_score"], rel=1e-6)

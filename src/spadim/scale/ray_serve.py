@@ -60,11 +60,12 @@ def deploy(
 
     serve.start(proxy_location="Disabled")
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    count = replicas or cpus
-    threads = max(1, cpus // count)
+    count = replicas or max(1, cpus // len(inspectors))  # per model
+    share = cpus / (count * len(inspectors))  # CPUs per replica, so every replica of every model fits
+    threads = max(1, int(share))
     replica = _deployment()
     for name, inspector in inspectors.items():
-        app = replica.options(num_replicas=count, ray_actor_options={"num_cpus": threads}).bind(
+        app = replica.options(num_replicas=count, ray_actor_options={"num_cpus": share}).bind(
             str(paths[name]), weights, runtime, device, threads
         )
         handle = serve.run(app, name=f"spadim-{name}", route_prefix=None)
