@@ -166,3 +166,26 @@ def test_serve_with_ray_places_every_replica_of_two_models(cluster, padim_model,
     assert [a["model"] for a in answers] == ["nut", "other"]  # each model answered for itself
     assert answers[0]["decision"] == answers[1]["decision"]
     assert answers[0]["region_score"] == pytest.approx(answers[1]["region_score"], rel=1e-6)
+
+
+def test_predict_with_more_ray_workers_than_cpus_shares_them(cluster, padim_model, tiny_root, tmp_path):
+    test = str(tiny_root / "nut" / "test")
+    flags = ["--weights", "random", "--batch-size", "1"]
+    assert main(["predict", str(padim_model), test, "--out", str(tmp_path / "local"), *flags]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(padim_model),
+                test,
+                "--out",
+                str(tmp_path / "ray"),
+                *flags,
+                "--ray",
+                "--workers",
+                "3",
+            ]
+        )
+        == 0
+    )
+    _same(_records(tmp_path / "local"), _records(tmp_path / "ray"))

@@ -97,7 +97,8 @@ def ray_runner(model: Path, weights, runtime: str, device: str, batch_size: int,
             return
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # records arrive in input order, as locally
-        count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        count = workers or cpus
         blocks = max(count, -(-len(rows) // batch_size))
         predicted = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             PredictWorker,
@@ -113,7 +114,7 @@ def ray_runner(model: Path, weights, runtime: str, device: str, batch_size: int,
             ),
             batch_size=batch_size,
             compute=ray.data.ActorPoolStrategy(size=count),
-            num_cpus=1,
+            num_cpus=min(1.0, cpus / count),  # more workers than CPUs share them rather than wait forever
         )
         for batch in predicted.iter_batches(batch_size=batch_size, batch_format="numpy"):
             yield [json.loads(text) for text in batch["record"]]
