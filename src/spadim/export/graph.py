@@ -114,7 +114,7 @@ class PadimGraph(nn.Module):
                 self.register_buffer(f"channels{layer}", local.long())
         if self.low_rank:
             self.register_buffer("basis", model.basis.float().transpose(1, 2).contiguous())  # [L, d, r]
-            self.register_buffer("weights", model.weights.float()[:, None, :])  # [L, 1, r]
+            self.register_buffer("precisions", model.precisions.float()[:, None, :])  # [L, 1, r]
         else:  # no triangular solve in ONNX: |L^-1 v| with the inverse factor, transposed for x @ W^T
             identity = torch.eye(model.chol.shape[1], dtype=torch.float64)
             inverse = torch.linalg.solve_triangular(model.chol.double(), identity, upper=False)
@@ -135,7 +135,9 @@ class PadimGraph(nn.Module):
         diff = x.flatten(2).permute(2, 0, 1) - self.mean[:, None, :]  # [L, n, d]
         if self.low_rank:
             projected = torch.matmul(diff, self.basis)  # [L, n, r]
-            squared = diff.square().sum(-1) / EPS + (projected.square() * self.weights).sum(-1)
+            squared = (diff.square().sum(-1) - projected.square().sum(-1)) / EPS + (
+                projected.square() * self.precisions
+            ).sum(-1)
         else:
             squared = torch.matmul(diff, self.inverse_t).square().sum(-1)
         grid = squared.clamp_min(0).sqrt().transpose(0, 1).reshape(n, self.grid, self.grid)

@@ -141,12 +141,13 @@ class GaussianAccumulator:
         return cov.mul_(1.0 / max(self.n - 1, 1))
 
     def low_rank_(self, eps: float, rank: int, seed: int = 0, chunk: int = 32):
-        """(V^T [L, rank, d], w [L, rank]) with ``C^-1 = I / eps + V diag(w) V^T``, exact when every covariance
+        """(V^T [L, rank, d], 1 / (lambda + eps) [L, rank]): ``C^-1 = I / eps + V diag(1 / (lambda + eps) - 1 / eps)
+        V^T``, exact when every covariance
         has rank <= ``rank`` (N - 1 images): the range of a seeded Gaussian sketch with 8 extra columns,
         refined once, holds the whole range, and the eigenpairs within it are the covariance's."""
         positions, d = self.total.shape
         basis = torch.empty(positions, rank, d)  # rows: one image's projections read memory in order
-        weights = torch.empty(positions, rank)
+        precisions = torch.empty(positions, rank)
         sketch = torch.randn(d, rank + 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
         def decompose(start: int) -> None:
@@ -156,11 +157,11 @@ class GaussianAccumulator:
             values, vectors = torch.linalg.eigh(range_.transpose(1, 2) @ cov @ range_)
             values, vectors = values[:, -rank:].clamp_min(0), vectors[:, :, -rank:]
             basis[sl] = (range_ @ vectors).transpose(1, 2).float()
-            weights[sl] = (1.0 / (values + eps) - 1.0 / eps).float()
+            precisions[sl] = (1.0 / (values + eps)).float()
 
         per_worker(decompose, range(0, positions, chunk))
         self.outer = None
-        return basis, weights
+        return basis, precisions
 
 
 def _maps_and_maxima(grid: torch.Tensor, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +192,7 @@ class Padim:
         self.mean: torch.Tensor | None = None  # [L, d]
         self.chol: torch.Tensor | None = None  # [L, d, d] lower Cholesky factors of the covariances
         self.basis: torch.Tensor | None = None  # or the low-rank form: [L, r, d] eigenvectors (rows) ...
-        self.weights: torch.Tensor | None = None  # ... [L, r]: C^-1 = I / eps + basis diag(weights) basis^T
+        self.precisions: torch.Tensor | None = None  # ... [L, r]: 1 / (lambda + eps) along each of them
         self.max_rank = MAX_RANK
         self.grid: tuple[int, int] = (0, 0)
 
@@ -227,7 +228,7 @@ class Padim:
         with torch.inference_mode():
             self.mean = acc.mean()
             if 1 <= rank <= self.max_rank and rank < len(acc.shift[0]):
-                self.basis, self.weights = acc.low_rank_(EPS, rank, self.seed)
+                self.basis, self.precisions = acc.low_rank_(EPS, rank, self.seed)
             else:
                 self.chol = acc.cholesky_(EPS)
         self.n_train = acc.n
@@ -243,8 +244,9 @@ class Padim:
 
     distance_dtype = torch.float32  # of the squared distances per chunk
 
-    def distance_grid(self, fs: FeatureSet) -> torch.Tensor:
-        """[N, h, w] Mahalanobis distance of every position to its Gaussian."""
+    def distance_grid(self, fs: FeatureSet, training: bool = False) -> torch.Tensor:
+        """[N, h, w] Mahalanobis distance of every position to its Gaussian. ``training``: ``fs`` holds the
+        images the Gaussians were fitted on (see :meth:`_squared_distances`)."""
         grids = []
         with torch.inference_mode():
             for part in fs.batches(self.batch):
@@ -254,17 +256,31 @@ class Padim:
 
                 def solve(start: int, x=x, out=out) -> None:
                     sl = slice(start, start + self.chunk)
-                    out[sl] = self._squared_distances(sl, (x[:, sl] - self.mean[sl]).permute(1, 2, 0))
+                    out[sl] = self._squared_distances(
+                        sl, (x[:, sl] - self.mean[sl]).permute(1, 2, 0), training
+                    )
 
                 per_worker(solve, range(0, positions, self.chunk))
                 grids.append(out.clamp_min(0).sqrt().float().T.reshape(n, *self.grid))
         return torch.cat(grids)
 
-    def _squared_distances(self, sl: slice, diff: torch.Tensor) -> torch.Tensor:
-        """[l, n] squared distances of ``diff`` [l, d, n] (centred queries) at positions ``sl``."""
+    def _squared_distances(self, sl: slice, diff: torch.Tensor, training: bool = False) -> torch.Tensor:
+        """[l, n] squared distances of ``diff`` [l, d, n] (centred queries) at positions ``sl``.
+
+        Low rank: ``(|v|^2 - |p|^2) / eps + sum p^2 / (lambda + eps)`` with ``p = V^T v``. A new image lies
+        well outside the training images' span, so subtracting the norms costs ~1e-5 relative (measured
+        against the Cholesky form). A training image lies inside it: its outside part is ~0 and the
+        norms' float32 difference is all error, which the leave-one-out formula then amplifies by up to
+        1 / (1 - n h / (n - 1)^2). For those (``training``) the outside part is taken as a vector,
+        ``v - V p``, at the cost of a second product."""
         if self.chol is None:
-            projected = torch.bmm(self.basis[sl], diff)  # [l, r, n]
-            return diff.square().sum(1) / EPS + (projected.square() * self.weights[sl, :, None]).sum(1)
+            basis, precisions = self.basis[sl], self.precisions[sl, :, None]
+            projected = torch.bmm(basis, diff)  # [l, r, n]
+            inside = (projected.square() * precisions).sum(1)
+            if training:
+                outside = diff - torch.bmm(basis.transpose(1, 2), projected)
+                return outside.square().sum(1) / EPS + inside
+            return (diff.square().sum(1) - projected.square().sum(1)) / EPS + inside
         return torch.linalg.solve_triangular(self.chol[sl], diff, upper=False).square().sum(1)
 
     def score(self, fs: FeatureSet, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -282,7 +298,7 @@ class Padim:
             raise ValueError(
                 "score_left_out takes the training set (n >= 3) the model was fitted on in this process"
             )
-        squared = self.distance_grid(fs).double().square()
+        squared = self.distance_grid(fs, training=True).double().square()
         ratio = n / (n - 1)
         left_out = (
             ratio**2 * ((n - 2) / (n - 1)) * squared / (1 - squared * n / (n - 1) ** 2).clamp_min(1e-12)
@@ -293,7 +309,7 @@ class Padim:
         config = {"layers": list(self.layers), "d": self.d, "seed": self.seed, "grid": list(self.grid)}
         tensors = {"idx": self.idx, "mean": self.mean}
         if self.chol is None:
-            tensors.update(basis=self.basis, weights=self.weights)
+            tensors.update(basis=self.basis, precisions=self.precisions)
         else:  # the lower triangles only
             rows, cols = torch.tril_indices(self.chol.shape[1], self.chol.shape[1])
             tensors["chol_lower"] = self.chol[:, rows, cols].contiguous()
@@ -306,7 +322,9 @@ class Padim:
         m = cls(tuple(c["layers"]), c["d"], c["seed"])
         m.idx, m.mean, m.grid = t["idx"], t["mean"], tuple(c["grid"])
         if "basis" in t:
-            m.basis, m.weights = t["basis"].float(), t["weights"].float()
+            m.basis = t["basis"].float()
+            # this form's first version stored 1 / (lambda + eps) - 1 / eps as "weights"
+            m.precisions = t["precisions"].float() if "precisions" in t else t["weights"].float() + 1.0 / EPS
             if m.basis.shape[1] == len(m.idx):  # written [L, d, r] by this form's first version
                 m.basis = m.basis.transpose(1, 2).contiguous()
             return m
@@ -352,7 +370,7 @@ class LowRankPadim(Padim):
             per_worker(factorise, range(0, positions, self.chunk))
         return self
 
-    def _squared_distances(self, sl: slice, diff: torch.Tensor) -> torch.Tensor:
+    def _squared_distances(self, sl: slice, diff: torch.Tensor, training: bool = False) -> torch.Tensor:
         proj = torch.bmm(self.centred[sl], diff).double()  # [l, N, n]: float32 products
         within = torch.linalg.solve_triangular(self.gram_chol[sl], proj, upper=False)
         return (diff.double().square().sum(1) - within.square().sum(1)) / EPS
