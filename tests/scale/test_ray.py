@@ -98,7 +98,7 @@ def test_serve_with_ray_replicas_answers_as_the_single_process_server(cluster, p
     images = sorted((tiny_root / "nut" / "test").rglob("*.png"))
     local = TestClient(create_app(load_inspectors([padim_model], "random")))
     remote_inspectors = load_inspectors([padim_model], "random")
-    ray_serve.deploy(remote_inspectors, {"nut": padim_model}, "local", 2, "random", "torch", "cpu")
+    ray_serve.deploy(remote_inspectors, "local", 2, "random", "cpu")
     try:
         remote = TestClient(create_app(remote_inspectors))
         assert remote.get("/models").json()["models"][0]["runtime"] == "torch+ray"
@@ -151,7 +151,7 @@ def test_serve_with_ray_places_every_replica_of_two_models(cluster, padim_model,
     other = tmp_path / "other.pt"
     shutil.copy(padim_model, other)
     inspectors = load_inspectors([padim_model, other], "random")
-    ray_serve.deploy(inspectors, {"nut": padim_model, "other": other}, "local", 2, "random", "torch", "cpu")
+    ray_serve.deploy(inspectors, "local", 2, "random", "cpu")
     try:
         client = TestClient(create_app(inspectors))
         image = sorted((tiny_root / "nut" / "test").rglob("*.png"))[0]

@@ -212,8 +212,7 @@ def cmd_serve(a) -> None:
         if a.ray is not None:
             from spadim.scale import ray_serve
 
-            paths = {Path(p).stem: p for p in a.models}
-            ray_serve.deploy(inspectors, paths, a.ray, a.workers, a.weights, a.runtime, a.device)
+            ray_serve.deploy(inspectors, a.ray, a.workers, a.weights, a.device)
         max_upload_bytes = round(a.max_upload_mb * (1 << 20))
         serve.serve(
             inspectors, max_upload_bytes=max_upload_bytes, listener=listener, say=say, api_key=api_key

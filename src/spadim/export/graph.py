@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spadim.data.mvtec import IMAGENET_MEAN, IMAGENET_STD
 from spadim.methods.maps import SIGMA
 from spadim.methods.padim import EPS
 from spadim.methods.patchcore import embed_patches, patch_kernel
@@ -208,9 +209,8 @@ class GraphScorer:
     def __init__(self, network, method, size: int, device: torch.device, batch_size: int = 8):
         self.graph = ScoringGraph(network, method, size).eval().to(device)
         self.device, self.batch_size = device, batch_size
-        mean = torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)
-        std = torch.tensor([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1)
-        self.mean, self.std = mean.to(device), std.to(device)
+        self.mean = torch.from_numpy(IMAGENET_MEAN).reshape(1, 3, 1, 1).to(device)  # normalize()'s constants
+        self.std = torch.from_numpy(IMAGENET_STD).reshape(1, 3, 1, 1).to(device)
 
     def __call__(self, frames) -> tuple:
         maps, scores = [], []

@@ -60,7 +60,7 @@ def run(
     method is also calibrated as ``fit`` calibrates it and its decisions are scored beside the best
     threshold with no more false alarms (``operating_point.*``); ``far=None`` skips it.
     ``per_class(settings, plan, out, classes)``, when given, yields each class's :func:`evaluate_source`
-    result from elsewhere, in order (one Ray task per class: :func:`spadim.scale.ray_jobs.per_class`)."""
+    result from elsewhere, in order (one Ray task per class: :func:`spadim.scale.ray_jobs.class_runner`)."""
     learned = object_mask in LEARNED
     candidates = candidates or {}
     if learned and s.auto_layers:

@@ -97,7 +97,7 @@ def ray_runner(model: Path, weights, runtime: str, device: str, batch_size: int,
             return
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # records arrive in input order, as locally
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cpus = cluster_cpus(ray)
         count = workers or cpus
         blocks = max(count, -(-len(rows) // batch_size))
         predicted = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
@@ -122,7 +122,22 @@ def ray_runner(model: Path, weights, runtime: str, device: str, batch_size: int,
     return run
 
 
-def _class_task(settings, plan, out: str, source, threads: int):
+def cluster_cpus(ray) -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def in_order(address: str, workers: int | None, task_function, items: list, *args):
+    """``task_function(item, threads, *args)`` for each item as one Ray task, ``workers`` at a time (default
+    one per CPU); yields the results in input order, as a local loop would."""
+    ray = connect(address)
+    threads = max(1, cluster_cpus(ray) // workers) if workers else 1
+    task = ray.remote(num_cpus=threads)(task_function)
+    refs = [task.remote(item, threads, *args) for item in items]
+    for ref in refs:
+        yield ray.get(ref)
+
+
+def _class_task(source, threads: int, settings, plan, out: str):
     """One class of ``evaluate --ray`` on a worker: its own backbone, then the single-process function."""
     import torch
 
@@ -136,22 +151,12 @@ def _class_task(settings, plan, out: str, source, threads: int):
 
 def class_runner(address: str, workers: int | None):
     """A ``per_class`` for :func:`spadim.run.evaluate.run`: each class as one Ray task."""
-    return lambda settings, plan, out, sources: per_class(address, workers, settings, plan, out, sources)
+    return lambda settings, plan, out, sources: in_order(
+        address, workers, _class_task, sources, settings, plan, str(out)
+    )
 
 
-def per_class(address: str, workers: int | None, settings, plan, out: Path, sources: list):
-    """Each class as one Ray task (``workers`` at a time, default one per CPU); yields the classes' results
-    in input order, as the local loop does."""
-    ray = connect(address)
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    per_task = max(1, cpus // workers) if workers else 1
-    task = ray.remote(num_cpus=per_task)(_class_task)
-    refs = [task.remote(settings, plan, str(out), source, per_task) for source in sources]
-    for ref in refs:
-        yield ray.get(ref)
-
-
-def _fit_task(job, source, threads: int):
+def _fit_task(source, threads: int, job):
     import torch
 
     torch.set_num_threads(threads)
@@ -160,14 +165,4 @@ def _fit_task(job, source, threads: int):
 
 def fit_runner(address: str, workers: int | None):
     """A ``runner`` for :func:`spadim.inspect.fit_classes`: each class fitted as one Ray task."""
-
-    def run(job, sources):
-        ray = connect(address)
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        per_task = max(1, cpus // workers) if workers else 1
-        task = ray.remote(num_cpus=per_task)(_fit_task)
-        refs = [task.remote(job, source, per_task) for source in sources]
-        for ref in refs:
-            yield ray.get(ref)
-
-    return run
+    return lambda job, sources: in_order(address, workers, _fit_task, sources, job)

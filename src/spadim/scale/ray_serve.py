@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ray_jobs import connect
+from .ray_jobs import cluster_cpus, connect
 
 MAX_BATCH = 8
 BATCH_WAIT_S = 0.01  # how long a replica waits for more frames before it scores a partial batch
@@ -51,22 +51,21 @@ class RayScorer:
         return np.stack([r[0] for r in results]), np.asarray([r[1] for r in results])
 
 
-def deploy(
-    inspectors: dict, paths: dict, address: str, replicas: int | None, weights, runtime, device
-) -> None:
-    """Start one deployment per model and point each loaded inspector's scoring at it."""
+def deploy(inspectors: dict, address: str, replicas: int | None, weights, device: str) -> None:
+    """Start one deployment per model and point each loaded inspector's scoring at it; the replicas load
+    the inspector's own file with its runtime."""
     ray = connect(address)
     from ray import serve
 
     serve.start(proxy_location="Disabled")
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cpus = cluster_cpus(ray)
     count = replicas or max(1, cpus // len(inspectors))  # per model
     share = cpus / (count * len(inspectors))  # CPUs per replica, so every replica of every model fits
     threads = max(1, int(share))
     replica = _deployment()
     for name, inspector in inspectors.items():
         app = replica.options(num_replicas=count, ray_actor_options={"num_cpus": share}).bind(
-            str(paths[name]), weights, runtime, device, threads
+            str(inspector.model_path), weights, inspector.runtime, device, threads
         )
         handle = serve.run(app, name=f"spadim-{name}", route_prefix=None)
         inspector.scorer, inspector.runtime = RayScorer(handle, name), f"{inspector.runtime}+ray"
