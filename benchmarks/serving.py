@@ -52,12 +52,29 @@ class _Client:
             self.conn = None
 
 
+def concurrent_posts(host: str, port: int, bodies: list, clients: int, total: int) -> tuple[list, float]:
+    """``clients`` keep-alive connections posting ``total`` bodies in all, round robin ->
+    ((seconds, status, error) per request, wall seconds)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def worker(k: int) -> list[tuple[float, int, str]]:
+        client = _Client(host, port)
+        try:
+            return [client.post(*bodies[i % len(bodies)]) for i in range(k, total, clients)]
+        finally:
+            client.close()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = [r for part in pool.map(worker, range(clients)) for r in part]
+    return results, time.perf_counter() - started
+
+
 def _serve_child(cfg: dict, model: str, images: list[str], requests: int, clients: int, total: int) -> dict:
     """``spadim serve`` (uvicorn on 127.0.0.1, an OS-picked port) in this process: warm single-image
     latency, interleaved with the backbone forward of one image (batch 1); then ``clients`` threads."""
     import statistics
     import threading
-    from concurrent.futures import ThreadPoolExecutor
 
     import torch
     from spadim.data.mvtec import read_rgb
@@ -109,17 +126,7 @@ def _serve_child(cfg: dict, model: str, images: list[str], requests: int, client
                 single_errors.append(f"{status}: {error}")
         client.close()
 
-        def worker(k: int) -> list[tuple[float, int, str]]:
-            c = _Client(host, port)
-            try:
-                return [c.post(*bodies[i % len(bodies)]) for i in range(k, total, clients)]
-            finally:
-                c.close()
-
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            results = [r for part in pool.map(worker, range(clients)) for r in part]
-        wall = time.perf_counter() - t0
+        results, wall = concurrent_posts(host, port, bodies, clients, total)
     finally:
         server.should_exit = True
         thread.join(60)

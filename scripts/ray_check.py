@@ -16,11 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.serving import _Client, _multipart  # noqa: E402
+from benchmarks.serving import _Client, _multipart, concurrent_posts  # noqa: E402
 
 SPADIM = [str(Path(sys.executable).with_name("spadim"))]  # the console script beside this Python
 
@@ -52,17 +51,7 @@ def _serve_rate(model: Path, images: list[Path], clients: int, requests: int, ex
             client.post(*body)  # warm-up
         client.close()
 
-        def worker(k: int) -> list:
-            own = _Client("127.0.0.1", port)
-            try:
-                return [own.post(*bodies[i % len(bodies)]) for i in range(k, requests, clients)]
-            finally:
-                own.close()
-
-        started = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            results = [r for part in pool.map(worker, range(clients)) for r in part]
-        wall = time.perf_counter() - started
+        results, wall = concurrent_posts("127.0.0.1", port, bodies, clients, requests)
         errors = [r for r in results if r[2]]
         if errors:
             raise RuntimeError(f"{len(errors)} failed requests, first: {errors[0]}")
