@@ -151,10 +151,10 @@ class Inspector:
             path, weights, lambda meta: _require_references(meta, path, object_mask)
         )
         layers, pooled = needed_features([method.name], [method.layers])
+        target = resolve_device(device)  # the extractor and the graph share one network, on this device
         extractor = FeatureExtractor(
-            network, found, Preprocess(**meta["preprocess"]), batch_size, None, None, layers, pooled
+            network, found, Preprocess(**meta["preprocess"]), batch_size, None, None, layers, pooled, target
         )
-        target = resolve_device(device)
         scorer = None if target.type == "cpu" else GraphScorer(network, method, extractor.pre.crop, target)
         return cls(method, meta, extractor, Path(path), scorer)
 
