@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from spadim.methods.nearest import SEARCHES
+from spadim.methods.registry import METHODS
 from spadim.methods.spade import FUSIONS
 from spadim.features.backbone import ARCHS
 from spadim.data.folders import load_plain
@@ -236,11 +237,13 @@ def add_ray(p, what: str) -> None:
 def settings_from(a) -> Settings:
     tile = getattr(a, "tile", 1)
     methods = [getattr(a, "method", "")] + str(getattr(a, "methods", "")).split(",")
-    if tile > 1 and "padim" in methods:
+    untiled = [name for name in methods if name in METHODS and not METHODS[name].abilities.tiles]
+    if tile > 1 and untiled:
+        tiling = [name for name, cls in METHODS.items() if cls.abilities.tiles]
         raise SpadimError(
-            f"--tile {tile} with PaDiM would accumulate {tile * tile}x the per-position covariance sums "
-            f"while fitting ({tile * tile * 3136} positions x 550 x 550 floats, about {tile * tile * 3.8:.0f} GB): "
-            f"use --method spade or patchcore with --tile, or drop --tile"
+            f"--tile {tile} with {untiled[0]} would multiply what its fit holds per position by {tile * tile} "
+            f"(PaDiM: {tile * tile * 3136} positions x 550 x 550 floats, about {tile * tile * 3.8:.0f} GB): "
+            f"use --method {' or '.join(tiling)} with --tile, or drop --tile"
         )
     return Settings(
         arch=a.arch,

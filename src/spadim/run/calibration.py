@@ -38,7 +38,6 @@ import numpy as np
 from spadim.decision.regions import DEFAULT_MIN_AREA, min_area_pixels, region_score
 from spadim.errors import SpadimError
 from spadim.features.extractor import FeatureSet
-from spadim.methods.padim import fit_padim
 from .layerchoice import fold_rows, other_rows, take
 
 DEFAULT_FAR = 0.01
@@ -278,7 +277,7 @@ def held_out(
         raise SpadimError(
             f"calibration needs at least 2 good images to hold one out (got {n}): add good images"
         )
-    if fitted is not None and hasattr(fitted, "score_left_out"):
+    if fitted is not None and fitted.abilities.leave_one_out:
         maps, scores = fitted.score_left_out(train, settings.crop)
         maps, how, folds = list(maps), "leave-one-out", n
     else:
@@ -287,10 +286,7 @@ def held_out(
         folds = min(folds, n)
         for held in fold_rows(n, settings.seed, folds):
             fit_part = take(train, other_rows(n, held))
-            if method_name == "padim":
-                model = fit_padim(layers, settings.padim_d, settings.seed, fit_part)
-            else:
-                model = settings.method(method_name, layers).fit(fit_part)
+            model = settings.method(method_name, layers).fit_to_score(fit_part)
             fold_maps, fold_scores = model.score(take(train, held), settings.crop)
             for j, row in enumerate(held):
                 scores[row], maps[row] = fold_scores[j], fold_maps[j]

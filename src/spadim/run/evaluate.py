@@ -353,7 +353,7 @@ def frame_masks(maps: np.ndarray, flagged: np.ndarray, level: float, min_area: f
 def operating_point_row(run, name: str, layers, s: Settings, far: float, folds: int) -> dict:
     """One method on one class at its calibrated levels, beside the best threshold with as few false alarms."""
     fitted = run.left_out.get(name)
-    if fitted is None and hasattr(METHODS[name], "score_left_out"):
+    if fitted is None and METHODS[name].abilities.leave_one_out:
         fitted = s.method(name, tuple(layers)).fit(run.train)
     cal, _ = calibrate_held_out(name, s, layers, run.train, far, folds, fitted=fitted)
     labels = run.labels.astype(bool)

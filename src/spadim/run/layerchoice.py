@@ -38,10 +38,7 @@ from spadim.data.mvtec import ClassData, load_class
 from spadim.data.defects import KINDS, DefectConfig, make_defects
 from spadim.errors import SpadimError
 from spadim.features.extractor import ALL_COMBOS, FeatureExtractor, FeatureSet, combo_name
-from spadim.methods.maps import upsample_blur
 from spadim.metrics.ranking import pixel_aupr
-from spadim.methods.padim import fit_padim
-from spadim.methods.spade import Spade
 from .pipeline import ClassRun, Settings, class_data, evaluate_fitted
 
 FOLDS = 5  # the training images are split into 5 seeded parts (each 20%) ...
@@ -173,31 +170,15 @@ def subset_auprs(method: str, folds: Folds, s: Settings, combos=ALL_COMBOS) -> d
     its fit part). Only native-resolution distance grids are kept per fold; a subset's maps are
     upsampled once, from all folds together."""
     masks = np.concatenate(folds.masks)
-    spade_mean = method == "spade" and s.spade_fusion == "mean"
     used = tuple(sorted({layer for c in combos for layer in c}))
-    grids: dict = {}  # SPADE: layer -> grids per fold; others: combo -> grids per fold
+    chooser = s.method(method, used)  # the method's own grids per fold (SPADE: per layer, once)
+    grids: dict = {}
     for f in range(len(folds.val_rows)):
         fit, val = folds.fold(f)
-        if spade_mean:  # per-layer grids once per fold; every subset is their fusion
-            spade = s.method("spade", used).fit(fit)
-            for layer, g in spade.layer_grids(val, spade.neighbours(val)[1]).items():
-                grids.setdefault(layer, []).append(g)
-            continue
-        for combo in combos:  # PaDiM keeps its distance grids; any other method its maps
-            if method == "padim":
-                grid = fit_padim(combo, s.padim_d, s.seed, fit).distance_grid(val)
-            else:
-                grid = torch.from_numpy(s.method(method, combo).fit(fit).score(val, s.crop)[0])
-            grids.setdefault(combo, []).append(grid)
+        for key, grid in chooser.subset_grids(fit, val, combos, s.crop).items():
+            grids.setdefault(key, []).append(grid)
     joined = {k: torch.cat(v) for k, v in grids.items()}
-    if spade_mean:
-        return {
-            combo_name(c): pixel_aupr(Spade.fuse([joined[layer] for layer in c], s.crop), masks)
-            for c in combos
-        }
-    if method == "padim":
-        return {combo_name(c): pixel_aupr(upsample_blur(joined[c], s.crop), masks) for c in combos}
-    return {combo_name(c): pixel_aupr(joined[c].numpy(), masks) for c in combos}
+    return {combo_name(c): pixel_aupr(chooser.subset_map(joined, c, s.crop), masks) for c in combos}
 
 
 def pick(auprs: dict[str, float], tolerance: float = TOLERANCE) -> tuple[int, ...]:

@@ -169,7 +169,7 @@ def _layers_setting(s: Settings):
     own = [
         f"{name}: {', '.join(map(str, cls.default_layers))}"
         for name, cls in METHODS.items()
-        if getattr(cls, "default_layers", None)
+        if cls.default_layers
     ]
     return f"{', '.join(map(str, s.layers))}" + (f" ({'; '.join(own)})" if own else "")
 
