@@ -60,8 +60,8 @@ def main() -> int:
         row = {"class": name, "n_train": len(run.train), "backbone_ms": round(backbone_ms, 1)}
         grids = {}
         for form in ("low-rank", "cholesky"):
-            model = Padim((1, 2, 3), settings.padim_d, settings.seed)
-            model.max_rank = 64 if form == "low-rank" else 0
+            max_rank = 64 if form == "low-rank" else 0
+            model = Padim(layers=(1, 2, 3), d=settings.padim_d, seed=settings.seed, max_rank=max_rank)
             model.fit(run.train)
             assert model.form == form, (form, model.form)
             grids[form] = model.distance_grid(run.test)

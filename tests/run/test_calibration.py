@@ -109,6 +109,8 @@ class _MeanDistance:
         self.mean = fs.pooled.mean(0)
         return self
 
+    fit_to_score = fit  # the method protocol's fit for in-process scoring
+
     def score(self, fs, size):
         scores = (fs.pooled - self.mean).norm(dim=1).numpy()
         return np.repeat(scores[:, None, None], size, 1).repeat(size, 2).astype(np.float32), scores

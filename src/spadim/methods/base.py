@@ -142,6 +142,12 @@ class Method:
         cheapest exact form, which need not be savable."""
         return self.fit(fs)
 
+    def subset_scores(self, train: FeatureSet, test: FeatureSet, combos, size: int):
+        """(combo, maps, image scores) of ``test`` for every layer subset in ``combos``, each as a model of
+        that subset fitted on ``train`` gives them (studies of the 15 subsets). This default fits each."""
+        for combo in combos:
+            yield (combo, *self.with_layers(combo).fit(train).score(test, size))
+
     def subset_grids(self, fit: FeatureSet, val: FeatureSet, combos, size: int) -> dict:
         """Per key, native-resolution grids of ``val`` from models fitted on ``fit`` that
         :meth:`subset_map` turns into any layer subset's maps (``combos``: the subsets compared). This

@@ -220,6 +220,19 @@ class Spade(Method):
             )
         return maps.numpy(), distances.mean(1).double().numpy()
 
+    def subset_scores(self, train: FeatureSet, test: FeatureSet, combos, size: int):
+        """Mean fusion: each layer's nearest-neighbour grid once; a subset's map is the reference fusion of
+        its layers' grids, identical to scoring that subset alone (the image score uses no layer subset)."""
+        if self.fusion != "mean":
+            yield from super().subset_scores(train, test, combos, size)
+            return
+        model = self.with_layers(sorted({layer for combo in combos for layer in combo})).fit(train)
+        distances, chosen = model.neighbours(test)
+        grids = model.layer_grids(test, chosen)
+        scores = distances.mean(1).double().numpy()
+        for combo in combos:
+            yield combo, self.fuse([grids[layer] for layer in combo], size), scores
+
     def subset_grids(self, fit: FeatureSet, val: FeatureSet, combos, size: int) -> dict:
         """Mean fusion: each layer's grids once (K nearest by the pooled feature, whatever the layers);
         every subset's map is their fusion (:meth:`subset_map`)."""

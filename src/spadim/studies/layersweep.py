@@ -188,12 +188,7 @@ def spade_subset_maps(cr, s: Settings, combos):
     grid is computed once; a subset's map is the reference fusion of its layers' grids, identical
     to scoring that subset alone."""
     used = tuple(sorted({layer for combo in combos for layer in combo}))
-    spade = s.method("spade", used).fit(cr.train)
-    dist, idx = spade.neighbours(cr.test)
-    grids = spade.layer_grids(cr.test, idx)
-    scores = dist.mean(dim=1).numpy()
-    for combo in combos:
-        yield combo, spade.fuse([grids[layer] for layer in combo], s.crop), scores
+    yield from s.method("spade", used).subset_scores(cr.train, cr.test, combos, s.crop)
 
 
 def spade_subsets(cr, s: Settings, combos) -> dict[tuple[int, ...], dict]:

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from spadim.features.extractor import ALL_COMBOS
-from .layersweep import best_rows, combo_name, correlation, figure5, spade_subset_maps, table3
+from .layersweep import best_rows, combo_name, correlation, figure5, table3
 from .masksweep import sweep_plot, suitability_row
 from spadim.metrics.ranking import evaluate_maps, undefined_notes
 from spadim.masks.keypoints import MaskConfig, foreground_estimate
@@ -71,15 +71,10 @@ def layer_subsets(cr, s: Settings, methods, bar) -> tuple[dict, dict]:
             kept[method] = (maps, scores)
         bar.update(1)
 
-    for method in methods:
-        if method == "spade" and s.spade_fusion == "mean":
-            for combo, maps, scores in spade_subset_maps(cr, s, ALL_COMBOS):
-                record(method, combo, maps, scores)
-            continue
-        for combo in ALL_COMBOS:
-            fitted = s.method(method, combo).fit(cr.train)
-            maps, scores = fitted.score(cr.test, s.crop)
-            del fitted
+    for method in methods:  # each method's own way through the subsets (SPADE: per-layer grids once)
+        for combo, maps, scores in s.method(method, (1, 2, 3, 4)).subset_scores(
+            cr.train, cr.test, ALL_COMBOS, s.crop
+        ):
             record(method, combo, maps, scores)
     return results, kept
 
