@@ -24,6 +24,7 @@ from conftest import FAST
 
 MODELS = {  # name -> fit flags; PaDiM in both of its forms
     "spade": ["--method", "spade", "--layers", "1,2,3"],
+    "spade-concat": ["--method", "spade", "--layers", "1,2,3", "--spade-fusion", "concat"],
     "padim-low-rank": ["--method", "padim", "--layers", "1,2,3"],  # 6 images, d = 100: rank 5
     "padim-cholesky": ["--method", "padim", "--layers", "1,2,3", "--d", "4"],  # rank 4 = d
     "patchcore": ["--method", "patchcore", "--layers", "2,3"],
