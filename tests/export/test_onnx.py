@@ -93,7 +93,9 @@ def _altered(monkeypatch) -> None:
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *args, original=original: 2 * original(*args))
     squared = padim_module.PadimScorer.squared_distances
-    monkeypatch.setattr(padim_module.PadimScorer, "squared_distances", lambda self, *a: 4 * squared(self, *a))
+    monkeypatch.setattr(
+        padim_module.PadimScorer, "squared_distances", lambda self, *a, **k: 4 * squared(self, *a, **k)
+    )
 
 
 @pytest.mark.parametrize("name", list(MODELS))

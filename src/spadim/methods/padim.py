@@ -50,14 +50,17 @@ from .gaussians import (
     GaussianAccumulator,
     empty_panels,
     gram_inverse_factors,
+    per_worker,
     read_panels,
     write_panels,
 )
 from .maps import MapStep, upsample_blur
+from .nearest import traceable
 
 DEFAULT_D = {"resnet18": 100, "resnet50": 550, "resnet50_caffe": 550, "wide_resnet50_2": 550}
 EPS = 0.01
 MAX_RANK = 64  # largest low-rank form: 3136 x 550 x 64 float32 = 0.44 GB, under the 0.5 GB model target
+POSITIONS = 256  # positions per single-threaded worker's step on the CPU
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,8 +134,8 @@ class PadimScorer(nn.Module):
         self.panels = sum(name.startswith("panel") for name in tensors)
         self.maps = MapStep(size)
 
-    def squared_distances(self, diff: torch.Tensor, training: bool = False) -> torch.Tensor:
-        """[L, n] squared distances of ``diff`` [L, n, d] (centred queries).
+    def squared_distances(self, diff: torch.Tensor, at=slice(None), training: bool = False) -> torch.Tensor:
+        """[l, n] squared distances of ``diff`` [l, n, d] (centred queries at positions ``at``).
 
         Low rank: ``(|v|^2 - |p|^2) / eps + sum p^2 / (lambda + eps)`` with ``p = V^T v``. A new image lies
         well outside the training images' span, so subtracting the norms costs ~1e-5 relative (measured
@@ -141,22 +144,36 @@ class PadimScorer(nn.Module):
         1 / (1 - n h / (n - 1)^2). For those (``training``) the outside part is taken as a vector,
         ``v - V p``, at the cost of a second product."""
         if self.form == "low-rank":
-            projected = torch.matmul(diff, self.basis.transpose(1, 2))  # [L, n, r]
-            inside = (projected.square() * self.precisions[:, None, :]).sum(-1)
+            basis = self.basis[at]
+            projected = torch.matmul(diff, basis.transpose(1, 2))  # [l, n, r]
+            inside = (projected.square() * self.precisions[at, None, :]).sum(-1)
             if training:
-                outside = diff - torch.matmul(projected, self.basis)
+                outside = diff - torch.matmul(projected, basis)
                 return outside.square().sum(-1) / self.eps + inside
             return (diff.square().sum(-1) - projected.square().sum(-1)) / self.eps + inside
         if self.form == "cholesky":  # |W v|^2, panel by panel: W^T[:b, a:b] reads v[:b] only
-            panels = [getattr(self, f"panel{i}") for i in range(self.panels)]
+            panels = [getattr(self, f"panel{i}")[at] for i in range(self.panels)]
             return sum(torch.matmul(diff[..., : p.shape[1]], p).square().sum(-1) for p in panels)
-        within = torch.matmul(torch.matmul(diff, self.centred.transpose(1, 2)).double(), self.gram_inverse.mT)
+        within = torch.matmul(
+            torch.matmul(diff, self.centred[at].transpose(1, 2)).double(), self.gram_inverse[at].mT
+        )
         return (diff.double().square().sum(-1) - within.square().sum(-1)) / self.eps
 
     def squared_grid(self, features: dict, training: bool = False) -> torch.Tensor:
         """[n, h, w] squared Mahalanobis distance of every position to its Gaussian."""
         diff = self.selection(features).transpose(0, 1) - self.mean[:, None, :]  # [L, n, d]
-        squared = self.squared_distances(diff, training)
+        if traceable(diff):
+            squared = self.squared_distances(diff, training=training)
+        else:  # the same distances, positions split over single-threaded workers (see per_worker)
+            squared = torch.empty(
+                diff.shape[:2], dtype=torch.float64 if self.form == "woodbury" else diff.dtype
+            )
+
+            def work(start: int) -> None:
+                at = slice(start, start + POSITIONS)
+                squared[at] = self.squared_distances(diff[at], at, training)
+
+            per_worker(work, range(0, len(diff), POSITIONS))
         return squared.T.reshape(-1, self.grid, self.grid)
 
     def maps_and_scores(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
