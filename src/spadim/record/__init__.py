@@ -1,0 +1,23 @@
+"""The line's memory: every decision recorded (SQLite embedded, PostgreSQL for a line), operators'
+verdicts with their history, and the watch over the false-alarm promise and drift."""
+
+from .export import FORMATS, write_records
+from .schema import SCHEMA_VERSION, VERDICTS
+from .store import RecordStore, sha256_bytes, sha256_file, store_url
+from .watch import DriftWatch, FalseAlarmWatch, watch_drift, watch_false_alarms, what_if
+
+__all__ = [
+    "FORMATS",
+    "SCHEMA_VERSION",
+    "VERDICTS",
+    "DriftWatch",
+    "FalseAlarmWatch",
+    "RecordStore",
+    "sha256_bytes",
+    "sha256_file",
+    "store_url",
+    "watch_drift",
+    "watch_false_alarms",
+    "what_if",
+    "write_records",
+]
