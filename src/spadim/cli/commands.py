@@ -41,6 +41,7 @@ from spadim.run.session import (
     say,
 )
 from spadim.data.embedded.dataset import make_dataset
+from .line import record_target
 
 
 # ---------------------------------------------------------------- commands
@@ -171,8 +172,21 @@ def cmd_predict(a) -> None:
 
         ray_jobs.connect(a.ray)
         runner = ray_jobs.ray_runner(a.model, a.weights, a.runtime, a.device, a.batch_size, a.workers)
+    store = record_target(a, a.model)
+    if store is not None:
+        say(f"recording every decision in {store.target}")
     summary = inspect.predict_paths(
-        inspector, paths, a.out, point, a.min_area, a.save_maps, a.batch_size, progress, object_mask, runner
+        inspector,
+        paths,
+        a.out,
+        point,
+        a.min_area,
+        a.save_maps,
+        a.batch_size,
+        progress,
+        object_mask,
+        runner,
+        store=store,
     )
     rate = summary["new"] / summary["seconds"] if summary["seconds"] > 0 else float("nan")
     say(

@@ -27,6 +27,7 @@ from spadim.masks.keypoints import DETECTORS
 
 
 # ---------------------------------------------------------------- commands
+from .line import add_line_commands, add_record_args
 from .commands import (
     SHARED_SUBSET,
     TOY,
@@ -201,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime(p)
     add_ray(p, "predict on Ray Data workers, each loading the model once")
     add_mask_args(p)
+    add_record_args(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -333,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     add_mask_args(p, sweep=True)
     p.set_defaults(func=cmd_reproduce)
+    add_line_commands(sub)
     return ap
 
 

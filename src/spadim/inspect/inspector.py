@@ -158,6 +158,11 @@ class Inspector:
         scorer = None if target.type == "cpu" else GraphScorer(network, method, extractor.pre.crop, target)
         return cls(method, meta, extractor, Path(path), scorer)
 
+    @property
+    def model_version(self) -> str:
+        """The version that decides: its id when the model file keeps versions, else its content hash."""
+        return (self.meta.get("version") or {}).get("id") or self.sha256[:16]
+
     def backbone_text(self) -> str:
         """The weights line predict and serve print."""
         if self.extractor is not None:

@@ -2,6 +2,7 @@
 verdicts with their history, and the watch over the false-alarm promise and drift."""
 
 from .export import FORMATS, write_records
+from .rows import decision_row, default_store, open_store
 from .schema import SCHEMA_VERSION, VERDICTS
 from .store import RecordStore, sha256_bytes, sha256_file, store_url
 from .watch import DriftWatch, FalseAlarmWatch, watch_drift, watch_false_alarms, what_if
@@ -13,6 +14,9 @@ __all__ = [
     "DriftWatch",
     "FalseAlarmWatch",
     "RecordStore",
+    "decision_row",
+    "default_store",
+    "open_store",
     "sha256_bytes",
     "sha256_file",
     "store_url",

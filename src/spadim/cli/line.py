@@ -1,0 +1,101 @@
+"""The line's commands over the record: ``records`` (export), ``review`` (a verdict), ``status`` (the
+watch), and the ``--record``/``--no-record`` flags of predict and serve."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from spadim.errors import SpadimError
+from spadim.record import FORMATS, VERDICTS, RecordStore, open_store, write_records
+
+
+def add_record_args(parser) -> None:
+    parser.add_argument(
+        "--record",
+        default=None,
+        metavar="STORE",
+        help="where every decision is recorded: a SQLite file or a postgresql:// address "
+        "(default: MODEL.records.sqlite beside the model)",
+    )
+    parser.add_argument("--no-record", action="store_true", help="do not record the decisions")
+
+
+def record_target(a, model: Path) -> RecordStore | None:
+    if a.no_record and a.record:
+        raise SpadimError("give --record STORE or --no-record, not both")
+    return open_store(False if a.no_record else a.record, model)
+
+
+def add_filter_args(parser) -> None:
+    parser.add_argument("--decision", choices=("ok", "defect"), default=None)
+    parser.add_argument("--verdict", choices=VERDICTS, default=None, help="only reviewed as this")
+    parser.add_argument("--unreviewed", action="store_true", help="only decisions without a verdict")
+    parser.add_argument(
+        "--near", type=float, default=None, help="only region scores within this fraction of the level (0.2)"
+    )
+    parser.add_argument("--model-version", default=None)
+
+
+def filters_from(a) -> dict:
+    return {
+        "decision": a.decision,
+        "verdict": a.verdict,
+        "unreviewed": a.unreviewed,
+        "near": a.near,
+        "model_version": a.model_version,
+    }
+
+
+def _store(target: str) -> RecordStore:
+    if "://" not in target and not Path(target).is_file():
+        raise SpadimError(f"record store {target} does not exist: give the file predict or serve wrote")
+    return RecordStore(target)
+
+
+def cmd_records(a) -> None:
+    if a.format not in FORMATS:
+        raise SpadimError(f"--format {a.format}: choose one of {', '.join(FORMATS)}")
+    store = _store(a.store)
+    if a.out is None:
+        count = write_records(store, sys.stdout, a.format, **filters_from(a))
+    else:
+        with open(a.out, "w", newline="") as handle:
+            count = write_records(store, handle, a.format, **filters_from(a))
+        print(f"{count} record(s) -> {a.out}", file=sys.stderr)
+
+
+def cmd_review(a) -> None:
+    if a.good == a.defect:
+        raise SpadimError("give exactly one of --good or --defect")
+    store = _store(a.store)
+    row = store.review(a.id, "good" if a.good else "defect", by=a.by, note=a.note)
+    history = store.history(a.id)
+    print(
+        f"decision {a.id} ({row['image']}, decided {row['decision']}) reviewed {row['verdict']}"
+        + (f" by {a.by}" if a.by else "")
+        + (f"; {len(history) - 1} earlier verdict(s) kept" if len(history) > 1 else "")
+    )
+
+
+def add_line_commands(sub) -> None:
+    p = sub.add_parser("records", help="export the record of decisions as CSV or JSON lines, filtered")
+    p.add_argument("store", help="record store: a SQLite file or a postgresql:// address")
+    p.add_argument("--format", default="csv", help="csv or jsonl (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="file to write (default: standard output)")
+    add_filter_args(p)
+    p.set_defaults(func=cmd_records)
+
+    p = sub.add_parser("review", help="an operator's verdict on one recorded decision (good or defect)")
+    p.add_argument("store", help="record store: a SQLite file or a postgresql:// address")
+    p.add_argument("id", type=int, help="the decision's id (column id of spadim records)")
+    p.add_argument("--good", action="store_true", help="the image is good (a false alarm if flagged)")
+    p.add_argument("--defect", action="store_true", help="the image is a defect (missed if decided ok)")
+    p.add_argument("--by", default=None, help="who reviewed it")
+    p.add_argument("--note", default=None)
+    p.set_defaults(func=cmd_review)
+
+
+def dumps(value) -> str:
+    return json.dumps(value, indent=1, default=str)
