@@ -41,7 +41,7 @@ from spadim.run.session import (
     say,
 )
 from spadim.data.embedded.dataset import make_dataset
-from .line import record_target
+from .line import record_target, serve_stores
 
 
 # ---------------------------------------------------------------- commands
@@ -228,8 +228,14 @@ def cmd_serve(a) -> None:
 
             ray_serve.deploy(inspectors, a.ray, a.workers, a.weights, a.device)
         max_upload_bytes = round(a.max_upload_mb * (1 << 20))
+        stores = serve_stores(a, inspectors)
         serve.serve(
-            inspectors, max_upload_bytes=max_upload_bytes, listener=listener, say=say, api_key=api_key
+            inspectors,
+            max_upload_bytes=max_upload_bytes,
+            listener=listener,
+            say=say,
+            api_key=api_key,
+            stores=stores,
         )
     finally:
         listener.close()

@@ -28,6 +28,18 @@ def record_target(a, model: Path) -> RecordStore | None:
     return open_store(False if a.no_record else a.record, model)
 
 
+def serve_stores(a, inspectors: dict) -> dict:
+    """One record per served model (beside each model file), or the one ``--record`` for all."""
+    if a.no_record and a.record:
+        raise SpadimError("give --record STORE or --no-record, not both")
+    if a.no_record:
+        return {name: None for name in inspectors}
+    if a.record:
+        shared = RecordStore(a.record)
+        return {name: shared for name in inspectors}
+    return {name: open_store(None, inspector.model_path) for name, inspector in inspectors.items()}
+
+
 def add_filter_args(parser) -> None:
     parser.add_argument("--decision", choices=("ok", "defect"), default=None)
     parser.add_argument("--verdict", choices=VERDICTS, default=None, help="only reviewed as this")

@@ -239,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_runtime(p)
     add_ray(p, "score on Ray Serve replicas (--workers of them) with dynamic batching")
+    add_record_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

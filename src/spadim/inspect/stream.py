@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from spadim.data.mvtec import read_rgb  # noqa: E402
 from spadim.errors import SpadimError  # noqa: E402
-from spadim.record import RecordStore, decision_row, sha256_file  # noqa: E402
+from spadim.record import RecordStore, decision_row, review_picture, sha256_file  # noqa: E402
 from spadim.report.figures import save_rgb  # noqa: E402
 from spadim.report.tables import json_ready  # noqa: E402
 from .inspector import Inspector, ObjectMask, OperatingPoint  # noqa: E402
@@ -218,7 +218,7 @@ def predict_paths(
         for records in results:
             for record in records:
                 if store is not None:
-                    record["record_id"] = _record(store, inspector, point, record, run_id)["id"]
+                    record["record_id"] = _record(store, inspector, point, record, run_id, out)["id"]
                 jsonl.write(json.dumps(record, allow_nan=False) + "\n")
                 writer.writerow(_csv_row(record))
                 defects += record["decision"] == "defect"
@@ -236,8 +236,11 @@ def predict_paths(
     }
 
 
-def _record(store: RecordStore, inspector: Inspector, point: OperatingPoint, record: dict, run_id: str):
+def _record(
+    store: RecordStore, inspector: Inspector, point: OperatingPoint, record: dict, run_id: str, out: Path
+) -> dict:
     index = Path(record["overlay"]).name.split("_", 1)[0]  # the image's place in the run, as in its files
+    overlay = cv2.imread(str(out / record["overlay"]))[..., ::-1]
     return store.add(
         decision_row(
             record,
@@ -248,7 +251,8 @@ def _record(store: RecordStore, inspector: Inspector, point: OperatingPoint, rec
             source="predict",
             run_key=f"{run_id}:{index}:{record['image']}",
             overlay=record.get("overlay"),
-        )
+        ),
+        review_picture(overlay),
     )
 
 

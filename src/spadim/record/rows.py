@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from .store import RecordStore
 
 SUFFIX = ".records.sqlite"
@@ -54,3 +57,18 @@ def decision_row(
         "run_key": run_key,
         "overlay": overlay,
     }
+
+
+def review_picture(overlay_rgb: np.ndarray, longest: int = 320) -> bytes:
+    """The overlay kept with a record for review: JPEG, longest side ``longest`` pixels."""
+    height, width = overlay_rgb.shape[:2]
+    scale = min(1.0, longest / max(height, width))
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        overlay_rgb = cv2.resize(overlay_rgb, size, interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(
+        ".jpg", cv2.cvtColor(overlay_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85]
+    )
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return encoded.tobytes()

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -64,6 +65,13 @@ verdicts = Table(
     Column("verdict_at", DateTime(timezone=True), nullable=False),
     Column("verdict_by", Text),
     Column("note", Text),
+)
+
+pictures = Table(
+    "pictures",
+    metadata,
+    Column("decision_id", Integer, ForeignKey("decisions.id"), primary_key=True),
+    Column("overlay_jpeg", LargeBinary, nullable=False),  # a small overlay for review (longest side 320)
 )
 
 events = Table(

@@ -19,7 +19,17 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from spadim.errors import SpadimError
-from .schema import MIGRATIONS, SCHEMA_VERSION, VERDICTS, decisions, events, metadata, schema_table, verdicts
+from .schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    VERDICTS,
+    decisions,
+    events,
+    metadata,
+    pictures,
+    schema_table,
+    verdicts,
+)
 
 POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 
@@ -118,13 +128,15 @@ class RecordStore:
         self.engine.dispose()
 
     # ------------------------------------------------------------------ decisions
-    def add(self, record: dict) -> dict:
-        """Insert one decision and commit; -> the stored row. A ``run_key`` already stored returns that
-        row unchanged (a resumed predict), so each key has exactly one record."""
+    def add(self, record: dict, overlay_jpeg: bytes | None = None) -> dict:
+        """Insert one decision (and its review picture) and commit; -> the stored row. A ``run_key``
+        already stored returns that row unchanged (a resumed predict), so each key has one record."""
         row = {"decided_at": now(), **record}
         try:
             with self.engine.begin() as connection:
                 new_id = connection.execute(insert(decisions).values(**row)).inserted_primary_key[0]
+                if overlay_jpeg is not None:
+                    connection.execute(insert(pictures).values(decision_id=new_id, overlay_jpeg=overlay_jpeg))
         except IntegrityError:
             if row.get("run_key") is None:
                 raise
@@ -140,6 +152,12 @@ class RecordStore:
                 connection.execute(select(decisions).where(decisions.c.id == decision_id)).mappings().first()
             )
         return None if found is None else _row(found)
+
+    def overlay(self, decision_id: int) -> bytes | None:
+        with self.engine.connect() as connection:
+            return connection.execute(
+                select(pictures.c.overlay_jpeg).where(pictures.c.decision_id == decision_id)
+            ).scalar()
 
     def by_run_key(self, run_key: str) -> dict | None:
         with self.engine.connect() as connection:
