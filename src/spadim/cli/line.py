@@ -91,7 +91,43 @@ def cmd_review(a) -> None:
     )
 
 
+def cmd_status(a) -> int:
+    """The watch, one line each; exit status 1 while an alert holds (for cron and monitors)."""
+    from spadim.inspect import Inspector
+    from spadim.inspect.watching import model_status
+
+    store = _store(a.record) if a.record else _store(str(open_store(None, a.model).target))
+    status = model_status(Inspector.load(a.model, a.weights), store, all_versions=a.all_versions)
+    if a.json:
+        print(dumps(status))
+    else:
+        print(f"{status['decisions']} decision(s) recorded in {store.target}, {status['reviewed']} reviewed")
+        for line in status["lines"]:
+            print(line)
+        for row in status["what_if"]:
+            if row["defects"] or row["good"]:
+                recall = "n/a" if row["recall"] is None else f"{row['recall']:.2f}"
+                print(
+                    f"what if ({row['label']}, level {row['level']:.4g}): {row['defects_caught']} of "
+                    f"{row['defects']} confirmed defects caught (recall {recall}), {row['false_alarms']} of "
+                    f"{row['good']} confirmed good flagged"
+                )
+    return 1 if status["alert"] else 0
+
+
 def add_line_commands(sub) -> None:
+    p = sub.add_parser(
+        "status", help="the watch: false alarms among confirmed good images, drift, what-if (exit 1 on alert)"
+    )
+    p.add_argument("model", type=Path)
+    p.add_argument("--record", default=None, metavar="STORE", help="default: MODEL.records.sqlite")
+    p.add_argument("--weights", default=None, help="checkpoint the model was fitted with")
+    p.add_argument(
+        "--all-versions", action="store_true", help="every model version's records, not the current's"
+    )
+    p.add_argument("--json", action="store_true", help="the whole status as JSON")
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser("records", help="export the record of decisions as CSV or JSON lines, filtered")
     p.add_argument("store", help="record store: a SQLite file or a postgresql:// address")
     p.add_argument("--format", default="csv", help="csv or jsonl (default: %(default)s)")

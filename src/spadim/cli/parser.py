@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     a.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         check_args(a)
-        a.func(a)
+        code = a.func(a)
     except SpadimError as exc:
         print(f"spadim: error: {exc}", file=sys.stderr)
         return 2
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spadim: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":
