@@ -13,24 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST
 
 from spadim.cli import main
-from spadim.data.embedded.dataset import make_dataset
 from spadim.record import RecordStore, sha256_file
+from line_model import line  # noqa: F401 (fixture)
 
 CLI = "import sys; from spadim.cli import main; sys.exit(main(sys.argv[1:]))"
-
-
-@pytest.fixture(scope="module")
-def line(tmp_path_factory):
-    root = tmp_path_factory.mktemp("line")
-    make_dataset(root / "toy", classes=("nut",), n_train=6, n_test_good=12, n_test_defect=3, size=96, seed=1)
-    model = root / "nut.pt"
-    fit = ["fit", str(root / "toy" / "nut"), "--method", "padim", "--far", "0.2", "--out", str(model)]
-    assert main([*fit, *FAST, "--layers", "1,2,3"]) == 0
-    images = sorted((root / "toy" / "nut" / "test").rglob("*.png"))
-    return root, model, images
 
 
 def _count(store: Path) -> int:
