@@ -35,6 +35,7 @@ def test_each_answer_is_a_committed_record(served, upload, tiny_root):
     assert row["image"] == "part.png" and row["decision"] == answer["decision"] and row["source"] == "serve"
     assert row["region_score"] == pytest.approx(answer["region_score"])
     assert row["image_sha256"] == hashlib.sha256(upload).hexdigest()
+    assert store.image(row["image_sha256"]) == upload  # kept, so a confirmed good upload can join the model
     picture = client.get(f"/records/{answer['record_id']}/overlay")
     assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
     decoded = cv2.imdecode(np.frombuffer(picture.content, np.uint8), cv2.IMREAD_COLOR)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from spadim.data.folders import find_images
 from spadim.errors import SpadimError
 from spadim.record import FORMATS, VERDICTS, RecordStore, open_store, write_records
 
@@ -115,7 +116,61 @@ def cmd_status(a) -> int:
     return 1 if status["alert"] else 0
 
 
+def cmd_update(a) -> None:
+    from spadim.inspect.update import update_model
+
+    if not a.images and not a.source:
+        raise SpadimError("give a folder of good images, --from STORE (records confirmed good), or both")
+    images = []
+    for folder in a.images:
+        images += find_images(folder)
+    store = _store(a.source) if a.source else None
+    update_model(a.model, images, store=store, weights=a.weights, keep_apart=a.keep_apart, reason=a.reason)
+
+
+def cmd_versions(a) -> None:
+    from spadim.inspect.versions import list_versions, version_id, version_line
+
+    entries = list_versions(a.model)
+    if not entries:
+        raise SpadimError(f"model {a.model} keeps no versions yet (it was fitted before versions were kept)")
+    in_force = version_id(a.model)
+    for entry in entries:
+        print(
+            version_line(entry)
+            + ("  <- in force" if entry is entries[-1] and entry["id"] == in_force else "")
+        )
+
+
+def cmd_rollback(a) -> None:
+    from spadim.inspect.versions import rollback
+
+    entry = rollback(a.model, a.version, a.reason)
+    print(f"{a.model}: version {entry['restored']} is in force again (logged as {entry['id']}, rollback)")
+
+
 def add_line_commands(sub) -> None:
+    p = sub.add_parser(
+        "update", help="grow a fitted model with good images, without refitting (a new version)"
+    )
+    p.add_argument("model", type=Path)
+    p.add_argument("images", type=Path, nargs="*", help="folders or files of good images")
+    p.add_argument("--from", dest="source", default=None, metavar="STORE", help="add records confirmed good")
+    p.add_argument("--keep-apart", action="store_true", help="add images the audit sets apart, too")
+    p.add_argument("--reason", default=None, help="kept in the version log")
+    p.add_argument("--weights", default=None, help="checkpoint the model was fitted with")
+    p.set_defaults(func=cmd_update)
+
+    p = sub.add_parser("versions", help="list a model's versions, one line each, the newest last")
+    p.add_argument("model", type=Path)
+    p.set_defaults(func=cmd_versions)
+
+    p = sub.add_parser("rollback", help="put an earlier version of a model back in force")
+    p.add_argument("model", type=Path)
+    p.add_argument("version", help="a version id from spadim versions (a unique prefix is enough)")
+    p.add_argument("--reason", default=None, help="kept in the version log")
+    p.set_defaults(func=cmd_rollback)
+
     p = sub.add_parser(
         "status", help="the watch: false alarms among confirmed good images, drift, what-if (exit 1 on alert)"
     )

@@ -35,7 +35,9 @@ from spadim.run.calibration import (
     region_scores,
     summarize,
 )
+from spadim.record import sha256_file
 from .inspector import Inspector
+from .versions import commit_version, ensure_logged
 
 
 def fit_model(
@@ -88,6 +90,7 @@ def fit_model(
     seconds["calibration"] = time.perf_counter() - mark
     names = [str(p) for p in paths]
     suspects = audit(held.region_scores, names, far)
+    held_sha256 = sorted({sha256_file(p) for p in paths})
     refs_frames = train.images[reference_indices(len(train), refs)]
     info = {
         "images": len(train),
@@ -95,6 +98,7 @@ def fit_model(
         "seconds": seconds,
         "layer_choice": selection.to_json() if selection else None,
         "audit": suspects,
+        "held_sha256": held_sha256,
         "held_out": {
             "images": names,
             "region_scores": held.region_scores.tolist(),
@@ -119,6 +123,7 @@ def fit_model(
             allow_nan=False,
         )
     )
+    commit_version(out, "fit", None, n_images=len(train), level_after=calibration.region_threshold, far=far)
     low, high = far_interval(len(train), far)
     report = write_fit_report(
         out, method_name, calibration, held, names, train.images, suspects, extractor.weights.banner
@@ -187,7 +192,19 @@ def calibrate_model(
     blob = inspector.meta  # the model file as loaded once above (its tensors are written back unchanged)
     blob["calibration"] = calibration.to_json()
     blob["format_version"] = 3
-    write_blob(Path(out or model), blob)
+    target = Path(out or model)
+    parent = ensure_logged(Path(model), lambda: {"n_images": blob.get("fit", {}).get("images")})
+    write_blob(target, blob)
+    commit_version(
+        target,
+        "calibrate",
+        parent["id"],
+        n_images=blob.get("fit", {}).get("images"),
+        level_before=inspector.calibration.region_threshold if inspector.calibration else None,
+        level_after=calibration.region_threshold,
+        far=far,
+        reason=f"recalibrated on {len(paths)} held-out good images from {folder}",
+    )
     if calibration.warning():
         say(f"warning: {calibration.warning()}")
     for entry in audit(regions, [str(p) for p in paths], far):

@@ -74,6 +74,14 @@ pictures = Table(
     Column("overlay_jpeg", LargeBinary, nullable=False),  # a small overlay for review (longest side 320)
 )
 
+images = Table(
+    "images",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("data", LargeBinary, nullable=False),  # an upload as sent (serve), kept so it can join the model
+)
+
 events = Table(
     "events",
     metadata,

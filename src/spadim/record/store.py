@@ -25,6 +25,7 @@ from .schema import (
     VERDICTS,
     decisions,
     events,
+    images,
     metadata,
     pictures,
     schema_table,
@@ -128,10 +129,13 @@ class RecordStore:
         self.engine.dispose()
 
     # ------------------------------------------------------------------ decisions
-    def add(self, record: dict, overlay_jpeg: bytes | None = None) -> dict:
-        """Insert one decision (and its review picture) and commit; -> the stored row. A ``run_key``
+    def add(self, record: dict, overlay_jpeg: bytes | None = None, image: bytes | None = None) -> dict:
+        """Insert one decision (with its review picture, and the image's bytes when given) and commit;
+        -> the stored row. A ``run_key``
         already stored returns that row unchanged (a resumed predict), so each key has one record."""
         row = {"decided_at": now(), **record}
+        if image is not None:  # kept first: a committed decision always finds its upload
+            self.keep_image(row["image_sha256"], row["image"], image)
         try:
             with self.engine.begin() as connection:
                 new_id = connection.execute(insert(decisions).values(**row)).inserted_primary_key[0]
@@ -145,6 +149,22 @@ class RecordStore:
                 raise
             return found
         return self.get(new_id)
+
+    def keep_image(self, sha256: str, name: str, data: bytes) -> None:
+        """Keep an image's bytes once per content (two servers may race to keep the same upload)."""
+        try:
+            with self.engine.begin() as connection:
+                if (
+                    connection.execute(select(images.c.sha256).where(images.c.sha256 == sha256)).first()
+                    is None
+                ):
+                    connection.execute(insert(images).values(sha256=sha256, name=name, data=data))
+        except IntegrityError:
+            pass  # kept by another writer in the meantime
+
+    def image(self, sha256: str) -> bytes | None:
+        with self.engine.connect() as connection:
+            return connection.execute(select(images.c.data).where(images.c.sha256 == sha256)).scalar()
 
     def get(self, decision_id: int) -> dict | None:
         with self.engine.connect() as connection:

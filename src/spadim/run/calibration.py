@@ -206,6 +206,29 @@ class Calibration:
         return cls(**{k: data[k] for k in keys}, **optional)
 
 
+def grow(calibration: "Calibration", image_scores, maps: list[np.ndarray], regions) -> "Calibration":
+    """The calibration with new held-out statistics added (each scored by a model that did not hold its
+    image). Image scores, per-image maxima and region statistics are merged exactly. The pixel tail keeps
+    its length: the largest scores of the old tail and the new maps, exact down to the old tail's
+    minimum, so the pixel threshold stays exact while it lies above that (the normal case: 0.1% of
+    pixels against a 1% tail). The pixel median, only the zero of normalised scores, is kept."""
+    new_pixels = np.concatenate([np.asarray(m, np.float64).ravel() for m in maps]) if maps else np.zeros(0)
+    old_tail = np.asarray(calibration.pixel_tail, np.float64)
+    merged = np.concatenate([old_tail, new_pixels])
+    keep = len(old_tail)
+    tail = np.sort(np.partition(merged, len(merged) - keep)[len(merged) - keep :])
+    return replace(
+        calibration,
+        n_images=calibration.n_images + len(image_scores),
+        image_scores=sorted([*calibration.image_scores, *map(float, image_scores)]),
+        pixel_max=sorted([*calibration.pixel_max, *(float(np.max(m)) for m in maps)]),
+        pixel_tail=tail.tolist(),
+        n_pixels=calibration.n_pixels + int(new_pixels.size),
+        region_scores=sorted([*(calibration.region_scores or []), *map(float, regions)]),
+        source=f"{calibration.source}; grown by {len(image_scores)} image(s) scored before they joined",
+    )
+
+
 def _normalize(score, median: float, threshold: float):
     span = threshold - median
     if span <= 0:  # all normal scores equal: anything above them is an alarm

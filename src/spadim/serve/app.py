@@ -353,7 +353,7 @@ def _predict_one(
             far=point.far,
             source="serve",
         )
-        record_id = store.add(row, review_picture(overlay))["id"]
+        record_id = store.add(row, review_picture(overlay), data)["id"]
     low, high = inspector.colour_range(point)
     return {
         **answer,
