@@ -88,3 +88,28 @@ def test_status_and_metrics(served, upload, inspector):
     assert f'spadim_false_alarm_rate{{model="nut"}} {flagged / 4}' in text
     assert 'spadim_alert{kind="drift",model="nut"}' in text
     assert "spadim_predict_seconds_count" in text
+
+
+def test_a_new_version_is_served_between_requests(model_file, tiny_root, upload, tmp_path):
+    import shutil
+    import time
+
+    from spadim.cli import main
+    from spadim.inspect import Inspector
+    from spadim.inspect.versions import list_versions, version_id
+
+    model = tmp_path / "nut.pt"
+    shutil.copyfile(model_file, model)
+    client = TestClient(create_app({"nut": Inspector.load(model)}))
+    first = client.get("/models").json()["models"][0]["model_version"]
+    assert first == version_id(model)[:16]
+    # a new version written over the file while the server runs (here: recalibrated at another rate)
+    assert main(["calibrate", str(model), str(tiny_root / "nut" / "train" / "good"), "--far", "0.3"]) == 0
+    second = version_id(model)
+    assert second != first and [e["kind"] for e in list_versions(model)][-1] == "calibrate"
+    statuses, served = [], set()
+    deadline = time.time() + 60
+    while time.time() < deadline and second not in served:
+        statuses.append(_post(client, upload).status_code)  # answered by whichever version is in force
+        served.add(client.get("/models").json()["models"][0]["model_version"])
+    assert second in served and all(status == 200 for status in statuses)

@@ -39,6 +39,7 @@ from spadim.errors import SpadimError
 from spadim.inspect import Inspector, OperatingPoint
 from spadim.record import RecordStore, decision_row, review_picture, sha256_bytes
 from .line import LineMetrics, add_line_routes
+from .versions import ModelSlots
 from spadim.run.calibration import check_far
 
 DEFAULT_HOST = "127.0.0.1"
@@ -200,6 +201,7 @@ def create_app(
         for name, inspector in inspectors.items()
     }
     default_model = next(iter(inspectors))
+    inspectors = ModelSlots(inspectors)  # the version in force of each model, swapped between requests
     app = FastAPI(title="spadim", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(UploadLimit, max_body=max_upload_bytes + FORM_OVERHEAD)
     if api_key:
@@ -369,7 +371,7 @@ def _predict_one(
 
 def _model_entry(name: str, inspector: Inspector) -> dict:
     """``describe()`` plus what a client needs to pick a threshold: the default point, or why none."""
-    entry = {"name": name, **inspector.describe()}
+    entry = {"name": name, "model_version": inspector.model_version, **inspector.describe()}
     try:
         point = inspector.operating_point()
     except SpadimError as exc:  # an uncalibrated model still serves requests that give a threshold

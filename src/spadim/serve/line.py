@@ -21,7 +21,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from spadim.errors import SpadimError
-from spadim.inspect import Inspector
 from spadim.inspect.watching import model_status
 from spadim.record import VERDICTS, RecordStore
 
@@ -72,7 +71,7 @@ class LineMetrics:
 
 def add_line_routes(
     app: FastAPI,
-    inspectors: dict[str, Inspector],
+    inspectors,
     stores: dict[str, RecordStore | None],
     metrics: LineMetrics,
     default_model: str,
@@ -122,6 +121,37 @@ def add_line_routes(
             raise HTTPException(404, str(exc)) from None
         return JSONResponse(
             {"model": name, "record": _plain(row), "history": len(store.history(decision_id))}
+        )
+
+    @app.post("/models/{name}/update")
+    async def update(name: str) -> JSONResponse:
+        """Grow the model with every record confirmed good that it does not hold; serve the new version."""
+        from spadim.inspect.update import update_model
+
+        name, store = chosen(name)
+        inspector = inspectors[name]
+        lines: list[str] = []
+        try:
+            result = await run_in_threadpool(
+                update_model,
+                inspector.model_path,
+                store=store,
+                weights=getattr(inspector, "load_options", {}).get("weights"),
+                reason="confirmed good on the page",
+                say=lines.append,
+            )
+            if result["added"]:
+                await run_in_threadpool(inspectors.reload_now, name)
+        except SpadimError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return JSONResponse(
+            {
+                "model": name,
+                "model_version": inspectors[name].model_version,
+                "added": result["added"],
+                "set_apart": result["set_apart"],
+                "lines": lines,
+            }
         )
 
     @app.get("/status")
