@@ -359,6 +359,7 @@ def _predict_one(
     low, high = inspector.colour_range(point)
     return {
         **answer,
+        "model_version": inspector.model_version,
         "record_id": record_id,
         "point": asdict(point),
         "warnings": inspector.warnings(point),
