@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -95,7 +94,9 @@ def _cards(driver):
     return driver.find_elements(By.CSS_SELECTOR, "#records .record")
 
 
-def test_review_update_and_serve_the_new_version(browser, server, tiny_root):
+def test_review_update_and_serve_the_new_version(browser, server, tiny_root, tmp_path):
+    import shutil
+
     from selenium.webdriver.common.by import By
 
     model, url = server
@@ -106,8 +107,12 @@ def test_review_update_and_serve_the_new_version(browser, server, tiny_root):
         browser, lambda d: (_answer_key_prompt(d), "version" in d.find_element(By.ID, "model-info").text)[1]
     )
     assert first_version in browser.find_element(By.ID, "model-info").text
-    defect_image = tiny_root / "nut" / "test" / "chip" / "000.png"
-    good_images = sorted((tiny_root / "nut" / "test" / "good").glob("*.png"))
+    defect_image = tmp_path / "defect.png"  # distinct names: the page sends the file name
+    shutil.copyfile(tiny_root / "nut" / "test" / "chip" / "000.png", defect_image)
+    good_images = []
+    for i, path in enumerate(sorted((tiny_root / "nut" / "test" / "good").glob("*.png"))):
+        good_images.append(tmp_path / f"good_{i}.png")
+        shutil.copyfile(path, good_images[-1])
     uploads = [defect_image, *good_images]
     browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in uploads))
     _wait(browser, lambda d: len(_cards(d)) == len(uploads))
