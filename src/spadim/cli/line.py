@@ -149,7 +149,21 @@ def cmd_rollback(a) -> None:
     print(f"{a.model}: version {entry['restored']} is in force again (logged as {entry['id']}, rollback)")
 
 
+def cmd_level(a) -> None:
+    from spadim.inspect.level import set_level
+
+    store = _store(a.record) if a.record else open_store(None, a.model)
+    set_level(a.model, a.far, a.reason, store)
+
+
 def add_line_commands(sub) -> None:
+    p = sub.add_parser("level", help="change a model's decision level (another far), with the reason kept")
+    p.add_argument("model", type=Path)
+    p.add_argument("--far", type=float, required=True, help="the new false-alarm rate")
+    p.add_argument("--reason", required=True, help="why: kept in the version log and the record")
+    p.add_argument("--record", default=None, metavar="STORE", help="default: MODEL.records.sqlite")
+    p.set_defaults(func=cmd_level)
+
     p = sub.add_parser(
         "update", help="grow a fitted model with good images, without refitting (a new version)"
     )
