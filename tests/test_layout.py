@@ -23,6 +23,7 @@ FLOW = [
     "metrics",
     "masks",
     "decision",
+    "record",
     "report",
     "run",
     "studies",
