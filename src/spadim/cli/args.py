@@ -67,7 +67,8 @@ def add_common(
         m.add_argument(
             "--layers",
             default="auto" if auto else None,
-            help="backbone layers to use, subset of 1,2,3,4, or 'auto': chosen per class and method "
+            help="backbone layers to use, a subset of 1,2,3,4 written 2,3 or 2+3 (as reports print it), "
+            "or 'auto': chosen per class and method "
             "from normal images with synthetic defects (default: "
             + ("auto" if auto else "1,2,3 for SPADE and PaDiM, 2,3 for PatchCore")
             + ")",

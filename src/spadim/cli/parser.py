@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 
+import spadim
 from spadim import __version__, inspect
 from spadim.data.guard import DEFAULT_MAX_PIXELS
 from spadim.run.calibration import DEFAULT_PIXEL_FAR
@@ -46,8 +47,12 @@ from .commands import (
 )
 
 
+#: ``spadim --help``'s description: the package's docstring, whole, as one paragraph
+DESCRIPTION = " ".join(spadim.__doc__.split())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="spadim", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="spadim", description=DESCRIPTION)
     ap.add_argument("--version", action="version", version=f"spadim {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 

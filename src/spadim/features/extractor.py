@@ -34,7 +34,10 @@ def combo_name(combo) -> str:
 
 
 def parse_layers(text: str | Iterable[int]) -> tuple[int, ...]:
-    """'1,2,3' -> (1, 2, 3); unknown or empty ids raise SpadimError."""
+    """'1,2,3' or '1+2+3' (the :func:`combo_name` that reports print) -> (1, 2, 3); unknown or empty ids
+    raise SpadimError."""
+    if isinstance(text, str):
+        text = text.replace("+", ",")
     return tuple(sorted(parse_list(text, "layer", "--layers", LAYER_IDS, int, example="1,2,3")))
 
 

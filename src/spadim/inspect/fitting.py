@@ -31,6 +31,7 @@ from spadim.run.calibration import (
     audit,
     calibrate_held_out,
     check_far,
+    check_image_count,
     far_interval,
     region_scores,
     summarize,
@@ -58,10 +59,7 @@ def fit_model(
         raise SpadimError(f"--folds must be >= 2 (got {folds}): each fold is scored by a model of the others")
     name, paths = training_images(folder)  # MVTec train/good, or any folder
     check_images(paths)  # a bad file fails now, not after the backbone has run
-    if len(paths) < 2:
-        raise SpadimError(
-            f"{folder} holds {len(paths)} good image(s): calibration needs at least 2 (add images)"
-        )
+    check_image_count(len(paths), [method_name], str(folder), choose_layers=settings.auto_layers)
     extractor = make_extractor(
         settings, progress, [method_name], ALL_COMBOS if settings.auto_layers else None
     )
@@ -232,7 +230,9 @@ def fit_classes(
     ``options`` go to :func:`fit_model`."""
     sources = find_classes(root, classes)
     for source in sources:
-        check_images(training_images(source)[1])
+        paths = training_images(source)[1]
+        check_image_count(len(paths), [method_name], str(source), choose_layers=settings.auto_layers)
+        check_images(paths)
     job = partial(_fit_one, out_dir=Path(out_dir), settings=settings, method_name=method_name, **options)
     results = runner(job, sources) if runner else (job(source, say=say) for source in sources)
     fitted = {}

@@ -15,18 +15,14 @@ import uuid
 from pathlib import Path
 
 import cv2
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from spadim.data.mvtec import read_rgb  # noqa: E402
-from spadim.errors import SpadimError  # noqa: E402
-from spadim.record import RecordStore, decision_row, review_picture, sha256_file  # noqa: E402
-from spadim.report.figures import save_rgb  # noqa: E402
-from spadim.report.tables import json_ready  # noqa: E402
-from .inspector import Inspector, ObjectMask, OperatingPoint  # noqa: E402
+from spadim.data.mvtec import read_rgb
+from spadim.errors import SpadimError
+from spadim.record import RecordStore, decision_row, review_picture, sha256_file
+from spadim.report.figures import save_rgb, subplots
+from spadim.report.tables import json_ready
+from .inspector import Inspector, ObjectMask, OperatingPoint
 
 CSV_COLUMNS = [
     "image",
@@ -114,7 +110,7 @@ def _start(out: Path, settings: dict, inspector: Inspector, point: OperatingPoin
 
 def _colour_bar(path: Path, low: float, high: float, threshold: float) -> None:
     """The fixed colour scale of every heatmap and overlay, with the pixel threshold marked."""
-    fig, ax = plt.subplots(figsize=(5, 0.9))
+    fig, ax = subplots(figsize=(5, 0.9))
     ax.imshow(np.linspace(0, 1, 256)[None], aspect="auto", cmap="jet", extent=(low, high, 0, 1))
     ax.axvline(threshold, color="white", lw=2)
     ax.axvline(threshold, color="black", lw=1, ls="--")
@@ -122,7 +118,6 @@ def _colour_bar(path: Path, low: float, high: float, threshold: float) -> None:
     ax.set_xlabel(f"pixel score (threshold {threshold:.4g}; blue = normal median)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _csv_row(record: dict) -> dict:

@@ -172,6 +172,8 @@ def _maps_and_maxima(grid: torch.Tensor, size: int) -> tuple[np.ndarray, np.ndar
 
 class Padim:
     name = "padim"
+    #: leave-one-out downdates the Gaussians to the other n - 1 images, whose covariance needs n - 1 >= 2
+    min_calibration_images = 3
 
     def __init__(
         self,

@@ -179,6 +179,8 @@ def reweighted_score(
 class PatchCore:
     name = "patchcore"
     default_layers = PAPER_LAYERS  # used when the user gives no --layers
+    #: leave-one-out searches each training image against the bank rows of the others
+    min_calibration_images = 2
     #: the coreset needs every training patch at once
     streams_training = False
 

@@ -22,6 +22,8 @@ from .spade import Spade
 @runtime_checkable
 class AnomalyMethod(Protocol):
     name: ClassVar[str]
+    #: the fewest training images a held-out calibration of the method accepts
+    min_calibration_images: ClassVar[int]
     layers: tuple[int, ...]
 
     @classmethod

@@ -35,6 +35,8 @@ def _positions(feature_map: torch.Tensor) -> torch.Tensor:
 
 class Spade:
     name = "spade"
+    #: leave-one-out scores each training image against the gallery of the others
+    min_calibration_images = 2
 
     def __init__(
         self,

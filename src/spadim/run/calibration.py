@@ -39,6 +39,7 @@ from spadim.decision.regions import DEFAULT_MIN_AREA, min_area_pixels, region_sc
 from spadim.errors import SpadimError
 from spadim.features.extractor import FeatureSet
 from spadim.methods.padim import fit_padim
+from spadim.methods.registry import METHODS
 from .layerchoice import fold_rows, other_rows, take
 
 DEFAULT_FAR = 0.01
@@ -53,6 +54,32 @@ def check_far(far: float, flag: str = "--far") -> float:
             f"{flag} must be a false-alarm rate between 0 and 1, exclusive (got {far}): e.g. 0.01"
         )
     return float(far)
+
+
+#: choosing layers from normal images holds at least one image out to validate on the others
+LAYER_CHOICE_IMAGES = 2
+
+
+def check_image_count(
+    n: int, methods, where: str, *, calibrate: bool = True, choose_layers: bool = False
+) -> None:
+    """Raise SpadimError, before any features are computed, when ``n`` good images at ``where`` are too few
+    for what the run does with them: a held-out calibration of every method in ``methods`` (at least 2,
+    or the method's ``min_calibration_images``) and, with ``choose_layers``, the layer choice."""
+    needs = []
+    if choose_layers:
+        needs.append((LAYER_CHOICE_IMAGES, "choosing the layers (one image validates, the others fit)"))
+    if calibrate:
+        for name in methods:
+            if name.lower() not in METHODS:
+                raise SpadimError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
+            least = max(2, METHODS[name.lower()].min_calibration_images)
+            needs.append((least, f"{name.lower()}'s held-out calibration"))
+    for least, what in sorted(needs, key=lambda need: -need[0]):
+        if n < least:
+            raise SpadimError(
+                f"{where} holds {n} good image(s): {what} needs at least {least}; add good images"
+            )
 
 
 def conformal_rank(n: int, far: float) -> int:
@@ -297,9 +324,11 @@ def held_out(
     scored by a model fitted on the others (PaDiM folds use the exact low-rank fit when a fold has fewer
     images than channels; the channel subset is the deployed model's, same seed)."""
     n = len(train)
-    if n < 2:
+    least = max(2, fitted.min_calibration_images) if fitted is not None else 2
+    if n < least:
         raise SpadimError(
-            f"calibration needs at least 2 good images to hold one out (got {n}): add good images"
+            f"the training set holds {n} good image(s): {method_name}'s held-out calibration needs at "
+            f"least {least}; add good images"
         )
     if fitted is not None and hasattr(fitted, "score_left_out"):
         maps, scores = fitted.score_left_out(train, settings.crop)

@@ -4,7 +4,9 @@ The data is an MVTec AD root or class folder, or one class of plain folders (a C
 :func:`spadim.data.folders.load_plain`); both take the same path from here on. Per class: fit
 (choosing the layers from normal images with ``--layers auto``), stream the test set, optionally
 suppress scores outside an object mask (keypoints, learned, or chosen automatically), then the
-tables, ROC/PR curves, the best/worst gallery, heatmap panels and ``report.html``.
+tables, ROC/PR curves, the best/worst gallery, heatmap panels and ``report.html``. With both automatic
+choices the layers come first and the mask multiplies the chosen layers' maps: neither choice reads the
+other's result (docs/masks-and-layers.md, "Both at once").
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ from pathlib import Path
 from . import layerchoice
 import numpy as np
 
-from .calibration import DEFAULT_FAR, DEFAULT_FOLDS, calibrate_held_out
+from .calibration import DEFAULT_FAR, DEFAULT_FOLDS, calibrate_held_out, check_image_count
 from spadim.decision.regions import Verdict, find_regions, judge, min_area_pixels
 from spadim.methods.registry import METHODS
 from spadim.metrics.operating_point import at_threshold, best_f1, best_recall
 from spadim.masks.auto import LEARNED, MaskPlanner, auto_masks
-from spadim.errors import SpadimError
 from spadim.masks.keypoints import MaskConfig
 from spadim.data.mvtec import ClassData
 from .pipeline import Settings, class_object_masks, evaluate_class, masked_result, metric_notes
@@ -63,11 +64,14 @@ def run(
     result from elsewhere, in order (one Ray task per class: :func:`spadim.scale.ray_jobs.class_runner`)."""
     learned = object_mask in LEARNED
     candidates = candidates or {}
-    if learned and s.auto_layers:
-        raise SpadimError(
-            f"--object-mask {object_mask} with --layers auto is not supported yet: give --layers"
+
+    def check_counts(names, class_data):
+        where = f"{class_data.name} (training images)"
+        check_image_count(
+            len(class_data.train), names, where, calibrate=far is not None, choose_layers=s.auto_layers
         )
-    methods, classes, fx = start_study(s, data, methods, classes)
+
+    methods, classes, fx = start_study(s, data, methods, classes, check_counts=check_counts)
     plan = ClassPlan(methods, object_mask, cfg, candidates, r, examples, far, folds)
     rows, warnings, summaries, curves, galleries, choices, decisions = [], [], [], {}, {}, [], []
     points = []
@@ -241,8 +245,9 @@ def evaluate_source(fx, source, s: Settings, plan: ClassPlan, out: Path) -> dict
     candidates, learned = plan.candidates or {}, plan.object_mask in LEARNED
     rows, warnings, curves, galleries, choices, decisions, points = [], [], {}, {}, [], [], []
     t0 = time.perf_counter()
+    planner = MaskPlanner(fx.layers, s.crop, s.seed, candidates) if learned else None
     if s.auto_layers:  # choose per method from the training images, then refit on all of them
-        run, metrics, sels = layerchoice.evaluate_auto(fx, source, s, methods)
+        run, metrics, sels = layerchoice.evaluate_auto(fx, source, s, methods, observer=planner)
         choices += [
             {
                 "class": run.data.name,
@@ -257,7 +262,6 @@ def evaluate_source(fx, source, s: Settings, plan: ClassPlan, out: Path) -> dict
             f"{run.data.name}: --layers auto chose " + ", ".join(f"{m} {sel.name}" for m, sel in sels.items())
         )
     else:
-        planner = MaskPlanner(fx.layers, s.crop, s.seed, candidates) if learned else None
         run, metrics = evaluate_class(fx, source, s, methods, observer=planner, hold_train=far is not None)
     notes = metric_notes(run.data, run.masks)
     for n in notes:

@@ -275,14 +275,20 @@ def selection_seconds(sels: dict[str, Selection]) -> float:
 
 
 def evaluate_auto(
-    fx: FeatureExtractor, source: Path | ClassData, s: Settings, methods: list[str]
+    fx: FeatureExtractor, source: Path | ClassData, s: Settings, methods: list[str], observer=None
 ) -> tuple[ClassRun, dict[str, dict], dict[str, Selection]]:
     """``evaluate`` with ``--layers auto``: select per method on the training images, refit each
     method on all of them with its subset (features held, not re-extracted), stream the test set.
-    ``source`` is a class folder or a class of any layout (:func:`spadim.run.pipeline.class_data`)."""
+    ``source`` is a class folder or a class of any layout (:func:`spadim.run.pipeline.class_data`).
+    ``observer`` sees the features as in :func:`spadim.run.pipeline.evaluate_class` (the training
+    features as one chunk)."""
     data = class_data(source)
+    if observer is not None:
+        observer.start(data)
     train = fx(data.train, f"{data.name} train")
+    if observer is not None:
+        observer.train_chunk(train)
     sels = select_many(fx, train, s, methods)
     fitted = {m: s.method(m, sels[m].chosen).fit(train) for m in methods}
-    run, metrics = evaluate_fitted(fx, data, s, fitted, train)
+    run, metrics = evaluate_fitted(fx, data, s, fitted, train, observer)
     return run, metrics, sels

@@ -14,26 +14,22 @@ import time
 from pathlib import Path
 
 import cv2
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from spadim.masks.auto import MaskPlanner, auto_masks  # noqa: E402
-from spadim.metrics.ranking import undefined_notes  # noqa: E402
-from spadim.masks.keypoints import MaskConfig, foreground_estimate, mask_quality  # noqa: E402
-from spadim.run.pipeline import (  # noqa: E402
+from spadim.masks.auto import MaskPlanner, auto_masks
+from spadim.metrics.ranking import undefined_notes
+from spadim.masks.keypoints import MaskConfig, foreground_estimate, mask_quality
+from spadim.run.pipeline import (
     Settings,
     class_object_masks,
     masked_result,
     evaluate_class,
     suppress_outside,
 )
-from spadim.report.html import html_table, write_report  # noqa: E402
-from spadim.report.tables import METRIC_COLUMNS, markdown_table, with_means, write_table  # noqa: E402
-from spadim.report.figures import colorize, panel_figure, pick_examples, save_figure  # noqa: E402
-from spadim.run.session import class_summary, meta, report_header, say, staged, start_study  # noqa: E402
+from spadim.report.html import html_table, write_report
+from spadim.report.tables import METRIC_COLUMNS, markdown_table, with_means, write_table
+from spadim.report.figures import colorize, panel_figure, pick_examples, save_figure, subplots
+from spadim.run.session import class_summary, meta, report_header, say, staged, start_study
 
 DEFAULT_MULTIPLIERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -100,7 +96,7 @@ def mask_grid(
     path: Path, title: str, images: np.ndarray, masks: dict[str, np.ndarray], idx: list[int], banner: str
 ) -> None:
     """Rows: detectors; columns: test images with the mask outline (green) drawn on them."""
-    fig, axes = plt.subplots(len(masks), len(idx), figsize=(2.2 * len(idx), 2.3 * len(masks)), squeeze=False)
+    fig, axes = subplots(len(masks), len(idx), figsize=(2.2 * len(idx), 2.3 * len(masks)), squeeze=False)
     for r, (det, obj) in enumerate(masks.items()):
         for c, i in enumerate(idx):
             img = images[i].copy()
@@ -117,7 +113,7 @@ def mask_grid(
 
 def sweep_plot(path: Path, rows: list[dict], method: str, detectors: list[str], banner: str) -> None:
     """AUPR (top) and AUROC (bottom) against the multiplier, one panel per detector, a line per class."""
-    fig, axes = plt.subplots(2, len(detectors), figsize=(4 * len(detectors), 7), squeeze=False)
+    fig, axes = subplots(2, len(detectors), figsize=(4 * len(detectors), 7), squeeze=False)
     classes = sorted({r["class"] for r in rows if r["class"] != "mean"}) + ["mean"]
     for j, det in enumerate(detectors):
         for i, metric in enumerate(("pixel_aupr", "pixel_auroc")):
