@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -200,6 +201,7 @@ def main() -> None:
     parser.add_argument("--methods", default="spade,padim,patchcore")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "line-loop")
     args = parser.parse_args()
+    os.environ.setdefault("SPADIM_WEIGHTS", str(WEIGHTS))  # the weight lookup of load, predict and update
     if not (WEIGHTS / "resnet50_caffe-44e9675b.pth").is_file():
         raise SystemExit(f"the line-loop benchmark needs the ImageNet checkpoint in {WEIGHTS}")
     args.out.mkdir(parents=True, exist_ok=True)
