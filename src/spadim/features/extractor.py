@@ -123,9 +123,8 @@ class FeatureExtractor:
 
     def _key(self, path: Path) -> str:
         st = path.stat()
-        frame = (
-            "whole|" if self.pre.frame == "whole" else ""
-        )  # crop-mode keys as before: old caches stay valid
+        # only the whole frame is tagged: crop keys keep the format of the caches already on disk
+        frame = "whole|" if self.pre.frame == "whole" else ""
         ident = (
             f"{self.weights.arch}|{self.weights.sha256}|{self.pre.resize}|{self.pre.crop}|{frame}{path.resolve()}|"
             f"{st.st_size}|{st.st_mtime_ns}"

@@ -16,13 +16,13 @@ model, so each training image is scored by the fitted model without that image (
 the cost of one scoring pass): SPADE's gallery without the image, PatchCore's coreset without the
 patches it took from it, PaDiM's Gaussians downdated by the image in closed form. Refitting on
 ``folds`` parts (out-of-fold, what a method without ``score_left_out`` gets) thins the model to
-(k-1)/k of the images and inflated held-out scores of few-image classes (docs/inspection.md).
+(k-1)/k of the images and inflates the held-out scores of few-image classes (docs/inspection.md).
 
 Regions are drawn, on defect images only, at ``mask_level`` = min(pixel threshold, region level), where
 the pixel threshold is a quantile of all normal pixel scores (at most ``pixel_far`` of them above it);
 below the region level the region that made the decision is still there, so the mask is never empty
 on a defect and always empty on an OK image. The image score (each method's own) stays a ranking score
-with its own conformal threshold, reported but no longer deciding.
+with its own conformal threshold, reported beside the decision but not deciding it.
 
 Normalised scores are linear in the raw score with 0 at the median normal score and 0.5 at the
 threshold (so 1 at threshold + (threshold - median)); they are not clipped, so ordering is kept.
@@ -141,7 +141,9 @@ class Calibration:
     n_pixels: int  # normal pixel scores in all
     pixel_far: float = DEFAULT_PIXEL_FAR
     source: str = ""
-    region_scores: list[float] | None = None  # sorted per-image region statistic; None: an old model
+    region_scores: list[float] | None = (
+        None  # sorted per-image region statistic; None: not stored, recalibrate
+    )
     min_area: float = DEFAULT_MIN_AREA  # the smallest region, as a fraction of the image area
     image_threshold: float = field(init=False)
     pixel_threshold: float = field(init=False)

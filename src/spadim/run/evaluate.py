@@ -210,8 +210,8 @@ POINT_CAPTION = (
     "the split-conformal quantile for far of the held-out normal images' region statistic; regions are drawn "
     "from mask_level. best_recall: the highest recall of any threshold on the same statistic that makes "
     "no more false alarms on the good test images (chosen with the test labels); recall_ratio = recall / "
-    "best_recall. image_rule_*: the previous rule (image score above its own conformal threshold, mask at "
-    "the pixel quantile), measured on the same maps. contradictions: images whose decision and regions "
+    "best_recall. image_rule_*: the image-score rule (image score above its own conformal threshold, mask "
+    "at the pixel quantile), measured on the same maps for comparison. contradictions: images whose decision and regions "
     "disagree. Pixel metrics pool every test pixel at the frame's resolution"
 )
 
@@ -335,7 +335,7 @@ def evaluate_source(fx, source, s: Settings, plan: ClassPlan, out: Path) -> dict
 
 def judged(maps, shapes, pre, cal) -> list[tuple[Verdict, bool]]:
     """``predict``'s rule on evaluate's maps, on the original pixels: per image the verdict, and whether
-    the previous rule (regions at the pixel quantile, whatever the decision) would draw a region."""
+    the image-score rule's mask (regions at the pixel quantile, whatever the decision) would draw a region."""
     out = []
     for score_map, shape in zip(maps, shapes):
         full = pre.to_original(score_map, shape)
