@@ -1,11 +1,12 @@
-"""scripts/benchmark.py end to end in a tiny configuration: keys and sane values, no timing asserted."""
+"""``python -m benchmarks`` (make bench) end to end in a tiny configuration: keys and sane values, no timing
+asserted."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
+ROOT = Path(__file__).resolve().parents[2]  # the repository root, which holds benchmarks/
 METHOD_KEYS = {"fit_s", "infer_ms_per_img", "peak_rss_gib", "backbone_ms_per_img", "n_train", "n_test"}
 TINY = [
     "--n-train",
@@ -38,7 +39,9 @@ TINY = [
 def _run(tmp_path: Path, *extra: str) -> tuple[dict, subprocess.CompletedProcess]:
     out = tmp_path / "bench"
     args = [*TINY, "--data", str(tmp_path / "data"), "--out", str(out), *extra]
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr
     assert "!!!" not in proc.stderr, proc.stderr  # a child process failed
     return json.loads((out / "bench.json").read_text()), proc

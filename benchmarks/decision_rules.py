@@ -1,6 +1,6 @@
 """Which rule turns held-out normal statistics into an OK/defect level that catches defects?
 
-Usage: python scripts/decision_rules.py [DATA] [--classes grid,hazelnut,transistor] [--far 0.05]
+Usage: python -m benchmarks.decision_rules [DATA] [--classes grid,hazelnut,transistor] [--far 0.05]
        [--methods spade,padim,patchcore] [--cut 25] [--out runs/decision-rules]
 Per class, method and training-set size (all images, and the first --cut): the region statistic of
 every training image as `fit` calibrates it (leave-one-out for SPADE and PatchCore, 5-fold for PaDiM,
