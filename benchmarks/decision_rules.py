@@ -23,10 +23,11 @@ import numpy as np
 from spadim.data.mvtec import load_class
 from spadim.features.backbone import locate
 from spadim.metrics.operating_point import best_recall
-from spadim.run.calibration import held_out, region_scores
-from spadim.run.layerchoice import take
+from spadim.decision.conformal import region_scores
+from spadim.features.extractor import take
+from spadim.run.calibration import held_out
 from spadim.run.pipeline import Settings, make_extractor
-from spadim.run.rules import RULES, level
+from .rules import RULES, level
 
 
 def collect(args) -> list[dict]:

@@ -10,16 +10,11 @@ import pytest
 
 from spadim.errors import SpadimError
 from spadim.features.extractor import FeatureSet
-from spadim.run.calibration import (
-    Calibration,
-    audit,
-    check_far,
-    conformal_threshold,
-    held_out,
-    images_needed,
-    summarize,
-)
-from spadim.run.layerchoice import fold_rows, other_rows, take
+from spadim.decision.audit import audit
+from spadim.decision.conformal import Calibration, check_far, conformal_threshold, images_needed, summarize
+from spadim.features.extractor import take
+from spadim.run.calibration import held_out
+from spadim.run.layerchoice import fold_rows, other_rows
 from spadim.run.pipeline import Settings
 
 
@@ -201,7 +196,7 @@ def test_audit_names_a_planted_outlier_first_and_the_level_without_it():
 
 def test_far_interval_matches_a_simulation_of_calibration_sets():
     """The false-alarm rate of one calibration set, simulated: 4000 sets of 60 uniform scores."""
-    from spadim.run.calibration import far_interval
+    from spadim.decision.conformal import far_interval
 
     rng = np.random.default_rng(4)
     n, far = 60, 0.05

@@ -18,7 +18,8 @@ from pathlib import Path
 from . import layerchoice
 import numpy as np
 
-from .calibration import DEFAULT_FAR, DEFAULT_FOLDS, calibrate_held_out, check_image_count
+from spadim.decision.conformal import DEFAULT_FAR
+from .calibration import DEFAULT_FOLDS, calibrate_held_out, check_image_count
 from spadim.decision.regions import Verdict, find_regions, judge, min_area_pixels
 from spadim.methods.registry import METHODS
 from spadim.metrics.operating_point import at_threshold, best_f1, best_recall

@@ -37,7 +37,7 @@ from spadim.data.guard import ImageRefused, check_header, max_pixels
 from spadim.data.mvtec import decode_rgb
 from spadim.errors import SpadimError
 from spadim.inspect import Inspector, OperatingPoint
-from spadim.run.calibration import check_far
+from spadim.decision.conformal import check_far
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
