@@ -52,6 +52,17 @@ def check_image_count(
             )
 
 
+def image_count_check(*, calibrate: bool, choose_layers: bool):
+    """A ``check_counts`` for :func:`spadim.run.session.start_study`: :func:`check_image_count` on each
+    class's training images, before any features are computed."""
+
+    def check(methods, data) -> None:
+        where = f"{data.name} (training images)"
+        check_image_count(len(data.train), methods, where, calibrate=calibrate, choose_layers=choose_layers)
+
+    return check
+
+
 @dataclass
 class HeldOut:
     """How each training image scores when the model has not seen it, in training order."""

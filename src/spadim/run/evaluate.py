@@ -19,7 +19,7 @@ from . import layerchoice
 import numpy as np
 
 from spadim.decision.conformal import DEFAULT_FAR
-from .calibration import DEFAULT_FOLDS, calibrate_held_out, check_image_count
+from .calibration import DEFAULT_FOLDS, calibrate_held_out, image_count_check
 from spadim.decision.regions import Verdict, find_regions, judge, min_area_pixels
 from spadim.methods.registry import METHODS
 from spadim.metrics.operating_point import at_threshold, best_f1, best_recall
@@ -64,13 +64,7 @@ def run(
     threshold with no more false alarms (``operating_point.*``); ``far=None`` skips it.
     ``per_class(settings, plan, out, classes)``, when given, yields each class's :func:`evaluate_source`
     result from elsewhere, in order (one Ray task per class: :func:`spadim.scale.ray_jobs.class_runner`)."""
-
-    def check_counts(names, class_data):
-        where = f"{class_data.name} (training images)"
-        check_image_count(
-            len(class_data.train), names, where, calibrate=far is not None, choose_layers=s.auto_layers
-        )
-
+    check_counts = image_count_check(calibrate=far is not None, choose_layers=s.auto_layers)
     names, sources, fx = start_study(s, data, methods, classes, check_counts=check_counts)
     plan = ClassPlan(names, object_mask, cfg, candidates or {}, r, examples, far, folds)
     evaluation = Evaluation(s, fx, plan, command)
