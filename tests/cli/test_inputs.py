@@ -121,3 +121,12 @@ def test_help_describes_the_package_in_whole_sentences(capsys):
     assert done.value.code == 0
     shown = " ".join(capsys.readouterr().out.split())
     assert expected in shown
+
+
+@pytest.mark.usefixtures("no_backbone")
+@pytest.mark.parametrize("command", [["layer-select"], ["reproduce", "--layers", "auto", "--detectors", ""]])
+def test_studies_that_choose_layers_check_counts_before_the_backbone(tiny_root, tmp_path, capsys, command):
+    root = _root_with(tiny_root, tmp_path, 1)
+    assert _run(command[0], root, *command[1:], "--out", tmp_path / "out", *FAST) == 2
+    _one_error(capsys, "holds 1 good image(s)", "choosing the layers", "at least 2")
+    assert not (tmp_path / "out").exists()

@@ -17,7 +17,7 @@ from spadim.data.mvtec import FRAMES, ClassData
 from spadim.errors import SpadimError
 from spadim.features.device import DEVICES
 from spadim.features.extractor import parse_layers
-from spadim.run.calibration import check_far
+from spadim.decision.conformal import check_far
 from spadim.lists import parse_list
 from spadim.masks.auto import LEARNED
 from spadim.masks.keypoints import DETECTORS, MaskConfig, available_detectors

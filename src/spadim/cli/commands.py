@@ -89,17 +89,17 @@ def cmd_evaluate(a) -> None:
         settings_from(a),
         data,
         a.out,
-        a.methods,
-        a.classes,
-        a.object_mask,
-        cfg,
-        candidates,
-        r,
-        a.examples,
-        recorded_command(a),
-        far,
-        a.folds,
-        _class_runner(a),
+        methods=a.methods,
+        classes=a.classes,
+        object_mask=a.object_mask,
+        cfg=cfg,
+        candidates=candidates,
+        r=r,
+        examples=a.examples,
+        command=recorded_command(a),
+        far=far,
+        folds=a.folds,
+        per_class=_class_runner(a),
     )
 
 
@@ -254,20 +254,17 @@ def cmd_mask_sweep(a) -> None:
     learned = [d for d in detectors if d in LEARNED]
     cfgs = {d: mask_config(a, d) for d in detectors if d not in LEARNED}
     candidates = {d: mask_config(a, d) for d in available_detectors()} if "auto" in learned else {}
-    masksweep.run(
-        settings_from(a),
-        a.data,
-        a.out,
-        cfgs,
-        a.methods,
-        a.classes,
-        rs,
-        show_r,
-        a.examples,
-        recorded_command(a),
-        learned,
-        candidates,
+    options = masksweep.SweepOptions(
+        methods=a.methods,
+        classes=a.classes,
+        multipliers=tuple(rs),
+        show_r=show_r,
+        examples=a.examples,
+        command=recorded_command(a),
+        learned=tuple(learned),
+        candidates=candidates,
     )
+    masksweep.run(settings_from(a), a.data, a.out, cfgs, options)
 
 
 SHARED_SUBSET = Path("../shared/data/mvtec_ad_subset")

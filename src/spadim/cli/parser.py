@@ -11,7 +11,7 @@ from pathlib import Path
 import spadim
 from spadim import __version__, inspect
 from spadim.data.guard import DEFAULT_MAX_PIXELS
-from spadim.run.calibration import DEFAULT_PIXEL_FAR
+from spadim.decision.conformal import DEFAULT_PIXEL_FAR
 from spadim.studies import masksweep
 from spadim.studies import reproduce
 from spadim.features.backbone import ARCHS

@@ -2,7 +2,8 @@
 scores, built from the method's state: what the ONNX export traces.
 
 The modules compute what the methods compute, in operations ONNX has. Three steps change form, each
-exact in real arithmetic and checked against the methods on real images (``scripts/export_check.py``):
+exact in real arithmetic and checked against the methods on real images
+(``python -m benchmarks.export_check``):
 
 - nearest-neighbour searches (SPADE, PatchCore) are one matrix product ``|q|^2 - 2 q.g + |g|^2`` and a
   minimum over the gallery (the form faiss computes), instead of faiss or the pruned search;

@@ -74,6 +74,29 @@ class FeatureSet:
             yield self.rows(start, start + size)
 
 
+def take(fs: FeatureSet, rows: list[int]) -> FeatureSet:
+    """Rows of a FeatureSet (copies)."""
+    idx = torch.as_tensor(rows, dtype=torch.long)
+    return FeatureSet(
+        [fs.paths[i] for i in rows],
+        {layer: t[idx] for layer, t in fs.layers.items()},
+        None if fs.pooled is None else fs.pooled[idx],
+        fs.images[rows],
+        [fs.shapes[i] for i in rows],
+    )
+
+
+def concat(parts: list[FeatureSet]) -> FeatureSet:
+    """FeatureSets one after another (copies)."""
+    return FeatureSet(
+        [p for fs in parts for p in fs.paths],
+        {layer: torch.cat([fs.layers[layer] for fs in parts]) for layer in parts[0].layers},
+        None if parts[0].pooled is None else torch.cat([fs.pooled for fs in parts]),
+        np.concatenate([fs.images for fs in parts]),
+        [s for fs in parts for s in fs.shapes],
+    )
+
+
 def embed(fs: FeatureSet, layers: Sequence[int], idx=None) -> torch.Tensor:
     """Concatenate the chosen layers, each upsampled (nearest) to the largest kept map.
 
@@ -123,9 +146,8 @@ class FeatureExtractor:
 
     def _key(self, path: Path) -> str:
         st = path.stat()
-        frame = (
-            "whole|" if self.pre.frame == "whole" else ""
-        )  # crop-mode keys as before: old caches stay valid
+        # only the whole frame is tagged: crop keys keep the format of the caches already on disk
+        frame = "whole|" if self.pre.frame == "whole" else ""
         ident = (
             f"{self.weights.arch}|{self.weights.sha256}|{self.pre.resize}|{self.pre.crop}|{frame}{path.resolve()}|"
             f"{st.st_size}|{st.st_mtime_ns}"

@@ -22,20 +22,17 @@ from spadim.report.tables import json_ready
 from spadim.run.layerchoice import select_layers
 from spadim.run.modelfile import save_model, write_blob
 from spadim.run.pipeline import Settings, make_extractor, reference_indices, score_stream
-from spadim.run.calibration import (
+from spadim.decision.audit import AUDIT_Z, audit
+from spadim.decision.conformal import (
     DEFAULT_FAR,
-    DEFAULT_FOLDS,
     DEFAULT_PIXEL_FAR,
-    AUDIT_Z,
     Calibration,
-    audit,
-    calibrate_held_out,
     check_far,
-    check_image_count,
     far_interval,
     region_scores,
     summarize,
 )
+from spadim.run.calibration import DEFAULT_FOLDS, calibrate_held_out, check_image_count
 from spadim.record import sha256_file
 from .inspector import Inspector
 from .versions import commit_version, ensure_logged

@@ -26,7 +26,7 @@ from spadim.report.figures import colorize, overlay
 from spadim.run.modelfile import load_fitted
 from spadim.masks.keypoints import MaskConfig
 from spadim.run.pipeline import needed_features, object_masks, suppress_outside
-from spadim.run.calibration import Calibration, check_far
+from spadim.decision.conformal import Calibration, check_far
 from spadim.decision.regions import (
     DEFAULT_MIN_AREA,
     Region,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from spadim.errors import SpadimError
 from spadim.record import RecordStore
-from spadim.run.calibration import Calibration, check_far
+from spadim.decision.conformal import Calibration, check_far
 from spadim.run.modelfile import load_model, write_blob
 from .versions import commit_version, ensure_logged, version_id
 

@@ -17,8 +17,9 @@ import numpy as np
 from spadim.data.mvtec import check_images
 from spadim.errors import SpadimError
 from spadim.record import RecordStore, sha256_file
-from spadim.run.calibration import AUDIT_Z, audit, grow, region_scores
-from spadim.run.layerchoice import take
+from spadim.decision.audit import AUDIT_Z, audit
+from spadim.decision.conformal import grow, region_scores
+from spadim.features.extractor import take
 from spadim.run.modelfile import write_blob
 from .inspector import Inspector
 from .versions import commit_version, ensure_logged

@@ -319,15 +319,15 @@ class Padim:
 
     @classmethod
     def from_state(cls, state: dict) -> "Padim":
-        """Either form; files written before the low-rank form (always Cholesky) load unchanged."""
+        """Either form; a state without ``form`` holds the Cholesky factors."""
         c, t = state["config"], state["tensors"]
         m = cls(tuple(c["layers"]), c["d"], c["seed"])
         m.idx, m.mean, m.grid = t["idx"], t["mean"], tuple(c["grid"])
         if "basis" in t:
             m.basis = t["basis"].float()
-            # this form's first version stored 1 / (lambda + eps) - 1 / eps as "weights"
+            # a state may hold "weights" = 1 / (lambda + eps) - 1 / eps instead of the precisions
             m.precisions = t["precisions"].float() if "precisions" in t else t["weights"].float() + 1.0 / EPS
-            if m.basis.shape[1] == len(m.idx):  # written [L, d, r] by this form's first version
+            if m.basis.shape[1] == len(m.idx):  # a basis stored [L, d, r] is read as [L, r, d]
                 m.basis = m.basis.transpose(1, 2).contiguous()
             return m
         d = len(m.idx)

@@ -307,8 +307,8 @@ class PatchCore:
     def score_left_out(self, fs: FeatureSet, size: int) -> tuple[np.ndarray, np.ndarray]:
         """The training images it was fitted on (``fs``), each scored against the bank without the rows
         its own patches contributed: the deployed coreset (built from all n images, as dense as a new
-        image meets) minus one image. Refitting the coreset per fold instead thins the bank to (k-1)/k of
-        the images, which inflated held-out scores of few-image classes (issue 23).
+        image meets) minus one image. Refitting the coreset per fold would thin the bank to (k-1)/k of the
+        images and inflate the held-out scores of few-image classes (docs/inspection.md).
 
         Cost: one search against the whole bank (the fitted, pruned search), then, only for the patches
         whose nearest row is one of their own image's, a search with those rows masked out."""

@@ -37,7 +37,7 @@ import torch
 from spadim.data.mvtec import ClassData, load_class
 from spadim.data.defects import KINDS, DefectConfig, make_defects
 from spadim.errors import SpadimError
-from spadim.features.extractor import ALL_COMBOS, FeatureExtractor, FeatureSet, combo_name
+from spadim.features.extractor import ALL_COMBOS, FeatureExtractor, FeatureSet, combo_name, concat, take
 from spadim.methods.maps import upsample_blur
 from spadim.metrics.ranking import pixel_aupr
 from spadim.methods.padim import fit_padim
@@ -110,28 +110,6 @@ def other_rows(n: int, rows: list[int]) -> list[int]:
     """The rows of ``range(n)`` not in ``rows``: a fold's fit part."""
     held = set(rows)
     return [i for i in range(n) if i not in held]
-
-
-def take(fs: FeatureSet, rows: list[int]) -> FeatureSet:
-    """Rows of a FeatureSet (copies)."""
-    idx = torch.as_tensor(rows, dtype=torch.long)
-    return FeatureSet(
-        [fs.paths[i] for i in rows],
-        {layer: t[idx] for layer, t in fs.layers.items()},
-        None if fs.pooled is None else fs.pooled[idx],
-        fs.images[rows],
-        [fs.shapes[i] for i in rows],
-    )
-
-
-def concat(parts: list[FeatureSet]) -> FeatureSet:
-    return FeatureSet(
-        [p for fs in parts for p in fs.paths],
-        {layer: torch.cat([fs.layers[layer] for fs in parts]) for layer in parts[0].layers},
-        None if parts[0].pooled is None else torch.cat([fs.pooled for fs in parts]),
-        np.concatenate([fs.images for fs in parts]),
-        [s for fs in parts for s in fs.shapes],
-    )
 
 
 def validation_folds(

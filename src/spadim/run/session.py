@@ -263,7 +263,7 @@ def start_study(
     class and every image and mask (fully decoded) are checked before the backbone is loaded, so a
     bad file in the last class fails in seconds instead of discarding the finished classes. The
     weights in use are announced on stderr. ``check_counts(methods, class_data)``, when given, checks each
-    class's image counts first (e.g. :func:`spadim.run.calibration.check_image_count`).
+    class's image counts first (:func:`spadim.run.calibration.image_count_check`).
     """
     names = parse_methods(methods)
     if isinstance(data, ClassData):

@@ -37,10 +37,10 @@ from spadim.data.guard import ImageRefused, check_header, max_pixels
 from spadim.data.mvtec import decode_rgb
 from spadim.errors import SpadimError
 from spadim.inspect import Inspector, OperatingPoint
+from spadim.decision.conformal import check_far
 from spadim.record import RecordStore, decision_row, review_picture, sha256_bytes
 from .line import LineMetrics, add_line_routes
 from .versions import ModelSlots
-from spadim.run.calibration import check_far
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000

@@ -64,10 +64,10 @@ def _load_partial(path: Path, sig: dict) -> dict:
         d = read_saved(path)
     except json.JSONDecodeError:
         return {}  # a damaged partial file is recomputed
-    old = d.get("signature") or {}
-    if old.get("d") is None and old.get("arch") in DEFAULT_D:  # written before d was stored resolved
-        old = {**old, "d": DEFAULT_D[old["arch"]]}
-    if old != sig:
+    saved = d.get("signature") or {}
+    if saved.get("d") is None and saved.get("arch") in DEFAULT_D:  # d = None is the arch's default d
+        saved = {**saved, "d": DEFAULT_D[saved["arch"]]}
+    if saved != sig:
         raise SpadimError(
             f"{path} holds a sweep with other settings ({d.get('signature')}): use another --out or delete it"
         )
