@@ -46,12 +46,12 @@ reproduce: install
 	$(BIN)/spadim reproduce $(DATA) --methods spade,padim,patchcore --layers auto --arch $$A $$W --out runs/reproduce
 
 test: install
-	$(BIN)/ruff check src tests scripts benchmarks
-	$(BIN)/ruff format --check src tests scripts benchmarks
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python scripts/benchmark.py
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) runs data/spadim-toy

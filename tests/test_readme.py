@@ -34,7 +34,12 @@ def test_the_python_example_runs(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     images = sorted(path.name for path in tonight.iterdir())
-    lines = run.stdout.strip().splitlines()[-len(images) :]  # fit_model's own messages come first
+    printed = run.stdout.strip().splitlines()
+    lines = printed[-len(images) :]  # fit_model's own messages come first, then the region level
+    level = float(printed[-len(images) - 1].split()[0])
     assert [line.split()[0] for line in lines] == images
-    assert all(line.split()[1] in ("ok", "defect") for line in lines)
+    for line in lines:  # name, decision, region score, regions: a defect exactly above the level
+        name, decision, region_score, regions = line.split(maxsplit=3)
+        assert decision == ("defect" if float(region_score) > level else "ok"), line
+        assert (regions != "[]") == (decision == "defect"), line
     assert (tmp_path / "models" / "bolts.pt.report" / "index.html").is_file()

@@ -75,6 +75,9 @@ def test_onnx_export_runs_in_onnxruntime_and_matches_torch(name, fitted, frames,
     assert meta["method"] == torch_side.method.name and meta["calibration"] == torch_side.meta["calibration"]
     onnx_side = Inspector.load(out, runtime="onnx")
     assert onnx_side.meta["preprocess"] == torch_side.meta["preprocess"]
+    # it carries the version it came from and the level in force; its decisions are recorded under it
+    assert meta["version"]["id"] == torch_side.model_version == onnx_side.model_version
+    assert meta["version"]["region_threshold"] == torch_side.calibration.region_threshold
     maps, scores, _ = torch_side.score_frames(frames)
     onnx_maps, onnx_scores, _ = onnx_side.score_frames(frames)
     assert onnx_maps.shape == maps.shape

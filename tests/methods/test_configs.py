@@ -74,15 +74,19 @@ def test_abilities_and_hooks_are_declared_per_method():
 
 
 def test_no_method_name_or_ability_probe_outside_methods():
-    """Code outside methods/ asks a method's class, never its name or hasattr."""
+    """Code outside methods/ asks a method's class, never its name, nor probes its attributes."""
     names = "|".join(METHODS)
-    pattern = re.compile(
-        rf"""(==|!=|\bin)\s*\(?["'](?:{names})["']|["'](?:{names})["']\s*(==|!=|\bin\b)|hasattr\("""
-    )
+    compared = re.compile(rf"""(==|!=|\bin)\s*\(?["'](?:{names})["']|["'](?:{names})["']\s*(==|!=|\bin\b)""")
+    attributes = {a for cls in METHODS.values() for a in dir(cls) if not a.startswith("_")} - {
+        "name",
+        "layers",
+    }
+    probe = re.compile(r"""(?:hasattr|getattr)\([^,()]+,\s*["'](\w+)["']""")
     hits = []
     for package in ("run", "inspect", "export", "scale", "serve", "decision", "cli"):
         for path in sorted((PACKAGE / package).rglob("*.py")):
             for number, line in enumerate(path.read_text().splitlines(), 1):
-                if pattern.search(line) and "hasattr(settings" not in line:
+                probed = {m.group(1) for m in probe.finditer(line)} & attributes
+                if compared.search(line) or probed:
                     hits.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
     assert not hits, "\n".join(hits)

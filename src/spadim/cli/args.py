@@ -18,7 +18,7 @@ from spadim.data.mvtec import FRAMES, ClassData
 from spadim.errors import SpadimError
 from spadim.features.device import DEVICES
 from spadim.features.extractor import parse_layers
-from spadim.run.calibration import check_far
+from spadim.decision.conformal import check_far
 from spadim.lists import parse_list
 from spadim.masks.auto import LEARNED
 from spadim.masks.keypoints import DETECTORS, MaskConfig, available_detectors
@@ -68,7 +68,8 @@ def add_common(
         m.add_argument(
             "--layers",
             default="auto" if auto else None,
-            help="backbone layers to use, subset of 1,2,3,4, or 'auto': chosen per class and method "
+            help="backbone layers to use, a subset of 1,2,3,4 written 2,3 or 2+3 (as reports print it), "
+            "or 'auto': chosen per class and method "
             "from normal images with synthetic defects (default: "
             + ("auto" if auto else "1,2,3 for SPADE and PaDiM, 2,3 for PatchCore")
             + ")",

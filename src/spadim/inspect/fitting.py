@@ -22,20 +22,20 @@ from spadim.report.tables import json_ready
 from spadim.run.layerchoice import select_layers
 from spadim.run.modelfile import save_model, write_blob
 from spadim.run.pipeline import Settings, make_extractor, reference_indices, score_stream
-from spadim.run.calibration import (
+from spadim.decision.audit import AUDIT_Z, audit
+from spadim.decision.conformal import (
     DEFAULT_FAR,
-    DEFAULT_FOLDS,
     DEFAULT_PIXEL_FAR,
-    AUDIT_Z,
     Calibration,
-    audit,
-    calibrate_held_out,
     check_far,
     far_interval,
     region_scores,
     summarize,
 )
+from spadim.run.calibration import DEFAULT_FOLDS, calibrate_held_out, check_image_count
+from spadim.record import sha256_file
 from .inspector import Inspector
+from .versions import commit_version, ensure_logged
 
 
 def fit_model(
@@ -56,10 +56,7 @@ def fit_model(
         raise SpadimError(f"--folds must be >= 2 (got {folds}): each fold is scored by a model of the others")
     name, paths = training_images(folder)  # MVTec train/good, or any folder
     check_images(paths)  # a bad file fails now, not after the backbone has run
-    if len(paths) < 2:
-        raise SpadimError(
-            f"{folder} holds {len(paths)} good image(s): calibration needs at least 2 (add images)"
-        )
+    check_image_count(len(paths), [method_name], str(folder), choose_layers=settings.auto_layers)
     extractor = make_extractor(
         settings, progress, [method_name], ALL_COMBOS if settings.auto_layers else None
     )
@@ -88,6 +85,7 @@ def fit_model(
     seconds["calibration"] = time.perf_counter() - mark
     names = [str(p) for p in paths]
     suspects = audit(held.region_scores, names, far)
+    held_sha256 = sorted({sha256_file(p) for p in paths})
     refs_frames = train.images[reference_indices(len(train), refs)]
     info = {
         "images": len(train),
@@ -95,6 +93,7 @@ def fit_model(
         "seconds": seconds,
         "layer_choice": selection.to_json() if selection else None,
         "audit": suspects,
+        "held_sha256": held_sha256,
         "held_out": {
             "images": names,
             "region_scores": held.region_scores.tolist(),
@@ -119,6 +118,7 @@ def fit_model(
             allow_nan=False,
         )
     )
+    commit_version(out, "fit", None, n_images=len(train), level_after=calibration.region_threshold, far=far)
     low, high = far_interval(len(train), far)
     report = write_fit_report(
         out, method_name, calibration, held, names, train.images, suspects, extractor.weights.banner
@@ -187,7 +187,19 @@ def calibrate_model(
     blob = inspector.meta  # the model file as loaded once above (its tensors are written back unchanged)
     blob["calibration"] = calibration.to_json()
     blob["format_version"] = 3
-    write_blob(Path(out or model), blob)
+    target = Path(out or model)
+    parent = ensure_logged(Path(model), lambda: {"n_images": blob.get("fit", {}).get("images")})
+    write_blob(target, blob)
+    commit_version(
+        target,
+        "calibrate",
+        parent["id"],
+        n_images=blob.get("fit", {}).get("images"),
+        level_before=inspector.calibration.region_threshold if inspector.calibration else None,
+        level_after=calibration.region_threshold,
+        far=far,
+        reason=f"recalibrated on {len(paths)} held-out good images from {folder}",
+    )
     if calibration.warning():
         say(f"warning: {calibration.warning()}")
     for entry in audit(regions, [str(p) for p in paths], far):
@@ -215,7 +227,9 @@ def fit_classes(
     ``options`` go to :func:`fit_model`."""
     sources = find_classes(root, classes)
     for source in sources:
-        check_images(training_images(source)[1])
+        paths = training_images(source)[1]
+        check_image_count(len(paths), [method_name], str(source), choose_layers=settings.auto_layers)
+        check_images(paths)
     job = partial(_fit_one, out_dir=Path(out_dir), settings=settings, method_name=method_name, **options)
     results = runner(job, sources) if runner else (job(source, say=say) for source in sources)
     fitted = {}

@@ -26,7 +26,7 @@ from spadim.report.figures import colorize, overlay
 from spadim.run.modelfile import load_fitted
 from spadim.masks.keypoints import MaskConfig
 from spadim.run.pipeline import needed_features, object_masks, suppress_outside
-from spadim.run.calibration import Calibration, check_far
+from spadim.decision.conformal import Calibration, check_far
 from spadim.decision.regions import (
     DEFAULT_MIN_AREA,
     Region,
@@ -156,7 +156,28 @@ class Inspector:
             network, found, Preprocess(**meta["preprocess"]), batch_size, None, None, layers, pooled, target
         )
         scorer = None if target.type == "cpu" else GraphScorer(network, method, extractor.pre.crop, target)
-        return cls(method, meta, extractor, Path(path), scorer)
+        inspector = cls(method, meta, extractor, Path(path), scorer)
+        inspector.load_options = {"weights": weights, "batch_size": batch_size, "device": device}
+        return inspector
+
+    def reloaded(self) -> "Inspector":
+        """The model file as it is now (another version may be in force), loaded as this one was."""
+        if self.runtime != "torch" or self.model_path is None:
+            raise SpadimError("only a model file run by torch can be reloaded")
+        return Inspector.load(self.model_path, **getattr(self, "load_options", {}))
+
+    def file_stamp(self) -> tuple | None:
+        """What tells that the model file changed (a new version written over it)."""
+        try:
+            stat = self.model_path.stat()
+        except (OSError, AttributeError, TypeError):
+            return None
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    @property
+    def model_version(self) -> str:
+        """The version that decides: its id when the model file keeps versions, else its content hash."""
+        return (self.meta.get("version") or {}).get("id") or self.sha256[:16]
 
     def backbone_text(self) -> str:
         """The weights line predict and serve print."""

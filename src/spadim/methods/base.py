@@ -75,6 +75,8 @@ class Method:
     default_layers: ClassVar[tuple[int, ...] | None] = None
     #: needs the backbone's pooled layer-4 vector (so the backbone runs to layer 4 whatever the layers)
     uses_pooled: ClassVar[bool] = False
+    #: the fewest training images a held-out calibration of the method accepts
+    min_calibration_images: ClassVar[int] = 2
 
     def __init__(self, *, config=None, **options):
         strategy = options.pop("search") if not isinstance(options.get("search", ""), str) else None

@@ -188,6 +188,8 @@ class PadimScorer(nn.Module):
 class Padim(Method):
     name = "padim"
     Config = PadimConfig
+    #: leave-one-out downdates the Gaussians to the other n - 1 images, whose covariance needs n - 1 >= 2
+    min_calibration_images = 3
     abilities = Abilities(
         leave_one_out=True,
         tiles=False,  # tiling multiplies the per-position d x d sums fitting holds (3.8 GB a tile at d = 550)

@@ -70,7 +70,7 @@ def pixel_aupr_by_multiplier(
 
     AUPR depends on the ranking alone and r >= 0 keeps the outside scores' order, so the inside and
     the outside scores are sorted once and each r hands sklearn two ascending runs, which its stable
-    (merge) sort joins in linear time; the per-r full sort was most of ``--object-mask auto``'s cost.
+    (merge) sort joins in linear time; a full sort per r would be most of ``--object-mask auto``'s cost.
     """
     scores, labels = _scores_labels(maps, masks, "pixel_aupr_by_multiplier")
     inside = np.asarray(inside, bool)

@@ -37,7 +37,7 @@ import torch
 from spadim.data.mvtec import ClassData, load_class
 from spadim.data.defects import KINDS, DefectConfig, make_defects
 from spadim.errors import SpadimError
-from spadim.features.extractor import ALL_COMBOS, FeatureExtractor, FeatureSet, combo_name
+from spadim.features.extractor import ALL_COMBOS, FeatureExtractor, FeatureSet, combo_name, concat, take
 from spadim.metrics.ranking import pixel_aupr
 from .pipeline import ClassRun, Settings, class_data, evaluate_fitted
 
@@ -107,28 +107,6 @@ def other_rows(n: int, rows: list[int]) -> list[int]:
     """The rows of ``range(n)`` not in ``rows``: a fold's fit part."""
     held = set(rows)
     return [i for i in range(n) if i not in held]
-
-
-def take(fs: FeatureSet, rows: list[int]) -> FeatureSet:
-    """Rows of a FeatureSet (copies)."""
-    idx = torch.as_tensor(rows, dtype=torch.long)
-    return FeatureSet(
-        [fs.paths[i] for i in rows],
-        {layer: t[idx] for layer, t in fs.layers.items()},
-        None if fs.pooled is None else fs.pooled[idx],
-        fs.images[rows],
-        [fs.shapes[i] for i in rows],
-    )
-
-
-def concat(parts: list[FeatureSet]) -> FeatureSet:
-    return FeatureSet(
-        [p for fs in parts for p in fs.paths],
-        {layer: torch.cat([fs.layers[layer] for fs in parts]) for layer in parts[0].layers},
-        None if parts[0].pooled is None else torch.cat([fs.pooled for fs in parts]),
-        np.concatenate([fs.images for fs in parts]),
-        [s for fs in parts for s in fs.shapes],
-    )
 
 
 def validation_folds(
@@ -256,14 +234,20 @@ def selection_seconds(sels: dict[str, Selection]) -> float:
 
 
 def evaluate_auto(
-    fx: FeatureExtractor, source: Path | ClassData, s: Settings, methods: list[str]
+    fx: FeatureExtractor, source: Path | ClassData, s: Settings, methods: list[str], observer=None
 ) -> tuple[ClassRun, dict[str, dict], dict[str, Selection]]:
     """``evaluate`` with ``--layers auto``: select per method on the training images, refit each
     method on all of them with its subset (features held, not re-extracted), stream the test set.
-    ``source`` is a class folder or a class of any layout (:func:`spadim.run.pipeline.class_data`)."""
+    ``source`` is a class folder or a class of any layout (:func:`spadim.run.pipeline.class_data`).
+    ``observer`` sees the features as in :func:`spadim.run.pipeline.evaluate_class` (the training
+    features as one chunk)."""
     data = class_data(source)
+    if observer is not None:
+        observer.start(data)
     train = fx(data.train, f"{data.name} train")
+    if observer is not None:
+        observer.train_chunk(train)
     sels = select_many(fx, train, s, methods)
     fitted = {m: s.method(m, sels[m].chosen).fit(train) for m in methods}
-    run, metrics = evaluate_fitted(fx, data, s, fitted, train)
+    run, metrics = evaluate_fitted(fx, data, s, fitted, train, observer)
     return run, metrics, sels

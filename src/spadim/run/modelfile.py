@@ -36,7 +36,7 @@ def save_model(
 ) -> None:
     """Write atomically (temporary file, then rename). ``ref_images`` (uint8 [n, crop, crop, 3])
     are normal frames kept for keypoint object masks at predict time; ``calibration`` is
-    :meth:`spadim.run.calibration.Calibration.to_json` (plain data, loadable without code)."""
+    :meth:`spadim.decision.conformal.Calibration.to_json` (plain data, loadable without code)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {

@@ -16,6 +16,7 @@ from spadim.data.mvtec import load_class, load_masks
 from spadim.errors import SpadimError
 from spadim.features.extractor import ALL_COMBOS, combo_name
 from spadim.metrics.ranking import undefined_notes
+from spadim.run.calibration import image_count_check
 from spadim.run.layerchoice import COPIES, DEFECTS, FOLDS, TOLERANCE, VALIDATED, Selection, select_many
 from spadim.run.pipeline import ClassRun, Settings, class_metrics, evaluate_class, make_extractor
 from spadim.run.session import read_saved
@@ -139,7 +140,8 @@ def run(
 
     s = dataclasses.replace(s, layers=(1, 2, 3)) if s.auto_layers else s  # the fixed baseline
     check_out_dir(out)
-    methods, dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS)
+    counts = image_count_check(calibrate=False, choose_layers=True)
+    methods, dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS, check_counts=counts)
     sig = {
         "arch": s.arch,
         "weights": fx.weights.sha256,
