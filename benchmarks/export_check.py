@@ -77,8 +77,8 @@ def main() -> int:
             maps, scores, _ = torch_side.score_frames(frames)
             onnx_maps, onnx_scores, _ = onnx_side.score_frames(frames)
             point = torch_side.operating_point()
-            torch_ok = [p.decision for p in torch_side.predict(list(frames), data.test, point)]
-            onnx_ok = [p.decision for p in onnx_side.predict(list(frames), data.test, point)]
+            torch_ok = [p.decision for p in torch_side.predict_batch(list(frames), data.test, point)]
+            onnx_ok = [p.decision for p in onnx_side.predict_batch(list(frames), data.test, point)]
             row = {
                 "class": name,
                 "method": method,

@@ -57,7 +57,7 @@ def _predict(model: Path, paths: list[Path]) -> dict:
 
     inspector = Inspector.load(model)
     point = inspector.operating_point()
-    predictions = inspector.predict([read_rgb(p) for p in paths], [str(p) for p in paths], point)
+    predictions = inspector.predict_batch([read_rgb(p) for p in paths], [str(p) for p in paths], point)
     return {
         "score": np.array([p.score for p in predictions]),
         "region_score": np.array([p.region_score for p in predictions]),
@@ -155,7 +155,7 @@ def _region_scores(model: Path, images: list[np.ndarray]) -> np.ndarray:
     out = []
     for start in range(0, len(images), 32):
         batch = images[start : start + 32]
-        out += [p.region_score for p in inspector.predict(batch, [""] * len(batch), point)]
+        out += [p.region_score for p in inspector.predict_batch(batch, [""] * len(batch), point)]
     return np.array(out)
 
 

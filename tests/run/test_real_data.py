@@ -70,7 +70,7 @@ def test_fit_save_load_predict_reproduces_evaluate(method, evaluated, tmp_path):
     data = load_class(HAZELNUT)
     whole = Preprocess(frame="whole")  # fit's and evaluate's default frame
     frames, shapes = load_images(data.test, whole)
-    maps, _, _ = Inspector.load(model, str(CAFFE_WEIGHTS)).score_frames(frames)
+    maps, _, _ = Inspector.load(model, weights=str(CAFFE_WEIGHTS)).score_frames(frames)
     masks = load_masks(data, whole, shapes)
     # the saved model gives evaluate's maps: the same pixel metrics to 1e-6
     assert pixel_auroc(maps, masks) == pytest.approx(evaluated[method]["pixel_auroc"], abs=1e-6)

@@ -94,7 +94,7 @@ def test_predict_matches_the_python_api(client, inspector, upload):
     assert response.status_code == 200, response.text
     body = response.json()
     point = inspector.operating_point()
-    (expected,) = inspector.predict([decode_rgb(upload)], ["part.png"], point)
+    (expected,) = inspector.predict_batch([decode_rgb(upload)], ["part.png"], point)
     want = expected.to_json(point)
     assert body["model"] == "nut" and body["image"] == "part.png"
     assert body["score"] == pytest.approx(want["score"], rel=1e-6)

@@ -161,7 +161,14 @@ def cmd_predict(a) -> None:
     )
     paths = _expand_images(a.images)
     check_images(paths)  # every file decodes before the backbone loads
-    inspector = inspect.Inspector.load(a.model, a.weights, a.batch_size, object_mask, a.runtime, a.device)
+    inspector = inspect.Inspector.load(
+        a.model,
+        weights=a.weights,
+        batch_size=a.batch_size,
+        object_mask=object_mask,
+        runtime=a.runtime,
+        device=a.device,
+    )
     point = inspector.operating_point(a.threshold, a.far)
     say(inspector.backbone_text())
     for warning in inspector.warnings(point):

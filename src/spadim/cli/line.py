@@ -98,7 +98,7 @@ def cmd_status(a) -> int:
     from spadim.inspect.watching import model_status
 
     store = _store(a.record) if a.record else _store(str(open_store(None, a.model).target))
-    status = model_status(Inspector.load(a.model, a.weights), store, all_versions=a.all_versions)
+    status = model_status(Inspector.load(a.model, weights=a.weights), store, all_versions=a.all_versions)
     if a.json:
         print(dumps(status))
     else:

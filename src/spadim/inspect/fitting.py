@@ -12,15 +12,16 @@ import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 
 from spadim.data.folders import find_images, training_images
 from spadim.data.mvtec import check_images, find_classes
 from spadim.errors import SpadimError
-from spadim.features.extractor import ALL_COMBOS
+from spadim.features.extractor import ALL_COMBOS, FeatureSet
 from spadim.report.fitreport import write_fit_report
 from spadim.report.tables import json_ready
 from spadim.run.layerchoice import select_layers
-from spadim.run.modelfile import save_model, write_blob
+from spadim.run.modelfile import model_blob, write_blob
 from spadim.run.pipeline import Settings, make_extractor, reference_indices, score_stream
 from spadim.decision.audit import AUDIT_Z, audit
 from spadim.decision.conformal import (
@@ -33,37 +34,28 @@ from spadim.decision.conformal import (
     summarize,
 )
 from spadim.run.calibration import DEFAULT_FOLDS, calibrate_held_out, check_image_count
-from spadim.record import sha256_file
+from spadim.record import sha256_bytes, sha256_file
 from .inspector import Inspector
 from .versions import commit_version, ensure_logged
 
 
-def fit_model(
-    folder: Path,
-    out: Path,
+def fit_features(
+    train: FeatureSet,
+    extractor,
     settings: Settings,
     method_name: str,
+    *,
     far: float = DEFAULT_FAR,
     folds: int = DEFAULT_FOLDS,
     refs: int = 3,
-    say=print,
-    progress=None,
     pixel_far: float = DEFAULT_PIXEL_FAR,
+    class_name: str = "good",
+    say=print,
 ) -> dict:
-    """Fit, calibrate out-of-fold, refit on all images, save. Returns what was done and measured."""
-    check_far(far)
-    if folds < 2:
-        raise SpadimError(f"--folds must be >= 2 (got {folds}): each fold is scored by a model of the others")
-    name, paths = training_images(folder)  # MVTec train/good, or any folder
-    check_images(paths)  # a bad file fails now, not after the backbone has run
-    check_image_count(len(paths), [method_name], str(folder), choose_layers=settings.auto_layers)
-    extractor = make_extractor(
-        settings, progress, [method_name], ALL_COMBOS if settings.auto_layers else None
-    )
-    say(extractor.weights.describe())
-    started = time.perf_counter()
-    train = extractor(paths, f"{name} train")
-    seconds = {"features": time.perf_counter() - started}
+    """Choose the layers (when 'auto'), fit, calibrate held-out and audit, in memory: the model file's
+    contents (``blob``) and what was done and measured. Shared by ``spadim fit`` and
+    :meth:`Inspector.fit`."""
+    seconds: dict[str, float] = {}
     selection = None
     layers = None
     if settings.auto_layers:
@@ -83,13 +75,11 @@ def fit_model(
         method_name, settings, layers, train, far, folds, pixel_far, fitted=method
     )
     seconds["calibration"] = time.perf_counter() - mark
-    names = [str(p) for p in paths]
+    names = [str(p) for p in train.paths]
     suspects = audit(held.region_scores, names, far)
-    held_sha256 = sorted({sha256_file(p) for p in paths})
-    refs_frames = train.images[reference_indices(len(train), refs)]
+    held_sha256 = sorted({image_sha256(path, frame) for path, frame in zip(train.paths, train.images)})
     info = {
         "images": len(train),
-        "folder": str(folder),
         "seconds": seconds,
         "layer_choice": selection.to_json() if selection else None,
         "audit": suspects,
@@ -100,7 +90,76 @@ def fit_model(
             "image_scores": held.image_scores.tolist(),
         },
     }
-    save_model(out, method, extractor.weights, settings.pre, name, refs_frames, calibration.to_json(), info)
+    refs_frames = train.images[reference_indices(len(train), refs)]
+    blob = model_blob(
+        method, extractor.weights, settings.pre, class_name, refs_frames, calibration.to_json(), info
+    )
+    return {
+        "method": method,
+        "blob": blob,
+        "calibration": calibration,
+        "seconds": seconds,
+        "layers": layers,
+        "selection": selection,
+        "audit": suspects,
+        "held_out": held,
+    }
+
+
+def image_sha256(path: Path, frame) -> str:
+    """The SHA-256 that names an image the model holds: its file's, or its frame's for an array."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    return sha256_bytes(np.ascontiguousarray(frame).tobytes())
+
+
+def fit_model(
+    folder: Path,
+    out: Path,
+    settings: Settings,
+    method_name: str,
+    far: float = DEFAULT_FAR,
+    folds: int = DEFAULT_FOLDS,
+    refs: int = 3,
+    say=print,
+    progress=None,
+    pixel_far: float = DEFAULT_PIXEL_FAR,
+) -> dict:
+    """``spadim fit``: fit, calibrate held-out, save ``out`` with its audit, layer choice and report."""
+    check_far(far)
+    if folds < 2:
+        raise SpadimError(f"--folds must be >= 2 (got {folds}): each fold is scored by a model of the others")
+    name, paths = training_images(folder)  # MVTec train/good, or any folder
+    check_images(paths)  # a bad file fails now, not after the backbone has run
+    check_image_count(len(paths), [method_name], str(folder), choose_layers=settings.auto_layers)
+    extractor = make_extractor(
+        settings, progress, [method_name], ALL_COMBOS if settings.auto_layers else None
+    )
+    say(extractor.weights.describe())
+    started = time.perf_counter()
+    train = extractor(paths, f"{name} train")
+    features_seconds = time.perf_counter() - started
+    fitted = fit_features(
+        train,
+        extractor,
+        settings,
+        method_name,
+        far=far,
+        folds=folds,
+        refs=refs,
+        pixel_far=pixel_far,
+        class_name=name,
+        say=say,
+    )
+    seconds = {"features": features_seconds, **fitted["seconds"]}
+    fitted["seconds"] = seconds
+    blob, calibration, held, suspects, selection = (
+        fitted[k] for k in ("blob", "calibration", "held_out", "audit", "selection")
+    )
+    blob["fit"].update(folder=str(folder), seconds=seconds)
+    names = blob["fit"]["held_out"]["images"]
+    write_blob(Path(out), blob)
     if selection is not None:  # the audit trail of the choice, readable without torch
         Path(f"{out}.layers.json").write_text(
             json.dumps(json_ready(selection.to_json()), indent=1, allow_nan=False)
@@ -111,7 +170,7 @@ def fit_model(
                 {
                     "rule": f"modified z-score of the {calibration.how} region statistic > {AUDIT_Z}",
                     "flagged": suspects,
-                    **info["held_out"],
+                    **blob["fit"]["held_out"],
                 }
             ),
             indent=1,
@@ -135,14 +194,7 @@ def fit_model(
         f"at far={far:g}; the false-alarm rate of a calibration on {len(train)} images lies in "
         f"[{low:.3f}, {high:.3f}] for 90% of such sets -> {out} (report: {report})"
     )
-    return {
-        "calibration": calibration,
-        "seconds": seconds,
-        "layers": layers,
-        "selection": selection,
-        "audit": suspects,
-        "held_out": held,
-    }
+    return fitted
 
 
 def audit_line(entry: dict) -> str:
@@ -168,7 +220,7 @@ def calibrate_model(
     check_far(far)
     paths = find_images(Path(folder))
     check_images(paths)
-    inspector = Inspector.load(model, weights)
+    inspector = Inspector.load(model, weights=weights)
     name = inspector.method.name
     frames, maps, scores = score_stream(
         inspector.extractor, paths, {name: inspector.method}, 32, inspector.pre.crop, "calibrate"

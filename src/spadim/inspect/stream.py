@@ -152,7 +152,7 @@ def predict_records(
     """One batch of (index, path): read, predict, write each image's pictures; -> its JSON records, in
     order. The unit of work of both this process's loop and a Ray worker (:mod:`spadim.scale`)."""
     images = [read_rgb(p) for _, p in batch]
-    predictions = inspector.predict(images, [str(p) for _, p in batch], point, min_area, object_mask)
+    predictions = inspector.predict_batch(images, [str(p) for _, p in batch], point, min_area, object_mask)
     records = []
     for (index, path), rgb, prediction in zip(batch, images, predictions):
         pictures = _write_pictures(

@@ -57,46 +57,30 @@ def confirmed_good(store: RecordStore, held: set[str], folder: Path) -> list[Pat
     return paths
 
 
-def update_model(
-    model: Path,
-    images: list[Path] | None = None,
-    *,
-    store: RecordStore | None = None,
-    weights: str | None = None,
-    keep_apart: bool = False,
-    reason: str | None = None,
-    batch_size: int = 8,
-    say=print,
-) -> dict:
-    """Add good ``images`` (files), or every record of ``store`` confirmed good, to ``model``."""
-    model = Path(model)
-    inspector = Inspector.load(model, weights, batch_size)
-    method = inspector.method
+def grow_inspector(inspector: Inspector, paths: list[Path], *, keep_apart: bool = False, say=print) -> dict:
+    """Add the good images ``paths`` to a fitted inspector in memory (nothing is written): each is scored
+    by the model as it is, audited, then joins the method and the calibration."""
+    method, calibration = inspector.method, inspector.calibration
     if not method.abilities.update:
         raise SpadimError(f"a {method.name} model cannot grow without a refit: fit it again on all images")
-    calibration = inspector.calibration
     if calibration is None or calibration.region_scores is None:
-        raise SpadimError(f"model {model} has no region calibration to grow: run spadim calibrate first")
-    parent = ensure_logged(model, lambda: _describe(inspector))
+        raise SpadimError("the model has no region calibration to grow: calibrate it first")
     held = held_images(inspector.meta)
-    with tempfile.TemporaryDirectory(prefix="spadim-update-") as scratch:
-        paths = list(images or [])
-        if store is not None:
-            paths += confirmed_good(store, held, Path(scratch))
-        check_images(paths)
-        digests = [sha256_file(p) for p in paths]
-        fresh, seen = [], set(held)
-        for path, digest in zip(paths, digests):
-            if digest not in seen:
-                seen.add(digest)
-                fresh.append((path, digest))
-        if not fresh:
-            say(f"nothing to add: the model already holds every given image (version {parent['id']})")
-            return {"version": parent, "added": [], "set_apart": []}
-        features = inspector.extractor([p for p, _ in fresh], "update")
-        maps, scores = method.score(features, inspector.pre.crop)  # the version in force: held out
-        maps = list(maps)
-        regions = region_scores(maps, features.shapes, inspector.pre, calibration.min_area)
+    check_images(paths)
+    fresh, seen = [], set(held)
+    for path in paths:
+        digest = sha256_file(path)
+        if digest not in seen:
+            seen.add(digest)
+            fresh.append((path, digest))
+    level_before = calibration.region_threshold
+    if not fresh:
+        say("nothing to add: the model already holds every given image")
+        return {"added": [], "set_apart": [], "level_before": level_before, "level_after": level_before}
+    features = inspector.extractor([p for p, _ in fresh], "update")
+    maps, scores = method.score(features, inspector.pre.crop)  # the model as it is: held out
+    maps = list(maps)
+    regions = region_scores(maps, features.shapes, inspector.pre, calibration.min_area)
     old = np.asarray(calibration.region_scores, np.float64)
     names = [f"<calibration {i}>" for i in range(len(old))] + [str(p) for p, _ in fresh]
     flagged = {
@@ -111,35 +95,72 @@ def update_model(
             f"audit: {fresh[i][0]} stands apart (region score {entry['region_score']:.4g}, robust z "
             f"{entry['robust_z']:.1f} > {AUDIT_Z}): {action}"
         )
+    set_apart = [str(fresh[i][0]) for i in apart if i not in joining]
     if not joining:
         say("no image joined: every new image stands apart from the calibration (see the audit lines)")
-        return {"version": parent, "added": [], "set_apart": [str(fresh[i][0]) for i in apart]}
+        return {
+            "added": [],
+            "set_apart": set_apart,
+            "level_before": level_before,
+            "level_after": level_before,
+        }
     rows = np.asarray(joining)
     method.update(take(features, rows.tolist()))
     grown = grow(calibration, scores[rows], [maps[i] for i in joining], regions[rows])
-    blob = inspector.meta
-    fit_info = blob.setdefault("fit", {})
+    fit_info = inspector.meta.setdefault("fit", {})
     fit_info["held_sha256"] = sorted(held | {fresh[i][1] for i in joining})
     fit_info["images"] = (fit_info.get("images") or calibration.n_images) + len(joining)
-    blob["state"] = method.state()
-    blob["calibration"] = grown.to_json()
-    write_blob(model, blob)
-    added = [str(fresh[i][0]) for i in joining]
+    inspector.meta["state"] = method.state()
+    inspector.meta["calibration"] = grown.to_json()
+    inspector.calibration = grown
+    return {
+        "added": [str(fresh[i][0]) for i in joining],
+        "set_apart": set_apart,
+        "n_images": fit_info["images"],
+        "level_before": level_before,
+        "level_after": grown.region_threshold,
+    }
+
+
+def update_model(
+    model: Path,
+    images: list[Path] | None = None,
+    *,
+    store: RecordStore | None = None,
+    weights: str | None = None,
+    keep_apart: bool = False,
+    reason: str | None = None,
+    batch_size: int = 8,
+    say=print,
+) -> dict:
+    """``spadim update``: add good ``images`` (files), or every record of ``store`` confirmed good, to the
+    model file; the result is a new version."""
+    model = Path(model)
+    inspector = Inspector.load(model, weights=weights, batch_size=batch_size)
+    parent = ensure_logged(model, lambda: _describe(inspector))
+    with tempfile.TemporaryDirectory(prefix="spadim-update-") as scratch:
+        paths = list(images or [])
+        if store is not None:
+            paths += confirmed_good(store, held_images(inspector.meta), Path(scratch))
+        result = grow_inspector(inspector, paths, keep_apart=keep_apart, say=say)
+    if not result["added"]:
+        return {"version": parent, **result}
+    write_blob(model, inspector.meta)
     entry = commit_version(
         model,
         "update",
         parent["id"],
-        images_added=added,
-        set_apart=[str(fresh[i][0]) for i in apart if i not in joining],
-        n_images=fit_info["images"],
-        level_before=calibration.region_threshold,
-        level_after=grown.region_threshold,
-        far=grown.far,
+        images_added=result["added"],
+        set_apart=result["set_apart"],
+        n_images=result["n_images"],
+        level_before=result["level_before"],
+        level_after=result["level_after"],
+        far=inspector.calibration.far,
         reason=reason,
     )
     say(
-        f"updated {model}: +{len(added)} image(s), n={entry['n_images']}, region level "
-        f"{calibration.region_threshold:.4g} -> {grown.region_threshold:.4g} at far={grown.far:g} "
+        f"updated {model}: +{len(result['added'])} image(s), n={entry['n_images']}, region level "
+        f"{result['level_before']:.4g} -> {result['level_after']:.4g} at far={inspector.calibration.far:g} "
         f"(version {entry['id']}, parent {parent['id']})"
     )
-    return {"version": entry, "added": added, "set_apart": entry["set_apart"]}
+    return {"version": entry, **result}

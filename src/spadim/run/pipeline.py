@@ -60,6 +60,9 @@ class Settings:
     patchcore_dim: int = 1024  # PatchCore: per-layer and final patch-feature dimension
     search: str = "auto"  # nearest-neighbour backend of SPADE and PatchCore: auto (probed), torch, faiss
     device: str = "cpu"  # where the backbone runs: cpu, cuda or auto (features/device.py)
+    #: a configured method (``spadim.PatchCore(coreset=0.05)``) whose options every fit of this run
+    #: keeps, instead of the options above; set by :class:`spadim.inspect.Inspector`
+    prototype: object | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.arch not in DEFAULT_D:
@@ -112,6 +115,8 @@ class Settings:
             raise SpadimError(
                 "layers are 'auto': choose them first (spadim.studies.layerselect) and pass them"
             )
+        if self.prototype is not None:
+            return self.prototype.with_layers(layers or self.method_layers(name))
         return registry.create(name, self, layers or self.method_layers(name))
 
 

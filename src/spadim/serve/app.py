@@ -73,7 +73,8 @@ def load_inspectors(
             )
         names[path.stem] = path
     return {
-        name: Inspector.load(path, weights, runtime=runtime, device=device) for name, path in names.items()
+        name: Inspector.load(path, weights=weights, runtime=runtime, device=device)
+        for name, path in names.items()
     }
 
 
@@ -339,7 +340,7 @@ def _predict_one(
             raise HTTPException(415, str(exc)) from None
         started = time.perf_counter()
         with lock:
-            (prediction,) = inspector.predict([rgb], [filename], point)
+            (prediction,) = inspector.predict_batch([rgb], [filename], point)
             overlay = inspector.overlay(rgb, prediction, point)
         seconds = time.perf_counter() - started
     finally:
