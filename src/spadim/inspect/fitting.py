@@ -8,7 +8,6 @@ backbone once.
 from __future__ import annotations
 
 import json
-import time
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from pathlib import Path
 from spadim.data.folders import find_images, training_images
 from spadim.data.mvtec import check_images, find_classes
 from spadim.errors import SpadimError
-from spadim.features.extractor import ALL_COMBOS
+from spadim.features.extractor import ALL_COMBOS, combo_name
 from spadim.report.fitreport import write_fit_report
 from spadim.report.tables import json_ready
 from spadim.run.layerchoice import select_layers
@@ -36,6 +35,7 @@ from spadim.run.calibration import (
     summarize,
 )
 from .inspector import Inspector
+from .stages import Stages
 
 
 def fit_model(
@@ -49,8 +49,13 @@ def fit_model(
     say=print,
     progress=None,
     pixel_far: float = DEFAULT_PIXEL_FAR,
+    bars: bool | None = None,
 ) -> dict:
-    """Fit, calibrate out-of-fold, refit on all images, save. Returns what was done and measured."""
+    """Fit, calibrate out-of-fold, refit on all images, save. Returns what was done and measured.
+
+    Each stage (features, layer choice, fit, calibration, audit, report) says one line with its time as
+    it ends; on a terminal (``bars=None``: when stderr is one) each also shows a progress bar. A given
+    ``progress`` (the extractor's batch hook) replaces the features' bar."""
     check_far(far)
     if folds < 2:
         raise SpadimError(f"--folds must be >= 2 (got {folds}): each fold is scored by a model of the others")
@@ -60,35 +65,38 @@ def fit_model(
         raise SpadimError(
             f"{folder} holds {len(paths)} good image(s): calibration needs at least 2 (add images)"
         )
+    stages = Stages(say, bars)
     extractor = make_extractor(
-        settings, progress, [method_name], ALL_COMBOS if settings.auto_layers else None
+        settings, progress or stages.progress, [method_name], ALL_COMBOS if settings.auto_layers else None
     )
     say(extractor.weights.describe())
-    started = time.perf_counter()
-    train = extractor(paths, f"{name} train")
-    seconds = {"features": time.perf_counter() - started}
+    with stages("features", unit="img", steps=0) as stage:
+        train = extractor(paths, f"{name} train")
+        stage.summary = f"{len(train)} images of {name}, layers {combo_name(extractor.layers)}"
     selection = None
     layers = None
     if settings.auto_layers:
-        mark = time.perf_counter()
-        selection = select_layers(extractor, train, settings, method_name)
+        with stages("layer choice", steps=len(ALL_COMBOS), unit="step") as stage:
+            selection = select_layers(extractor, train, settings, method_name, tick=stage.advance)
+            stage.summary = (
+                f"--layers auto chose {selection.name} for {method_name} "
+                f"(synthetic pixel AUPR {selection.aupr:.3f})"
+            )
         layers = selection.chosen
-        seconds["layer_choice"] = time.perf_counter() - mark
-        say(
-            f"--layers auto chose {selection.name} for {method_name} (synthetic pixel AUPR {selection.aupr:.3f})"
-        )
     layers = tuple(layers or settings.method_layers(method_name))
-    mark = time.perf_counter()
-    method = settings.method(method_name, layers).fit(train)
-    seconds["fit"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    calibration, held = calibrate_held_out(
-        method_name, settings, layers, train, far, folds, pixel_far, fitted=method
-    )
-    seconds["calibration"] = time.perf_counter() - mark
+    with stages("fit") as stage:
+        method = settings.method(method_name, layers).fit(train)
+        stage.summary = f"{method_name} on layers {combo_name(layers)}"
+    with stages("calibration") as stage:
+        calibration, held = calibrate_held_out(
+            method_name, settings, layers, train, far, folds, pixel_far, fitted=method
+        )
+        stage.summary = f"{calibration.how}, region level {calibration.region_threshold:.4g}"
     names = [str(p) for p in paths]
-    suspects = audit(held.region_scores, names, far)
-    refs_frames = train.images[reference_indices(len(train), refs)]
+    with stages("audit") as stage:
+        suspects = audit(held.region_scores, names, far)
+        stage.summary = f"{len(suspects)} of {len(names)} images stand apart"
+    seconds = stages.seconds
     info = {
         "images": len(train),
         "folder": str(folder),
@@ -101,35 +109,39 @@ def fit_model(
             "image_scores": held.image_scores.tolist(),
         },
     }
-    save_model(out, method, extractor.weights, settings.pre, name, refs_frames, calibration.to_json(), info)
-    if selection is not None:  # the audit trail of the choice, readable without torch
-        Path(f"{out}.layers.json").write_text(
-            json.dumps(json_ready(selection.to_json()), indent=1, allow_nan=False)
+    with stages("report") as stage:
+        refs_frames = train.images[reference_indices(len(train), refs)]
+        save_model(
+            out, method, extractor.weights, settings.pre, name, refs_frames, calibration.to_json(), info
         )
-    Path(f"{out}.audit.json").write_text(
-        json.dumps(
-            json_ready(
-                {
-                    "rule": f"modified z-score of the {calibration.how} region statistic > {AUDIT_Z}",
-                    "flagged": suspects,
-                    **info["held_out"],
-                }
-            ),
-            indent=1,
-            allow_nan=False,
+        if selection is not None:  # the audit trail of the choice, readable without torch
+            Path(f"{out}.layers.json").write_text(
+                json.dumps(json_ready(selection.to_json()), indent=1, allow_nan=False)
+            )
+        Path(f"{out}.audit.json").write_text(
+            json.dumps(
+                json_ready(
+                    {
+                        "rule": f"modified z-score of the {calibration.how} region statistic > {AUDIT_Z}",
+                        "flagged": suspects,
+                        **info["held_out"],
+                    }
+                ),
+                indent=1,
+                allow_nan=False,
+            )
         )
-    )
+        report = write_fit_report(
+            out, method_name, calibration, held, names, train.images, suspects, extractor.weights.banner
+        )
+        stage.summary = f"{out}, {report}"
     low, high = far_interval(len(train), far)
-    report = write_fit_report(
-        out, method_name, calibration, held, names, train.images, suspects, extractor.weights.banner
-    )
     for line in filter(None, [calibration.warning(), calibration.advice()]):
         say(f"warning: {line}")
     for entry in suspects:
         say(audit_line(entry))
     say(
-        f"fitted {method_name} on {len(train)} images of {name} in {sum(seconds.values()):.1f} s "
-        f"(calibration {seconds['calibration']:.1f} s, {calibration.how}): region level "
+        f"fitted {method_name} on {len(train)} images of {name} in {sum(seconds.values()):.1f} s: region level "
         f"{calibration.region_threshold:.4g} (an image is a defect when a region of at least "
         f"{calibration.min_area:.2%} of it lies above this), regions drawn from {calibration.mask_level:.4g}, "
         f"at far={far:g}; the false-alarm rate of a calibration on {len(train)} images lies in "
