@@ -41,6 +41,7 @@ from spadim.features.extractor import ALL_COMBOS, FeatureExtractor, FeatureSet, 
 from spadim.methods.maps import upsample_blur
 from spadim.metrics.ranking import pixel_aupr
 from spadim.methods.padim import fit_padim
+from spadim.methods.patchcore_subsets import subset_grids as patchcore_subset_grids
 from spadim.methods.spade import Spade
 from .pipeline import ClassRun, Settings, class_data, evaluate_fitted
 
@@ -168,10 +169,13 @@ def validation_folds(
     return Folds(train, synth, parts, synth_rows, masks, kinds), seconds
 
 
-def subset_auprs(method: str, folds: Folds, s: Settings, combos=ALL_COMBOS) -> dict[str, float]:
+def subset_auprs(method: str, folds: Folds, s: Settings, combos=ALL_COMBOS, tick=None) -> dict[str, float]:
     """Synthetic pixel AUPR of every layer subset of ``method``, pooled over the folds (each fitted on
     its fit part). Only native-resolution distance grids are kept per fold; a subset's maps are
-    upsampled once, from all folds together."""
+    upsampled once, from all folds together. ``tick()`` after each subset of each fold.
+
+    PatchCore's subsets share their per-layer patch features and compare without a coreset
+    (:func:`spadim.methods.patchcore_subsets.subset_grids`)."""
     masks = np.concatenate(folds.masks)
     spade_mean = method == "spade" and s.spade_fusion == "mean"
     used = tuple(sorted({layer for c in combos for layer in c}))
@@ -182,6 +186,15 @@ def subset_auprs(method: str, folds: Folds, s: Settings, combos=ALL_COMBOS) -> d
             spade = s.method("spade", used).fit(fit)
             for layer, g in spade.layer_grids(val, spade.neighbours(val)[1]).items():
                 grids.setdefault(layer, []).append(g)
+            for _ in combos if tick else ():
+                tick()
+            continue
+        if method == "patchcore":
+            shared = patchcore_subset_grids(
+                fit, val, combos, s.patchcore_dim, s.patchcore_dim, share=s.coreset, seed=s.seed, tick=tick
+            )
+            for combo, grid in shared.items():
+                grids.setdefault(combo, []).append(grid)
             continue
         for combo in combos:  # PaDiM keeps its distance grids; any other method its maps
             if method == "padim":
@@ -189,13 +202,15 @@ def subset_auprs(method: str, folds: Folds, s: Settings, combos=ALL_COMBOS) -> d
             else:
                 grid = torch.from_numpy(s.method(method, combo).fit(fit).score(val, s.crop)[0])
             grids.setdefault(combo, []).append(grid)
+            if tick:
+                tick()
     joined = {k: torch.cat(v) for k, v in grids.items()}
     if spade_mean:
         return {
             combo_name(c): pixel_aupr(Spade.fuse([joined[layer] for layer in c], s.crop), masks)
             for c in combos
         }
-    if method == "padim":
+    if method in ("padim", "patchcore"):
         return {combo_name(c): pixel_aupr(upsample_blur(joined[c], s.crop), masks) for c in combos}
     return {combo_name(c): pixel_aupr(joined[c].numpy(), masks) for c in combos}
 
@@ -234,11 +249,13 @@ def select_many(
     tolerance: float = TOLERANCE,
     cfg: DefectConfig = DEFECTS,
     validated: int = VALIDATED,
+    tick=None,
 ) -> dict[str, Selection]:
     """One :class:`Selection` per method, sharing the split, the defects and their backbone pass.
 
     ``data`` is training data only (see :func:`training_features`); ``fx`` must keep all four
     layers (and the pooled vector for SPADE): ``make_extractor(s, progress, methods, ALL_COMBOS)``.
+    ``tick()`` is called after each subset of each method (a progress bar's step).
     """
     seed = s.seed if seed is None else seed
     t0 = time.perf_counter()
@@ -254,7 +271,7 @@ def select_many(
     out = {}
     for m in methods:
         t1 = time.perf_counter()
-        auprs = subset_auprs(m, parts, s, ALL_COMBOS)
+        auprs = subset_auprs(m, parts, s, ALL_COMBOS, tick)
         seconds = {"train_features": t_train, **shared, "scoring": time.perf_counter() - t1}
         out[m] = Selection(m, pick(auprs, tolerance), auprs, parts.val_rows, parts.kinds, seed, seconds)
     return out
