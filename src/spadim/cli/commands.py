@@ -127,7 +127,7 @@ def cmd_fit(a) -> None:
             "--ray and --classes fit one model per class: add --per-class (--out is then a folder)"
         )
     inspect.fit_model(
-        a.data, a.out, settings_from(a), method_name, a.far, a.folds, a.refs, say, progress, a.pixel_far
+        a.data, a.out, settings_from(a), method_name, a.far, a.folds, a.refs, say, pixel_far=a.pixel_far
     )
 
 

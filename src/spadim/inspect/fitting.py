@@ -8,7 +8,6 @@ backbone once.
 from __future__ import annotations
 
 import json
-import time
 from functools import partial
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 from spadim.data.folders import find_images, training_images
 from spadim.data.mvtec import check_images, find_classes
 from spadim.errors import SpadimError
-from spadim.features.extractor import ALL_COMBOS, FeatureSet
+from spadim.features.extractor import ALL_COMBOS, FeatureSet, combo_name
 from spadim.report.fitreport import write_fit_report
 from spadim.report.tables import json_ready
 from spadim.run.layerchoice import select_layers
@@ -36,6 +35,7 @@ from spadim.decision.conformal import (
 from spadim.run.calibration import DEFAULT_FOLDS, calibrate_held_out, check_image_count
 from spadim.record import sha256_bytes, sha256_file
 from .inspector import Inspector
+from .stages import Stages
 from .versions import commit_version, ensure_logged
 
 
@@ -51,32 +51,35 @@ def fit_features(
     pixel_far: float = DEFAULT_PIXEL_FAR,
     class_name: str = "good",
     say=print,
+    stages: Stages | None = None,
 ) -> dict:
     """Choose the layers (when 'auto'), fit, calibrate held-out and audit, in memory: the model file's
     contents (``blob``) and what was done and measured. Shared by ``spadim fit`` and
     :meth:`Inspector.fit`."""
-    seconds: dict[str, float] = {}
+    stages = stages or Stages(say, bars=False)
     selection = None
     layers = None
     if settings.auto_layers:
-        mark = time.perf_counter()
-        selection = select_layers(extractor, train, settings, method_name)
+        with stages("layer choice", steps=len(ALL_COMBOS), unit="step") as stage:
+            selection = select_layers(extractor, train, settings, method_name, tick=stage.advance)
+            stage.summary = (
+                f"layers chose {selection.name} for {method_name} (synthetic pixel AUPR {selection.aupr:.3f})"
+            )
         layers = selection.chosen
-        seconds["layer_choice"] = time.perf_counter() - mark
-        say(
-            f"--layers auto chose {selection.name} for {method_name} (synthetic pixel AUPR {selection.aupr:.3f})"
-        )
     layers = tuple(layers or settings.method_layers(method_name))
-    mark = time.perf_counter()
-    method = settings.method(method_name, layers).fit(train)
-    seconds["fit"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    calibration, held = calibrate_held_out(
-        method_name, settings, layers, train, far, folds, pixel_far, fitted=method
-    )
-    seconds["calibration"] = time.perf_counter() - mark
+    with stages("fit") as stage:
+        method = settings.method(method_name, layers).fit(train)
+        stage.summary = f"{method_name} on layers {combo_name(layers)}"
+    with stages("calibration") as stage:
+        calibration, held = calibrate_held_out(
+            method_name, settings, layers, train, far, folds, pixel_far, fitted=method
+        )
+        stage.summary = f"{calibration.how}, region level {calibration.region_threshold:.4g}"
     names = [str(p) for p in train.paths]
-    suspects = audit(held.region_scores, names, far)
+    with stages("audit") as stage:
+        suspects = audit(held.region_scores, names, far)
+        stage.summary = f"{len(suspects)} of {len(names)} images stand apart"
+    seconds = dict(stages.seconds)
     held_sha256 = sorted({image_sha256(path, frame) for path, frame in zip(train.paths, train.images)})
     info = {
         "images": len(train),
@@ -125,21 +128,27 @@ def fit_model(
     say=print,
     progress=None,
     pixel_far: float = DEFAULT_PIXEL_FAR,
+    bars: bool | None = None,
 ) -> dict:
-    """``spadim fit``: fit, calibrate held-out, save ``out`` with its audit, layer choice and report."""
+    """``spadim fit``: fit, calibrate held-out, save ``out`` with its audit, layer choice and report.
+
+    Each stage (features, layer choice, fit, calibration, audit, report) says one line with its time as
+    it ends; on a terminal (``bars=None``: when stderr is one) each also shows a progress bar. A given
+    ``progress`` (the extractor's batch hook) replaces the features' bar."""
     check_far(far)
     if folds < 2:
         raise SpadimError(f"--folds must be >= 2 (got {folds}): each fold is scored by a model of the others")
     name, paths = training_images(folder)  # MVTec train/good, or any folder
     check_images(paths)  # a bad file fails now, not after the backbone has run
     check_image_count(len(paths), [method_name], str(folder), choose_layers=settings.auto_layers)
+    stages = Stages(say, bars)
     extractor = make_extractor(
-        settings, progress, [method_name], ALL_COMBOS if settings.auto_layers else None
+        settings, progress or stages.progress, [method_name], ALL_COMBOS if settings.auto_layers else None
     )
     say(extractor.weights.describe())
-    started = time.perf_counter()
-    train = extractor(paths, f"{name} train")
-    features_seconds = time.perf_counter() - started
+    with stages("features", unit="img", steps=0) as stage:
+        train = extractor(paths, f"{name} train")
+        stage.summary = f"{len(train)} images of {name}, layers {combo_name(extractor.layers)}"
     fitted = fit_features(
         train,
         extractor,
@@ -151,37 +160,42 @@ def fit_model(
         pixel_far=pixel_far,
         class_name=name,
         say=say,
+        stages=stages,
     )
-    seconds = {"features": features_seconds, **fitted["seconds"]}
-    fitted["seconds"] = seconds
     blob, calibration, held, suspects, selection = (
         fitted[k] for k in ("blob", "calibration", "held_out", "audit", "selection")
     )
-    blob["fit"].update(folder=str(folder), seconds=seconds)
-    names = blob["fit"]["held_out"]["images"]
-    write_blob(Path(out), blob)
-    if selection is not None:  # the audit trail of the choice, readable without torch
-        Path(f"{out}.layers.json").write_text(
-            json.dumps(json_ready(selection.to_json()), indent=1, allow_nan=False)
+    with stages("report") as stage:
+        seconds = dict(stages.seconds)
+        blob["fit"].update(folder=str(folder), seconds=seconds)
+        names = blob["fit"]["held_out"]["images"]
+        write_blob(Path(out), blob)
+        if selection is not None:  # the audit trail of the choice, readable without torch
+            Path(f"{out}.layers.json").write_text(
+                json.dumps(json_ready(selection.to_json()), indent=1, allow_nan=False)
+            )
+        Path(f"{out}.audit.json").write_text(
+            json.dumps(
+                json_ready(
+                    {
+                        "rule": f"modified z-score of the {calibration.how} region statistic > {AUDIT_Z}",
+                        "flagged": suspects,
+                        **blob["fit"]["held_out"],
+                    }
+                ),
+                indent=1,
+                allow_nan=False,
+            )
         )
-    Path(f"{out}.audit.json").write_text(
-        json.dumps(
-            json_ready(
-                {
-                    "rule": f"modified z-score of the {calibration.how} region statistic > {AUDIT_Z}",
-                    "flagged": suspects,
-                    **blob["fit"]["held_out"],
-                }
-            ),
-            indent=1,
-            allow_nan=False,
+        commit_version(
+            out, "fit", None, n_images=len(train), level_after=calibration.region_threshold, far=far
         )
-    )
-    commit_version(out, "fit", None, n_images=len(train), level_after=calibration.region_threshold, far=far)
+        report = write_fit_report(
+            out, method_name, calibration, held, names, train.images, suspects, extractor.weights.banner
+        )
+        stage.summary = f"{out}, {report}"
+    seconds = fitted["seconds"] = dict(stages.seconds)
     low, high = far_interval(len(train), far)
-    report = write_fit_report(
-        out, method_name, calibration, held, names, train.images, suspects, extractor.weights.banner
-    )
     for line in filter(None, [calibration.warning(), calibration.advice()]):
         say(f"warning: {line}")
     for entry in suspects:

@@ -150,14 +150,16 @@ class Method:
         for combo in combos:
             yield (combo, *self.with_layers(combo).fit(train).score(test, size))
 
-    def subset_grids(self, fit: FeatureSet, val: FeatureSet, combos, size: int) -> dict:
+    def subset_grids(self, fit: FeatureSet, val: FeatureSet, combos, size: int, tick=None) -> dict:
         """Per key, native-resolution grids of ``val`` from models fitted on ``fit`` that
-        :meth:`subset_map` turns into any layer subset's maps (``combos``: the subsets compared). This
-        default fits every subset and keeps its maps."""
-        return {
-            combo: torch.from_numpy(self.with_layers(combo).fit_to_score(fit).score(val, size)[0])
-            for combo in combos
-        }
+        :meth:`subset_map` turns into any layer subset's maps (``combos``: the subsets compared;
+        ``tick()`` after each). This default fits every subset and keeps its maps."""
+        grids = {}
+        for combo in combos:
+            grids[combo] = torch.from_numpy(self.with_layers(combo).fit_to_score(fit).score(val, size)[0])
+            if tick:
+                tick()
+        return grids
 
     def subset_map(self, grids: dict, combo, size: int) -> np.ndarray:
         """The maps of layer subset ``combo`` from :meth:`subset_grids`' grids (all folds joined)."""

@@ -327,9 +327,14 @@ class Padim(Method):
         """The cheaper exact form for ``fs``: :class:`LowRankPadim` when it has fewer images than channels + 1."""
         return LowRankPadim(config=self.config).fit(fs) if len(fs) - 1 < self.d else self.fit(fs)
 
-    def subset_grids(self, fit: FeatureSet, val: FeatureSet, combos, size: int) -> dict:
+    def subset_grids(self, fit: FeatureSet, val: FeatureSet, combos, size: int, tick=None) -> dict:
         """Each subset's distance grids; its maps are upsampled once, from all folds together."""
-        return {combo: self.with_layers(combo).fit_to_score(fit).distance_grid(val) for combo in combos}
+        grids = {}
+        for combo in combos:
+            grids[combo] = self.with_layers(combo).fit_to_score(fit).distance_grid(val)
+            if tick:
+                tick()
+        return grids
 
     def subset_map(self, grids: dict, combo, size: int) -> np.ndarray:
         return upsample_blur(grids[combo], size)

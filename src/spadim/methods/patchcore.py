@@ -50,7 +50,7 @@ from spadim.errors import SpadimError
 from spadim.features.extractor import FeatureSet
 from .base import Abilities, Method, feature_dict, layer_option, option, positive
 from .coreset import PROJECTION_DIM, STARTS, coreset_size, greedy_coreset, random_projection
-from .maps import MapStep
+from .maps import MapStep, upsample_blur
 from .nearest import BoundedSearch, TorchSearch, make_search, nearest_distances
 from .patches import DIM, PATCH, embed_patches, patch_kernel
 
@@ -301,6 +301,19 @@ class PatchCore(Method):
         grid, scores = self.distance_grid(fs, left_out=True)
         with torch.inference_mode():
             return self._fitted_scorer(fs, size).maps(grid).numpy(), scores
+
+    def subset_grids(self, fit: FeatureSet, val: FeatureSet, combos, size: int, tick=None) -> dict:
+        """The subsets share their per-layer patch features and compare without a coreset: squared
+        distances to a bank sampled from the fit part (:mod:`spadim.methods.patchcore_subsets`)."""
+        from .patchcore_subsets import subset_grids
+
+        config = self.config
+        return subset_grids(
+            fit, val, combos, config.dim, config.target_dim, share=config.coreset, seed=config.seed, tick=tick
+        )
+
+    def subset_map(self, grids: dict, combo, size: int) -> np.ndarray:
+        return upsample_blur(grids[combo], size)
 
     def state(self) -> dict:
         c = self.config

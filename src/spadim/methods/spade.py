@@ -233,13 +233,16 @@ class Spade(Method):
         for combo in combos:
             yield combo, self.fuse([grids[layer] for layer in combo], size), scores
 
-    def subset_grids(self, fit: FeatureSet, val: FeatureSet, combos, size: int) -> dict:
+    def subset_grids(self, fit: FeatureSet, val: FeatureSet, combos, size: int, tick=None) -> dict:
         """Mean fusion: each layer's grids once (K nearest by the pooled feature, whatever the layers);
         every subset's map is their fusion (:meth:`subset_map`)."""
         if self.fusion != "mean":
-            return super().subset_grids(fit, val, combos, size)
+            return super().subset_grids(fit, val, combos, size, tick)
         model = self.with_layers(sorted({layer for combo in combos for layer in combo})).fit(fit)
-        return model.layer_grids(val, model.neighbours(val)[1])
+        grids = model.layer_grids(val, model.neighbours(val)[1])
+        for _ in combos if tick else ():
+            tick()
+        return grids
 
     def subset_map(self, grids: dict, combo, size: int) -> np.ndarray:
         if self.fusion != "mean":

@@ -9,7 +9,6 @@ non-finite scores and non-binary labels raise :class:`SpadimError`.
 import numpy as np
 from scipy import ndimage
 from sklearn.metrics import (
-    average_precision_score,
     precision_recall_curve,
     roc_auc_score,
     roc_curve,
@@ -21,9 +20,14 @@ _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def _scores_labels(
-    scores: np.ndarray, labels: np.ndarray, what: str, names: tuple[str, str] = ("maps", "masks")
+    scores: np.ndarray,
+    labels: np.ndarray,
+    what: str,
+    names: tuple[str, str] = ("maps", "masks"),
+    keep_float32: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Validate a (scores, labels) pair and return them flattened as float64 / bool."""
+    """Validate a (scores, labels) pair and return them flattened as float64 / bool (float32 scores stay
+    float32 with ``keep_float32``: a ranking is the same in either)."""
     scores = np.asarray(scores)
     labels = np.asarray(labels)
     if scores.shape != labels.shape:
@@ -33,7 +37,8 @@ def _scores_labels(
         )
     if scores.size == 0:
         raise SpadimError(f"{what}: got empty arrays; pass at least one score and label")
-    scores = scores.astype(np.float64, copy=False).ravel()
+    keep = keep_float32 and scores.dtype == np.float32
+    scores = scores.astype(np.float32 if keep else np.float64, copy=False).ravel()
     if not np.all(np.isfinite(scores)):
         raise SpadimError(f"{what}: scores contain NaN or inf; replace non-finite values before evaluating")
     if labels.dtype != bool:
@@ -55,23 +60,40 @@ def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores))
 
 
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """sklearn's ``average_precision_score`` of flat scores and bool labels, computed from one sort.
+
+    AP sums ``(R_t - R_prev) P_t`` over the distinct score values t, descending; only values held by a
+    positive change the recall, so it is enough to know, for each distinct positive value t, how many
+    positives (``tp``) and how many scores in all lie at or above it: the first from the sorted
+    positives, the second by a binary search in the sorted scores. Ties count as in sklearn (one
+    threshold per distinct value). One ``np.sort`` instead of sklearn's stable argsort: about 10x
+    faster on a million pixels, which the 15 subsets of ``--layers auto`` pay every fit.
+    """
+    positives = np.sort(scores[labels])[::-1]
+    if not len(positives):
+        return float("nan")
+    ranked = np.sort(scores)
+    last = np.ones(len(positives), bool)  # the last (lowest) position of each distinct positive value
+    last[:-1] = positives[1:] != positives[:-1]
+    values = positives[last]
+    tp = np.flatnonzero(last).astype(np.float64) + 1
+    at_or_above = len(ranked) - np.searchsorted(ranked, values, side="left")
+    gained = np.diff(tp, prepend=0.0)
+    return float(np.sum(gained * tp / at_or_above) / len(positives))
+
+
 def pixel_aupr(maps: np.ndarray, masks: np.ndarray) -> float:
     """Pixel-level average precision (area under the PR curve); NaN if there are no anomalous pixels."""
-    scores, labels = _scores_labels(maps, masks, "pixel_aupr")
-    if not labels.any():
-        return float("nan")
-    return float(average_precision_score(labels, scores))
+    scores, labels = _scores_labels(maps, masks, "pixel_aupr", keep_float32=True)
+    return average_precision(scores, labels)
 
 
 def pixel_aupr_by_multiplier(
     maps: np.ndarray, inside: np.ndarray, masks: np.ndarray, multipliers
 ) -> dict[float, float]:
-    """``{r: pixel_aupr(apply_outside_multiplier(maps, inside, r), masks)}`` for every r, exactly.
-
-    AUPR depends on the ranking alone and r >= 0 keeps the outside scores' order, so the inside and
-    the outside scores are sorted once and each r hands sklearn two ascending runs, which its stable
-    (merge) sort joins in linear time; a full sort per r would be most of ``--object-mask auto``'s cost.
-    """
+    """``{r: pixel_aupr(apply_outside_multiplier(maps, inside, r), masks)}`` for every r, exactly (each r
+    scales the outside scores in the maps' float type, as :func:`apply_outside_multiplier`)."""
     scores, labels = _scores_labels(maps, masks, "pixel_aupr_by_multiplier")
     inside = np.asarray(inside, bool)
     if inside.shape != np.shape(maps):
@@ -81,18 +103,13 @@ def pixel_aupr_by_multiplier(
     if not labels.any():
         return {float(r): float("nan") for r in multipliers}
     dtype = np.result_type(np.asarray(maps).dtype, np.float32)  # as apply_outside_multiplier computes
-    flat, inside = np.asarray(maps).astype(dtype).ravel(), inside.ravel()
-    order_in = np.argsort(flat[inside], kind="stable")
-    order_out = np.argsort(flat[~inside], kind="stable")
-    in_scores, out_scores = flat[inside][order_in], flat[~inside][order_out]
-    ranked_labels = np.concatenate([labels[inside][order_in], labels[~inside][order_out]])
+    flat, outside = np.asarray(maps).astype(dtype).ravel(), ~inside.ravel()
     out = {}
     for r in multipliers:
-        scaled = out_scores.copy()
+        scaled = flat.copy()
         if float(r) != 1.0:
-            scaled *= float(r)
-        joined = np.concatenate([in_scores, scaled]).astype(np.float64)
-        out[float(r)] = float(average_precision_score(ranked_labels, joined))
+            scaled[outside] *= dtype.type(r)
+        out[float(r)] = average_precision(scaled, labels)
     return out
 
 

@@ -143,17 +143,21 @@ def validation_folds(
     return Folds(train, synth, parts, synth_rows, masks, kinds), seconds
 
 
-def subset_auprs(method: str, folds: Folds, s: Settings, combos=ALL_COMBOS) -> dict[str, float]:
+def subset_auprs(method: str, folds: Folds, s: Settings, combos=ALL_COMBOS, tick=None) -> dict[str, float]:
     """Synthetic pixel AUPR of every layer subset of ``method``, pooled over the folds (each fitted on
     its fit part). Only native-resolution distance grids are kept per fold; a subset's maps are
-    upsampled once, from all folds together."""
+    upsampled once, from all folds together. ``tick()`` after each subset of each fold.
+
+    Each method shares what it can across the subsets through its own hooks (``subset_grids``,
+    ``subset_map``): SPADE's per-layer grids, PatchCore's per-layer patch features compared without a
+    coreset (:mod:`spadim.methods.patchcore_subsets`)."""
     masks = np.concatenate(folds.masks)
     used = tuple(sorted({layer for c in combos for layer in c}))
     chooser = s.method(method, used)  # the method's own grids per fold (SPADE: per layer, once)
     grids: dict = {}
     for f in range(len(folds.val_rows)):
         fit, val = folds.fold(f)
-        for key, grid in chooser.subset_grids(fit, val, combos, s.crop).items():
+        for key, grid in chooser.subset_grids(fit, val, combos, s.crop, tick=tick).items():
             grids.setdefault(key, []).append(grid)
     joined = {k: torch.cat(v) for k, v in grids.items()}
     return {combo_name(c): pixel_aupr(chooser.subset_map(joined, c, s.crop), masks) for c in combos}
@@ -193,11 +197,13 @@ def select_many(
     tolerance: float = TOLERANCE,
     cfg: DefectConfig = DEFECTS,
     validated: int = VALIDATED,
+    tick=None,
 ) -> dict[str, Selection]:
     """One :class:`Selection` per method, sharing the split, the defects and their backbone pass.
 
     ``data`` is training data only (see :func:`training_features`); ``fx`` must keep all four
     layers (and the pooled vector for SPADE): ``make_extractor(s, progress, methods, ALL_COMBOS)``.
+    ``tick()`` is called after each subset of each method (a progress bar's step).
     """
     seed = s.seed if seed is None else seed
     t0 = time.perf_counter()
@@ -213,7 +219,7 @@ def select_many(
     out = {}
     for m in methods:
         t1 = time.perf_counter()
-        auprs = subset_auprs(m, parts, s, ALL_COMBOS)
+        auprs = subset_auprs(m, parts, s, ALL_COMBOS, tick)
         seconds = {"train_features": t_train, **shared, "scoring": time.perf_counter() - t1}
         out[m] = Selection(m, pick(auprs, tolerance), auprs, parts.val_rows, parts.kinds, seed, seconds)
     return out
