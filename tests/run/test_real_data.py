@@ -105,8 +105,8 @@ def test_padim_leave_one_out_is_the_same_in_both_forms_on_real_features(hazelnut
     from spadim.methods.padim import Padim
 
     s, run = hazelnut_features
-    low = Padim((2,), 550, 0).fit(run.train)
-    full = Padim((2,), 550, 0)
+    low = Padim(layers=(2,), d=550, seed=0).fit(run.train)
+    full = Padim(layers=(2,), d=550, seed=0)
     full.max_rank = 0
     full.fit(run.train)
     assert (low.form, full.form) == ("low-rank", "cholesky")

@@ -72,9 +72,16 @@ def server(tiny_root, tmp_path):
 
 
 def _wait(driver, condition, seconds: float = 120):
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, seconds, poll_frequency=0.2).until(condition)
+    def settled(d):  # an alert or a page still loading is "not yet", not a failure
+        try:
+            return condition(d)
+        except (AttributeError, WebDriverException):
+            return False
+
+    return WebDriverWait(driver, seconds, poll_frequency=0.2).until(settled)
 
 
 def _answer_key_prompt(driver) -> None:
