@@ -106,9 +106,7 @@ def test_padim_leave_one_out_is_the_same_in_both_forms_on_real_features(hazelnut
 
     s, run = hazelnut_features
     low = Padim(layers=(2,), d=550, seed=0).fit(run.train)
-    full = Padim(layers=(2,), d=550, seed=0)
-    full.max_rank = 0
-    full.fit(run.train)
+    full = Padim(layers=(2,), d=550, seed=0, max_rank=0).fit(run.train)
     assert (low.form, full.form) == ("low-rank", "cholesky")
     low_maps, low_scores = low.score_left_out(run.train, 56)
     full_maps, full_scores = full.score_left_out(run.train, 56)
