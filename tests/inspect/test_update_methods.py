@@ -24,12 +24,12 @@ def test_update_grows_the_model_as_a_fit_on_all_images(method, layers, tiny_root
     grown, full = tmp_path / "grown.pt", tmp_path / "full.pt"
     assert main(["fit", str(first), "--out", str(grown), *flags]) == 0
     assert main(["fit", str(tiny_root / "nut" / "train" / "good"), "--out", str(full), *flags]) == 0
-    before = Inspector.load(grown, "random").method
+    before = Inspector.load(grown, weights="random").method
     assert main(["update", str(grown), str(second), "--keep-apart", "--weights", "random"]) == 0
     frames = load_images(load_class(tiny_root / "nut").test, Inspector.load(full).pre)[0]
-    maps, scores, _ = Inspector.load(grown, "random").score_frames(frames)
-    expect, expect_scores, _ = Inspector.load(full, "random").score_frames(frames)
-    after = Inspector.load(grown, "random")
+    maps, scores, _ = Inspector.load(grown, weights="random").score_frames(frames)
+    expect, expect_scores, _ = Inspector.load(full, weights="random").score_frames(frames)
+    after = Inspector.load(grown, weights="random")
     assert after.meta["fit"]["images"] == 6
     if method == "patchcore":  # the coreset continued over the 2 new images' patches (8 x 8 each at 64 px)
         assert len(after.method.bank) == len(before.bank) + int(0.1 * 2 * 64) and after.method.n_train == 6
