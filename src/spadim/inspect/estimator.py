@@ -25,6 +25,7 @@ from spadim.data.folders import find_images
 from spadim.data.mvtec import check_images, read_rgb
 from spadim.decision.conformal import DEFAULT_FAR, DEFAULT_PIXEL_FAR, check_far
 from spadim.errors import SpadimError
+from spadim.features.backbone import file_sha256
 from spadim.methods import PatchCore
 from spadim.run.calibration import DEFAULT_FOLDS
 from spadim.run.pipeline import AUTO, Settings
@@ -221,8 +222,6 @@ class Estimator:
             far=None if calibration is None else calibration.far,
         )
         self.model_path = path
-        from spadim.features.backbone import file_sha256
-
         self.sha256 = file_sha256(path)
         return path
 

@@ -33,7 +33,8 @@ from spadim.decision.conformal import (
     summarize,
 )
 from spadim.run.calibration import DEFAULT_FOLDS, calibrate_held_out, check_image_count
-from spadim.record import sha256_bytes, sha256_file
+from spadim.features.backbone import file_sha256
+from spadim.record import sha256_bytes
 from .inspector import Inspector
 from .stages import Stages
 from .versions import commit_version, ensure_logged
@@ -114,7 +115,7 @@ def image_sha256(path: Path, frame) -> str:
     """The SHA-256 that names an image the model holds: its file's, or its frame's for an array."""
     path = Path(path)
     if path.is_file():
-        return sha256_file(path)
+        return file_sha256(path)
     return sha256_bytes(np.ascontiguousarray(frame).tobytes())
 
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from spadim.data.mvtec import read_rgb
 from spadim.errors import SpadimError
-from spadim.record import RecordStore, decision_row, review_picture, sha256_file
+from spadim.features.backbone import file_sha256
+from spadim.record import RecordStore, decision_row, review_picture
 from spadim.report.figures import save_rgb, subplots
 from spadim.report.tables import json_ready
 from .inspector import Inspector, ObjectMask, OperatingPoint
@@ -239,7 +240,7 @@ def _record(
     return store.add(
         decision_row(
             record,
-            image_sha256=sha256_file(Path(record["image"])),
+            image_sha256=file_sha256(Path(record["image"])),
             model_version=inspector.model_version,
             method=inspector.method.name,
             far=point.far,

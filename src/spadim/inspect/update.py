@@ -16,7 +16,8 @@ import numpy as np
 
 from spadim.data.mvtec import check_images
 from spadim.errors import SpadimError
-from spadim.record import RecordStore, sha256_file
+from spadim.features.backbone import file_sha256
+from spadim.record import RecordStore
 from spadim.decision.audit import AUDIT_Z, audit
 from spadim.decision.conformal import grow, region_scores
 from spadim.features.extractor import take
@@ -52,7 +53,7 @@ def confirmed_good(store: RecordStore, held: set[str], folder: Path) -> list[Pat
             path = folder / f"{row['image_sha256'][:16]}{Path(row['image']).suffix or '.png'}"
             path.write_bytes(data)
             paths.append(path)
-        elif Path(row["image"]).is_file() and sha256_file(Path(row["image"])) == row["image_sha256"]:
+        elif Path(row["image"]).is_file() and file_sha256(Path(row["image"])) == row["image_sha256"]:
             paths.append(Path(row["image"]))
     return paths
 
@@ -69,7 +70,7 @@ def grow_inspector(inspector: Inspector, paths: list[Path], *, keep_apart: bool 
     check_images(paths)
     fresh, seen = [], set(held)
     for path in paths:
-        digest = sha256_file(path)
+        digest = file_sha256(path)
         if digest not in seen:
             seen.add(digest)
             fresh.append((path, digest))

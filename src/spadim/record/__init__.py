@@ -5,7 +5,7 @@ from .export import FORMATS, write_records
 from .rows import decision_row, default_store, open_store, review_picture
 from .status import line_status
 from .schema import SCHEMA_VERSION, VERDICTS
-from .store import RecordStore, sha256_bytes, sha256_file, store_url
+from .store import RecordStore, sha256_bytes, store_url
 from .watch import DriftWatch, FalseAlarmWatch, watch_drift, watch_false_alarms, what_if
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "open_store",
     "review_picture",
     "sha256_bytes",
-    "sha256_file",
     "store_url",
     "watch_drift",
     "watch_false_alarms",
