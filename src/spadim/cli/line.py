@@ -9,7 +9,7 @@ from pathlib import Path
 
 from spadim.data.folders import find_images
 from spadim.errors import SpadimError
-from spadim.record import FORMATS, VERDICTS, RecordStore, open_store, write_records
+from spadim.record import FORMATS, VERDICTS, RecordStore, default_store, open_store, write_records
 
 
 def add_record_args(parser) -> None:
@@ -97,7 +97,7 @@ def cmd_status(a) -> int:
     from spadim.inspect import Inspector
     from spadim.inspect.watching import model_status
 
-    store = _store(a.record) if a.record else _store(str(open_store(None, a.model).target))
+    store = _store(a.record or str(default_store(a.model)))
     status = model_status(Inspector.load(a.model, weights=a.weights), store, all_versions=a.all_versions)
     if a.json:
         print(dumps(status))
