@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from . import published
+from .tables import SUITABILITY_COLUMNS
 from .markup import (  # noqa: F401 - callers import html_table and RANDOM_BANNER from here
     METRICS,
     METRIC_LABELS,
@@ -250,18 +251,9 @@ def section_mask_sweep(out: Path, sweep: dict | None) -> str:
     parts = ['<section id="proposal1"><h2>Proposal 1: object mask × outside multiplier</h2>']
     suit = sweep.get("suitability") or []
     if suit:
-        cols = [
-            "class",
-            "detector",
-            "area_fraction",
-            "gt_coverage",
-            "fg_coverage",
-            "fg_precision",
-            "auto_rating",
-            "fallbacks",
-            "n_test",
-        ]
-        parts.append("<h3>Mask suitability per class and detector</h3>" + html_table(suit, cols))
+        parts.append(
+            "<h3>Mask suitability per class and detector</h3>" + html_table(suit, SUITABILITY_COLUMNS)
+        )
     rows = sweep.get("sweep") or []
     if rows:
         cols = ["method", "detector", "multiplier", *METRICS]

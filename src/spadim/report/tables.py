@@ -15,6 +15,18 @@ from typing import Sequence
 import numpy as np
 
 METRIC_COLUMNS = ("pixel_auroc", "pixel_aupr", "image_auroc", "aupro")
+#: the mask-suitability table of proposal 1 (mask sweep, reproduce, report.html)
+SUITABILITY_COLUMNS = [
+    "class",
+    "detector",
+    "area_fraction",
+    "gt_coverage",
+    "fg_coverage",
+    "fg_precision",
+    "auto_rating",
+    "fallbacks",
+    "n_test",
+]
 
 
 def _fmt(v) -> str:

@@ -28,7 +28,7 @@ from spadim.run.pipeline import (
     suppress_outside,
 )
 from spadim.report.html import html_table, write_report
-from spadim.report.tables import METRIC_COLUMNS, markdown_table, with_means, write_table
+from spadim.report.tables import METRIC_COLUMNS, SUITABILITY_COLUMNS, markdown_table, with_means, write_table
 from spadim.report.figures import colorize, panel_figure, pick_examples, save_figure, subplots
 from spadim.run.session import class_summary, meta, report_header, say, staged, start_study
 
@@ -141,17 +141,6 @@ def sweep_plot(path: Path, rows: list[dict], method: str, detectors: list[str], 
     save_figure(fig, path, f"Outside-mask multiplier sweep ({method}; r = 1 is no mask)", banner, dpi=80)
 
 
-SUITABILITY_COLUMNS = [
-    "class",
-    "detector",
-    "area_fraction",
-    "gt_coverage",
-    "fg_coverage",
-    "fg_precision",
-    "auto_rating",
-    "fallbacks",
-    "n_test",
-]
 COMPARISON_COLUMNS = [
     "class",
     "method",

@@ -24,7 +24,7 @@ from spadim.metrics.ranking import evaluate_maps, undefined_notes
 from spadim.masks.keypoints import MaskConfig, foreground_estimate
 from spadim.run.calibration import image_count_check
 from spadim.run.pipeline import Settings, class_object_masks, masked_result, prepare_class
-from spadim.report.tables import METRIC_COLUMNS, with_means, write_table
+from spadim.report.tables import METRIC_COLUMNS, SUITABILITY_COLUMNS, with_means, write_table
 from spadim.report.figures import best_worst_gallery, plot_curves
 from spadim.run.session import (
     check_out_dir,
@@ -315,17 +315,7 @@ def write_outputs(
             out,
             "suitability",
             suitability,
-            [
-                "class",
-                "detector",
-                "area_fraction",
-                "gt_coverage",
-                "fg_coverage",
-                "fg_precision",
-                "auto_rating",
-                "fallbacks",
-                "n_test",
-            ],
+            SUITABILITY_COLUMNS,
             "Detector suitability (study Table 2)",
             info,
         )
