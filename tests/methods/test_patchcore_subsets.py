@@ -58,6 +58,9 @@ def test_reranked_search_is_exact_when_every_row_is_a_candidate_and_never_below_
     nearest = cdist(queries.double().numpy(), bank.double().numpy(), "sqeuclidean").min(1)
     exact = RerankedSearch(bank, dims=4, rerank=len(bank)).squared(queries).double().numpy()
     np.testing.assert_allclose(exact, nearest, rtol=1e-5)
+    lists = round(len(bank) ** 0.5)  # the inverted file, every list probed, every row a candidate
+    probed = RerankedSearch(bank, dims=4, rerank=len(bank), probes=lists, scan_below=64).squared(queries)
+    np.testing.assert_allclose(probed.double().numpy(), nearest, rtol=1e-5)
     few = RerankedSearch(bank, dims=6, rerank=4).squared(queries).double().numpy()
     assert np.all(few >= nearest * (1 - 1e-5))  # a distance to some bank row: never below the nearest
     assert np.mean(np.isclose(few, nearest, rtol=1e-5)) > 0.8  # and mostly the nearest itself
@@ -98,7 +101,9 @@ def test_patchcore_subset_auprs_equal_an_independent_computation(folds, monkeypa
     expected = _independent_auprs(parts, s)
     exact = functools.partial(patchcore_subsets.subset_grids, rerank=10**9)  # every bank row a candidate
     monkeypatch.setattr(layerchoice, "patchcore_subset_grids", exact)
-    assert layerchoice.subset_auprs("patchcore", parts, s) == pytest.approx(expected, abs=1e-4)  # float32 rounding
+    assert layerchoice.subset_auprs("patchcore", parts, s) == pytest.approx(
+        expected, abs=1e-4
+    )  # float32 rounding
     monkeypatch.undo()
     default = layerchoice.subset_auprs("patchcore", parts, s)  # the candidate search as run
     assert default == pytest.approx(expected, abs=0.01)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -44,6 +43,7 @@ PROBES = 4  # inverted lists scanned per query
 SCAN_BELOW = 4096  # banks smaller than this are scanned whole
 BATCH = 8  # validation images embedded and searched together
 CHUNK = 2048  # queries whose candidates are compared in all dimensions together
+KMEANS_ROUNDS = 6  # Lloyd's rounds that place the inverted lists
 
 
 def layer_features(fs: FeatureSet, layers, dim: int = DIM, patch: int = PATCH) -> dict[int, torch.Tensor]:
@@ -138,6 +138,21 @@ def principal_directions(centred: torch.Tensor, dims: int, seed: int = 0, rows: 
     return (span @ right[:dims].T).contiguous()
 
 
+def kmeans(points: torch.Tensor, count: int, seed: int = 0, rounds: int = KMEANS_ROUNDS) -> torch.Tensor:
+    """[count, D] centres after Lloyd's rounds from ``count`` seeded distinct points (an empty cluster
+    keeps its centre)."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = points[torch.randperm(len(points), generator=generator)[:count]].clone()
+    squared = points.square().sum(1, keepdim=True)
+    for _ in range(rounds):
+        nearest = torch.addmm(squared, points, centres.T, alpha=-2).add_(centres.square().sum(1)).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, nearest, points)
+        sizes = torch.bincount(nearest, minlength=count)
+        filled = sizes > 0
+        centres[filled] = sums[filled] / sizes[filled, None]
+    return centres
+
+
 class RerankedSearch:
     """Nearest bank row of each query: candidates in principal directions, exact distances among them
     (see the module docstring, step 3)."""
@@ -155,27 +170,28 @@ class RerankedSearch:
 
         self.bank, self.rerank = bank, min(rerank, len(bank))
         self.bank_sq = bank.square().sum(1)
-        self.mean = bank.mean(0)
-        centred = bank - self.mean
+        mean = bank.mean(0)
+        centred = bank - mean
         self.basis = principal_directions(centred, dims, seed)
+        self.offset = mean @ self.basis  # a query's coordinates are q @ basis - offset
         projected = centred @ self.basis
         rest = (centred.square().sum(1) - projected.square().sum(1)).clamp_min_(0)
-        reduced = np.ascontiguousarray(torch.cat([projected, rest.sqrt()[:, None]], 1).numpy())
+        reduced = torch.cat([projected, rest.sqrt()[:, None]], 1).contiguous()
         width = reduced.shape[1]
         if len(bank) < scan_below:
             self.index = faiss.IndexFlatL2(width)
-        else:
+        else:  # lists from a few k-means rounds in torch; faiss scans them
             self.coarse = faiss.IndexFlatL2(width)  # the inverted file keeps a reference to it
-            self.index = faiss.IndexIVFFlat(self.coarse, width, round(len(bank) ** 0.5))
-            self.index.cp.seed = seed
-            self.index.train(reduced)
+            self.coarse.add(kmeans(reduced, round(len(bank) ** 0.5), seed).numpy())
+            self.index = faiss.IndexIVFFlat(self.coarse, width, self.coarse.ntotal)
             self.index.nprobe = probes
-        self.index.add(reduced)
+        self.index.add(reduced.numpy())
 
     def squared(self, queries: torch.Tensor) -> torch.Tensor:
         """[Q] squared distance of each query (rows of ``target_dim``) to its re-ranked nearest bank row."""
-        reduced = torch.cat([(queries - self.mean) @ self.basis, torch.zeros(len(queries), 1)], 1)
-        _, found = self.index.search(np.ascontiguousarray(reduced.numpy()), self.rerank)
+        reduced = torch.zeros(len(queries), self.basis.shape[1] + 1)
+        torch.sub(queries @ self.basis, self.offset, out=reduced[:, :-1])
+        _, found = self.index.search(reduced.numpy(), self.rerank)
         found = torch.from_numpy(found)
         found = torch.where(found < 0, found[:, :1], found)  # fewer than ``rerank`` rows in the lists probed
         out = torch.empty(len(queries))
@@ -185,6 +201,35 @@ class RerankedSearch:
             squared = self.bank_sq[rows] - 2 * products + q.square().sum(1, keepdim=True)
             out[start : start + CHUNK] = squared.amin(1).clamp_min_(0)
         return out
+
+
+def sampled_banks(
+    fit: FeatureSet,
+    combos,
+    dim: int = DIM,
+    target_dim: int = DIM,
+    share: float = SHARE,
+    cap: int = CAP,
+    seed: int = 0,
+    batch: int = BATCH,
+) -> dict[tuple[int, ...], torch.Tensor]:
+    """Per subset, its bank: the embeddings of :func:`bank_rows` of the fit part's patches, gathered while
+    the fit part's patch features are computed ``batch`` images at a time (never all at once)."""
+    used = sorted({layer for combo in combos for layer in combo})
+    wanted, parts = {}, {combo: [] for combo in combos}
+    for start in range(0, len(fit), batch):
+        pooled = layer_features(fit.rows(start, start + batch), used, dim)
+        for combo in combos:
+            height, width = pooled[combo[0]].shape[1:3]
+            per_image = height * width
+            if combo not in wanted:
+                wanted[combo] = bank_rows(len(fit) * per_image, share, cap, seed)
+            rows = wanted[combo]
+            here = (
+                rows[(rows >= start * per_image) & (rows < (start + batch) * per_image)] - start * per_image
+            )
+            parts[combo].append(bank_embeddings(pooled, combo, here, target_dim))
+    return {combo: torch.cat(chunks) for combo, chunks in parts.items()}
 
 
 def subset_grids(
@@ -204,16 +249,14 @@ def subset_grids(
     """Per subset, [len(val), H, W] squared distances of the validation patches to a bank sampled from
     the fit part (see the module docstring); ``tick()`` after each subset."""
     used = sorted({layer for combo in combos for layer in combo})
-    pooled_fit, pooled_val = layer_features(fit, used, dim), layer_features(val, used, dim)
     grids = {}
     with torch.inference_mode():
+        banks = sampled_banks(fit, combos, dim, target_dim, share, cap, seed)
+        pooled_val = layer_features(val, used, dim)
         for combo in combos:
-            grid = tuple(pooled_fit[combo[0]].shape[1:3])
-            rows = bank_rows(len(fit) * grid[0] * grid[1], share, cap, seed)
-            bank = bank_embeddings(pooled_fit, combo, rows, target_dim)
-            search = RerankedSearch(bank, dims, rerank, seed, probes)
+            search = RerankedSearch(banks.pop(combo), dims, rerank, seed, probes)
             distances = [search.squared(emb) for emb in subset_embeddings(pooled_val, combo, target_dim)]
-            grids[combo] = torch.cat(distances).reshape(len(val), *grid)
+            grids[combo] = torch.cat(distances).reshape(len(val), *pooled_val[combo[0]].shape[1:3])
             if tick:
                 tick()
     return grids

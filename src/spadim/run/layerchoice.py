@@ -20,7 +20,10 @@ PaDiM needs one Gaussian fit per subset. The fit part has fewer images than PaDi
 each covariance has low rank and :func:`spadim.methods.padim.fit_padim` scores it exactly through the
 Woodbury identity (an N x N factorisation per position instead of d x d): every subset is fitted
 and scored on the full grid with the reference's distances. SPADE's per-layer maps are computed
-once and every subset is their fusion (as in the layer sweep).
+once and every subset is their fusion (as in the layer sweep). PatchCore's per-layer patch features
+are computed once and no coreset is built while comparing: each subset's validation patches are
+searched against a seeded random sample of its fit-part patches, as many as the coreset would keep
+(:mod:`spadim.methods.patchcore_subsets`); the chosen subset is then fitted with its coreset.
 """
 
 from __future__ import annotations
@@ -186,8 +189,9 @@ def subset_auprs(method: str, folds: Folds, s: Settings, combos=ALL_COMBOS, tick
             spade = s.method("spade", used).fit(fit)
             for layer, g in spade.layer_grids(val, spade.neighbours(val)[1]).items():
                 grids.setdefault(layer, []).append(g)
-            for _ in combos if tick else ():
-                tick()
+            if tick:
+                for _ in combos:
+                    tick()
             continue
         if method == "patchcore":
             shared = patchcore_subset_grids(
