@@ -37,7 +37,7 @@ from .patchcore import DIM, PATCH, patch_features, pool_last
 
 SHARE = 0.1  # bank rows per fit-part patch: PatchCore's coreset ratio
 CAP = 12_544  # at most this many bank rows (10% of 40 images at 56 x 56): the search grows linearly
-DIMS = 32  # principal directions of the candidate search
+DIMS = 31  # principal directions of the candidate search (with the remaining length: 32 wide)
 RERANK = 4  # candidates per query compared in all dimensions
 PROBES = 4  # inverted lists scanned per query
 SCAN_BELOW = 4096  # banks smaller than this are scanned whole
@@ -52,37 +52,48 @@ def layer_features(fs: FeatureSet, layers, dim: int = DIM, patch: int = PATCH) -
         return {layer: patch_features(fs.layers[layer], dim, patch).contiguous() for layer in layers}
 
 
-def _layer_shares(pooled: dict[int, torch.Tensor], combo: tuple[int, ...], target_dim: int):
+def _layer_shares(pooled: dict[int, torch.Tensor], combo: tuple[int, ...], target_dim: int, kept=None):
     """Per layer of ``combo``, its block of the last pooling (``[n, h, w, dim / k]``, at its own grid)
-    when each pooling bin averages ``k`` values of one layer; None when some bin spans two layers."""
+    when each pooling bin averages ``k`` values of one layer; None when some bin spans two layers.
+    ``kept`` (a dict) keeps the blocks of one ``k`` for the next subsets of the same size."""
     dim = pooled[combo[0]].shape[-1]
     length = len(combo) * dim
     if length % target_dim or dim % (length // target_dim):
         return None
     k = length // target_dim
-    return [pooled[layer] if k == 1 else pooled[layer].unflatten(-1, (-1, k)).mean(-1) for layer in combo]
+    if k == 1:
+        return [pooled[layer] for layer in combo]
+    kept = {} if kept is None else kept
+    if any(key[1] != k for key in kept):
+        kept.clear()
+    for layer in combo:
+        if (layer, k) not in kept:
+            kept[layer, k] = pooled[layer].unflatten(-1, (-1, k)).mean(-1)
+    return [kept[layer, k] for layer in combo]
 
 
 def subset_embeddings(
-    pooled: dict[int, torch.Tensor], combo: tuple[int, ...], target_dim: int = DIM, batch: int = BATCH
-) -> Iterator[torch.Tensor]:
-    """[b * H * W, target_dim] embeddings of ``batch`` images at a time, as :func:`.patchcore.embed_patches`
-    computes them from the same layer maps (rows image by image, then row-major positions)."""
+    pooled: dict[int, torch.Tensor],
+    combo: tuple[int, ...],
+    target_dim: int = DIM,
+    batch: int = BATCH,
+    kept=None,
+) -> Iterator[list[torch.Tensor]]:
+    """The embeddings of ``batch`` images at a time, as :func:`.patchcore.embed_patches` computes them from
+    the same layer maps (rows image by image, then row-major positions), as column blocks
+    ``[b * H * W, width]`` that join to ``target_dim`` (one block per layer, or one in all)."""
     grid = tuple(pooled[combo[0]].shape[1:3])
-    shares = _layer_shares(pooled, combo, target_dim)
+    shares = _layer_shares(pooled, combo, target_dim, kept)
     parts = shares if shares is not None else [pooled[layer] for layer in combo]
     for start in range(0, len(parts[0]), batch):
-        resized = []
+        blocks = []
         for f in parts:
             f = f[start : start + batch]
             if tuple(f.shape[1:3]) != grid:
                 f = F.interpolate(f.permute(0, 3, 1, 2), size=grid, mode="bilinear", align_corners=False)
                 f = f.permute(0, 2, 3, 1)
-            resized.append(f)
-        joined = torch.cat(resized, dim=3)
-        if shares is None:
-            joined = pool_last(joined.reshape(-1, joined.shape[-1]), target_dim)
-        yield joined.reshape(-1, target_dim)
+            blocks.append(f.reshape(-1, f.shape[-1]))
+        yield blocks if shares is not None else [pool_last(torch.cat(blocks, 1), target_dim)]
 
 
 def bank_rows(total: int, share: float, cap: int, seed: int) -> torch.Tensor:
@@ -100,14 +111,18 @@ def _bilinear_axis(size_in: int, size_out: int, positions: torch.Tensor):
 
 
 def bank_embeddings(
-    pooled: dict[int, torch.Tensor], combo: tuple[int, ...], rows: torch.Tensor, target_dim: int = DIM
+    pooled: dict[int, torch.Tensor],
+    combo: tuple[int, ...],
+    rows: torch.Tensor,
+    target_dim: int = DIM,
+    kept=None,
 ) -> torch.Tensor:
     """The embedding rows ``rows`` (image by image, then row-major positions of the first layer's grid) of
     :func:`subset_embeddings`, computed at those positions alone: each coarser layer is interpolated
     bilinearly at them (equal to resizing the whole map, up to float rounding)."""
     height, width = pooled[combo[0]].shape[1:3]
     image, y, x = rows // (height * width), rows % (height * width) // width, rows % width
-    shares = _layer_shares(pooled, combo, target_dim)
+    shares = _layer_shares(pooled, combo, target_dim, kept)
     per_layer = []
     for f in shares if shares is not None else [pooled[layer] for layer in combo]:
         h, w = f.shape[1:3]
@@ -187,19 +202,27 @@ class RerankedSearch:
             self.index.nprobe = probes
         self.index.add(reduced.numpy())
 
-    def squared(self, queries: torch.Tensor) -> torch.Tensor:
-        """[Q] squared distance of each query (rows of ``target_dim``) to its re-ranked nearest bank row."""
-        reduced = torch.zeros(len(queries), self.basis.shape[1] + 1)
-        torch.sub(queries @ self.basis, self.offset, out=reduced[:, :-1])
+    def squared(self, blocks: list[torch.Tensor]) -> torch.Tensor:
+        """[Q] squared distance of each query to its re-ranked nearest bank row; the queries are given as
+        column blocks that join to the bank's width (:func:`subset_embeddings`), never joined here."""
+        edges = torch.tensor([0] + [b.shape[1] for b in blocks]).cumsum(0).tolist()
+        columns = [slice(a, b) for a, b in zip(edges, edges[1:])]
+        reduced = torch.zeros(len(blocks[0]), self.basis.shape[1] + 1)
+        projected = sum(block @ self.basis[cols] for block, cols in zip(blocks, columns)) - self.offset
+        reduced[:, :-1] = projected
         _, found = self.index.search(reduced.numpy(), self.rerank)
         found = torch.from_numpy(found)
         found = torch.where(found < 0, found[:, :1], found)  # fewer than ``rerank`` rows in the lists probed
-        out = torch.empty(len(queries))
-        for start in range(0, len(queries), CHUNK):
-            rows, q = found[start : start + CHUNK], queries[start : start + CHUNK]
-            products = torch.bmm(self.bank[rows], q[:, :, None])[:, :, 0]  # [chunk, rerank]
-            squared = self.bank_sq[rows] - 2 * products + q.square().sum(1, keepdim=True)
-            out[start : start + CHUNK] = squared.amin(1).clamp_min_(0)
+        out = torch.empty(len(found))
+        for start in range(0, len(found), CHUNK):
+            rows, stop = found[start : start + CHUNK], start + CHUNK
+            candidates = self.bank[rows]  # [chunk, rerank, width]
+            squared = self.bank_sq[rows]
+            for block, cols in zip(blocks, columns):
+                q = block[start:stop]
+                squared = squared - 2 * torch.bmm(candidates[:, :, cols], q[:, :, None])[:, :, 0]
+                squared += q.square().sum(1, keepdim=True)
+            out[start:stop] = squared.amin(1).clamp_min_(0)
         return out
 
 
@@ -218,8 +241,8 @@ def sampled_banks(
     used = sorted({layer for combo in combos for layer in combo})
     wanted, parts = {}, {combo: [] for combo in combos}
     for start in range(0, len(fit), batch):
-        pooled = layer_features(fit.rows(start, start + batch), used, dim)
-        for combo in combos:
+        pooled, kept = layer_features(fit.rows(start, start + batch), used, dim), {}
+        for combo in sorted(combos, key=len):  # the subsets of one size share their layers' blocks
             height, width = pooled[combo[0]].shape[1:3]
             per_image = height * width
             if combo not in wanted:
@@ -228,7 +251,7 @@ def sampled_banks(
             here = (
                 rows[(rows >= start * per_image) & (rows < (start + batch) * per_image)] - start * per_image
             )
-            parts[combo].append(bank_embeddings(pooled, combo, here, target_dim))
+            parts[combo].append(bank_embeddings(pooled, combo, here, target_dim, kept))
     return {combo: torch.cat(chunks) for combo, chunks in parts.items()}
 
 
@@ -252,11 +275,12 @@ def subset_grids(
     grids = {}
     with torch.inference_mode():
         banks = sampled_banks(fit, combos, dim, target_dim, share, cap, seed)
-        pooled_val = layer_features(val, used, dim)
-        for combo in combos:
+        pooled_val, kept = layer_features(val, used, dim), {}
+        for combo in sorted(combos, key=len):  # the subsets of one size share their layers' blocks
             search = RerankedSearch(banks.pop(combo), dims, rerank, seed, probes)
-            distances = [search.squared(emb) for emb in subset_embeddings(pooled_val, combo, target_dim)]
+            embeddings = subset_embeddings(pooled_val, combo, target_dim, kept=kept)
+            distances = [search.squared(emb) for emb in embeddings]
             grids[combo] = torch.cat(distances).reshape(len(val), *pooled_val[combo[0]].shape[1:3])
             if tick:
                 tick()
-    return grids
+    return {combo: grids[combo] for combo in combos}
