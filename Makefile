@@ -11,7 +11,7 @@ WEIGHTS ?=
 # Weight files placed beside the checkout (shared/weights) are found without flags.
 export SPADIM_WEIGHTS ?= $(wildcard ../shared/weights)
 
-.PHONY: install demo reproduce test bench clean
+.PHONY: install browser demo reproduce test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -45,13 +45,21 @@ reproduce: install
 	@$(PICK); \
 	$(BIN)/spadim reproduce $(DATA) --methods spade,padim,patchcore --layers auto --arch $$A $$W --out runs/reproduce
 
-test: install
-	$(BIN)/ruff check src tests scripts benchmarks
-	$(BIN)/ruff format --check src tests scripts benchmarks
+# The page's browser test drives Debian's chromium and chromedriver (never a browser that downloads
+# itself); installed here when missing, as root or through sudo.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; }; }
+
+test: install browser
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python scripts/benchmark.py
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) runs data/spadim-toy

@@ -1,4 +1,4 @@
-"""``make bench``: benchmark SPADE, PaDiM and PatchCore: where the time goes, peak memory, the issue-8, -17 and -18 targets.
+"""``make bench``: benchmark SPADE, PaDiM and PatchCore: where the time goes, peak memory, the targets.
 
 Runs on a generated MVTec-layout class (``nut``; default 200 training and 50 test images at
 256 px, cached under ``--data``) and writes ``<out>/bench.json`` plus a table with pass/fail
@@ -9,11 +9,11 @@ per target. Measured, each in a fresh process so that timings and peak memory ar
   test set): fit s, inference ms/img excluding the backbone, peak RSS (``ru_maxrss``); for
   PatchCore (layers 2+3, coreset 0.1) also the greedy coreset selection's seconds, compared with
   the backbone time over the training images of the same run (forward to layer 3);
-* the nearest-neighbour backends (issue 18): what the probe measured and picked, and each
+* the nearest-neighbour backends: what the probe measured and picked, and each
   backend's time on SPADE's layer-1 search and on PatchCore's (one image against the bank);
 * the same at N=50 training images (growth with N) and with 500 test images (memory);
 * SPADE's 15-subset layer sweep against one SPADE scoring with layers 1,2,3,4;
-* the inspection path (issue 17; ``frame="whole"`` as ``spadim fit``, ``predict`` and ``serve``):
+* the inspection path (``frame="whole"`` as ``spadim fit``, ``predict`` and ``serve``):
   ``fit_model``'s out-of-fold calibration seconds against features + final fit, SPADE and PaDiM
   (case ``calibration``); ``predict_paths`` over 200 and 2,000 distinct paths (symlinks cycling
   over the class's images), each size in a fresh process for its peak RSS, against the backbone
@@ -25,6 +25,6 @@ per target. Measured, each in a fresh process so that timings and peak memory ar
 Uses ``resnet50_caffe`` ImageNet weights when a checkpoint is found, else random weights
 (timings and memory do not depend on the weight values); the output says which.
 
-    python scripts/benchmark.py [--n-train 200] [--n-test 50] [--arch resnet50_caffe] [--skip-large]
+    python -m benchmarks [--n-train 200] [--n-test 50] [--arch resnet50_caffe] [--skip-large]
         [--only calibration,stream,serve] [--stream-sizes 200,2000] [--serve-requests 20]
 """

@@ -157,7 +157,7 @@ class _TimedMethod:
         def timed(*args, **kwargs):
             n = len(args[0]) if args and hasattr(args[0], "__len__") else 0
             if name == "score" and n > 1 and "score one" not in self._clock.n:
-                for _ in range(3):  # one image alone, as a single request scores it (issue 24's target)
+                for _ in range(3):  # one image alone, as a single request scores it
                     t0 = time.perf_counter()
                     attr(args[0].rows(0, 1), *args[1:], **kwargs)
                     self._clock.add("score one", time.perf_counter() - t0, 1)

@@ -60,7 +60,7 @@ def _calibration_child(cfg: dict, method: str, model: str) -> dict:
 def _load_inspector(cfg: dict, model: str):
     from spadim.inspect import Inspector
 
-    return Inspector.load(Path(model), cfg["weights"], batch_size=cfg["batch_size"])
+    return Inspector.load(Path(model), weights=cfg["weights"], batch_size=cfg["batch_size"])
 
 
 def _stream_child(cfg: dict, model: str, paths: list[str], out: str) -> dict:
@@ -75,7 +75,7 @@ def _stream_child(cfg: dict, model: str, paths: list[str], out: str) -> dict:
     point = inspector.operating_point()
     paths = [Path(p) for p in paths]
     bs = cfg["batch_size"]
-    inspector.predict(
+    inspector.predict_batch(
         [read_rgb(p) for p in paths[:bs]], [str(p) for p in paths[:bs]], point
     )  # warm-up, not timed
     loaded = _peak_rss_gib()

@@ -64,7 +64,7 @@ def _method_rows(b: dict) -> list[str]:
 
 
 def _inspect_lines(b: dict) -> list[str]:
-    """The issue-17 cases: fit_model's calibration cost, the predict stream, the server."""
+    """The inspection cases: fit_model's calibration cost, the predict stream, the server."""
     lines = []
     if "calibration" in b["cases"]:
         lines += [

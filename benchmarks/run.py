@@ -66,7 +66,7 @@ def _cpu_model() -> str:
 
 
 def _inspect_cases(b: dict, args, cfg: dict, main_cls: Path, data: Path, out: Path, t0: float) -> None:
-    """Issue 17: fit_model's calibration cost, the predict stream and the server (PaDiM model shared)."""
+    """The inspection cases: fit_model's calibration cost, the predict stream and the server (PaDiM model shared)."""
     import shutil
 
     from spadim.data.mvtec import load_class

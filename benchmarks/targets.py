@@ -33,7 +33,7 @@ def _ratio(v, ref):
 
 
 def _targets(b: dict) -> list[dict]:
-    """The targets of the cases that ran (issue 8: backbone and methods; issue 17: inspection path)."""
+    """The targets of the cases that ran: backbone and methods, then the inspection path."""
     cases = b["cases"]
     sp, pd = b.get("spade"), b.get("padim")
     d = b["padim_d"]
@@ -48,7 +48,7 @@ def _targets(b: dict) -> list[dict]:
                 "x",
             ),
             _target(
-                "PaDiM one image alone / the backbone on one image (issue 24)",
+                "PaDiM one image alone / the backbone on one image",
                 _ratio(_get(pd, "one_image_ms"), _get(pd, "backbone_one_ms")),
                 1.5,
                 "x",

@@ -37,3 +37,7 @@ def tiny_copy(tiny_root, tmp_path) -> Path:
     dst = tmp_path / "toy"
     shutil.copytree(tiny_root, dst)
     return dst
+
+
+# A real PostgreSQL, started on demand by the tests that ask for it (tests/record).
+from postgres_server import fresh_postgres, postgres_url  # noqa: E402, F401

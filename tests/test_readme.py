@@ -24,8 +24,11 @@ def test_the_python_example_runs(tmp_path):
     good, tonight = tmp_path / "good_parts", tmp_path / "tonight"
     good.mkdir()
     tonight.mkdir()
-    for path in sorted((HAZELNUT / "train" / "good").glob("*.png"))[:20]:
+    train = sorted((HAZELNUT / "train" / "good").glob("*.png"))
+    for path in train[:20]:
         (good / path.name).symlink_to(path)
+    (tmp_path / "more_good").mkdir()
+    (tmp_path / "more_good" / "0001.png").symlink_to(train[20])
     for path in sorted((HAZELNUT / "test" / "crack").glob("*.png")):
         (tonight / f"crack_{path.name}").symlink_to(path)
     env = {**os.environ, "SPADIM_WEIGHTS": str(CAFFE_WEIGHTS.parent)}
@@ -34,7 +37,17 @@ def test_the_python_example_runs(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     images = sorted(path.name for path in tonight.iterdir())
-    lines = run.stdout.strip().splitlines()[-len(images) :]  # fit_model's own messages come first
-    assert [line.split()[0] for line in lines] == images
-    assert all(line.split()[1] in ("ok", "defect") for line in lines)
-    assert (tmp_path / "models" / "bolts.pt.report" / "index.html").is_file()
+    printed = run.stdout.strip().splitlines()
+    lines = printed[-len(images) :]  # the region level first, then one line per image
+    level = float(printed[-len(images) - 1].split()[0])
+    assert [Path(line.split()[0]).name for line in lines] == images
+    for line in lines:  # name, decision, region score, regions: a defect exactly above the level
+        name, decision, region_score, regions = line.split(maxsplit=3)
+        assert decision == ("defect" if float(region_score) > level else "ok"), line
+        assert (regions != "[]") == (decision == "defect"), line
+    from spadim import Inspector
+    from spadim.inspect.versions import list_versions
+
+    saved = Inspector.load(tmp_path / "models" / "bolts.pt", weights=str(CAFFE_WEIGHTS.parent))
+    assert saved.meta["fit"]["images"] == 21 and saved.calibration.n_images == 21  # 20 fitted + 1 update
+    assert [entry["kind"] for entry in list_versions(tmp_path / "models" / "bolts.pt")] == ["fit"]

@@ -284,7 +284,7 @@ def test_missing_weights_stop_loudly(tiny_root, tmp_path, monkeypatch, capsys):
     assert "RANDOM UNTRAINED WEIGHTS" in capsys.readouterr().out
 
 
-# ------------------------------------------------ inputs that used to slip through (issue 7, section 4)
+# ------------------------------------------------ bad input: one line, exit 2, before any long work
 def _one_error(capsys, *needles) -> str:
     """Exactly one stderr line, a spadim error naming everything in ``needles``."""
     err = capsys.readouterr().err.strip().splitlines()

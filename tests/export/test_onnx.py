@@ -12,14 +12,19 @@ import torch
 from spadim.cli import main
 from spadim.data.mvtec import load_class, load_images
 from spadim.export import onnx as onnx_export
-from spadim.export.graph import GraphScorer, MapStep
+import spadim.methods.maps as maps_module
+import spadim.methods.nearest as nearest_module
+import spadim.methods.padim as padim_module
+import spadim.methods.patchcore as patchcore_module
+import spadim.methods.spade as spade_module
+from spadim.export.graph import GraphScorer
 from spadim.inspect import Inspector
-from spadim.methods.maps import upsample_blur
 
 from conftest import FAST
 
 MODELS = {  # name -> fit flags; PaDiM in both of its forms
     "spade": ["--method", "spade", "--layers", "1,2,3"],
+    "spade-concat": ["--method", "spade", "--layers", "1,2,3", "--spade-fusion", "concat"],
     "padim-low-rank": ["--method", "padim", "--layers", "1,2,3"],  # 6 images, d = 100: rank 5
     "padim-cholesky": ["--method", "padim", "--layers", "1,2,3", "--d", "4"],  # rank 4 = d
     "patchcore": ["--method", "patchcore", "--layers", "2,3"],
@@ -44,15 +49,14 @@ def frames(tiny_root, fitted):
     return load_images(data.test, Inspector.load(fitted["spade"]).pre)[0]
 
 
-def test_map_step_equals_the_methods_upsample_and_scipy_blur():
-    grid = torch.rand(3, 7, 7) * 5
-    np.testing.assert_allclose(MapStep(64)(grid).numpy(), upsample_blur(grid, 64), rtol=1e-5, atol=1e-6)
-
-
+@pytest.mark.parametrize("as_on_a_gpu", [False, True], ids=["cpu", "matmul-search"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_scoring_graph_equals_the_method(name, fitted, frames):
-    """The graph the export traces (and --device cuda runs), here on the CPU, against the method."""
+def test_scoring_graph_equals_the_method(name, as_on_a_gpu, fitted, frames, monkeypatch):
+    """The graph --device cuda runs (backbone + the method's module), here on the CPU, against the method's
+    score; ``as_on_a_gpu``: with the searches in the batched matrix form a GPU and the export run."""
     inspector = Inspector.load(fitted[name])
+    if as_on_a_gpu:
+        monkeypatch.setattr(nearest_module, "traceable", lambda tensor: True)
     if name.startswith("padim"):
         assert inspector.method.form == name.removeprefix("padim-")
     maps, scores, _ = inspector.score_frames(frames)
@@ -71,6 +75,9 @@ def test_onnx_export_runs_in_onnxruntime_and_matches_torch(name, fitted, frames,
     assert meta["method"] == torch_side.method.name and meta["calibration"] == torch_side.meta["calibration"]
     onnx_side = Inspector.load(out, runtime="onnx")
     assert onnx_side.meta["preprocess"] == torch_side.meta["preprocess"]
+    # it carries the version it came from and the level in force; its decisions are recorded under it
+    assert meta["version"]["id"] == torch_side.model_version == onnx_side.model_version
+    assert meta["version"]["region_threshold"] == torch_side.calibration.region_threshold
     maps, scores, _ = torch_side.score_frames(frames)
     onnx_maps, onnx_scores, _ = onnx_side.score_frames(frames)
     assert onnx_maps.shape == maps.shape
@@ -78,6 +85,34 @@ def test_onnx_export_runs_in_onnxruntime_and_matches_torch(name, fitted, frames,
     np.testing.assert_allclose(onnx_scores, scores, rtol=1e-4)
     point = torch_side.operating_point()
     assert onnx_side.operating_point() == point  # the calibration travels in the metadata
+
+
+def _altered(monkeypatch) -> None:
+    """Change each method's scoring module in two places: the shared map step (no blur) and the method's
+    own distance (doubled)."""
+    operator = maps_module.map_operator
+    monkeypatch.setattr(maps_module, "map_operator", lambda grid, size, sigma=4.0: operator(grid, size, 0.0))
+    for module, name in ((spade_module, "nearest_in_images"), (patchcore_module, "nearest_distances")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *args, original=original: 2 * original(*args))
+    squared = padim_module.PadimScorer.squared_distances
+    monkeypatch.setattr(
+        padim_module.PadimScorer, "squared_distances", lambda self, *a, **k: 4 * squared(self, *a, **k)
+    )
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_export_runs_the_methods_own_scoring_module(name, fitted, frames, tmp_path, monkeypatch):
+    """One code path: altering the method's scoring module changes the CPU score and the exported ONNX
+    graph alike (the export traces that module; there is no second implementation to stay behind)."""
+    before, _, _ = Inspector.load(fitted[name]).score_frames(frames)
+    _altered(monkeypatch)
+    maps, scores, _ = Inspector.load(fitted[name]).score_frames(frames)
+    assert np.abs(maps - before).max() > 0.1 * np.abs(before).max()  # the alteration shows
+    onnx_export.export_onnx(fitted[name], tmp_path / "altered", "random", say=lambda _: None)
+    onnx_maps, onnx_scores, _ = Inspector.load(tmp_path / "altered", runtime="onnx").score_frames(frames)
+    np.testing.assert_allclose(onnx_maps, maps, rtol=1e-4, atol=1e-4 * np.abs(maps).max())
+    np.testing.assert_allclose(onnx_scores, scores, rtol=1e-4)
 
 
 def test_predict_and_serve_runtimes_give_the_same_decisions(fitted, tiny_root, tmp_path):

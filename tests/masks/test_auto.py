@@ -1,4 +1,4 @@
-"""Learned foreground mask and the ``auto`` object-mask choice (issue 10)."""
+"""Learned foreground mask and the ``auto`` object-mask choice."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from spadim.data.embedded import dataset as synth
+from spadim.masks import auto
 from spadim.masks.auto import MaskPlanner, consensus, edge_defects, split_indices, validation_set
 from spadim.features.backbone import load_backbone
 from spadim.cli import main
@@ -79,11 +80,13 @@ def test_auto_chooses_no_mask_on_texture():
     assert dec.mask == "none" and dec.r == 1.0 and dec.reason.startswith("texture")
 
 
-def test_auto_is_deterministic_and_defects_lie_inside_the_mask():
+def test_auto_is_deterministic_and_defects_lie_inside_the_mask(monkeypatch):
     frames, _ = scenes("nut", 10, 64)
     fx = extractor("resnet18", "random", 64)
     a, b = planner_on(fx, frames), planner_on(fx, frames)
-    # force the object branch so that the whole path (masks, defects, r) runs on random weights
+    # force the object branch and let every candidate count as stable, so that the whole path (masks,
+    # synthetic defects, the (mask, r) validation) runs on random weights
+    monkeypatch.setattr(auto, "MIN_AGREEMENT", 0.0)
     for p in (a, b):
         p.foreground().train_area, p.foreground().structure = 0.3, 0.5
     da, db = a.decide(fx, frames), b.decide(fx, frames)
@@ -94,9 +97,14 @@ def test_auto_is_deterministic_and_defects_lie_inside_the_mask():
         db.aupr_by_r,
         db.reason,
     )
-    if da.mask != "none":
-        truth, clutter_px, regions = a.synthetic
-        assert truth.any() and not (truth & clutter_px).any()
+    assert da.aupr_by_r  # the validation ran: one synthetic AUPR per (mask, r)
+    truth, clutter_px, regions = a.synthetic
+    assert truth.any() and not (truth & clutter_px).any()
+    # each defect lies inside the mask it was made for or at its edge (edge defects reach 9% of 64 px out)
+    grown = np.stack(
+        [cv2.dilate(r.astype(np.uint8), np.ones((13, 13), np.uint8)).astype(bool) for r in regions]
+    )
+    assert not (truth & ~grown).any()
 
 
 def test_validation_set_defects_in_or_at_the_mask_clutter_away_from_it_and_exact():
@@ -157,34 +165,48 @@ def test_parse_detectors_accepts_learned_masks():
     assert parse_detectors("orb,features,auto") == ["orb", "features", "auto"]
 
 
-def test_evaluate_auto_and_features_end_to_end(tiny_root, tmp_path):
-    for kind, methods in (("auto", "spade,padim"), ("features", "padim")):
-        out = tmp_path / kind
-        assert (
-            main(
-                [
-                    "evaluate",
-                    str(tiny_root),
-                    "--methods",
-                    methods,
-                    "--object-mask",
-                    kind,
-                    "--out",
-                    str(out),
-                    "--examples",
-                    "0",
-                    *FAST,
-                    "--layers",
-                    "1,2,3",
-                ]
-            )
-            == 0
+def _evaluate(tiny_root, out, *flags) -> dict:
+    args = ["evaluate", str(tiny_root), "--out", str(out), "--examples", "0", "--no-operating-point", *FAST]
+    assert main([*args, "--layers", "1,2,3", *flags]) == 0
+    return json.loads((out / "results.json").read_text())
+
+
+def test_evaluate_features_mask_scales_padim_outside_the_learned_mask(tiny_root, tmp_path):
+    """evaluate --object-mask features against the same run by hand: the learned masks of the test images
+    (from the streamed features), PaDiM's maps times r outside them, its image score their maximum."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from spadim.run.pipeline import Settings, evaluate_class, make_extractor
+
+    saved = _evaluate(tiny_root, tmp_path / "features", "--methods", "padim", "--object-mask", "features")
+    s = Settings(arch="resnet18", weights="random", resize=72, crop=64, frame="whole", layers=(1, 2, 3))
+    fx = make_extractor(s, None, ["padim"])
+    for cls in ("nut", "tile"):
+        planner = MaskPlanner(fx.layers, s.crop, s.seed)
+        run, _ = evaluate_class(fx, tiny_root / cls, s, ["padim"], observer=planner)
+        inside = planner.test_masks
+        assert 0 < inside.mean() <= 1
+        maps = np.where(inside, run.maps["padim"], 0.6 * run.maps["padim"])  # the default r
+        (row,) = [r for r in saved["rows"] if r["class"] == cls]
+        assert row["pixel_aupr"] == pytest.approx(average_precision_score(run.masks.ravel(), maps.ravel()))
+        assert row["pixel_auroc"] == pytest.approx(roc_auc_score(run.masks.ravel(), maps.ravel()))
+        assert row["image_auroc"] == pytest.approx(
+            roc_auc_score(run.labels, maps.reshape(len(maps), -1).max(1))
         )
-        meta = json.loads((out / "results.json").read_text())
-        text = json.dumps(meta)
-        assert kind in text
-        if kind == "auto":
-            assert "mask_decisions" in text and "Object mask chosen" in (out / "report.html").read_text()
+
+
+def test_evaluate_auto_mask_at_r_one_leaves_the_metrics_and_reports_its_choice(tiny_root, tmp_path):
+    plain = _evaluate(tiny_root, tmp_path / "plain", "--methods", "spade,padim")
+    saved = _evaluate(tiny_root, tmp_path / "auto", "--methods", "spade,padim", "--object-mask", "auto")
+    decisions = {d["class"]: d for d in saved["meta"]["mask_decisions"]}
+    assert set(decisions) == {"nut", "tile"}
+    assert "Object mask chosen" in (tmp_path / "auto" / "report.html").read_text()
+    for cls, decision in decisions.items():
+        assert decision["r"] in auto.MULTIPLIERS
+        if decision["r"] == 1.0:  # a mask at r = 1 changes no score
+            rows = [r for r in saved["rows"] if r["class"] == cls]
+            assert rows == [r for r in plain["rows"] if r["class"] == cls]
+    assert any(d["r"] == 1.0 for d in decisions.values())  # the equality above was checked at least once
 
 
 def test_mask_sweep_with_learned_masks(tiny_root, tmp_path):
@@ -212,8 +234,11 @@ def test_mask_sweep_with_learned_masks(tiny_root, tmp_path):
     assert "auto" in (out / "suitability.csv").read_text() and (out / "auto_decisions.csv").is_file()
 
 
-def test_predict_rejects_learned_masks(tmp_path):
-    assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path), "--object-mask", "auto"]) == 2
+@pytest.mark.parametrize("kind", ["auto", "features"])
+def test_predict_rejects_learned_masks(tmp_path, capsys, kind):
+    assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path), "--object-mask", kind]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"predict --object-mask {kind} is not supported" in err[0]
 
 
 def test_leading_eigenvectors_match_a_full_eigendecomposition():

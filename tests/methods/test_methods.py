@@ -8,6 +8,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import cdist, mahalanobis
 
 from spadim.features.extractor import FeatureSet
+from spadim.methods.gaussians import read_panels
 from spadim.methods.padim import (
     EPS,
     GaussianAccumulator,
@@ -58,7 +59,7 @@ def test_spade_per_layer_mean_against_cdist(layers, k, search):
     """The reference computation: per layer, nearest gallery vector among the K images' same layer;
     each layer's map upsampled bilinearly, the maps averaged, then blurred with sigma 4."""
     train, test = _fs(7, 0), _fs(3, 1)
-    m = Spade(layers, k, search=search).fit(train)
+    m = Spade(layers=layers, k=k, search=search).fit(train)
     d_img, nn, kk = _reference_nn(test, train, k)
     dist, idx = m.neighbours(test)
     assert np.array_equal(np.sort(idx.numpy(), 1), np.sort(nn, 1))
@@ -83,7 +84,7 @@ def test_spade_per_layer_mean_against_cdist(layers, k, search):
 @pytest.mark.parametrize("layers", [(1, 2, 3), (2, 4)])
 def test_spade_concat_fusion_against_cdist(layers):
     train, test = _fs(7, 0), _fs(3, 1)
-    m = Spade(layers, 3, fusion="concat").fit(train)
+    m = Spade(layers=layers, k=3, fusion="concat").fit(train)
     _, nn, _ = _reference_nn(test, train, 3)
     grid = m.concat_grid(test, m.neighbours(test)[1]).numpy()
     for i in range(3):
@@ -123,7 +124,7 @@ def test_nearest_searches_match_cdist_on_realistic_sizes():
 def test_padim_against_numpy(layers, d, n_train, form):
     """Both forms give the reference Mahalanobis distance."""
     train, test = _fs(n_train, 2), _fs(2, 3)
-    m = Padim(layers, d, seed=5, batch=4, chunk=7).fit(train)
+    m = Padim(layers=layers, d=d, seed=5, batch=4).fit(train)
     assert m.form == form
     idx = channel_subset(sum((3, 4, 5, 6)[layer - 1] for layer in layers), d, 5).numpy()
     assert np.array_equal(m.idx.numpy(), idx)
@@ -148,18 +149,19 @@ def test_padim_against_numpy(layers, d, n_train, form):
 
 
 def test_padim_subset_seeded_and_capped():
-    assert np.array_equal(channel_subset(100, 10, 1), channel_subset(100, 10, 1))
+    drawn = np.sort(np.random.default_rng(1).choice(100, size=10, replace=False))  # seeded, sorted
+    assert np.array_equal(channel_subset(100, 10, 1), drawn)
     assert not np.array_equal(channel_subset(100, 10, 1), channel_subset(100, 10, 2))
     assert np.array_equal(channel_subset(8, 550, 0), np.arange(8))
     train = _fs(12, 0)
-    m = Padim((3, 4), 550).fit(train)
-    assert m.chol.shape == (4, 11, 11)  # d capped by 5+6 channels, 2x2 grid; 12 - 1 >= d: Cholesky
+    m = Padim(layers=(3, 4), d=550).fit(train)
+    assert m.form == "cholesky" and len(m.idx) == 11  # d capped by 5+6 channels, 2x2 grid; 12 - 1 >= d
     state = m.state()
-    assert state["tensors"]["chol_lower"].numel() == 4 * 11 * 12 // 2  # only the lower triangles are stored
+    assert state["tensors"]["inverse_t_upper"].numel() == 4 * 11 * 12 // 2  # only the triangles are stored
     m2 = Padim.from_state(state)
     test = _fs(2, 9)
     assert np.array_equal(m.distance_grid(test).numpy(), m2.distance_grid(test).numpy())
-    low = Padim((3, 4), 550).fit(_fs(6, 0))  # 6 images: rank 5 < 11
+    low = Padim(layers=(3, 4), d=550).fit(_fs(6, 0))  # 6 images: rank 5 < 11
     assert low.form == "low-rank" and low.state()["tensors"]["basis"].shape == (4, 5, 11)
     first_layout = low.state()
     first_layout["tensors"]["basis"] = first_layout["tensors"]["basis"].transpose(1, 2)  # [L, d, r]
@@ -169,15 +171,31 @@ def test_padim_subset_seeded_and_capped():
     )
 
 
-def test_padim_files_from_before_the_low_rank_form_still_load():
-    """Files written before the low-rank form hold lower triangles and no 'form': they load as before."""
+def test_padim_files_with_cholesky_factors_still_load():
+    """Files written before the inverse factor hold the lower triangles of float32 Cholesky factors L (and,
+    before the low-rank form, no 'form'): they load, and score the reference Mahalanobis distance."""
     train, test = _fs(12, 0), _fs(2, 9)
-    m = Padim((3, 4), 550).fit(train)
-    old = m.state()
-    old["config"].pop("form")
+    layers, idx = (3, 4), channel_subset(5 + 6, 550, 0)
+    tr = np.stack([_concat_np(train, i, layers)[idx.numpy()] for i in range(12)])  # [N, d, H, W]
+    te = np.stack([_concat_np(test, i, layers)[idx.numpy()] for i in range(2)])
+    vectors = tr.reshape(12, 11, 4).transpose(2, 0, 1)  # [L, N, d]
+    covs = np.stack([np.cov(v, rowvar=False) + EPS * np.eye(11) for v in vectors])
+    rows, cols = np.tril_indices(11)
+    old = {
+        "config": {"layers": list(layers), "d": 550, "seed": 0, "grid": [2, 2]},
+        "tensors": {
+            "idx": idx,
+            "mean": torch.from_numpy(vectors.mean(1)).float(),
+            "chol_lower": torch.from_numpy(np.linalg.cholesky(covs)[:, rows, cols]).float(),
+        },
+    }
     loaded = Padim.from_state(old)
-    assert loaded.form == "cholesky" and loaded.chol.dtype == torch.float32
-    assert np.array_equal(m.distance_grid(test).numpy(), loaded.distance_grid(test).numpy())
+    assert loaded.form == "cholesky" and loaded.inverse_panels[0].dtype == torch.float32
+    grid = loaded.distance_grid(test).numpy().reshape(2, 4)
+    for pos in range(4):
+        for i in range(2):
+            expect = mahalanobis(te[i].reshape(11, 4)[:, pos], vectors[pos].mean(0), np.linalg.inv(covs[pos]))
+            assert grid[i, pos] == pytest.approx(expect, rel=1e-4)
 
 
 def test_padim_low_rank_form_is_exact_for_real_sized_rank_deficiency():
@@ -187,7 +205,7 @@ def test_padim_low_rank_form_is_exact_for_real_sized_rank_deficiency():
     train.layers[1] = train.layers[1] * torch.linspace(0.1, 3, 40)[:, None, None] + 5
     test = _fs(3, 5, c=(40, 4, 5, 6))
     test.layers[1] = test.layers[1] + torch.randn(3, 40, 8, 8, generator=g) + 5
-    m = Padim((1,), 40, seed=0).fit(train)
+    m = Padim(layers=(1,), d=40, seed=0).fit(train)
     assert m.form == "low-rank"
     tr = train.layers[1].double().permute(0, 2, 3, 1).reshape(21, 64, 40).numpy()
     te = test.layers[1].double().permute(0, 2, 3, 1).reshape(3, 64, 40).numpy()
@@ -209,11 +227,12 @@ def test_streamed_covariance_matches_np_cov_with_a_large_offset():
         acc.add(part)
     np.testing.assert_allclose(acc.mean().numpy(), x.double().mean(0).numpy(), rtol=1e-6)
     covariances = acc.covariance(slice(None)).numpy()
-    factors = acc.cholesky_(EPS).double()
+    inverse_t = read_panels(acc.inverse_factors_(EPS), slice(None), 20).double()  # W^T, W = L^-1
     for pos in range(3):
         expect = np.cov(x[:, pos].double().numpy(), rowvar=False)
         np.testing.assert_allclose(covariances[pos], expect, rtol=1e-5, atol=1e-5 * np.abs(expect).max())
-        cov = (factors[pos] @ factors[pos].T).numpy() - EPS * np.eye(20)
+        assert torch.equal(inverse_t[pos], inverse_t[pos].triu())
+        cov = np.linalg.inv((inverse_t[pos] @ inverse_t[pos].T).numpy()) - EPS * np.eye(20)
         np.testing.assert_allclose(cov, expect, rtol=1e-5, atol=1e-5 * np.abs(expect).max())
 
 
@@ -248,7 +267,9 @@ def test_low_rank_padim_equals_numpy_mahalanobis_when_fewer_images_than_channels
                 assert grid[i, y, x] == pytest.approx(
                     mahalanobis(te[i, :, y, x], tr[:, :, y, x].mean(0), inv), rel=1e-4
                 )
-    np.testing.assert_allclose(grid, Padim(layers, d, 3).fit(train).distance_grid(test).numpy(), rtol=1e-4)
+    np.testing.assert_allclose(
+        grid, Padim(layers=layers, d=d, seed=3).fit(train).distance_grid(test).numpy(), rtol=1e-4
+    )
     assert not isinstance(fit_padim(layers, 3, 3, train), LowRankPadim)  # 5 - 1 >= d = 3: the d x d form
 
 
@@ -269,7 +290,7 @@ def test_padim_selection_equals_nearest_interpolation_on_uneven_grids():
 def test_spade_left_out_equals_a_model_fitted_without_the_image():
     """Leave-one-out by definition: image i scored by SPADE fitted on the other images."""
     train = _fs(6, 4)
-    m = Spade((1, 2, 3), 3, search=TorchSearch()).fit(train)
+    m = Spade(layers=(1, 2, 3), k=3, search=TorchSearch()).fit(train)
     maps, scores = m.score_left_out(train, 16)
     for i in range(6):
         others = [j for j in range(6) if j != i]
@@ -283,7 +304,9 @@ def test_spade_left_out_equals_a_model_fitted_without_the_image():
         alone = FeatureSet(
             [], {layer: t[[i]] for layer, t in train.layers.items()}, train.pooled[[i]], train.images[[i]], []
         )
-        expect_map, expect_score = Spade((1, 2, 3), 3, search=TorchSearch()).fit(part).score(alone, 16)
+        expect_map, expect_score = (
+            Spade(layers=(1, 2, 3), k=3, search=TorchSearch()).fit(part).score(alone, 16)
+        )
         np.testing.assert_allclose(maps[i], expect_map[0], rtol=1e-5, atol=1e-6)
         assert scores[i] == pytest.approx(float(expect_score[0]), rel=1e-6)
 
@@ -296,7 +319,7 @@ def test_padim_left_out_equals_refitting_without_the_image(low_rank, d, monkeypa
 
     n = 7
     train = _fs(n, 9)
-    model = (LowRankPadim if low_rank else Padim)((1, 2), d=d, seed=0).fit(train)
+    model = (LowRankPadim if low_rank else Padim)(layers=(1, 2), d=d, seed=0).fit(train)
     assert low_rank or model.form == ("cholesky" if d == 5 else "low-rank")
     maps, scores = model.score_left_out(train, 16)
     monkeypatch.setattr(padim_module, "EPS", EPS * (n - 1) / (n - 2))
@@ -308,7 +331,7 @@ def test_padim_left_out_equals_refitting_without_the_image(low_rank, d, monkeypa
         alone = FeatureSet(
             [], {layer: t[[i]] for layer, t in train.layers.items()}, None, train.images[[i]], []
         )
-        expect_map, expect_score = Padim((1, 2), d=d, seed=0).fit(part).score(alone, 16)
+        expect_map, expect_score = Padim(layers=(1, 2), d=d, seed=0).fit(part).score(alone, 16)
         # the low-rank forms' float32 products, amplified near h's bound
         tolerance = 1e-3 if low_rank or d == 7 else 1e-4
         np.testing.assert_allclose(maps[i], expect_map[0], rtol=tolerance, atol=1e-5)

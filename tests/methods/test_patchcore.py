@@ -15,7 +15,8 @@ from spadim.features.extractor import FeatureSet
 from spadim.methods import registry
 from spadim.methods.coreset import coreset_size, greedy_coreset, random_projection
 from spadim.methods.nearest import BoundedSearch, FaissSearch, TorchSearch
-from spadim.methods.patchcore import PatchCore, embed_patches, patch_features, reweighted_score
+from spadim.methods.patchcore import PatchCore, reweighted_scores
+from spadim.methods.patches import embed_patches, patch_features
 from spadim.run.pipeline import Settings
 
 
@@ -215,7 +216,9 @@ def test_patch_features_of_a_full_channel_bin_are_3x3_means():
 )
 def test_grid_and_maps_equal_brute_force_nearest_distances(search):
     train, test = _fs(4, 0), _fs(3, 1)
-    m = PatchCore((2, 3), coreset=1.0, dim=6, target_dim=5, neighbours=0, batch=2, search=search).fit(train)
+    m = PatchCore(layers=(2, 3), coreset=1.0, dim=6, target_dim=5, neighbours=0, batch=2, search=search).fit(
+        train
+    )
     if isinstance(search, BoundedSearch):  # the pruned path, whichever the first-call timing would pick
         search._build(m.bank)
         search.choice = "bounded"
@@ -236,15 +239,15 @@ def test_grid_and_maps_equal_brute_force_nearest_distances(search):
 
 def test_fit_keeps_the_coreset_of_the_projected_training_patches():
     train = _fs(6, 5, c=(3, 40, 60, 5))  # per-layer dim 200 > 128: the random projection is used
-    m = PatchCore((2, 3), coreset=0.25, dim=200, target_dim=150, seed=3, batch=4).fit(train)
+    m = PatchCore(layers=(2, 3), coreset=0.25, dim=200, target_dim=150, seed=3, batch=4).fit(train)
     emb, _ = embed_patches(train, (2, 3), 200, 150)
     g = torch.Generator().manual_seed(3)
     projected = emb @ random_projection(150, g)
     picked = greedy_coreset(projected, int(len(emb) * 0.25), 10, g)
     assert len(m.bank) == 24 and torch.equal(m.bank, emb[picked])
-    again = PatchCore((2, 3), coreset=0.25, dim=200, target_dim=150, seed=3, batch=6).fit(train)
+    again = PatchCore(layers=(2, 3), coreset=0.25, dim=200, target_dim=150, seed=3, batch=6).fit(train)
     assert torch.equal(m.bank, again.bank)  # seeded, and independent of the chunking
-    other = PatchCore((2, 3), coreset=0.25, dim=200, target_dim=150, seed=4).fit(train)
+    other = PatchCore(layers=(2, 3), coreset=0.25, dim=200, target_dim=150, seed=4).fit(train)
     assert not torch.equal(m.bank, other.bank)
 
 
@@ -255,18 +258,24 @@ def test_reweighted_score_equals_eq7_by_hand():
     # m* = [1, 0] (distance sqrt(0.01 + 0.09)); its 2 nearest others: [0.5, 0.5] and [0, 0]
     d = [math.hypot(0.1, 0.3), math.hypot(0.4, 0.2), math.hypot(0.9, 0.3)]
     by_hand = (1 - math.exp(d[0]) / sum(math.exp(v) for v in d)) * d[0]
-    assert reweighted_score(query, bank, sq, 3) == pytest.approx(by_hand, rel=1e-6)
-    assert reweighted_score(query, bank, sq, 5) == pytest.approx(
+    assert float(reweighted_scores(query[None], bank, sq, 3)[0]) == pytest.approx(by_hand, rel=1e-6)
+    assert float(reweighted_scores(query[None], bank, sq, 5)[0]) == pytest.approx(
         _eq7(query.numpy(), bank.numpy(), 5), rel=1e-6
     )
-    assert reweighted_score(query, bank[:1], sq[:1], 9) == pytest.approx(
+    assert float(reweighted_scores(query[None], bank[:1], sq[:1], 9)[0]) == pytest.approx(
         math.hypot(0.9, 0.3)
     )  # bank of one: s*
+    # leaving rows out: the same as a bank without them, per query, whatever b
+    excluded = torch.tensor([[False, True, False, False, False, False], [True] * 5 + [False]])
+    both = reweighted_scores(torch.stack([query, query]), bank, sq, 3, excluded)
+    kept = ~excluded[0]
+    assert float(both[0]) == pytest.approx(_eq7(query.numpy(), bank[kept].numpy(), 3), rel=1e-6)
+    assert float(both[1]) == pytest.approx(math.hypot(0.4, 0.2), rel=1e-6)  # one row left: s*
 
 
 def test_image_scores_are_eq7_of_each_images_worst_patch():
     train, test = _fs(5, 7), _fs(3, 8)
-    m = PatchCore((2, 3), coreset=0.5, dim=6, target_dim=4, neighbours=9, batch=2).fit(train)
+    m = PatchCore(layers=(2, 3), coreset=0.5, dim=6, target_dim=4, neighbours=9, batch=2).fit(train)
     emb, _ = embed_patches(test, (2, 3), 6, 4)
     bank = m.bank.double().numpy()
     _, scores = m.score(test, 8)
@@ -278,7 +287,7 @@ def test_image_scores_are_eq7_of_each_images_worst_patch():
 
 def test_state_round_trip_gives_identical_scores():
     train, test = _fs(4, 11), _fs(2, 12)
-    m = PatchCore((2, 3), coreset=0.3, dim=8, target_dim=8, seed=2).fit(train)
+    m = PatchCore(layers=(2, 3), coreset=0.3, dim=8, target_dim=8, seed=2).fit(train)
     buf = io.BytesIO()
     torch.save(m.state(), buf)
     buf.seek(0)
@@ -291,7 +300,7 @@ def test_state_round_trip_gives_identical_scores():
 def test_registry_and_settings():
     default = registry.create("patchcore", Settings())
     assert isinstance(default, PatchCore) and default.layers == (2, 3) and default.coreset == 0.1
-    assert default.dim == default.target_dim == 1024 and not default.streams_training
+    assert default.dim == default.target_dim == 1024 and not default.abilities.streams_training
     assert registry.create("spade", Settings()).layers == (1, 2, 3)  # each method's own default
     assert registry.create("patchcore", Settings(layers=(1, 2, 3), layers_given=True)).layers == (1, 2, 3)
     custom = registry.create(
@@ -310,7 +319,7 @@ def test_registry_and_settings():
 def test_left_out_scores_search_the_bank_without_the_images_own_patches(coreset):
     """Leave-one-out: image i against the bank rows that did not come from image i, by brute force."""
     train = _fs(5, 7, c=(3, 40, 60, 5))
-    m = PatchCore((2, 3), coreset=coreset, dim=200, target_dim=150, seed=2, batch=2).fit(train)
+    m = PatchCore(layers=(2, 3), coreset=coreset, dim=200, target_dim=150, seed=2, batch=2).fit(train)
     emb, _ = embed_patches(train, (2, 3), 200, 150)
     per_image = 16  # the 4 x 4 grid of layer 2
     origin = np.array([int(np.flatnonzero((emb == row).all(1))[0]) // per_image for row in m.bank])

@@ -230,12 +230,14 @@ def test_bad_input_raises() -> None:
 
 
 def test_aupro_handles_full_benchmark_size() -> None:
+    """100 images of 224 x 224, with exact answers: every defect pixel scored above every normal one gives
+    the PRO curve 1 from fpr 0 on (AUPRO 1); every one below gives PRO 0 up to fpr 1 (AUPRO 0)."""
     rng = np.random.default_rng(0)
     masks = np.zeros((100, 224, 224), dtype=bool)
     masks[::2, 50:90, 60:120] = True
-    maps = rng.random(masks.shape, dtype=np.float32) + masks
-    value = aupro(maps, masks)
-    assert 0.0 < value <= 1.0
+    noise = rng.random(masks.shape, dtype=np.float32)  # in [0, 1)
+    assert aupro(noise + masks, masks) == pytest.approx(1.0, abs=1e-12)
+    assert aupro(noise - masks, masks) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_aupr_by_multiplier_equals_masking_then_scoring_exactly():

@@ -1,4 +1,4 @@
-"""report.html (issue 9, section 3): parses, links only existing local files, numbers equal the inputs."""
+"""report.html: parses, links only existing local files, numbers equal the inputs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The published reference numbers (issue 9, section 2): complete, sourced, and the known values."""
+"""The published reference numbers: complete, sourced, and known values copied from the papers' tables."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def test_nulls_are_explained():
             assert published.text(missing[key]["reason"]).strip()
 
 
-# issue 9: class -> (SPADE paper AUROC, PaDiM WR50 paper AUROC, PaDiM pixel AP in DRAEM Table 2)
+# class -> (SPADE paper AUROC, PaDiM WR50 paper AUROC, PaDiM pixel AP in DRAEM Table 2)
 KNOWN = {
     "grid": (0.937, 0.973, 0.357),
     "hazelnut": (0.991, 0.982, 0.611),
@@ -82,7 +82,7 @@ KNOWN = {
 
 
 @pytest.mark.parametrize("cls", sorted(KNOWN))
-def test_known_values_from_the_issue(cls):
+def test_known_values_from_the_papers(cls):
     spade, padim, padim_ap = KNOWN[cls]
     assert published.per_class("pixel_auroc", "spade_paper")[cls] == pytest.approx(spade, abs=1e-9)
     assert published.per_class("pixel_auroc", "padim_paper_wr50")[cls] == pytest.approx(padim, abs=1e-9)
@@ -105,7 +105,7 @@ def test_complete_tables_agree_with_their_reported_means():
             assert mean == pytest.approx(entry["reported_mean"], abs=0.0006), key
 
 
-def test_study_numbers_match_the_issue():
+def test_study_numbers_match_the_study():
     assert published.study_means() == {
         "spade": {"pixel_auroc": 0.968, "pixel_aupr": 0.536},
         "padim": {"pixel_auroc": 0.969, "pixel_aupr": 0.491},

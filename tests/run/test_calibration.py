@@ -10,16 +10,11 @@ import pytest
 
 from spadim.errors import SpadimError
 from spadim.features.extractor import FeatureSet
-from spadim.run.calibration import (
-    Calibration,
-    audit,
-    check_far,
-    conformal_threshold,
-    held_out,
-    images_needed,
-    summarize,
-)
-from spadim.run.layerchoice import fold_rows, other_rows, take
+from spadim.decision.audit import audit
+from spadim.decision.conformal import Calibration, check_far, conformal_threshold, images_needed, summarize
+from spadim.features.extractor import take
+from spadim.run.calibration import held_out
+from spadim.run.layerchoice import fold_rows, other_rows
 from spadim.run.pipeline import Settings
 
 
@@ -109,6 +104,8 @@ class _MeanDistance:
         self.mean = fs.pooled.mean(0)
         return self
 
+    fit_to_score = fit  # the method protocol's fit for in-process scoring
+
     def score(self, fs, size):
         scores = (fs.pooled - self.mean).norm(dim=1).numpy()
         return np.repeat(scores[:, None, None], size, 1).repeat(size, 2).astype(np.float32), scores
@@ -161,24 +158,47 @@ def test_region_level_is_the_conformal_quantile_of_the_region_statistic():
     assert Calibration.from_json(old).region_threshold is None  # an old model: predict asks to recalibrate
 
 
+def _modified_z(stats: np.ndarray) -> np.ndarray:
+    """Iglewicz and Hoaglin's modified z-score, by its definition: 0.6745 (x - median) / MAD."""
+    median = np.median(stats)
+    return 0.6745 * (stats - median) / np.median(np.abs(stats - median))
+
+
+def _conformal_level(stats: np.ndarray, far: float) -> float:
+    """The ceil((n + 1)(1 - far))-th smallest of n, or the largest when that rank passes n."""
+    ordered = np.sort(stats)
+    return float(ordered[min(math.ceil((len(ordered) + 1) * (1 - far)), len(ordered)) - 1])
+
+
 def test_audit_names_a_planted_outlier_first_and_the_level_without_it():
     rng = np.random.default_rng(3)
     stats = rng.normal(10.0, 0.5, size=30)
     planted = stats.copy()
     planted[17] = 14.0  # a defect filed as good
+    planted[4] = 12.2  # a milder one
     names = [f"good_{i:02d}.png" for i in range(30)]
+    z = _modified_z(planted)
+    expected = sorted(np.flatnonzero(z > 3.5), key=lambda i: -planted[i])
+    assert expected[:2] == [17, 4]  # both planted images stand apart by the definition
     flagged = audit(planted, names, 0.05)
-    assert flagged[0]["image"] == "good_17.png"
-    assert all(entry["robust_z"] > 3.5 for entry in flagged)
-    assert flagged[0]["level"] == 14.0  # with 30 images the level is the largest statistic: the plant
-    assert flagged[0]["level_without_it"] == conformal_threshold(np.delete(planted, 17), 0.05)[0]
-    assert flagged[0]["level_without_it"] == conformal_threshold(stats[np.arange(30) != 17], 0.05)[0]
-    assert audit(stats, names, 0.05) == [] or all(e["robust_z"] > 3.5 for e in audit(stats, names, 0.05))
+    assert [entry["image"] for entry in flagged] == [names[i] for i in expected]
+    for entry, i in zip(flagged, expected):
+        assert entry["robust_z"] == pytest.approx(z[i], rel=1e-9)
+        assert entry["region_score"] == planted[i]
+        assert entry["level"] == 14.0  # with 30 images the level is the largest statistic: the plant
+        assert entry["level_without_it"] == _conformal_level(np.delete(planted, i), 0.05)
+        assert entry["level_without_all_flagged"] == _conformal_level(np.delete(planted, expected), 0.05)
+    assert flagged[0]["level_without_it"] == 12.2  # without the worst, the milder plant sets the level
+    # without the plants the audit flags exactly the images the definition flags (here one, z 5.4)
+    clean_z = _modified_z(stats)
+    clean = sorted(np.flatnonzero(clean_z > 3.5), key=lambda i: -stats[i])
+    assert len(clean) == 1
+    assert [entry["image"] for entry in audit(stats, names, 0.05)] == [names[i] for i in clean]
 
 
 def test_far_interval_matches_a_simulation_of_calibration_sets():
     """The false-alarm rate of one calibration set, simulated: 4000 sets of 60 uniform scores."""
-    from spadim.run.calibration import far_interval
+    from spadim.decision.conformal import far_interval
 
     rng = np.random.default_rng(4)
     n, far = 60, 0.05

@@ -63,7 +63,7 @@ def test_operating_point_matches_a_fitted_models_calibration(method, tiny_root, 
     # the fitted model's own predictions on the test images give the row's counts
     data = load_class(tiny_root / "nut")
     images = [read_rgb(p) for p in data.test]
-    predictions = inspector.predict(images, [str(p) for p in data.test], inspector.operating_point())
+    predictions = inspector.predict_batch(images, [str(p) for p in data.test], inspector.operating_point())
     labels = data.labels.astype(bool)
     flagged = np.array([p.decision == "defect" for p in predictions])
     assert all((p.decision == "defect") == bool(p.regions) for p in predictions)

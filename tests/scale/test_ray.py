@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from spadim.record import RecordStore
 import ray  # installed by make test (the test extra holds spadim[ray]): a missing Ray fails, never skips
 
 from spadim.cli import main
@@ -56,12 +58,15 @@ def test_predict_on_ray_data_writes_what_one_process_writes_and_resumes(
     assert main(["predict", str(padim_model), str(test), "--out", str(local), "--weights", "random"]) == 0
     good = sorted((test / "good").iterdir())
     # an interrupted run: two images done by one process; --ray finishes the rest into the same folder
-    assert (
-        main(["predict", str(padim_model), *map(str, good), "--out", str(remote), "--weights", "random"]) == 0
-    )
+    store = tmp_path / "records.sqlite"
+    first = ["predict", str(padim_model), *map(str, good), "--out", str(remote), "--weights", "random"]
+    assert main([*first, "--record", str(store)]) == 0
     args = ["predict", str(padim_model), str(test), "--out", str(remote), "--weights", "random", "--ray"]
-    assert main([*args, "--batch-size", "2"]) == 0
+    assert main([*args, "--batch-size", "2", "--record", str(store)]) == 0
     assert len(_records(remote)) == len(_records(local)) == 6
+    recorded = RecordStore(store).query()  # the driver records what the workers decided, once per image
+    assert sorted(r["image"] for r in recorded) == sorted(r["image"] for r in _records(remote))
+    assert sorted(r["id"] for r in recorded) == sorted(r["record_id"] for r in _records(remote))
     by_image = {r["image"]: r for r in _records(remote)}
     _same(_records(local), [by_image[r["image"]] for r in _records(local)])
     for record in _records(remote):
@@ -86,7 +91,9 @@ def test_evaluate_runs_one_ray_task_per_class_with_the_same_results(cluster, tin
         assert (tmp_path / "ray" / "curves" / f"{name}.png").is_file()
 
 
-def test_serve_with_ray_replicas_answers_as_the_single_process_server(cluster, padim_model, tiny_root):
+def test_serve_with_ray_replicas_answers_as_the_single_process_server(
+    cluster, padim_model, tiny_root, tmp_path
+):
     """Two replicas behind spadim's own front, called by three clients at once on 127.0.0.1."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -100,7 +107,8 @@ def test_serve_with_ray_replicas_answers_as_the_single_process_server(cluster, p
     remote_inspectors = load_inspectors([padim_model], "random")
     ray_serve.deploy(remote_inspectors, "local", 2, "random", "cpu")
     try:
-        remote = TestClient(create_app(remote_inspectors))
+        store = RecordStore(tmp_path / "records.sqlite")
+        remote = TestClient(create_app(remote_inspectors, stores={padim_model.stem: store}))
         assert remote.get("/models").json()["models"][0]["runtime"] == "torch+ray"
 
         def post(client, path):
@@ -111,6 +119,10 @@ def test_serve_with_ray_replicas_answers_as_the_single_process_server(cluster, p
             answers = list(pool.map(lambda p: post(remote, p), images))
     finally:
         ray_serve.shutdown()
+    assert sorted(store.get(a["record_id"])["decision"] for a in answers) == sorted(
+        a["decision"] for a in answers
+    )
+    assert store.count(source="serve") == len(images)
     for one, other in zip(expected, answers):
         assert other["decision"] == one["decision"]
         assert other["region_score"] == pytest.approx(one["region_score"], rel=1e-5)

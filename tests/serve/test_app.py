@@ -94,7 +94,7 @@ def test_predict_matches_the_python_api(client, inspector, upload):
     assert response.status_code == 200, response.text
     body = response.json()
     point = inspector.operating_point()
-    (expected,) = inspector.predict([decode_rgb(upload)], ["part.png"], point)
+    (expected,) = inspector.predict_batch([decode_rgb(upload)], ["part.png"], point)
     want = expected.to_json(point)
     assert body["model"] == "nut" and body["image"] == "part.png"
     assert body["score"] == pytest.approx(want["score"], rel=1e-6)
@@ -228,8 +228,15 @@ def test_a_port_in_use_is_one_line_and_exit_2(model_file, capsys):
     assert err.count("\n") == 1 and err.startswith("spadim: error: ") and str(port) in err
 
 
-@pytest.mark.parametrize("problem", ["not a model", "missing", "same stem"])
-def test_bad_model_files_are_one_line_and_exit_2(model_file, tmp_path, capsys, problem):
+@pytest.mark.parametrize(
+    "problem,needle",
+    [
+        ("not a model", "is not a spadim model file"),
+        ("missing", "does not exist"),
+        ("same stem", "share the name"),
+    ],
+)
+def test_bad_model_files_are_one_line_and_exit_2(model_file, tmp_path, capsys, problem, needle):
     if problem == "not a model":
         models = [tmp_path / "junk.pt"]
         models[0].write_text("hello")
@@ -242,3 +249,4 @@ def test_bad_model_files_are_one_line_and_exit_2(model_file, tmp_path, capsys, p
     assert main(["serve", *map(str, models), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("spadim: error: "), err
+    assert needle in err and str(models[-1]) in err, err

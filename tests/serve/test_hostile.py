@@ -57,7 +57,12 @@ def test_the_api_key_is_required_everywhere_but_health_and_the_page(inspector, u
     assert guarded.get("/models", headers={"X-API-Key": "s3cret"}).status_code == 200
     assert guarded.get("/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     ok = _post(guarded, upload, "part.png", {"X-API-Key": "s3cret"})
-    assert ok.status_code == 200 and ok.json()["decision"] in ("ok", "defect")
+    unguarded = _post(TestClient(create_app({"nut": inspector})), upload, "part.png").json()
+    assert ok.status_code == 200
+    assert (ok.json()["decision"], ok.json()["region_score"]) == (
+        unguarded["decision"],
+        unguarded["region_score"],
+    )
 
 
 def test_binding_beyond_loopback_without_a_key_warns():

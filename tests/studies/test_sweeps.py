@@ -171,7 +171,7 @@ def test_layer_sweep_resumes_with_the_default_d_given_explicitly(tiny_root, tmp_
     capsys.readouterr()
     assert main([*args, "--d", "100"]) == 0
     assert "15 results already done, 0 to go" in capsys.readouterr().err
-    # files written before the fix hold d = None for the default; they resume too
+    # a signature that holds d = None for the default resumes with the same d given explicitly
     f = out / "per_class" / "tile.json"
     f.write_text(json.dumps({**json.loads(f.read_text()), "signature": {**sig, "d": None}}))
     assert main([*args, "--d", "100"]) == 0

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from spadim.methods.nearest import SEARCHES
+from spadim.methods.registry import METHODS
 from spadim.methods.spade import FUSIONS
 from spadim.features.backbone import ARCHS
 from spadim.data.folders import load_plain
@@ -17,7 +18,7 @@ from spadim.data.mvtec import FRAMES, ClassData
 from spadim.errors import SpadimError
 from spadim.features.device import DEVICES
 from spadim.features.extractor import parse_layers
-from spadim.run.calibration import check_far
+from spadim.decision.conformal import check_far
 from spadim.lists import parse_list
 from spadim.masks.auto import LEARNED
 from spadim.masks.keypoints import DETECTORS, MaskConfig, available_detectors
@@ -67,7 +68,8 @@ def add_common(
         m.add_argument(
             "--layers",
             default="auto" if auto else None,
-            help="backbone layers to use, subset of 1,2,3,4, or 'auto': chosen per class and method "
+            help="backbone layers to use, a subset of 1,2,3,4 written 2,3 or 2+3 (as reports print it), "
+            "or 'auto': chosen per class and method "
             "from normal images with synthetic defects (default: "
             + ("auto" if auto else "1,2,3 for SPADE and PaDiM, 2,3 for PatchCore")
             + ")",
@@ -236,11 +238,13 @@ def add_ray(p, what: str) -> None:
 def settings_from(a) -> Settings:
     tile = getattr(a, "tile", 1)
     methods = [getattr(a, "method", "")] + str(getattr(a, "methods", "")).split(",")
-    if tile > 1 and "padim" in methods:
+    untiled = [name for name in methods if name in METHODS and not METHODS[name].abilities.tiles]
+    if tile > 1 and untiled:
+        tiling = [name for name, cls in METHODS.items() if cls.abilities.tiles]
         raise SpadimError(
-            f"--tile {tile} with PaDiM would accumulate {tile * tile}x the per-position covariance sums "
-            f"while fitting ({tile * tile * 3136} positions x 550 x 550 floats, about {tile * tile * 3.8:.0f} GB): "
-            f"use --method spade or patchcore with --tile, or drop --tile"
+            f"--tile {tile} with {untiled[0]} would multiply what its fit holds per position by {tile * tile} "
+            f"(PaDiM: {tile * tile * 3136} positions x 550 x 550 floats, about {tile * tile * 3.8:.0f} GB): "
+            f"use --method {' or '.join(tiling)} with --tile, or drop --tile"
         )
     return Settings(
         arch=a.arch,

@@ -41,6 +41,7 @@ from spadim.run.session import (
     say,
 )
 from spadim.data.embedded.dataset import make_dataset
+from .line import record_target, serve_stores
 
 
 # ---------------------------------------------------------------- commands
@@ -88,17 +89,17 @@ def cmd_evaluate(a) -> None:
         settings_from(a),
         data,
         a.out,
-        a.methods,
-        a.classes,
-        a.object_mask,
-        cfg,
-        candidates,
-        r,
-        a.examples,
-        recorded_command(a),
-        far,
-        a.folds,
-        _class_runner(a),
+        methods=a.methods,
+        classes=a.classes,
+        object_mask=a.object_mask,
+        cfg=cfg,
+        candidates=candidates,
+        r=r,
+        examples=a.examples,
+        command=recorded_command(a),
+        far=far,
+        folds=a.folds,
+        per_class=_class_runner(a),
     )
 
 
@@ -160,7 +161,14 @@ def cmd_predict(a) -> None:
     )
     paths = _expand_images(a.images)
     check_images(paths)  # every file decodes before the backbone loads
-    inspector = inspect.Inspector.load(a.model, a.weights, a.batch_size, object_mask, a.runtime, a.device)
+    inspector = inspect.Inspector.load(
+        a.model,
+        weights=a.weights,
+        batch_size=a.batch_size,
+        object_mask=object_mask,
+        runtime=a.runtime,
+        device=a.device,
+    )
     point = inspector.operating_point(a.threshold, a.far)
     say(inspector.backbone_text())
     for warning in inspector.warnings(point):
@@ -171,8 +179,21 @@ def cmd_predict(a) -> None:
 
         ray_jobs.connect(a.ray)
         runner = ray_jobs.ray_runner(a.model, a.weights, a.runtime, a.device, a.batch_size, a.workers)
+    store = record_target(a, a.model)
+    if store is not None:
+        say(f"recording every decision in {store.target}")
     summary = inspect.predict_paths(
-        inspector, paths, a.out, point, a.min_area, a.save_maps, a.batch_size, progress, object_mask, runner
+        inspector,
+        paths,
+        a.out,
+        point,
+        a.min_area,
+        a.save_maps,
+        a.batch_size,
+        progress,
+        object_mask,
+        runner,
+        store=store,
     )
     rate = summary["new"] / summary["seconds"] if summary["seconds"] > 0 else float("nan")
     say(
@@ -214,8 +235,14 @@ def cmd_serve(a) -> None:
 
             ray_serve.deploy(inspectors, a.ray, a.workers, a.weights, a.device)
         max_upload_bytes = round(a.max_upload_mb * (1 << 20))
+        stores = serve_stores(a, inspectors)
         serve.serve(
-            inspectors, max_upload_bytes=max_upload_bytes, listener=listener, say=say, api_key=api_key
+            inspectors,
+            max_upload_bytes=max_upload_bytes,
+            listener=listener,
+            say=say,
+            api_key=api_key,
+            stores=stores,
         )
     finally:
         listener.close()
@@ -234,20 +261,17 @@ def cmd_mask_sweep(a) -> None:
     learned = [d for d in detectors if d in LEARNED]
     cfgs = {d: mask_config(a, d) for d in detectors if d not in LEARNED}
     candidates = {d: mask_config(a, d) for d in available_detectors()} if "auto" in learned else {}
-    masksweep.run(
-        settings_from(a),
-        a.data,
-        a.out,
-        cfgs,
-        a.methods,
-        a.classes,
-        rs,
-        show_r,
-        a.examples,
-        recorded_command(a),
-        learned,
-        candidates,
+    options = masksweep.SweepOptions(
+        methods=a.methods,
+        classes=a.classes,
+        multipliers=tuple(rs),
+        show_r=show_r,
+        examples=a.examples,
+        command=recorded_command(a),
+        learned=tuple(learned),
+        candidates=candidates,
     )
+    masksweep.run(settings_from(a), a.data, a.out, cfgs, options)
 
 
 SHARED_SUBSET = Path("../shared/data/mvtec_ad_subset")

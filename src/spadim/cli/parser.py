@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 
+import spadim
 from spadim import __version__, inspect
 from spadim.data.guard import DEFAULT_MAX_PIXELS
-from spadim.run.calibration import DEFAULT_PIXEL_FAR
+from spadim.decision.conformal import DEFAULT_PIXEL_FAR
 from spadim.studies import masksweep
 from spadim.studies import reproduce
 from spadim.features.backbone import ARCHS
@@ -27,6 +28,7 @@ from spadim.masks.keypoints import DETECTORS
 
 
 # ---------------------------------------------------------------- commands
+from .line import add_line_commands, add_record_args
 from .commands import (
     SHARED_SUBSET,
     TOY,
@@ -45,8 +47,12 @@ from .commands import (
 )
 
 
+#: ``spadim --help``'s description: the package's docstring, whole, as one paragraph
+DESCRIPTION = " ".join(spadim.__doc__.split())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="spadim", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="spadim", description=DESCRIPTION)
     ap.add_argument("--version", action="version", version=f"spadim {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -201,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime(p)
     add_ray(p, "predict on Ray Data workers, each loading the model once")
     add_mask_args(p)
+    add_record_args(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -237,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_runtime(p)
     add_ray(p, "score on Ray Serve replicas (--workers of them) with dynamic batching")
+    add_record_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -333,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     add_mask_args(p, sweep=True)
     p.set_defaults(func=cmd_reproduce)
+    add_line_commands(sub)
     return ap
 
 
@@ -342,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     a.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         check_args(a)
-        a.func(a)
+        code = a.func(a)
     except SpadimError as exc:
         print(f"spadim: error: {exc}", file=sys.stderr)
         return 2
@@ -355,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spadim: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

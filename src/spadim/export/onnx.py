@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spadim.features.backbone import file_sha256
+
 from spadim.data.mvtec import IMAGENET_MEAN, IMAGENET_STD, normalize
 from spadim.errors import SpadimError
 from spadim.export.graph import ScoringGraph
@@ -72,6 +74,12 @@ def export_onnx(model_path: Path, out: Path, weights: str | None = None, say=pri
     crop = model_meta["preprocess"]["crop"]
     graph = ScoringGraph(network, method, crop).eval()
     meta = export_metadata(model_meta, method)
+    calibration = model_meta.get("calibration") or {}
+    meta["version"] = {  # the model version it was exported from, and the level in force then
+        "id": file_sha256(Path(model_path))[:16],
+        "region_threshold": calibration.get("region_threshold"),
+        "far": calibration.get("far"),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

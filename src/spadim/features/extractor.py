@@ -34,7 +34,10 @@ def combo_name(combo) -> str:
 
 
 def parse_layers(text: str | Iterable[int]) -> tuple[int, ...]:
-    """'1,2,3' -> (1, 2, 3); unknown or empty ids raise SpadimError."""
+    """'1,2,3' or '1+2+3' (the :func:`combo_name` that reports print) -> (1, 2, 3); unknown or empty ids
+    raise SpadimError."""
+    if isinstance(text, str):
+        text = text.replace("+", ",")
     return tuple(sorted(parse_list(text, "layer", "--layers", LAYER_IDS, int, example="1,2,3")))
 
 
@@ -69,6 +72,29 @@ class FeatureSet:
     def batches(self, size: int) -> Iterator["FeatureSet"]:
         for start in range(0, len(self), size):
             yield self.rows(start, start + size)
+
+
+def take(fs: FeatureSet, rows: list[int]) -> FeatureSet:
+    """Rows of a FeatureSet (copies)."""
+    idx = torch.as_tensor(rows, dtype=torch.long)
+    return FeatureSet(
+        [fs.paths[i] for i in rows],
+        {layer: t[idx] for layer, t in fs.layers.items()},
+        None if fs.pooled is None else fs.pooled[idx],
+        fs.images[rows],
+        [fs.shapes[i] for i in rows],
+    )
+
+
+def concat(parts: list[FeatureSet]) -> FeatureSet:
+    """FeatureSets one after another (copies)."""
+    return FeatureSet(
+        [p for fs in parts for p in fs.paths],
+        {layer: torch.cat([fs.layers[layer] for fs in parts]) for layer in parts[0].layers},
+        None if parts[0].pooled is None else torch.cat([fs.pooled for fs in parts]),
+        np.concatenate([fs.images for fs in parts]),
+        [s for fs in parts for s in fs.shapes],
+    )
 
 
 def embed(fs: FeatureSet, layers: Sequence[int], idx=None) -> torch.Tensor:
@@ -120,9 +146,8 @@ class FeatureExtractor:
 
     def _key(self, path: Path) -> str:
         st = path.stat()
-        frame = (
-            "whole|" if self.pre.frame == "whole" else ""
-        )  # crop-mode keys as before: old caches stay valid
+        # only the whole frame is tagged: crop keys keep the format of the caches already on disk
+        frame = "whole|" if self.pre.frame == "whole" else ""
         ident = (
             f"{self.weights.arch}|{self.weights.sha256}|{self.pre.resize}|{self.pre.crop}|{frame}{path.resolve()}|"
             f"{st.st_size}|{st.st_mtime_ns}"

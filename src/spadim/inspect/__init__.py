@@ -6,7 +6,8 @@ The CLI (``fit``, ``calibrate``, ``predict``) and the HTTP server are thin shell
 """
 
 from spadim.decision.regions import DEFAULT_MIN_AREA, Region, find_regions
-from spadim.run.calibration import DEFAULT_FAR, DEFAULT_FOLDS, Calibration, conformal_threshold
+from spadim.decision.conformal import DEFAULT_FAR, Calibration, conformal_threshold
+from spadim.run.calibration import DEFAULT_FOLDS
 from .fitting import calibrate_model, fit_classes, fit_model
 from .inspector import Inspector, ObjectMask, OperatingPoint, Prediction
 from .stream import predict_paths

@@ -11,68 +11,52 @@ import json
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 
 from spadim.data.folders import find_images, training_images
 from spadim.data.mvtec import check_images, find_classes
 from spadim.errors import SpadimError
-from spadim.features.extractor import ALL_COMBOS, combo_name
+from spadim.features.extractor import ALL_COMBOS, FeatureSet, combo_name
 from spadim.report.fitreport import write_fit_report
 from spadim.report.tables import json_ready
 from spadim.run.layerchoice import select_layers
-from spadim.run.modelfile import save_model, write_blob
+from spadim.run.modelfile import model_blob, write_blob
 from spadim.run.pipeline import Settings, make_extractor, reference_indices, score_stream
-from spadim.run.calibration import (
+from spadim.decision.audit import AUDIT_Z, audit
+from spadim.decision.conformal import (
     DEFAULT_FAR,
-    DEFAULT_FOLDS,
     DEFAULT_PIXEL_FAR,
-    AUDIT_Z,
     Calibration,
-    audit,
-    calibrate_held_out,
     check_far,
     far_interval,
     region_scores,
     summarize,
 )
+from spadim.run.calibration import DEFAULT_FOLDS, calibrate_held_out, check_image_count
+from spadim.record import sha256_bytes, sha256_file
 from .inspector import Inspector
 from .stages import Stages
+from .versions import commit_version, ensure_logged
 
 
-def fit_model(
-    folder: Path,
-    out: Path,
+def fit_features(
+    train: FeatureSet,
+    extractor,
     settings: Settings,
     method_name: str,
+    *,
     far: float = DEFAULT_FAR,
     folds: int = DEFAULT_FOLDS,
     refs: int = 3,
-    say=print,
-    progress=None,
     pixel_far: float = DEFAULT_PIXEL_FAR,
-    bars: bool | None = None,
+    class_name: str = "good",
+    say=print,
+    stages: Stages | None = None,
 ) -> dict:
-    """Fit, calibrate out-of-fold, refit on all images, save. Returns what was done and measured.
-
-    Each stage (features, layer choice, fit, calibration, audit, report) says one line with its time as
-    it ends; on a terminal (``bars=None``: when stderr is one) each also shows a progress bar. A given
-    ``progress`` (the extractor's batch hook) replaces the features' bar."""
-    check_far(far)
-    if folds < 2:
-        raise SpadimError(f"--folds must be >= 2 (got {folds}): each fold is scored by a model of the others")
-    name, paths = training_images(folder)  # MVTec train/good, or any folder
-    check_images(paths)  # a bad file fails now, not after the backbone has run
-    if len(paths) < 2:
-        raise SpadimError(
-            f"{folder} holds {len(paths)} good image(s): calibration needs at least 2 (add images)"
-        )
-    stages = Stages(say, bars)
-    extractor = make_extractor(
-        settings, progress or stages.progress, [method_name], ALL_COMBOS if settings.auto_layers else None
-    )
-    say(extractor.weights.describe())
-    with stages("features", unit="img", steps=0) as stage:
-        train = extractor(paths, f"{name} train")
-        stage.summary = f"{len(train)} images of {name}, layers {combo_name(extractor.layers)}"
+    """Choose the layers (when 'auto'), fit, calibrate held-out and audit, in memory: the model file's
+    contents (``blob``) and what was done and measured. Shared by ``spadim fit`` and
+    :meth:`Inspector.fit`."""
+    stages = stages or Stages(say, bars=False)
     selection = None
     layers = None
     if settings.auto_layers:
@@ -92,28 +76,101 @@ def fit_model(
             method_name, settings, layers, train, far, folds, pixel_far, fitted=method
         )
         stage.summary = f"{calibration.how}, region level {calibration.region_threshold:.4g}"
-    names = [str(p) for p in paths]
+    names = [str(p) for p in train.paths]
     with stages("audit") as stage:
         suspects = audit(held.region_scores, names, far)
         stage.summary = f"{len(suspects)} of {len(names)} images stand apart"
-    seconds = stages.seconds
+    seconds = dict(stages.seconds)
+    held_sha256 = sorted({image_sha256(path, frame) for path, frame in zip(train.paths, train.images)})
     info = {
         "images": len(train),
-        "folder": str(folder),
         "seconds": seconds,
         "layer_choice": selection.to_json() if selection else None,
         "audit": suspects,
+        "held_sha256": held_sha256,
         "held_out": {
             "images": names,
             "region_scores": held.region_scores.tolist(),
             "image_scores": held.image_scores.tolist(),
         },
     }
+    refs_frames = train.images[reference_indices(len(train), refs)]
+    blob = model_blob(
+        method, extractor.weights, settings.pre, class_name, refs_frames, calibration.to_json(), info
+    )
+    return {
+        "method": method,
+        "blob": blob,
+        "calibration": calibration,
+        "seconds": seconds,
+        "layers": layers,
+        "selection": selection,
+        "audit": suspects,
+        "held_out": held,
+    }
+
+
+def image_sha256(path: Path, frame) -> str:
+    """The SHA-256 that names an image the model holds: its file's, or its frame's for an array."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    return sha256_bytes(np.ascontiguousarray(frame).tobytes())
+
+
+def fit_model(
+    folder: Path,
+    out: Path,
+    settings: Settings,
+    method_name: str,
+    far: float = DEFAULT_FAR,
+    folds: int = DEFAULT_FOLDS,
+    refs: int = 3,
+    say=print,
+    progress=None,
+    pixel_far: float = DEFAULT_PIXEL_FAR,
+    bars: bool | None = None,
+) -> dict:
+    """``spadim fit``: fit, calibrate held-out, save ``out`` with its audit, layer choice and report.
+
+    Each stage (features, layer choice, fit, calibration, audit, report) says one line with its time as
+    it ends; on a terminal (``bars=None``: when stderr is one) each also shows a progress bar. A given
+    ``progress`` (the extractor's batch hook) replaces the features' bar."""
+    check_far(far)
+    if folds < 2:
+        raise SpadimError(f"--folds must be >= 2 (got {folds}): each fold is scored by a model of the others")
+    name, paths = training_images(folder)  # MVTec train/good, or any folder
+    check_images(paths)  # a bad file fails now, not after the backbone has run
+    check_image_count(len(paths), [method_name], str(folder), choose_layers=settings.auto_layers)
+    stages = Stages(say, bars)
+    extractor = make_extractor(
+        settings, progress or stages.progress, [method_name], ALL_COMBOS if settings.auto_layers else None
+    )
+    say(extractor.weights.describe())
+    with stages("features", unit="img", steps=0) as stage:
+        train = extractor(paths, f"{name} train")
+        stage.summary = f"{len(train)} images of {name}, layers {combo_name(extractor.layers)}"
+    fitted = fit_features(
+        train,
+        extractor,
+        settings,
+        method_name,
+        far=far,
+        folds=folds,
+        refs=refs,
+        pixel_far=pixel_far,
+        class_name=name,
+        say=say,
+        stages=stages,
+    )
+    blob, calibration, held, suspects, selection = (
+        fitted[k] for k in ("blob", "calibration", "held_out", "audit", "selection")
+    )
     with stages("report") as stage:
-        refs_frames = train.images[reference_indices(len(train), refs)]
-        save_model(
-            out, method, extractor.weights, settings.pre, name, refs_frames, calibration.to_json(), info
-        )
+        seconds = dict(stages.seconds)
+        blob["fit"].update(folder=str(folder), seconds=seconds)
+        names = blob["fit"]["held_out"]["images"]
+        write_blob(Path(out), blob)
         if selection is not None:  # the audit trail of the choice, readable without torch
             Path(f"{out}.layers.json").write_text(
                 json.dumps(json_ready(selection.to_json()), indent=1, allow_nan=False)
@@ -124,37 +181,35 @@ def fit_model(
                     {
                         "rule": f"modified z-score of the {calibration.how} region statistic > {AUDIT_Z}",
                         "flagged": suspects,
-                        **info["held_out"],
+                        **blob["fit"]["held_out"],
                     }
                 ),
                 indent=1,
                 allow_nan=False,
             )
         )
+        commit_version(
+            out, "fit", None, n_images=len(train), level_after=calibration.region_threshold, far=far
+        )
         report = write_fit_report(
             out, method_name, calibration, held, names, train.images, suspects, extractor.weights.banner
         )
         stage.summary = f"{out}, {report}"
+    seconds = fitted["seconds"] = dict(stages.seconds)
     low, high = far_interval(len(train), far)
     for line in filter(None, [calibration.warning(), calibration.advice()]):
         say(f"warning: {line}")
     for entry in suspects:
         say(audit_line(entry))
     say(
-        f"fitted {method_name} on {len(train)} images of {name} in {sum(seconds.values()):.1f} s: region level "
+        f"fitted {method_name} on {len(train)} images of {name} in {sum(seconds.values()):.1f} s "
+        f"(calibration {seconds['calibration']:.1f} s, {calibration.how}): region level "
         f"{calibration.region_threshold:.4g} (an image is a defect when a region of at least "
         f"{calibration.min_area:.2%} of it lies above this), regions drawn from {calibration.mask_level:.4g}, "
         f"at far={far:g}; the false-alarm rate of a calibration on {len(train)} images lies in "
         f"[{low:.3f}, {high:.3f}] for 90% of such sets -> {out} (report: {report})"
     )
-    return {
-        "calibration": calibration,
-        "seconds": seconds,
-        "layers": layers,
-        "selection": selection,
-        "audit": suspects,
-        "held_out": held,
-    }
+    return fitted
 
 
 def audit_line(entry: dict) -> str:
@@ -180,7 +235,7 @@ def calibrate_model(
     check_far(far)
     paths = find_images(Path(folder))
     check_images(paths)
-    inspector = Inspector.load(model, weights)
+    inspector = Inspector.load(model, weights=weights)
     name = inspector.method.name
     frames, maps, scores = score_stream(
         inspector.extractor, paths, {name: inspector.method}, 32, inspector.pre.crop, "calibrate"
@@ -199,7 +254,19 @@ def calibrate_model(
     blob = inspector.meta  # the model file as loaded once above (its tensors are written back unchanged)
     blob["calibration"] = calibration.to_json()
     blob["format_version"] = 3
-    write_blob(Path(out or model), blob)
+    target = Path(out or model)
+    parent = ensure_logged(Path(model), lambda: {"n_images": blob.get("fit", {}).get("images")})
+    write_blob(target, blob)
+    commit_version(
+        target,
+        "calibrate",
+        parent["id"],
+        n_images=blob.get("fit", {}).get("images"),
+        level_before=inspector.calibration.region_threshold if inspector.calibration else None,
+        level_after=calibration.region_threshold,
+        far=far,
+        reason=f"recalibrated on {len(paths)} held-out good images from {folder}",
+    )
     if calibration.warning():
         say(f"warning: {calibration.warning()}")
     for entry in audit(regions, [str(p) for p in paths], far):
@@ -227,7 +294,9 @@ def fit_classes(
     ``options`` go to :func:`fit_model`."""
     sources = find_classes(root, classes)
     for source in sources:
-        check_images(training_images(source)[1])
+        paths = training_images(source)[1]
+        check_image_count(len(paths), [method_name], str(source), choose_layers=settings.auto_layers)
+        check_images(paths)
     job = partial(_fit_one, out_dir=Path(out_dir), settings=settings, method_name=method_name, **options)
     results = runner(job, sources) if runner else (job(source, say=say) for source in sources)
     fitted = {}

@@ -1,8 +1,8 @@
 """A fitted, calibrated model ready for a line: images in, decisions, scores, regions and masks out.
 
-:class:`Inspector` loads a model file once (backbone, method, calibration) and serves
-:meth:`Inspector.predict` to ``spadim predict`` (which streams folders through it) and to
-``spadim serve`` (one upload at a time). Scores are mapped back onto the original pixels, so a
+:class:`Inspector` is configured and fitted in Python (:mod:`.estimator`) or loads a model file once
+(backbone, method, calibration), and serves :meth:`Inspector.predict_batch` to ``spadim predict``
+(which streams folders through it) and to ``spadim serve`` (one upload at a time). Scores are mapped back onto the original pixels, so a
 region's box and area are in the image the user sent, not in the network's 224 px frame.
 """
 
@@ -26,7 +26,8 @@ from spadim.report.figures import colorize, overlay
 from spadim.run.modelfile import load_fitted
 from spadim.masks.keypoints import MaskConfig
 from spadim.run.pipeline import needed_features, object_masks, suppress_outside
-from spadim.run.calibration import Calibration, check_far
+from spadim.decision.conformal import DEFAULT_FAR, Calibration, check_far
+from .estimator import Estimator, FitOptions, default_method
 from spadim.decision.regions import (
     DEFAULT_MIN_AREA,
     Region,
@@ -100,30 +101,44 @@ def _require_references(meta: dict, path, object_mask) -> None:
         )
 
 
-class Inspector:
-    """One model, loaded once. ``scorer`` (frames -> maps, image scores) replaces the in-process
+class Inspector(Estimator):
+    """One model: configured and fitted here (``Inspector(PatchCore(), far=0.05).fit("good/")``) or loaded
+    once from a file (:meth:`load`). ``scorer`` (frames -> maps, image scores) replaces the in-process
     backbone and method: an ONNX export run by onnxruntime, or the method's graph on a GPU."""
 
-    def __init__(
-        self,
-        method,
-        meta: dict,
-        extractor: FeatureExtractor | None,
-        model_path: Path | None = None,
-        scorer=None,
-        runtime: str = "torch",
-    ):
+    def __init__(self, method=None, *, far: float = DEFAULT_FAR, **options):
+        """``method``: a configured SPADE, PaDiM or PatchCore (default: ``PatchCore(layers="auto")``);
+        ``options``: those of :class:`~spadim.inspect.estimator.FitOptions` (backbone, weights, frame,
+        resize, crop, pixel_far, folds, refs, batch_size, device, seed), keyword only."""
+        self.options = FitOptions(far=far, **options)
+        self._attach(method if method is not None else default_method(), None, None)
+
+    def _attach(self, method, meta, extractor, model_path=None, scorer=None, runtime: str = "torch") -> None:
         self.method, self.meta, self.extractor, self.scorer = method, meta, extractor, scorer
-        self.pre: Preprocess = extractor.pre if extractor else Preprocess(**meta["preprocess"])
+        self.pre: Preprocess | None = (
+            extractor.pre if extractor else Preprocess(**meta["preprocess"]) if meta else None
+        )
         self.model_path, self.runtime = model_path, runtime
         self.concurrent = False  # True when the scoring runs elsewhere and takes concurrent calls (Ray Serve)
-        self.calibration = Calibration.from_json(meta["calibration"]) if meta.get("calibration") else None
+        self.calibration = (
+            Calibration.from_json(meta["calibration"]) if meta and meta.get("calibration") else None
+        )
         self.sha256 = file_sha256(scorer.path if runtime == "onnx" else model_path) if model_path else ""
+
+    @classmethod
+    def _assembled(
+        cls, method, meta, extractor, model_path=None, scorer=None, runtime="torch"
+    ) -> "Inspector":
+        inspector = cls.__new__(cls)
+        inspector.options = FitOptions.of_model(meta)
+        inspector._attach(method, meta, extractor, model_path, scorer, runtime)
+        return inspector
 
     @classmethod
     def load(
         cls,
         path: Path,
+        *,
         weights: str | None = None,
         batch_size: int = 8,
         object_mask: ObjectMask | None = None,
@@ -144,7 +159,7 @@ class Inspector:
             scorer = OnnxScorer(path, device, batch_size)
             meta = {**scorer.meta, "ref_images": torch.zeros(0, 1, 1, 3, dtype=torch.uint8)}
             method = SimpleNamespace(name=meta["method"], layers=tuple(meta["layers"]))
-            return cls(method, meta, None, Path(path), scorer, "onnx")
+            return cls._assembled(method, meta, None, Path(path), scorer, "onnx")
         if runtime != "torch":
             raise SpadimError(f"--runtime {runtime!r}: choose torch or onnx")
         method, meta, network, found = load_fitted(
@@ -156,7 +171,28 @@ class Inspector:
             network, found, Preprocess(**meta["preprocess"]), batch_size, None, None, layers, pooled, target
         )
         scorer = None if target.type == "cpu" else GraphScorer(network, method, extractor.pre.crop, target)
-        return cls(method, meta, extractor, Path(path), scorer)
+        inspector = cls._assembled(method, meta, extractor, Path(path), scorer)
+        inspector.load_options = {"weights": weights, "batch_size": batch_size, "device": device}
+        return inspector
+
+    def reloaded(self) -> "Inspector":
+        """The model file as it is now (another version may be in force), loaded as this one was."""
+        if self.runtime != "torch" or self.model_path is None:
+            raise SpadimError("only a model file run by torch can be reloaded")
+        return Inspector.load(self.model_path, **getattr(self, "load_options", {}))
+
+    def file_stamp(self) -> tuple | None:
+        """What tells that the model file changed (a new version written over it)."""
+        try:
+            stat = self.model_path.stat()
+        except (OSError, AttributeError, TypeError):
+            return None
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    @property
+    def model_version(self) -> str:
+        """The version that decides: its id when the model file keeps versions, else its content hash."""
+        return (self.meta.get("version") or {}).get("id") or self.sha256[:16]
 
     def backbone_text(self) -> str:
         """The weights line predict and serve print."""
@@ -239,7 +275,7 @@ class Inspector:
         maps, scores = suppress_outside(self.method.name, maps, scores, inside, object_mask.multiplier)
         return maps, scores, warnings
 
-    def predict(
+    def predict_batch(
         self,
         images: list[np.ndarray],
         names: list[str],

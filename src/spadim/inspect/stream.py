@@ -11,20 +11,18 @@ from __future__ import annotations
 import csv
 import json
 import time
+import uuid
 from pathlib import Path
 
 import cv2
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from spadim.data.mvtec import read_rgb  # noqa: E402
-from spadim.errors import SpadimError  # noqa: E402
-from spadim.report.figures import save_rgb  # noqa: E402
-from spadim.report.tables import json_ready  # noqa: E402
-from .inspector import Inspector, ObjectMask, OperatingPoint  # noqa: E402
+from spadim.data.mvtec import read_rgb
+from spadim.errors import SpadimError
+from spadim.record import RecordStore, decision_row, review_picture, sha256_file
+from spadim.report.figures import save_rgb, subplots
+from spadim.report.tables import json_ready
+from .inspector import Inspector, ObjectMask, OperatingPoint
 
 CSV_COLUMNS = [
     "image",
@@ -72,14 +70,18 @@ def _finished(jsonl: Path) -> list[dict]:
     return done
 
 
-def _start(out: Path, settings: dict, inspector: Inspector, point: OperatingPoint) -> list[dict]:
+def _start(out: Path, settings: dict, inspector: Inspector, point: OperatingPoint) -> tuple[list[dict], str]:
+    """-> the finished records and the run's id (kept by a resumed run, so its record keys match)."""
     run_file = out / RUN_FILE
+    run_id = uuid.uuid4().hex[:16]
     if out.exists() and any(out.iterdir()):
         if not run_file.is_file():
             raise SpadimError(
                 f"--out {out} is not empty and holds no predict run ({RUN_FILE}): choose a new --out"
             )
-        earlier = json.loads(run_file.read_text()).get("settings", {})
+        earlier_run = json.loads(run_file.read_text())
+        earlier = earlier_run.get("settings", {})
+        run_id = earlier_run.get("run_id", run_id)
         changed = {k: (earlier.get(k), v) for k, v in settings.items() if earlier.get(k) != v}
         if changed:
             raise SpadimError(
@@ -90,6 +92,7 @@ def _start(out: Path, settings: dict, inspector: Inspector, point: OperatingPoin
     done = _finished(out / "predictions.jsonl")
     low, high = inspector.colour_range(point)
     info = {
+        "run_id": run_id,
         "settings": settings,
         "model": inspector.describe(),
         "operating_point": point.__dict__,
@@ -102,12 +105,12 @@ def _start(out: Path, settings: dict, inspector: Inspector, point: OperatingPoin
         writer = csv.DictWriter(handle, CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(_csv_row(record) for record in done)
-    return done
+    return done, run_id
 
 
 def _colour_bar(path: Path, low: float, high: float, threshold: float) -> None:
     """The fixed colour scale of every heatmap and overlay, with the pixel threshold marked."""
-    fig, ax = plt.subplots(figsize=(5, 0.9))
+    fig, ax = subplots(figsize=(5, 0.9))
     ax.imshow(np.linspace(0, 1, 256)[None], aspect="auto", cmap="jet", extent=(low, high, 0, 1))
     ax.axvline(threshold, color="white", lw=2)
     ax.axvline(threshold, color="black", lw=1, ls="--")
@@ -115,7 +118,6 @@ def _colour_bar(path: Path, low: float, high: float, threshold: float) -> None:
     ax.set_xlabel(f"pixel score (threshold {threshold:.4g}; blue = normal median)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _csv_row(record: dict) -> dict:
@@ -150,7 +152,7 @@ def predict_records(
     """One batch of (index, path): read, predict, write each image's pictures; -> its JSON records, in
     order. The unit of work of both this process's loop and a Ray worker (:mod:`spadim.scale`)."""
     images = [read_rgb(p) for _, p in batch]
-    predictions = inspector.predict(images, [str(p) for _, p in batch], point, min_area, object_mask)
+    predictions = inspector.predict_batch(images, [str(p) for _, p in batch], point, min_area, object_mask)
     records = []
     for (index, path), rgb, prediction in zip(batch, images, predictions):
         pictures = _write_pictures(
@@ -171,8 +173,12 @@ def predict_paths(
     progress=None,
     object_mask: ObjectMask | None = None,
     runner=None,
+    store: RecordStore | None = None,
 ) -> dict:
     """Predict every path not finished in ``out`` yet; returns counts and timing of this call.
+
+    With a ``store``, each decision is committed there before its line is written, keyed by this run
+    and the image: a run killed between the two finds the record on resume instead of adding another.
 
     ``runner(batches, out, point, min_area, save_maps, object_mask)``, when given, yields each batch's
     records in order from elsewhere (Ray Data, :func:`spadim.scale.ray_jobs.ray_runner`); this process
@@ -186,7 +192,7 @@ def predict_paths(
         if object_mask is None
         else {**object_mask.config.__dict__, "multiplier": object_mask.multiplier},
     }
-    done = _start(out, settings, inspector, point)
+    done, run_id = _start(out, settings, inspector, point)
     finished = {record["image"] for record in done}
     todo = [(i, p) for i, p in enumerate(paths) if str(p) not in finished]
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
@@ -206,6 +212,8 @@ def predict_paths(
         writer = csv.DictWriter(table, CSV_COLUMNS)
         for records in results:
             for record in records:
+                if store is not None:
+                    record["record_id"] = _record(store, inspector, point, record, run_id, out)["id"]
                 jsonl.write(json.dumps(record, allow_nan=False) + "\n")
                 writer.writerow(_csv_row(record))
                 defects += record["decision"] == "defect"
@@ -221,6 +229,26 @@ def predict_paths(
         "ok": images - defects,
         "seconds": seconds,
     }
+
+
+def _record(
+    store: RecordStore, inspector: Inspector, point: OperatingPoint, record: dict, run_id: str, out: Path
+) -> dict:
+    index = Path(record["overlay"]).name.split("_", 1)[0]  # the image's place in the run, as in its files
+    overlay = cv2.imread(str(out / record["overlay"]))[..., ::-1]
+    return store.add(
+        decision_row(
+            record,
+            image_sha256=sha256_file(Path(record["image"])),
+            model_version=inspector.model_version,
+            method=inspector.method.name,
+            far=point.far,
+            source="predict",
+            run_key=f"{run_id}:{index}:{record['image']}",
+            overlay=record.get("overlay"),
+        ),
+        review_picture(overlay),
+    )
 
 
 def _write_pictures(

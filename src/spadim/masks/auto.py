@@ -413,7 +413,8 @@ def scorer_maps(
     position among the K gallery images nearest by mean feature; upsampled and blurred."""
     g_mean, q_mean = gallery.mean((2, 3)), queries.mean((2, 3))
     idx = torch.topk(torch.cdist(q_mean, g_mean), min(k, len(gallery)), largest=False).indices
-    sp = Spade((layer,), k)
-    sp.train_layers = {layer: gallery}
+    sp = Spade(layers=(layer,), k=k).fit(
+        FeatureSet([], {layer: gallery}, None, np.zeros((len(gallery), 1)), [])
+    )
     fs = FeatureSet([Path("<q>")] * len(queries), {layer: queries}, None, np.zeros((len(queries), 1)), [])
     return Spade.fuse([sp.layer_grids(fs, idx)[layer]], size)

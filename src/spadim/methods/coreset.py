@@ -85,9 +85,15 @@ def _with_one(x: np.ndarray) -> np.ndarray:
 
 
 def greedy_coreset(
-    x: torch.Tensor, count: int, starts: int = STARTS, generator: torch.Generator | None = None
+    x: torch.Tensor,
+    count: int,
+    starts: int = STARTS,
+    generator: torch.Generator | None = None,
+    initial: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Indices [count] (in the order picked) of a greedy k-center coreset of the rows of ``x`` [N, D].
+    ``initial`` [N]: each row's distance to centres already chosen outside ``x``; the greedy loop then
+    continues from them (each pick the row farthest from those and the rows picked) instead of starting.
 
     Lazy: the running distances only fall as centres are added, so a point's stale value is an upper
     bound. When the top of a max-heap of bounds is stale, the top ``REFRESH`` bounds are brought up to
@@ -100,7 +106,8 @@ def greedy_coreset(
     x = x.float().contiguous()
     count = min(count, len(x))
     with torch.inference_mode():
-        start = starting_distances(x, starts, generator).double().square_().tolist()  # squared, as below
+        start = initial if initial is not None else starting_distances(x, starts, generator)
+        start = start.double().square_().tolist()  # squared, as below
         centred = (x - x.mean(0)).numpy()  # distances do not move; rounding is smaller near the data
     points, squares = _with_one(centred), np.einsum("ij,ij->i", centred, centred).astype(np.float64)
     centres = np.zeros((count, points.shape[1]), np.float32)

@@ -11,6 +11,11 @@ AVX-512 and AMX. So :func:`default_search` times both on a SPADE-shaped search o
 (remembered in ``~/.cache/spadim/search-probe.json``, keyed by CPU, threads and library versions)
 and keeps the faster; ``--search torch|faiss`` (:func:`make_search`) or ``$SPADIM_SEARCH`` forces one.
 Both are exact: maps agree to float rounding (1e-4) whichever is picked.
+
+The scoring modules call :func:`nearest_distances` and :func:`nearest_in_images`: on the CPU they run the
+strategy; while a graph is traced (the ONNX export) or on an accelerator they run the same distance as
+one batched matrix product, ``|q|^2 - 2 q.g + |g|^2``, minimum, clamped at 0, square root (the form
+faiss computes), which every runtime has.
 """
 
 from __future__ import annotations
@@ -34,6 +39,38 @@ class NearestSearch(Protocol):
 
     def min_distances(self, queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
         """[Q, C], [G, C] float32 -> [Q] distance of each query to its nearest gallery row."""
+
+
+def traceable(tensor: torch.Tensor) -> bool:
+    """True while a graph is traced or when ``tensor`` lives on an accelerator: the batched matrix form
+    runs instead of a CPU strategy (whose loops and libraries neither trace nor run on a GPU)."""
+    return torch.jit.is_tracing() or tensor.device.type != "cpu"
+
+
+def matmul_min_distances(queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    """[n, q, C] queries, [n or 1, g, C] galleries -> [n, q] Euclidean distance to the nearest gallery row."""
+    products = torch.matmul(queries, gallery.transpose(-1, -2))
+    squared = queries.square().sum(-1, keepdim=True) - 2 * products + gallery.square().sum(-1)[..., None, :]
+    return squared.amin(-1).clamp_min(0).sqrt()
+
+
+def nearest_distances(queries: torch.Tensor, gallery: torch.Tensor, search=None) -> torch.Tensor:
+    """[n, q, C] queries against one shared [g, C] gallery (PatchCore's bank) -> [n, q] nearest distances."""
+    if search is None or traceable(queries):
+        return matmul_min_distances(queries, gallery[None])
+    n, q, channels = queries.shape
+    return search.min_distances(queries.reshape(n * q, channels), gallery).reshape(n, q)
+
+
+def nearest_in_images(queries: torch.Tensor, gallery_of, chosen: torch.Tensor, search=None) -> torch.Tensor:
+    """[n, q, C] queries, each image against its own gallery ``gallery_of(chosen[i:i+1])`` [1, g, C] (SPADE:
+    the rows of the K training images ``chosen`` [n, K] retrieved for it) -> [n, q] nearest distances.
+    On the CPU one image's gallery exists at a time; traced, all of them, gathered in one step."""
+    if search is None or traceable(queries):
+        return matmul_min_distances(queries, gallery_of(chosen))
+    return torch.stack(
+        [search.min_distances(queries[i], gallery_of(chosen[i : i + 1])[0]) for i in range(len(queries))]
+    )
 
 
 BLOCK_ELEMENTS = 1 << 22  # one [queries, gallery] block of distances: 16 MB of float32

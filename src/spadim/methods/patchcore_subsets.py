@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from spadim.features.extractor import FeatureSet
-from .patchcore import DIM, PATCH, patch_features, pool_last
+from .patches import DIM, PATCH, patch_features, pool_last
 
 SHARE = 0.1  # bank rows per fit-part patch: PatchCore's coreset ratio
 CAP = 12_544  # at most this many bank rows (10% of 40 images at 56 x 56): the search grows linearly

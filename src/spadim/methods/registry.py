@@ -1,45 +1,25 @@
 """One protocol for anomaly-detection methods and the one registry that pipeline, model files and CLI use.
 
-A method is fitted on the training images' :class:`~spadim.features.extractor.FeatureSet` and scores
-a test FeatureSet into per-pixel maps and image scores. ``state``/``from_state`` hold
-everything inference needs (random channel indices included), so a model file
-reproduces the fitted method exactly. A new method is one small module plus one line here.
+A method (:class:`.base.Method`) is fitted on the training images'
+:class:`~spadim.features.extractor.FeatureSet` and scores a test FeatureSet into per-pixel maps and
+image scores through its scoring module. ``state``/``from_state`` hold everything inference needs
+(random channel indices included), so a model file reproduces the fitted method exactly. A new method
+is one small module plus one line here.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol, runtime_checkable
-
-import numpy as np
-
-from spadim.features.extractor import FeatureSet
 from spadim.lists import parse_list
+from .base import Method
 from .padim import Padim
 from .patchcore import PatchCore
 from .spade import Spade
 
 
-@runtime_checkable
-class AnomalyMethod(Protocol):
-    name: ClassVar[str]
-    layers: tuple[int, ...]
-
-    @classmethod
-    def configure(cls, settings, layers: tuple[int, ...]) -> "AnomalyMethod":
-        """A new, unfitted instance from run settings (``pipeline.Settings``)."""
-
-    def fit(self, train: FeatureSet) -> "AnomalyMethod": ...
-
-    def score(self, test: FeatureSet, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Anomaly maps [N, size, size] float32 and image scores [N]."""
-
-    def state(self) -> dict: ...
-
-    @classmethod
-    def from_state(cls, state: dict) -> "AnomalyMethod": ...
+AnomalyMethod = Method  # the protocol every method follows (:class:`.base.Method`)
 
 
-METHODS: dict[str, type] = {cls.name: cls for cls in (Spade, Padim, PatchCore)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Spade, Padim, PatchCore)}
 
 
 def parse_methods(text: str, flag: str = "--methods") -> list[str]:

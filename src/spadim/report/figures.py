@@ -6,29 +6,33 @@ from pathlib import Path
 from typing import Sequence
 
 import cv2
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from spadim.metrics.ranking import pixel_aupr, pixel_auroc, pr_points, roc_points
 
-from spadim.metrics.ranking import pixel_aupr, pixel_auroc, pr_points, roc_points  # noqa: E402
+
+def subplots(*grid, figsize=None, **kwargs):
+    """(figure, axes) as ``pyplot.subplots``, drawn off-screen: a bare :class:`~matplotlib.figure.Figure`
+    saves to files without pyplot, so no picture touches matplotlib's backend or its list of open
+    figures, and the figure is freed with its last reference."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kwargs)
 
 
 def save_figure(fig, path: Path, title: str, banner: str = "", dpi: int = 90) -> None:
-    """Title (with the weights banner when there is one), tight layout, save, close."""
+    """Title (with the weights banner when there is one), tight layout, save."""
     fig.suptitle(f"{title}\n{banner}" if banner else title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
 
 
 def plot_curves(
     path: Path, title: str, maps: dict[str, np.ndarray], masks: np.ndarray, banner: str = ""
 ) -> None:
     """Pixel-level ROC and PR curves of each method on one figure."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.5))
+    fig, (a, b) = subplots(1, 2, figsize=(10, 4.5))
     y = masks.ravel()
     for name, m in maps.items():
         fpr, tpr = roc_points(m.ravel(), y)
@@ -61,7 +65,7 @@ def save_rgb(path: Path, rgb: np.ndarray) -> None:
 
 def panel_figure(path: Path, title: str, panels: Sequence[tuple[str, np.ndarray]], banner: str = "") -> None:
     """A row of images (RGB uint8, or bool masks) with captions."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.8))
+    fig, axes = subplots(1, len(panels), figsize=(2.4 * len(panels), 2.8))
     for ax, (cap, img) in zip(np.atleast_1d(axes), panels):
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.dtype == bool else None)
         ax.set_title(cap, fontsize=8)

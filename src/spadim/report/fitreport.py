@@ -9,19 +9,15 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .figures import colorize, overlay, panel_figure, save_figure  # noqa: E402
+from .figures import colorize, overlay, panel_figure, save_figure, subplots
 
 SHOWN = 4  # the highest-scoring good images shown when none is flagged
 
 
 def _histogram(path: Path, statistic: np.ndarray, level: float, flagged: list[int], banner: str) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 2.8))
+    fig, ax = subplots(figsize=(6.4, 2.8))
     ax.hist(statistic, bins=max(10, len(statistic) // 3), color="#4a78b5")
     ax.axvline(level, color="#c0392b", lw=2, label=f"region level {level:.4g}")
     for i in flagged:

@@ -1,4 +1,4 @@
-"""One self-contained ``report.html`` per run (issue 9, section 3).
+"""One self-contained ``report.html`` per run.
 
 The page is read by a person who wants our numbers beside the published ones, so every section
 states where a number comes from. It has inline CSS only, no scripts, fonts or external URLs, and

@@ -1,4 +1,4 @@
-"""Published reference numbers for MVTec AD, with a source for every number (issue 9, section 2).
+"""Published reference numbers for MVTec AD, with a source for every number.
 
 The numbers live in ``published.json`` next to this module (package data). All values are fractions
 in [0, 1]; the papers print percent. ``None`` (JSON ``null``) means the number could not be found in

@@ -1,252 +1,65 @@
-"""Operating points from normal images only: one OK/defect rule, with a stated false-alarm guarantee.
-
-The decision is the regions: an image is a defect exactly when its map, on the original pixels, has a
-connected region above the region level with at least the minimum area. Its statistic is
-:func:`spadim.decision.region_score` (the level at which the last such region disappears: the maximum
-of the map's grey-level area opening), and the region level is the split-conformal quantile of that
-statistic over normal images: the ``ceil((n + 1) (1 - far))``-th smallest of n. A new normal image
-exchangeable with the n calibration images gets a region with probability at most ``far``, whatever
-the score distribution; so decision and mask never contradict each other and the promise covers both.
-With n < ``images_needed(far)`` the quantile is the single largest normal score: with n < 1/far - 1 no
-order statistic guarantees ``far`` (``guaranteed`` is False and a warning says so), and below
-``images_needed`` one odd good image sets the level (the audit names it).
+"""Held-out calibration of a fitted model on its own training images, and the image counts a run
+needs. The levels themselves are :mod:`spadim.decision.conformal`'s.
 
 The statistic of a training image must be the one a *new* normal image would get from the deployed
 model, so each training image is scored by the fitted model without that image (leave-one-out, at
 the cost of one scoring pass): SPADE's gallery without the image, PatchCore's coreset without the
 patches it took from it, PaDiM's Gaussians downdated by the image in closed form. Refitting on
 ``folds`` parts (out-of-fold, what a method without ``score_left_out`` gets) thins the model to
-(k-1)/k of the images and inflated held-out scores of few-image classes (docs/inspection.md).
-
-Regions are drawn, on defect images only, at ``mask_level`` = min(pixel threshold, region level), where
-the pixel threshold is a quantile of all normal pixel scores (at most ``pixel_far`` of them above it);
-below the region level the region that made the decision is still there, so the mask is never empty
-on a defect and always empty on an OK image. The image score (each method's own) stays a ranking score
-with its own conformal threshold, reported but no longer deciding.
-
-Normalised scores are linear in the raw score with 0 at the median normal score and 0.5 at the
-threshold (so 1 at threshold + (threshold - median)); they are not clipped, so ordering is kept.
+(k-1)/k of the images and inflates the held-out scores of few-image classes (docs/inspection.md).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 
 import numpy as np
 
-from spadim.decision.regions import DEFAULT_MIN_AREA, min_area_pixels, region_score
+from spadim.decision.conformal import DEFAULT_FAR, DEFAULT_PIXEL_FAR, Calibration, region_scores, summarize
+from spadim.decision.regions import DEFAULT_MIN_AREA
 from spadim.errors import SpadimError
-from spadim.features.extractor import FeatureSet
-from spadim.methods.padim import fit_padim
-from .layerchoice import fold_rows, other_rows, take
+from spadim.features.extractor import FeatureSet, take
+from spadim.methods.registry import METHODS
+from .layerchoice import fold_rows, other_rows
 
-DEFAULT_FAR = 0.01
 DEFAULT_FOLDS = 5
-DEFAULT_PIXEL_FAR = 0.001
-TAIL_SHARE = 0.01  # the largest 1% of normal pixel scores are kept: pixel_far can be set up to 0.01
 
 
-def check_far(far: float, flag: str = "--far") -> float:
-    if not (isinstance(far, (int, float)) and 0.0 < far < 1.0):
-        raise SpadimError(
-            f"{flag} must be a false-alarm rate between 0 and 1, exclusive (got {far}): e.g. 0.01"
-        )
-    return float(far)
+#: choosing layers from normal images holds at least one image out to validate on the others
+LAYER_CHOICE_IMAGES = 2
 
 
-def conformal_rank(n: int, far: float) -> int:
-    """The split-conformal rank ceil((n + 1)(1 - far)) (1-based); above n no order statistic guarantees far."""
-    return math.ceil((n + 1) * (1.0 - far))
-
-
-def conformal_threshold(scores: np.ndarray, far: float) -> tuple[float, bool]:
-    """(threshold, guaranteed): the ceil((n+1)(1-far))-th smallest score; a score strictly above it
-    is an alarm. Without enough scores for ``far`` the largest score and ``False``."""
-    ordered = np.sort(np.asarray(scores, dtype=np.float64))
-    n = len(ordered)
-    if n == 0:
-        raise SpadimError("no normal scores to calibrate on: give at least one good image")
-    rank = conformal_rank(n, far)
-    if rank > n:
-        return float(ordered[-1]), False
-    return float(ordered[rank - 1]), True
-
-
-def images_needed(far: float) -> int:
-    """The fewest normal images for which the conformal quantile at ``far`` is below the largest score
-    (39 at 0.05, 199 at 0.01): with fewer, the single highest normal image sets the threshold."""
-    n = 2
-    while conformal_rank(n, far) > n - 1:
-        n += 1
-    return n
-
-
-def far_interval(n: int, far: float, coverage: float = 0.9) -> tuple[float, float]:
-    """Where the false-alarm rate of *this* calibration lies: the conformal guarantee holds on average
-    over calibration sets; for one set of n images the rate of the rank-r level is Beta(n + 1 - r, r)
-    distributed (continuous scores), so with 60 images and far 0.05 it exceeds 0.10 for about 7% of sets."""
-    from scipy.stats import beta
-
-    rank = min(n, conformal_rank(n, far))
-    law = beta(n + 1 - rank, rank)
-    tail = (1.0 - coverage) / 2.0
-    return float(law.ppf(tail)), float(law.ppf(1.0 - tail))
-
-
-def smallest_far(n: int) -> float:
-    """The smallest false-alarm rate n calibration images can guarantee: 1 / (n + 1)."""
-    return 1.0 / (n + 1)
-
-
-@dataclass
-class Calibration:
-    """How a new normal image scores, and the operating point chosen from it (stored in the model)."""
-
-    far: float
-    how: str  # "out-of-fold" (at fit) or "held-out folder" (spadim calibrate)
-    folds: int  # 0 for a held-out folder
-    n_images: int
-    image_scores: list[float]  # sorted normal image scores (out-of-fold or held out)
-    pixel_max: list[float]  # sorted per-image largest normal pixel score
-    pixel_median: float  # median of all normal pixel scores (the 0 of normalised pixel scores)
-    pixel_tail: list[float]  # the largest TAIL_SHARE of all normal pixel scores, sorted
-    n_pixels: int  # normal pixel scores in all
-    pixel_far: float = DEFAULT_PIXEL_FAR
-    source: str = ""
-    region_scores: list[float] | None = None  # sorted per-image region statistic; None: an old model
-    min_area: float = DEFAULT_MIN_AREA  # the smallest region, as a fraction of the image area
-    image_threshold: float = field(init=False)
-    pixel_threshold: float = field(init=False)
-    region_threshold: float | None = field(init=False)  # the decision level
-    guaranteed: bool = field(init=False)
-    mask_alarm_rate: float = field(init=False)
-
-    def __post_init__(self):
-        self.far = check_far(self.far)
-        self.pixel_far = check_far(self.pixel_far, "--pixel-far")
-        self.image_threshold, self.guaranteed = conformal_threshold(np.array(self.image_scores), self.far)
-        self.pixel_threshold = pixel_quantile(self.pixel_tail, self.n_pixels, self.pixel_far)
-        self.mask_alarm_rate = float(np.mean(np.array(self.pixel_max) > self.pixel_threshold))
-        self.region_threshold = None
-        if self.region_scores is not None:
-            self.region_threshold, self.guaranteed = conformal_threshold(
-                np.array(self.region_scores), self.far
+def check_image_count(
+    n: int, methods, where: str, *, calibrate: bool = True, choose_layers: bool = False
+) -> None:
+    """Raise SpadimError, before any features are computed, when ``n`` good images at ``where`` are too few
+    for what the run does with them: a held-out calibration of every method in ``methods`` (at least 2,
+    or the method's ``min_calibration_images``) and, with ``choose_layers``, the layer choice."""
+    needs = []
+    if choose_layers:
+        needs.append((LAYER_CHOICE_IMAGES, "choosing the layers (one image validates, the others fit)"))
+    if calibrate:
+        for name in methods:
+            if name.lower() not in METHODS:
+                raise SpadimError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
+            least = max(2, METHODS[name.lower()].min_calibration_images)
+            needs.append((least, f"{name.lower()}'s held-out calibration"))
+    for least, what in sorted(needs, key=lambda need: -need[0]):
+        if n < least:
+            raise SpadimError(
+                f"{where} holds {n} good image(s): {what} needs at least {least}; add good images"
             )
 
-    @property
-    def mask_level(self) -> float:
-        """The level regions are drawn at on a defect image: never above the decision level."""
-        return min(self.pixel_threshold, self.region_threshold)
 
-    @property
-    def image_median(self) -> float:
-        return float(np.median(self.image_scores))
+def image_count_check(*, calibrate: bool, choose_layers: bool):
+    """A ``check_counts`` for :func:`spadim.run.session.start_study`: :func:`check_image_count` on each
+    class's training images, before any features are computed."""
 
-    def at(self, far: float) -> "Calibration":
-        """The same normal scores at another false-alarm rate (``--far`` at predict time)."""
-        return replace(self, far=far)
+    def check(methods, data) -> None:
+        where = f"{data.name} (training images)"
+        check_image_count(len(data.train), methods, where, calibrate=calibrate, choose_layers=choose_layers)
 
-    def warning(self) -> str | None:
-        if self.guaranteed:
-            return None
-        return (
-            f"{self.n_images} normal images cannot guarantee a false-alarm rate of {self.far:g} (the smallest "
-            f"they can is 1/(n+1) = {smallest_far(self.n_images):.3g}): the region level is the largest held-out "
-            f"statistic and the rate is NOT guaranteed; add good images or raise --far"
-        )
-
-    def advice(self) -> str | None:
-        """Below ``images_needed(far)`` images, the level is the single highest normal image's."""
-        needed = images_needed(self.far)
-        if self.n_images >= needed:
-            return None
-        return (
-            f"with {self.n_images} good images the level at far={self.far:g} is the single highest good "
-            f"image's score; {needed} good images would let the rank fall below it (see the audit)"
-        )
-
-    def normalize_image(self, score, threshold: float | None = None):
-        return _normalize(score, self.image_median, self.image_threshold if threshold is None else threshold)
-
-    def normalize_pixels(self, scores, threshold: float | None = None):
-        return _normalize(scores, self.pixel_median, self.pixel_threshold if threshold is None else threshold)
-
-    def to_json(self) -> dict:
-        return {
-            **asdict(self),
-            "image_median": self.image_median,
-            "mask_level": None if self.region_threshold is None else self.mask_level,
-            "images_needed": images_needed(self.far),
-            "far_interval_90": list(far_interval(self.n_images, self.far)),
-            "promise": (
-                f"a new normal image exchangeable with the {self.n_images} calibration images is "
-                f"flagged with probability <= {self.far:g}"
-                if self.guaranteed
-                else "none (too few images)"
-            ),
-        }
-
-    @classmethod
-    def from_json(cls, data: dict) -> "Calibration":
-        keys = (
-            "far",
-            "how",
-            "folds",
-            "n_images",
-            "image_scores",
-            "pixel_max",
-            "pixel_median",
-            "pixel_tail",
-            "n_pixels",
-            "pixel_far",
-            "source",
-        )
-        optional = {k: data[k] for k in ("region_scores", "min_area") if k in data}
-        return cls(**{k: data[k] for k in keys}, **optional)
-
-
-def _normalize(score, median: float, threshold: float):
-    span = threshold - median
-    if span <= 0:  # all normal scores equal: anything above them is an alarm
-        span = max(abs(threshold), 1e-12)
-    return 0.5 * (np.asarray(score, dtype=np.float64) - median) / span
-
-
-def pixel_quantile(tail: list[float], n_pixels: int, pixel_far: float) -> float:
-    """The smallest kept score with at most ``pixel_far`` of all ``n_pixels`` normal scores above it."""
-    above = math.floor(n_pixels * pixel_far)  # scores allowed strictly above the threshold
-    if above >= len(tail):
-        raise SpadimError(
-            f"--pixel-far {pixel_far:g} needs more of the normal pixel scores than the model keeps "
-            f"(the largest {TAIL_SHARE:g}): use a --pixel-far of at most {TAIL_SHARE:g}"
-        )
-    return float(tail[len(tail) - 1 - above])
-
-
-def region_scores(maps, shapes, pre, min_area: float = DEFAULT_MIN_AREA) -> np.ndarray:
-    """Each map's region statistic on its image's original pixels, where ``predict`` decides."""
-    out = []
-    for score_map, shape in zip(maps, shapes):
-        full = pre.to_original(score_map, shape) if pre is not None else np.asarray(score_map)
-        out.append(region_score(full, min_area_pixels(min_area, *full.shape[:2])))
-    return np.asarray(out, np.float64)
-
-
-def summarize(image_scores: np.ndarray, maps: list[np.ndarray], regions: np.ndarray | None = None) -> dict:
-    """What a Calibration keeps of normal images' scores: sorted image scores and region statistics,
-    per-image maxima, the pixel median and the upper tail of all pixel scores."""
-    pixels = np.concatenate([m.ravel() for m in maps]) if maps else np.zeros(1, np.float32)
-    keep = min(len(pixels), max(1, math.ceil(len(pixels) * TAIL_SHARE)))
-    tail = np.sort(np.partition(pixels, len(pixels) - keep)[len(pixels) - keep :])
-    return {
-        "image_scores": sorted(float(s) for s in image_scores),
-        "pixel_max": sorted(float(m.max()) for m in maps),
-        "pixel_median": float(np.median(pixels)),
-        "pixel_tail": tail.astype(float).tolist(),
-        "n_pixels": int(len(pixels)),
-        "region_scores": None if regions is None else sorted(float(r) for r in regions),
-    }
+    return check
 
 
 @dataclass
@@ -274,11 +87,13 @@ def held_out(
     scored by a model fitted on the others (PaDiM folds use the exact low-rank fit when a fold has fewer
     images than channels; the channel subset is the deployed model's, same seed)."""
     n = len(train)
-    if n < 2:
+    least = max(2, fitted.min_calibration_images) if fitted is not None else 2
+    if n < least:
         raise SpadimError(
-            f"calibration needs at least 2 good images to hold one out (got {n}): add good images"
+            f"the training set holds {n} good image(s): {method_name}'s held-out calibration needs at "
+            f"least {least}; add good images"
         )
-    if fitted is not None and hasattr(fitted, "score_left_out"):
+    if fitted is not None and fitted.abilities.leave_one_out:
         maps, scores = fitted.score_left_out(train, settings.crop)
         maps, how, folds = list(maps), "leave-one-out", n
     else:
@@ -287,10 +102,7 @@ def held_out(
         folds = min(folds, n)
         for held in fold_rows(n, settings.seed, folds):
             fit_part = take(train, other_rows(n, held))
-            if method_name == "padim":
-                model = fit_padim(layers, settings.padim_d, settings.seed, fit_part)
-            else:
-                model = settings.method(method_name, layers).fit(fit_part)
+            model = settings.method(method_name, layers).fit_to_score(fit_part)
             fold_maps, fold_scores = model.score(take(train, held), settings.crop)
             for j, row in enumerate(held):
                 scores[row], maps[row] = fold_scores[j], fold_maps[j]
@@ -324,42 +136,3 @@ def calibrate_held_out(
         min_area=min_area,
     )
     return calibration, scores
-
-
-#: the audit's cut: modified z-score (Iglewicz & Hoaglin) above 3.5, on the region statistic
-AUDIT_Z = 3.5
-
-
-def audit(region_stats: np.ndarray, names: list[str], far: float, z_cut: float = AUDIT_Z) -> list[dict]:
-    """Good images whose held-out region statistic stands apart from the others, highest first.
-
-    The rule is stated and robust: modified z = 0.6745 (x - median) / MAD > ``z_cut`` (3.5, Iglewicz and
-    Hoaglin's cut), so that one outlier cannot hide itself by inflating the spread. Each entry says what
-    the region level would be without that image, and without every flagged image: what dropping it
-    from the folder would do (the model's scores of the others barely move; the audit test measures it).
-    """
-    stats = np.asarray(region_stats, np.float64)
-    median = float(np.median(stats))
-    mad = float(np.median(np.abs(stats - median)))
-    scale = mad / 0.6745 if mad > 0 else max(float(np.std(stats)), 1e-12)
-    robust_z = (stats - median) / scale
-    flagged = [int(i) for i in np.argsort(-stats) if robust_z[i] > z_cut]
-    if not flagged:
-        return []
-    rest = np.delete(stats, flagged)
-    without_all = conformal_threshold(rest, far)[0] if len(rest) else None
-    level = conformal_threshold(stats, far)[0]
-    out = []
-    for i in flagged:
-        without = conformal_threshold(np.delete(stats, i), far)[0]
-        out.append(
-            {
-                "image": names[i],
-                "region_score": float(stats[i]),
-                "robust_z": float(robust_z[i]),
-                "level": level,
-                "level_without_it": without,
-                "level_without_all_flagged": without_all,
-            }
-        )
-    return out

@@ -4,7 +4,9 @@ The data is an MVTec AD root or class folder, or one class of plain folders (a C
 :func:`spadim.data.folders.load_plain`); both take the same path from here on. Per class: fit
 (choosing the layers from normal images with ``--layers auto``), stream the test set, optionally
 suppress scores outside an object mask (keypoints, learned, or chosen automatically), then the
-tables, ROC/PR curves, the best/worst gallery, heatmap panels and ``report.html``.
+tables, ROC/PR curves, the best/worst gallery, heatmap panels and ``report.html``. With both automatic
+choices the layers come first and the mask multiplies the chosen layers' maps: neither choice reads the
+other's result (docs/masks-and-layers.md, "Both at once").
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from pathlib import Path
 from . import layerchoice
 import numpy as np
 
-from .calibration import DEFAULT_FAR, DEFAULT_FOLDS, calibrate_held_out
+from spadim.decision.conformal import DEFAULT_FAR
+from .calibration import DEFAULT_FOLDS, calibrate_held_out, image_count_check
 from spadim.decision.regions import Verdict, find_regions, judge, min_area_pixels
 from spadim.methods.registry import METHODS
 from spadim.metrics.operating_point import at_threshold, best_f1, best_recall
 from spadim.masks.auto import LEARNED, MaskPlanner, auto_masks
-from spadim.errors import SpadimError
 from spadim.masks.keypoints import MaskConfig
 from spadim.data.mvtec import ClassData
 from .pipeline import Settings, class_object_masks, evaluate_class, masked_result, metric_notes
@@ -42,6 +44,7 @@ def run(
     s: Settings,
     data: Path | ClassData,
     out_dir: Path,
+    *,
     methods: str = "spade,padim",
     classes: str | None = None,
     object_mask: str | None = None,
@@ -61,105 +64,146 @@ def run(
     threshold with no more false alarms (``operating_point.*``); ``far=None`` skips it.
     ``per_class(settings, plan, out, classes)``, when given, yields each class's :func:`evaluate_source`
     result from elsewhere, in order (one Ray task per class: :func:`spadim.scale.ray_jobs.class_runner`)."""
-    learned = object_mask in LEARNED
-    candidates = candidates or {}
-    if learned and s.auto_layers:
-        raise SpadimError(
-            f"--object-mask {object_mask} with --layers auto is not supported yet: give --layers"
-        )
-    methods, classes, fx = start_study(s, data, methods, classes)
-    plan = ClassPlan(methods, object_mask, cfg, candidates, r, examples, far, folds)
-    rows, warnings, summaries, curves, galleries, choices, decisions = [], [], [], {}, {}, [], []
-    points = []
+    check_counts = image_count_check(calibrate=far is not None, choose_layers=s.auto_layers)
+    names, sources, fx = start_study(s, data, methods, classes, check_counts=check_counts)
+    plan = ClassPlan(names, object_mask, cfg, candidates or {}, r, examples, far, folds)
+    evaluation = Evaluation(s, fx, plan, command)
     with staged(out_dir) as out:
-        if per_class is None:
-            results = (evaluate_source(fx, source, s, plan, out) for source in classes)
-        else:
-            results = per_class(s, plan, out, classes)
+        results = (
+            (evaluate_source(fx, source, s, plan, out) for source in sources)
+            if per_class is None
+            else per_class(s, plan, out, sources)
+        )
         for result in results:
-            rows += result["rows"]
-            warnings += result["warnings"]
-            summaries.append(result["summary"])
-            curves.update(result["curves"])
-            galleries.update(result["galleries"])
-            choices += result["choices"]
-            decisions += result["decisions"]
-            points += result["points"]
-        rows = with_means(rows, ["method"])
-        extra = {
-            "object_mask": object_mask,
-            "outside_multiplier": r if cfg or learned else None,
-            "mask_warnings": warnings,
-        }
-        cols = [
-            "class",
-            "method",
-            *(["layers"] if s.auto_layers else []),
-            *METRIC_COLUMNS,
-            "n_train",
-            "n_test",
-        ]
-        cols += ["note"] if any("note" in r for r in rows) else []
-        extra_sections = []
-        if s.auto_layers:
-            extra["layer_choices"] = choices
-            extra_sections.append(
-                {
-                    "title": "Layers chosen from normal images (--layers auto)",
-                    "html": html_table(
-                        choices,
-                        ["class", "method", "layers", "synthetic_aupr", "selection_s"],
-                        "subset with the highest pixel AUPR on synthetic defects on "
-                        "held-out training images; then refitted on all of them",
-                    ),
-                }
-            )
-        if decisions:
-            extra["mask_decisions"] = decisions
-            extra_sections.append(
-                {
-                    "title": "Object mask chosen from normal images (--object-mask auto)",
-                    "html": html_table(
-                        decisions,
-                        list(dict.fromkeys(k for d in decisions for k in d)),
-                        "mask type, reason and outside multiplier r per class, from the training images only",
-                    ),
-                }
-            )
-        if points:
-            points = with_means(points, ["method"], POINT_MEANS)
+            evaluation.add(result)
+        md = evaluation.write(out, data)
+    print(md)
+    for w in evaluation.warnings:
+        say(f"warning: object mask fell back to the full frame: {w}")
+    say(f"results in {out_dir}/ (report.html, results.csv/.json/.md, curves/, gallery/, heatmaps/)")
+    return evaluation.rows
+
+
+class Evaluation:
+    """What ``evaluate`` writes, gathered class by class from :func:`evaluate_source` results: the result
+    rows, the operating-point rows, the automatic choices and the report's pictures."""
+
+    def __init__(self, s: Settings, fx, plan: "ClassPlan", command: str):
+        self.s, self.fx, self.plan, self.command = s, fx, plan, command
+        self.rows: list[dict] = []
+        self.warnings: list[str] = []
+        self.summaries: list[dict] = []
+        self.curves: dict = {}
+        self.galleries: dict = {}
+        self.choices: list[dict] = []  # the layers --layers auto chose
+        self.decisions: list[dict] = []  # what --object-mask auto chose
+        self.points: list[dict] = []  # the calibrated operating point per class and method
+
+    def add(self, result: dict) -> None:
+        self.rows += result["rows"]
+        self.warnings += result["warnings"]
+        self.summaries.append(result["summary"])
+        self.curves.update(result["curves"])
+        self.galleries.update(result["galleries"])
+        self.choices += result["choices"]
+        self.decisions += result["decisions"]
+        self.points += result["points"]
+
+    def write(self, out: Path, data: Path | ClassData) -> str:
+        """The tables and report.html into ``out`` (``rows`` gain their class means) -> the results
+        table as markdown."""
+        s, fx, plan = self.s, self.fx, self.plan
+        self.rows = with_means(self.rows, ["method"])
+        sections = self.layer_sections() + self.mask_sections()
+        if self.points:
+            self.points = with_means(self.points, ["method"], POINT_MEANS)
             write_table(
                 out,
                 "operating_point",
-                points,
+                self.points,
                 POINT_COLUMNS,
                 "spadim evaluate: the calibrated decision vs the best threshold with no more false alarms",
-                meta(s, fx, methods=methods, far=far, folds=folds),
+                meta(s, fx, methods=plan.methods, far=plan.far, folds=plan.folds),
             )
-            extra_sections.append(
+            sections.append(
                 {
-                    "title": f"At the operating point (calibrated at far={far:g} from normal "
+                    "title": f"At the operating point (calibrated at far={plan.far:g} from normal "
                     f"images) vs the best threshold with as few false alarms",
-                    "html": html_table(points, POINT_COLUMNS, POINT_CAPTION),
+                    "html": html_table(self.points, POINT_COLUMNS, POINT_CAPTION),
                 }
             )
-        md = write_table(out, "results", rows, cols, "spadim evaluate", meta(s, fx, methods=methods, **extra))
+        md = write_table(
+            out,
+            "results",
+            self.rows,
+            self.columns(),
+            "spadim evaluate",
+            meta(s, fx, methods=plan.methods, **self.meta()),
+        )
         where = (data.origin or str(data.root)) if isinstance(data, ClassData) else Path(data)
         write_report(
             out,
             {
-                **report_header("spadim evaluate", command, s, fx, where, summaries),
-                "results": rows,
-                "curves": curves,
-                "galleries": galleries,
-                "extra_sections": extra_sections,
+                **report_header("spadim evaluate", self.command, s, fx, where, self.summaries),
+                "results": self.rows,
+                "curves": self.curves,
+                "galleries": self.galleries,
+                "extra_sections": sections,
             },
         )
-    print(md)
-    for w in warnings:
-        say(f"warning: object mask fell back to the full frame: {w}")
-    say(f"results in {out_dir}/ (report.html, results.csv/.json/.md, curves/, gallery/, heatmaps/)")
-    return rows
+        return md
+
+    def columns(self) -> list[str]:
+        cols = [
+            "class",
+            "method",
+            *(["layers"] if self.s.auto_layers else []),
+            *METRIC_COLUMNS,
+            "n_train",
+            "n_test",
+        ]
+        return cols + (["note"] if any("note" in r for r in self.rows) else [])
+
+    def meta(self) -> dict:
+        """The results' metadata beside the settings: the mask used and the automatic choices."""
+        learned = self.plan.object_mask in LEARNED
+        extra = {
+            "object_mask": self.plan.object_mask,
+            "outside_multiplier": self.plan.r if self.plan.cfg or learned else None,
+            "mask_warnings": self.warnings,
+        }
+        if self.s.auto_layers:
+            extra["layer_choices"] = self.choices
+        if self.decisions:
+            extra["mask_decisions"] = self.decisions
+        return extra
+
+    def layer_sections(self) -> list[dict]:
+        if not self.s.auto_layers:
+            return []
+        columns = ["class", "method", "layers", "synthetic_aupr", "selection_s"]
+        caption = (
+            "subset with the highest pixel AUPR on synthetic defects on held-out training images; then "
+            "refitted on all of them"
+        )
+        return [
+            {
+                "title": "Layers chosen from normal images (--layers auto)",
+                "html": html_table(self.choices, columns, caption),
+            }
+        ]
+
+    def mask_sections(self) -> list[dict]:
+        if not self.decisions:
+            return []
+        columns = list(dict.fromkeys(k for d in self.decisions for k in d))
+        caption = "mask type, reason and outside multiplier r per class, from the training images only"
+        return [
+            {
+                "title": "Object mask chosen from normal images (--object-mask auto)",
+                "html": html_table(self.decisions, columns, caption),
+            }
+        ]
 
 
 POINT_COLUMNS = [
@@ -206,8 +250,8 @@ POINT_CAPTION = (
     "the split-conformal quantile for far of the held-out normal images' region statistic; regions are drawn "
     "from mask_level. best_recall: the highest recall of any threshold on the same statistic that makes "
     "no more false alarms on the good test images (chosen with the test labels); recall_ratio = recall / "
-    "best_recall. image_rule_*: the previous rule (image score above its own conformal threshold, mask at "
-    "the pixel quantile), measured on the same maps. contradictions: images whose decision and regions "
+    "best_recall. image_rule_*: the image-score rule (image score above its own conformal threshold, mask "
+    "at the pixel quantile), measured on the same maps for comparison. contradictions: images whose decision and regions "
     "disagree. Pixel metrics pool every test pixel at the frame's resolution"
 )
 
@@ -229,65 +273,31 @@ class ClassPlan:
 def evaluate_source(fx, source, s: Settings, plan: ClassPlan, out: Path) -> dict:
     """One class: fit, score, masks, operating point, and its pictures written into ``out``; -> its rows and
     the report's pieces. The unit of both evaluate's loop and a Ray task (``evaluate --ray``)."""
-    methods, object_mask, cfg, r, examples, far, folds = (
-        plan.methods,
-        plan.object_mask,
-        plan.cfg,
-        plan.r,
-        plan.examples,
-        plan.far,
-        plan.folds,
-    )
-    candidates, learned = plan.candidates or {}, plan.object_mask in LEARNED
-    rows, warnings, curves, galleries, choices, decisions, points = [], [], {}, {}, [], [], []
-    t0 = time.perf_counter()
+    methods, t0 = plan.methods, time.perf_counter()
+    learned = plan.object_mask in LEARNED
+    planner = MaskPlanner(fx.layers, s.crop, s.seed, plan.candidates or {}) if learned else None
+    choices, sels = [], {}
     if s.auto_layers:  # choose per method from the training images, then refit on all of them
-        run, metrics, sels = layerchoice.evaluate_auto(fx, source, s, methods)
-        choices += [
-            {
-                "class": run.data.name,
-                "method": m,
-                "layers": sel.name,
-                "synthetic_aupr": sel.aupr,
-                "selection_s": layerchoice.selection_seconds(sels),
-            }
-            for m, sel in sels.items()
-        ]
+        run, metrics, sels = layerchoice.evaluate_auto(fx, source, s, methods, observer=planner)
+        choices = _choice_rows(run.data.name, sels)
         say(
             f"{run.data.name}: --layers auto chose " + ", ".join(f"{m} {sel.name}" for m, sel in sels.items())
         )
     else:
-        planner = MaskPlanner(fx.layers, s.crop, s.seed, candidates) if learned else None
-        run, metrics = evaluate_class(fx, source, s, methods, observer=planner, hold_train=far is not None)
+        run, metrics = evaluate_class(
+            fx, source, s, methods, observer=planner, hold_train=plan.far is not None
+        )
     notes = metric_notes(run.data, run.masks)
     for n in notes:
         say(f"warning: {run.data.name}: {n}")
-    obj = None
-    if cfg:
-        obj, warn = class_object_masks(run, cfg)
-        warnings += warn
-        for name in methods:
-            run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r)
-    elif learned:
-        obj, r_class = planner.test_masks, r
-        if object_mask == "auto":
-            dec = planner.decide(fx, run.train.images)
-            t_masks = time.perf_counter()  # the test masks auto asks for are part of its cost
-            obj, r_class = (
-                auto_masks(dec, planner, lambda d: class_object_masks(run, candidates[d])[0]),
-                dec.r,
-            )
-            auto_s = planner.seconds + time.perf_counter() - t_masks
-            decisions.append({**dec.row(run.data.name), "auto_s": round(auto_s, 2)})
-            say(f"{run.data.name}: --object-mask auto chose {dec.mask}, r={dec.r} ({dec.reason})")
-        for name in methods:
-            run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r_class)
-    if far is not None:
+    obj, warnings, decisions = _apply_object_mask(fx, run, metrics, plan, planner)
+    points = []
+    if plan.far is not None:
         for name in methods:
             layers = sels[name].chosen if s.auto_layers else s.method_layers(name)
-            points.append(operating_point_row(run, name, layers, s, far, folds))
-    summary = class_summary(run.data, run.test.shapes)
+            points.append(operating_point_row(run, name, layers, s, plan.far, plan.folds))
     note = {"note": "; ".join(notes)} if notes else {}
+    rows = []
     for name in methods:
         chosen = {"layers": sels[name].name} if s.auto_layers else {}
         rows.append(
@@ -305,6 +315,7 @@ def evaluate_source(fx, source, s: Settings, plan: ClassPlan, out: Path) -> dict
             f"{run.data.name:>12} {name:>6}: "
             + "  ".join(f"{c}={_shown(metrics[name][c])}" for c in METRIC_COLUMNS)
         )
+    curves = {}
     if run.data.has_masks:  # pixel curves need pixel labels
         curves[run.data.name] = f"curves/{run.data.name}.png"
         plot_curves(
@@ -314,24 +325,63 @@ def evaluate_source(fx, source, s: Settings, plan: ClassPlan, out: Path) -> dict
             run.masks,
             fx.weights.banner,
         )
-    galleries[run.data.name] = best_worst_gallery(out, run, methods, obj, object_mask, fx.weights.banner)
-    _heatmaps(out / "heatmaps" / run.data.name, run, methods, examples, fx)
+    gallery = best_worst_gallery(out, run, methods, obj, plan.object_mask, fx.weights.banner)
+    _heatmaps(out / "heatmaps" / run.data.name, run, methods, plan.examples, fx)
     say(f"{run.data.name}: done in {time.perf_counter() - t0:.1f} s")
     return {
         "rows": rows,
         "warnings": warnings,
-        "summary": summary,
+        "summary": class_summary(run.data, run.test.shapes),
         "curves": curves,
-        "galleries": galleries,
+        "galleries": {run.data.name: gallery},
         "choices": choices,
         "decisions": decisions,
         "points": points,
     }
 
 
+def _choice_rows(name: str, sels: dict) -> list[dict]:
+    """The layers ``--layers auto`` chose for each method of one class, for the report."""
+    return [
+        {
+            "class": name,
+            "method": m,
+            "layers": sel.name,
+            "synthetic_aupr": sel.aupr,
+            "selection_s": layerchoice.selection_seconds(sels),
+        }
+        for m, sel in sels.items()
+    ]
+
+
+def _apply_object_mask(fx, run, metrics: dict, plan: ClassPlan, planner) -> tuple:
+    """Scores outside the class's object mask multiplied by r, in ``run`` and ``metrics`` -> (the masks or
+    None, keypoint fallback warnings, the ``auto`` decision rows). A keypoint mask (``plan.cfg``) or a
+    learned one; ``auto`` chooses the mask and r from the training images."""
+    if plan.cfg:
+        obj, warnings = class_object_masks(run, plan.cfg)
+        r, decisions = plan.r, []
+    elif planner is not None:
+        obj, r, warnings, decisions = planner.test_masks, plan.r, [], []
+        if plan.object_mask == "auto":
+            dec = planner.decide(fx, run.train.images)
+            t_masks = time.perf_counter()  # the test masks auto asks for are part of its cost
+            candidates = plan.candidates or {}
+            obj = auto_masks(dec, planner, lambda d: class_object_masks(run, candidates[d])[0])
+            r = dec.r
+            auto_s = planner.seconds + time.perf_counter() - t_masks
+            decisions.append({**dec.row(run.data.name), "auto_s": round(auto_s, 2)})
+            say(f"{run.data.name}: --object-mask auto chose {dec.mask}, r={dec.r} ({dec.reason})")
+    else:
+        return None, [], []
+    for name in plan.methods:
+        run.maps[name], run.scores[name], metrics[name] = masked_result(run, name, obj, r)
+    return obj, warnings, decisions
+
+
 def judged(maps, shapes, pre, cal) -> list[tuple[Verdict, bool]]:
     """``predict``'s rule on evaluate's maps, on the original pixels: per image the verdict, and whether
-    the previous rule (regions at the pixel quantile, whatever the decision) would draw a region."""
+    the image-score rule's mask (regions at the pixel quantile, whatever the decision) would draw a region."""
     out = []
     for score_map, shape in zip(maps, shapes):
         full = pre.to_original(score_map, shape)
@@ -353,7 +403,7 @@ def frame_masks(maps: np.ndarray, flagged: np.ndarray, level: float, min_area: f
 def operating_point_row(run, name: str, layers, s: Settings, far: float, folds: int) -> dict:
     """One method on one class at its calibrated levels, beside the best threshold with as few false alarms."""
     fitted = run.left_out.get(name)
-    if fitted is None and hasattr(METHODS[name], "score_left_out"):
+    if fitted is None and METHODS[name].abilities.leave_one_out:
         fitted = s.method(name, tuple(layers)).fit(run.train)
     cal, _ = calibrate_held_out(name, s, layers, run.train, far, folds, fitted=fitted)
     labels = run.labels.astype(bool)

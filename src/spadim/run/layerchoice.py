@@ -40,12 +40,8 @@ import torch
 from spadim.data.mvtec import ClassData, load_class
 from spadim.data.defects import KINDS, DefectConfig, make_defects
 from spadim.errors import SpadimError
-from spadim.features.extractor import ALL_COMBOS, FeatureExtractor, FeatureSet, combo_name
-from spadim.methods.maps import upsample_blur
+from spadim.features.extractor import ALL_COMBOS, FeatureExtractor, FeatureSet, combo_name, concat, take
 from spadim.metrics.ranking import pixel_aupr
-from spadim.methods.padim import fit_padim
-from spadim.methods.patchcore_subsets import subset_grids as patchcore_subset_grids
-from spadim.methods.spade import Spade
 from .pipeline import ClassRun, Settings, class_data, evaluate_fitted
 
 FOLDS = 5  # the training images are split into 5 seeded parts (each 20%) ...
@@ -116,28 +112,6 @@ def other_rows(n: int, rows: list[int]) -> list[int]:
     return [i for i in range(n) if i not in held]
 
 
-def take(fs: FeatureSet, rows: list[int]) -> FeatureSet:
-    """Rows of a FeatureSet (copies)."""
-    idx = torch.as_tensor(rows, dtype=torch.long)
-    return FeatureSet(
-        [fs.paths[i] for i in rows],
-        {layer: t[idx] for layer, t in fs.layers.items()},
-        None if fs.pooled is None else fs.pooled[idx],
-        fs.images[rows],
-        [fs.shapes[i] for i in rows],
-    )
-
-
-def concat(parts: list[FeatureSet]) -> FeatureSet:
-    return FeatureSet(
-        [p for fs in parts for p in fs.paths],
-        {layer: torch.cat([fs.layers[layer] for fs in parts]) for layer in parts[0].layers},
-        None if parts[0].pooled is None else torch.cat([fs.pooled for fs in parts]),
-        np.concatenate([fs.images for fs in parts]),
-        [s for fs in parts for s in fs.shapes],
-    )
-
-
 def validation_folds(
     fx: FeatureExtractor,
     train: FeatureSet,
@@ -177,46 +151,19 @@ def subset_auprs(method: str, folds: Folds, s: Settings, combos=ALL_COMBOS, tick
     its fit part). Only native-resolution distance grids are kept per fold; a subset's maps are
     upsampled once, from all folds together. ``tick()`` after each subset of each fold.
 
-    PatchCore's subsets share their per-layer patch features and compare without a coreset
-    (:func:`spadim.methods.patchcore_subsets.subset_grids`)."""
+    Each method shares what it can across the subsets through its own hooks (``subset_grids``,
+    ``subset_map``): SPADE's per-layer grids, PatchCore's per-layer patch features compared without a
+    coreset (:mod:`spadim.methods.patchcore_subsets`)."""
     masks = np.concatenate(folds.masks)
-    spade_mean = method == "spade" and s.spade_fusion == "mean"
     used = tuple(sorted({layer for c in combos for layer in c}))
-    grids: dict = {}  # SPADE: layer -> grids per fold; others: combo -> grids per fold
+    chooser = s.method(method, used)  # the method's own grids per fold (SPADE: per layer, once)
+    grids: dict = {}
     for f in range(len(folds.val_rows)):
         fit, val = folds.fold(f)
-        if spade_mean:  # per-layer grids once per fold; every subset is their fusion
-            spade = s.method("spade", used).fit(fit)
-            for layer, g in spade.layer_grids(val, spade.neighbours(val)[1]).items():
-                grids.setdefault(layer, []).append(g)
-            if tick:
-                for _ in combos:
-                    tick()
-            continue
-        if method == "patchcore":
-            shared = patchcore_subset_grids(
-                fit, val, combos, s.patchcore_dim, s.patchcore_dim, share=s.coreset, seed=s.seed, tick=tick
-            )
-            for combo, grid in shared.items():
-                grids.setdefault(combo, []).append(grid)
-            continue
-        for combo in combos:  # PaDiM keeps its distance grids; any other method its maps
-            if method == "padim":
-                grid = fit_padim(combo, s.padim_d, s.seed, fit).distance_grid(val)
-            else:
-                grid = torch.from_numpy(s.method(method, combo).fit(fit).score(val, s.crop)[0])
-            grids.setdefault(combo, []).append(grid)
-            if tick:
-                tick()
+        for key, grid in chooser.subset_grids(fit, val, combos, s.crop, tick=tick).items():
+            grids.setdefault(key, []).append(grid)
     joined = {k: torch.cat(v) for k, v in grids.items()}
-    if spade_mean:
-        return {
-            combo_name(c): pixel_aupr(Spade.fuse([joined[layer] for layer in c], s.crop), masks)
-            for c in combos
-        }
-    if method in ("padim", "patchcore"):
-        return {combo_name(c): pixel_aupr(upsample_blur(joined[c], s.crop), masks) for c in combos}
-    return {combo_name(c): pixel_aupr(joined[c].numpy(), masks) for c in combos}
+    return {combo_name(c): pixel_aupr(chooser.subset_map(joined, c, s.crop), masks) for c in combos}
 
 
 def pick(auprs: dict[str, float], tolerance: float = TOLERANCE) -> tuple[int, ...]:
@@ -296,14 +243,20 @@ def selection_seconds(sels: dict[str, Selection]) -> float:
 
 
 def evaluate_auto(
-    fx: FeatureExtractor, source: Path | ClassData, s: Settings, methods: list[str]
+    fx: FeatureExtractor, source: Path | ClassData, s: Settings, methods: list[str], observer=None
 ) -> tuple[ClassRun, dict[str, dict], dict[str, Selection]]:
     """``evaluate`` with ``--layers auto``: select per method on the training images, refit each
     method on all of them with its subset (features held, not re-extracted), stream the test set.
-    ``source`` is a class folder or a class of any layout (:func:`spadim.run.pipeline.class_data`)."""
+    ``source`` is a class folder or a class of any layout (:func:`spadim.run.pipeline.class_data`).
+    ``observer`` sees the features as in :func:`spadim.run.pipeline.evaluate_class` (the training
+    features as one chunk)."""
     data = class_data(source)
+    if observer is not None:
+        observer.start(data)
     train = fx(data.train, f"{data.name} train")
+    if observer is not None:
+        observer.train_chunk(train)
     sels = select_many(fx, train, s, methods)
     fitted = {m: s.method(m, sels[m].chosen).fit(train) for m in methods}
-    run, metrics = evaluate_fitted(fx, data, s, fitted, train)
+    run, metrics = evaluate_fitted(fx, data, s, fitted, train, observer)
     return run, metrics, sels

@@ -36,10 +36,21 @@ def save_model(
 ) -> None:
     """Write atomically (temporary file, then rename). ``ref_images`` (uint8 [n, crop, crop, 3])
     are normal frames kept for keypoint object masks at predict time; ``calibration`` is
-    :meth:`spadim.run.calibration.Calibration.to_json` (plain data, loadable without code)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {
+    :meth:`spadim.decision.conformal.Calibration.to_json` (plain data, loadable without code)."""
+    write_blob(Path(path), model_blob(method, weights, pre, class_name, ref_images, calibration, fit_info))
+
+
+def model_blob(
+    method,
+    weights: Weights,
+    pre: Preprocess,
+    class_name: str,
+    ref_images: np.ndarray,
+    calibration: dict | None = None,
+    fit_info: dict | None = None,
+) -> dict:
+    """Everything a model file holds, in memory (what :func:`write_blob` writes)."""
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "spadim_version": __version__,
@@ -52,11 +63,12 @@ def save_model(
         "state": method.state(),
         "ref_images": torch.from_numpy(np.ascontiguousarray(ref_images)),
     }
-    write_blob(path, blob)
 
 
 def write_blob(path: Path, blob: dict) -> None:
     """Atomic: a crash leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(blob, tmp)
     tmp.replace(path)

@@ -60,6 +60,9 @@ class Settings:
     patchcore_dim: int = 1024  # PatchCore: per-layer and final patch-feature dimension
     search: str = "auto"  # nearest-neighbour backend of SPADE and PatchCore: auto (probed), torch, faiss
     device: str = "cpu"  # where the backbone runs: cpu, cuda or auto (features/device.py)
+    #: a configured method (``spadim.PatchCore(coreset=0.05)``) whose options every fit of this run
+    #: keeps, instead of the options above; set by :class:`spadim.inspect.Inspector`
+    prototype: object | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.arch not in DEFAULT_D:
@@ -104,7 +107,7 @@ class Settings:
     def method_layers(self, name: str) -> tuple[int, ...]:
         """The layers ``name`` runs with: ``--layers`` when given, else the method's own default
         (PatchCore's paper setting 2,3; SPADE's and PaDiM's 1,2,3)."""
-        default = getattr(registry.METHODS[name], "default_layers", None)
+        default = registry.METHODS[name].default_layers
         return tuple(self.layers) if self.layers_given or default is None else tuple(default)
 
     def method(self, name: str, layers: tuple[int, ...] | None = None):
@@ -112,13 +115,15 @@ class Settings:
             raise SpadimError(
                 "layers are 'auto': choose them first (spadim.studies.layerselect) and pass them"
             )
+        if self.prototype is not None:
+            return self.prototype.with_layers(layers or self.method_layers(name))
         return registry.create(name, self, layers or self.method_layers(name))
 
 
 def needed_features(methods: list[str], layer_sets) -> tuple[tuple[int, ...], bool]:
-    """Layers to keep and whether SPADE's pooled layer-4 vector is needed."""
+    """Layers to keep and whether a method needs the pooled layer-4 vector (SPADE)."""
     layers = tuple(sorted({layer for combo in layer_sets for layer in combo}))
-    return layers, "spade" in methods
+    return layers, any(registry.METHODS[name].uses_pooled for name in methods)
 
 
 def make_extractor(
@@ -225,7 +230,7 @@ def fit_methods(
     (one whole set or chunk by chunk), e.g. for a learned object mask.
     """
     fresh = {name: s.method(name, layers) for name in methods}
-    if hold or not all(getattr(m, "streams_training", False) for m in fresh.values()):
+    if hold or not all(m.abilities.streams_training for m in fresh.values()):
         train = fx(paths, desc)
         if on_chunk:
             on_chunk(train)
@@ -317,7 +322,7 @@ def evaluate_fitted(
         f"{data.name} test",
         observer.test_chunk if observer is not None else None,
     )
-    left_out = {n: m for n, m in fitted.items() if hasattr(m, "score_left_out") and len(train)}
+    left_out = {n: m for n, m in fitted.items() if m.abilities.leave_one_out and len(train)}
     fitted.clear()  # PaDiM's Gaussians (up to 3.8 GB at d=550) are not needed by the metrics
     run = ClassRun(data, train, test, load_masks(data, fx.pre, test.shapes), maps, scores, left_out)
     metrics = {n: class_metrics(data, run.maps[n], run.masks, run.scores[n]) for n in methods}
@@ -368,11 +373,11 @@ def suppress_outside(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scale scores outside the object masks by ``r``.
 
-    PaDiM's image score is its map maximum, so it is recomputed on the masked map;
-    SPADE's image score (kNN over pooled features) is unchanged.
+    A method whose image score is its map's maximum (PaDiM) gets it recomputed on the masked map; the
+    others' image scores (SPADE's kNN over pooled features, PatchCore's eq. 7) are unchanged.
     """
     maps = apply_outside_multiplier(maps, obj, r)
-    return maps, (maps.reshape(len(maps), -1).max(1) if name == "padim" else scores)
+    return maps, registry.METHODS[name].image_scores_of_maps(maps, scores)
 
 
 def masked_result(run: ClassRun, name: str, obj: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -169,7 +169,7 @@ def _layers_setting(s: Settings):
     own = [
         f"{name}: {', '.join(map(str, cls.default_layers))}"
         for name, cls in METHODS.items()
-        if getattr(cls, "default_layers", None)
+        if cls.default_layers
     ]
     return f"{', '.join(map(str, s.layers))}" + (f" ({'; '.join(own)})" if own else "")
 
@@ -249,7 +249,12 @@ def search_label(name: str) -> str:
 
 
 def start_study(
-    s: Settings, data: Path | ClassData, methods: str, classes: str | None = None, layer_sets=None
+    s: Settings,
+    data: Path | ClassData,
+    methods: str,
+    classes: str | None = None,
+    layer_sets=None,
+    check_counts=None,
 ) -> tuple[list[str], list[Path | ClassData], FeatureExtractor]:
     """Common start of evaluate and the studies -> (methods, class sources, extractor).
 
@@ -257,7 +262,8 @@ def start_study(
     another layout, already indexed (the source is that ClassData). Methods, the layout of every
     class and every image and mask (fully decoded) are checked before the backbone is loaded, so a
     bad file in the last class fails in seconds instead of discarding the finished classes. The
-    weights in use are announced on stderr.
+    weights in use are announced on stderr. ``check_counts(methods, class_data)``, when given, checks each
+    class's image counts first (:func:`spadim.run.calibration.image_count_check`).
     """
     names = parse_methods(methods)
     if isinstance(data, ClassData):
@@ -269,7 +275,11 @@ def start_study(
         sources = [data]
     else:
         sources = find_classes(data, classes)
-    for c in [class_data(c) for c in sources]:  # every layout first: cheap, then the decoding
+    indexed = [class_data(c) for c in sources]  # every layout and count first: cheap, then the decoding
+    for c in indexed:
+        if check_counts is not None:
+            check_counts(names, c)
+    for c in indexed:
         check_class(c)
     fx = make_extractor(s, progress, names, layer_sets)
     say(fx.weights.describe())

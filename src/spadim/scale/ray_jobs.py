@@ -59,7 +59,14 @@ class PredictWorker:
         from spadim.inspect.inspector import Inspector
 
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        self.inspector = Inspector.load(model, weights, batch_size, object_mask, runtime, device)
+        self.inspector = Inspector.load(
+            model,
+            weights=weights,
+            batch_size=batch_size,
+            object_mask=object_mask,
+            runtime=runtime,
+            device=device,
+        )
         self.out, self.point, self.object_mask = Path(out), point, object_mask
 
     def __call__(self, batch: dict) -> dict:

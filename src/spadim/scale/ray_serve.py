@@ -29,7 +29,9 @@ def _deployment():
             from spadim.inspect.inspector import Inspector
 
             torch.set_num_threads(threads)
-            self.inspector = Inspector.load(model, weights, MAX_BATCH, None, runtime, device)
+            self.inspector = Inspector.load(
+                model, weights=weights, batch_size=MAX_BATCH, runtime=runtime, device=device
+            )
 
         @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
         async def score(self, frames: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:

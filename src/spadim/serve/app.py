@@ -37,7 +37,10 @@ from spadim.data.guard import ImageRefused, check_header, max_pixels
 from spadim.data.mvtec import decode_rgb
 from spadim.errors import SpadimError
 from spadim.inspect import Inspector, OperatingPoint
-from spadim.run.calibration import check_far
+from spadim.decision.conformal import check_far
+from spadim.record import RecordStore, decision_row, review_picture, sha256_bytes
+from .line import LineMetrics, add_line_routes
+from .versions import ModelSlots
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -70,7 +73,8 @@ def load_inspectors(
             )
         names[path.stem] = path
     return {
-        name: Inspector.load(path, weights, runtime=runtime, device=device) for name, path in names.items()
+        name: Inspector.load(path, weights=weights, runtime=runtime, device=device)
+        for name, path in names.items()
     }
 
 
@@ -182,10 +186,12 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB << 20,
     api_key: str | None = None,
     decode_pixels: int | None = None,
+    stores: dict[str, RecordStore | None] | None = None,
 ) -> FastAPI:
     """The API over already-loaded inspectors; the first one answers requests that name no model.
     ``api_key`` guards every path but /health and the page; ``decode_pixels`` caps the pixels decoded
-    at once (default: twice the per-image limit)."""
+    at once (default: twice the per-image limit); ``stores``: each model's record (None: not recorded).
+    A recorded decision is answered only after its record has committed."""
     if not inspectors:
         raise SpadimError("no model to serve: give at least one model file")
     if max_upload_bytes < 1:
@@ -196,11 +202,15 @@ def create_app(
         for name, inspector in inspectors.items()
     }
     default_model = next(iter(inspectors))
+    inspectors = ModelSlots(inspectors)  # the version in force of each model, swapped between requests
     app = FastAPI(title="spadim", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(UploadLimit, max_body=max_upload_bytes + FORM_OVERHEAD)
     if api_key:
         app.add_middleware(ApiKey, key=api_key)  # added last, so it runs first: no body is read without it
     budget = DecodeBudget(decode_pixels or 2 * max_pixels())
+    stores = {name: (stores or {}).get(name) for name in inspectors}
+    metrics = LineMetrics()
+    add_line_routes(app, inspectors, stores, metrics, default_model)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
@@ -250,7 +260,11 @@ def create_app(
         point = _operating_point(inspector, threshold, far)
         data = await upload.read()
         filename = upload.filename or "upload"
-        record = await run_in_threadpool(_predict_one, inspector, locks[name], data, filename, point, budget)
+        store = stores[name] if _text(form, "record") not in ("0", "false", "no") else None
+        record = await run_in_threadpool(
+            _predict_one, inspector, locks[name], data, filename, point, budget, store
+        )
+        metrics.observe(name, record["decision"], record["seconds"])
         return _json({"model": name, **record})
 
     return app
@@ -309,6 +323,7 @@ def _predict_one(
     filename: str,
     point: OperatingPoint,
     budget: DecodeBudget,
+    store: RecordStore | None = None,
 ) -> dict:
     """Judge the header, take decode memory, decode, score under the model's lock, draw: the part of a
     request that runs in a worker thread."""
@@ -325,14 +340,28 @@ def _predict_one(
             raise HTTPException(415, str(exc)) from None
         started = time.perf_counter()
         with lock:
-            (prediction,) = inspector.predict([rgb], [filename], point)
+            (prediction,) = inspector.predict_batch([rgb], [filename], point)
             overlay = inspector.overlay(rgb, prediction, point)
         seconds = time.perf_counter() - started
     finally:
         budget.give(pixels)
+    answer = prediction.to_json(point)
+    record_id = None
+    if store is not None:
+        row = decision_row(
+            answer,
+            image_sha256=sha256_bytes(data),
+            model_version=inspector.model_version,
+            method=inspector.method.name,
+            far=point.far,
+            source="serve",
+        )
+        record_id = store.add(row, review_picture(overlay), data)["id"]
     low, high = inspector.colour_range(point)
     return {
-        **prediction.to_json(point),
+        **answer,
+        "model_version": inspector.model_version,
+        "record_id": record_id,
         "point": asdict(point),
         "warnings": inspector.warnings(point),
         "colour_range": {"low": low, "high": high, "threshold": point.pixel_threshold},
@@ -344,7 +373,7 @@ def _predict_one(
 
 def _model_entry(name: str, inspector: Inspector) -> dict:
     """``describe()`` plus what a client needs to pick a threshold: the default point, or why none."""
-    entry = {"name": name, **inspector.describe()}
+    entry = {"name": name, "model_version": inspector.model_version, **inspector.describe()}
     try:
         point = inspector.operating_point()
     except SpadimError as exc:  # an uncalibrated model still serves requests that give a threshold
@@ -415,10 +444,11 @@ def serve(
     started: Callable[[uvicorn.Server, str], None] | None = None,
     log_level: str = "info",
     api_key: str | None = None,
+    stores: dict[str, RecordStore | None] | None = None,
 ) -> None:
     """Serve until Ctrl-C (or ``server.should_exit``). ``listener`` is a socket from :func:`bind`
     (the CLI binds before loading models); ``started(server, url)`` lets a caller stop the server."""
-    app = create_app(inspectors, max_upload_bytes, api_key)
+    app = create_app(inspectors, max_upload_bytes, api_key, stores=stores)
     listener = listener or bind(host, port)
     bound_host, bound_port = listener.getsockname()[:2]
     warning = exposure_warning(bound_host, api_key)
@@ -429,6 +459,9 @@ def serve(
     for name, inspector in inspectors.items():
         about = inspector.describe()
         say(f"model {name}: {about['method']} for class {about['class_name']}, {inspector.backbone_text()}")
+    for name, store in (stores or {}).items():
+        if store is not None:
+            say(f"model {name}: recording every decision in {store.target}")
     say(f"serving {len(inspectors)} model(s) on {url} (Ctrl-C stops)")
     if started is not None:
         started(server, url)

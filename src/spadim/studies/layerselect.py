@@ -16,10 +16,10 @@ from spadim.data.mvtec import load_class, load_masks
 from spadim.errors import SpadimError
 from spadim.features.extractor import ALL_COMBOS, combo_name
 from spadim.metrics.ranking import undefined_notes
+from spadim.run.calibration import image_count_check
 from spadim.run.layerchoice import COPIES, DEFECTS, FOLDS, TOLERANCE, VALIDATED, Selection, select_many
-from spadim.run.pipeline import ClassRun, Settings, evaluate_class, make_extractor, score_class
+from spadim.run.pipeline import ClassRun, Settings, class_metrics, evaluate_class, make_extractor
 from spadim.run.session import read_saved
-from .layersweep import spade_subsets
 
 
 REGRET_COLUMNS = [
@@ -81,11 +81,9 @@ def real_subsets(cr: ClassRun, s: Settings, methods, stored: dict) -> dict[str, 
         todo = [c for c in ALL_COMBOS if f"{combo_name(c)}/{m}" not in out]
         if not todo:
             continue
-        if m == "spade" and s.spade_fusion == "mean":
-            out.update({f"{combo_name(c)}/spade": r for c, r in spade_subsets(cr, s, todo).items()})
-            continue
-        for c in todo:
-            out[f"{combo_name(c)}/{m}"] = score_class(cr, s, [m], c)[m]
+        used = tuple(sorted({layer for c in todo for layer in c}))
+        for c, maps, scores in s.method(m, used).subset_scores(cr.train, cr.test, todo, s.crop):
+            out[f"{combo_name(c)}/{m}"] = class_metrics(cr.data, maps, cr.masks, scores)
     return out
 
 
@@ -142,7 +140,8 @@ def run(
 
     s = dataclasses.replace(s, layers=(1, 2, 3)) if s.auto_layers else s  # the fixed baseline
     check_out_dir(out)
-    methods, dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS)
+    counts = image_count_check(calibrate=False, choose_layers=True)
+    methods, dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS, check_counts=counts)
     sig = {
         "arch": s.arch,
         "weights": fx.weights.sha256,

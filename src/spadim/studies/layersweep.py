@@ -16,24 +16,20 @@ import math
 import time
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from scipy.stats import pearsonr
+from tqdm import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy.stats import pearsonr  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from spadim.errors import SpadimError  # noqa: E402
-from spadim.features.extractor import ALL_COMBOS, combo_name  # noqa: E402
-from spadim.metrics.ranking import evaluate_maps, undefined_notes  # noqa: E402
-from spadim.methods.padim import DEFAULT_D  # noqa: E402
-from spadim.run.pipeline import Settings, prepare_class, score_class  # noqa: E402
-from spadim.report.html import write_report  # noqa: E402
-from spadim.report.tables import METRIC_COLUMNS, markdown_table, with_means, write_table  # noqa: E402
-from spadim.report.figures import save_figure  # noqa: E402
-from spadim.data.mvtec import load_class  # noqa: E402
-from spadim.run.session import (  # noqa: E402
+from spadim.errors import SpadimError
+from spadim.features.extractor import ALL_COMBOS, combo_name
+from spadim.metrics.ranking import evaluate_maps, undefined_notes
+from spadim.methods.padim import DEFAULT_D
+from spadim.run.pipeline import Settings, prepare_class, score_class
+from spadim.report.html import write_report
+from spadim.report.tables import METRIC_COLUMNS, markdown_table, with_means, write_table
+from spadim.report.figures import save_figure, subplots
+from spadim.data.mvtec import load_class
+from spadim.run.session import (
     class_summary,
     meta,
     read_saved,
@@ -68,10 +64,10 @@ def _load_partial(path: Path, sig: dict) -> dict:
         d = read_saved(path)
     except json.JSONDecodeError:
         return {}  # a damaged partial file is recomputed
-    old = d.get("signature") or {}
-    if old.get("d") is None and old.get("arch") in DEFAULT_D:  # written before d was stored resolved
-        old = {**old, "d": DEFAULT_D[old["arch"]]}
-    if old != sig:
+    saved = d.get("signature") or {}
+    if saved.get("d") is None and saved.get("arch") in DEFAULT_D:  # d = None is the arch's default d
+        saved = {**saved, "d": DEFAULT_D[saved["arch"]]}
+    if saved != sig:
         raise SpadimError(
             f"{path} holds a sweep with other settings ({d.get('signature')}): use another --out or delete it"
         )
@@ -159,7 +155,7 @@ def best_rows(rows: list[dict], methods: list[str]) -> tuple[list[dict], dict]:
 
 def figure5(path: Path, rows: list[dict], methods: list[str], corr: dict, banner: str) -> None:
     names = [combo_name(c) for c in ALL_COMBOS]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2.2, 1]})
+    fig, (a, b) = subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2.2, 1]})
     x = np.arange(len(names))
     for m in methods:
         a.plot(x, combo_means(rows, m), marker="o", label=f"{m} (mean over classes)")
@@ -188,12 +184,7 @@ def spade_subset_maps(cr, s: Settings, combos):
     grid is computed once; a subset's map is the reference fusion of its layers' grids, identical
     to scoring that subset alone."""
     used = tuple(sorted({layer for combo in combos for layer in combo}))
-    spade = s.method("spade", used).fit(cr.train)
-    dist, idx = spade.neighbours(cr.test)
-    grids = spade.layer_grids(cr.test, idx)
-    scores = dist.mean(dim=1).numpy()
-    for combo in combos:
-        yield combo, spade.fuse([grids[layer] for layer in combo], s.crop), scores
+    yield from s.method("spade", used).subset_scores(cr.train, cr.test, combos, s.crop)
 
 
 def spade_subsets(cr, s: Settings, combos) -> dict[tuple[int, ...], dict]:

@@ -18,10 +18,11 @@ import numpy as np
 from tqdm import tqdm
 
 from spadim.features.extractor import ALL_COMBOS
-from .layersweep import best_rows, combo_name, correlation, figure5, spade_subset_maps, table3
+from .layersweep import best_rows, combo_name, correlation, figure5, table3
 from .masksweep import sweep_plot, suitability_row
 from spadim.metrics.ranking import evaluate_maps, undefined_notes
 from spadim.masks.keypoints import MaskConfig, foreground_estimate
+from spadim.run.calibration import image_count_check
 from spadim.run.pipeline import Settings, class_object_masks, masked_result, prepare_class
 from spadim.report.tables import METRIC_COLUMNS, with_means, write_table
 from spadim.report.figures import best_worst_gallery, plot_curves
@@ -71,15 +72,10 @@ def layer_subsets(cr, s: Settings, methods, bar) -> tuple[dict, dict]:
             kept[method] = (maps, scores)
         bar.update(1)
 
-    for method in methods:
-        if method == "spade" and s.spade_fusion == "mean":
-            for combo, maps, scores in spade_subset_maps(cr, s, ALL_COMBOS):
-                record(method, combo, maps, scores)
-            continue
-        for combo in ALL_COMBOS:
-            fitted = s.method(method, combo).fit(cr.train)
-            maps, scores = fitted.score(cr.test, s.crop)
-            del fitted
+    for method in methods:  # each method's own way through the subsets (SPADE: per-layer grids once)
+        for combo, maps, scores in s.method(method, (1, 2, 3, 4)).subset_scores(
+            cr.train, cr.test, ALL_COMBOS, s.crop
+        ):
             record(method, combo, maps, scores)
     return results, kept
 
@@ -206,7 +202,8 @@ def run(
     ``s.layers``)."""
     out = Path(out)
     check_out_dir(out)
-    methods, class_dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS)
+    counts = image_count_check(calibrate=False, choose_layers=auto)
+    methods, class_dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS, check_counts=counts)
     sig = _signature(s, fx.weights.sha256, methods, cfgs, multipliers, auto)
     done = {c.name: load_resumable(out / "per_class" / f"{c.name}.json", sig) for c in class_dirs}
     todo = [c for c in class_dirs if done[c.name] is None]

@@ -1,6 +1,6 @@
 """The ONNX export against the torch path on real classes: map agreement and per-image latency.
 
-Usage: python scripts/export_check.py DATA [--classes grid,hazelnut,transistor] [--methods spade,padim,patchcore]
+Usage: python -m benchmarks.export_check DATA [--classes grid,hazelnut,transistor] [--methods spade,padim,patchcore]
 For each class and method it fits a model (each method's own layers, whole frame, real ImageNet weights when
 found), exports it, scores the class's test images with both runtimes and reports the largest relative
 difference of the maps (|onnx - torch| / |torch|, over every pixel) and of the image scores, whether the
@@ -77,8 +77,8 @@ def main() -> int:
             maps, scores, _ = torch_side.score_frames(frames)
             onnx_maps, onnx_scores, _ = onnx_side.score_frames(frames)
             point = torch_side.operating_point()
-            torch_ok = [p.decision for p in torch_side.predict(list(frames), data.test, point)]
-            onnx_ok = [p.decision for p in onnx_side.predict(list(frames), data.test, point)]
+            torch_ok = [p.decision for p in torch_side.predict_batch(list(frames), data.test, point)]
+            onnx_ok = [p.decision for p in onnx_side.predict_batch(list(frames), data.test, point)]
             row = {
                 "class": name,
                 "method": method,

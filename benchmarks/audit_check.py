@@ -1,6 +1,6 @@
 """Does the audit name a defective image filed among the good ones, and say what the level would be?
 
-Usage: python scripts/audit_check.py [DATA] [--classes grid,hazelnut,transistor] [--far 0.05]
+Usage: python -m benchmarks.audit_check [DATA] [--classes grid,hazelnut,transistor] [--far 0.05]
        [--methods spade,padim,patchcore] [--out runs/audit-check]
 Per class and method: `fit` on train/good (clean) and on train/good plus the first defective test
 image of each class (planted; a copy in a temporary folder). Reports the plant's rank in the audit

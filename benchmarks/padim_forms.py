@@ -1,9 +1,9 @@
 """PaDiM's two exact forms on real classes: model size, one-image latency and pixel AUPR.
 
-Usage: python scripts/padim_forms.py DATA [--classes grid,hazelnut,transistor] [--repeats 7]
+Usage: python -m benchmarks.padim_forms DATA [--classes grid,hazelnut,transistor] [--repeats 7]
 For each class it fits PaDiM (layers 1,2,3, d = 550, whole frame, real ImageNet weights when found)
 twice on the same features: in the low-rank form chosen when N - 1 <= 64, and forced into the
-Cholesky form every file had before. It reports each form's model-file bytes, the median time of
+Cholesky form that classes with more than 65 images get. It reports each form's model-file bytes, the median time of
 one-image scoring beside the backbone's one-image forward pass (same process, same stretch of time),
 the largest relative difference of their distance grids and the pixel AUPR of each.
 """
@@ -60,8 +60,8 @@ def main() -> int:
         row = {"class": name, "n_train": len(run.train), "backbone_ms": round(backbone_ms, 1)}
         grids = {}
         for form in ("low-rank", "cholesky"):
-            model = Padim((1, 2, 3), settings.padim_d, settings.seed)
-            model.max_rank = 64 if form == "low-rank" else 0
+            max_rank = 64 if form == "low-rank" else 0
+            model = Padim(layers=(1, 2, 3), d=settings.padim_d, seed=settings.seed, max_rank=max_rank)
             model.fit(run.train)
             assert model.form == form, (form, model.form)
             grids[form] = model.distance_grid(run.test)

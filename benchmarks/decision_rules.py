@@ -1,6 +1,6 @@
 """Which rule turns held-out normal statistics into an OK/defect level that catches defects?
 
-Usage: python scripts/decision_rules.py [DATA] [--classes grid,hazelnut,transistor] [--far 0.05]
+Usage: python -m benchmarks.decision_rules [DATA] [--classes grid,hazelnut,transistor] [--far 0.05]
        [--methods spade,padim,patchcore] [--cut 25] [--out runs/decision-rules]
 Per class, method and training-set size (all images, and the first --cut): the region statistic of
 every training image as `fit` calibrates it (leave-one-out for SPADE and PatchCore, 5-fold for PaDiM,
@@ -23,10 +23,11 @@ import numpy as np
 from spadim.data.mvtec import load_class
 from spadim.features.backbone import locate
 from spadim.metrics.operating_point import best_recall
-from spadim.run.calibration import held_out, region_scores
-from spadim.run.layerchoice import take
+from spadim.decision.conformal import region_scores
+from spadim.features.extractor import take
+from spadim.run.calibration import held_out
 from spadim.run.pipeline import Settings, make_extractor
-from spadim.run.rules import RULES, level
+from .rules import RULES, level
 
 
 def collect(args) -> list[dict]:

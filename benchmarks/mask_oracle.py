@@ -1,9 +1,8 @@
 """Pixel AUPR of every object mask at its best outside multiplier r, and two oracle upper bounds.
 
-Why this exists: the README ("Object masks chosen from normal images") declares the +0.05 SPADE
-target on ``nut`` out of reach because even masks built from the test labels do not reach it. That
-bound came from ad-hoc scripts outside the repository; this script reproduces it from the package's
-public functions, so the claim can be re-run and cited.
+Why this exists: docs/masks-and-layers.md ("Object masks chosen from normal images") declares the
++0.05 SPADE target on ``nut`` out of reach because even masks built from the test labels do not reach
+it; this computes that bound from the package's public functions, so the claim can be re-run.
 
 For one class folder it runs the normal evaluation (``spadim.run.pipeline.evaluate_class`` with a
 ``spadim.masks.auto.MaskPlanner`` riding along, exactly as ``spadim mask-sweep`` does) and prints, per
@@ -21,7 +20,7 @@ method, a markdown table of pixel AUPR:
 "best r" is chosen on the test labels for every row, so all rows except "none" and auto's own r are
 optimistic. A second table lists every r.
 
-    .venv/bin/python scripts/mask_oracle.py [data/spadim-toy/nut] [--arch resnet50_caffe]
+    .venv/bin/python -m benchmarks.mask_oracle [data/spadim-toy/nut] [--arch resnet50_caffe]
         [--weights ../shared/weights] [--methods spade,padim] [--threads N]
 """
 

@@ -15,7 +15,7 @@ yardstick for any choice made from normal images, which see less. With ``--choic
 subsets chosen by earlier ``layer-select`` runs, and the fixed 1+2+3, are scored on the same halves,
 so the three selectors are compared on equal terms. Usage:
 
-    python scripts/regret_noise_floor.py ../shared/data/mvtec_ad_subset data/spadim-toy \
+    python -m benchmarks.regret_noise_floor ../shared/data/mvtec_ad_subset data/spadim-toy \
         --arch resnet50_caffe --weights ../shared/weights \
         --choices runs/layer-select-real-v2 runs/layer-select-toy-v2
 """

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .calibration import conformal_threshold
+from spadim.decision.conformal import conformal_threshold
 
 RULES = ("conformal", "gumbel", "gauss")
 _GUMBEL_IQR = math.log(-math.log(0.25)) - math.log(-math.log(0.75))  # 1.5725: IQR of a unit Gumbel

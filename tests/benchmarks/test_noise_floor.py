@@ -1,4 +1,4 @@
-"""scripts/regret_noise_floor.py: its weighted AP and cross-split regret against independent computations."""
+"""benchmarks/regret_noise_floor.py: its weighted AP and cross-split regret against independent computations."""
 
 import importlib.util
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "regret_noise_floor.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "regret_noise_floor.py"
 
 
 @pytest.fixture(scope="module")

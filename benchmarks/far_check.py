@@ -1,6 +1,6 @@
 """Measure the false-alarm rate of calibrated models on many good test images of the embedded data.
 
-Usage: python scripts/far_check.py [--far 0.05] [--train 60] [--good 200] [--methods padim,spade]
+Usage: python -m benchmarks.far_check [--far 0.05] [--train 60] [--good 200] [--methods padim,spade]
 Fits each method per class with its leave-one-out calibration (normal training images only), predicts
 the class's good test images (never seen in fitting) and reports the share flagged as defect (an image
 is flagged exactly when it has a defect region), beside the target rate. It also sets the held-out

@@ -2,7 +2,7 @@
 
     .venv/bin/pip install selenium            # Selenium from PyPI; the browser is Debian's, never downloaded
     apt-get install -y chromium chromium-driver
-    .venv/bin/python scripts/browser_check.py [--model M.pt] [--random]
+    .venv/bin/python -m benchmarks.browser_check [--model M.pt] [--random]
 
 Starts the real CLI server (`spadim serve MODEL --port 0`, the OS picks the port) on 127.0.0.1, opens
 the page, uploads a defective and a good image, waits for the verdict and the overlay, drags the

@@ -5,7 +5,7 @@ Why: the defect kinds, their sizes and the number of folds are design choices of
 real AUPR of every subset that ``spadim layer-select`` already stored (``subsets.json``), so only the
 selection itself is recomputed. Usage:
 
-    python scripts/layer_select_variants.py runs/layer-select-real-v2 ../shared/data/mvtec_ad_subset \
+    python -m benchmarks.layer_select_variants runs/layer-select-real-v2 ../shared/data/mvtec_ad_subset \
         runs/layer-select-toy-v2 data/spadim-toy --arch resnet50_caffe --weights ../shared/weights
 """
 

@@ -1,6 +1,6 @@
 """Ray against one process on this machine: predict throughput and identity, and serve under 4 clients.
 
-Usage: python scripts/ray_check.py MODEL IMAGES_DIR [--copies 20] [--clients 4] [--requests 80]
+Usage: python -m benchmarks.ray_check MODEL IMAGES_DIR [--copies 20] [--clients 4] [--requests 80]
 Builds a folder of the images repeated ``copies`` times (symbolic links), then runs, each as its own
 ``spadim`` process: ``predict`` and ``predict --ray`` (wall time, Ray's start included, and whether the
 records agree), and ``serve`` and ``serve --ray`` with ``clients`` concurrent clients posting ``requests``
@@ -18,8 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.serving import _Client, _multipart, concurrent_posts  # noqa: E402
+from .serving import _Client, _multipart, concurrent_posts
 
 SPADIM = [str(Path(sys.executable).with_name("spadim"))]  # the console script beside this Python
 

@@ -1,0 +1,166 @@
+"""``spadim update``: grow a fitted model with new good images, without refitting.
+
+What the model holds is never recomputed: each new image passes the backbone once, is scored by the
+version in force (which does not hold it, so its statistic is a genuine held-out one), audited
+against the calibration's statistics, and only then joins the method (each method's own exact or
+incremental ``update``) and the calibration. An image that stands apart is shown and left out unless
+the caller keeps it. The result is a new immutable version (:mod:`.versions`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from spadim.data.mvtec import check_images
+from spadim.errors import SpadimError
+from spadim.record import RecordStore, sha256_file
+from spadim.decision.audit import AUDIT_Z, audit
+from spadim.decision.conformal import grow, region_scores
+from spadim.features.extractor import take
+from spadim.run.modelfile import write_blob
+from .inspector import Inspector
+from .versions import commit_version, ensure_logged
+
+
+def held_images(meta: dict) -> set[str]:
+    """SHA-256 of every image the model holds (fit and updates)."""
+    return set(meta.get("fit", {}).get("held_sha256") or [])
+
+
+def _describe(inspector: Inspector) -> dict:
+    calibration = inspector.calibration
+    return {
+        "n_images": inspector.meta.get("fit", {}).get("images"),
+        "level_after": None if calibration is None else calibration.region_threshold,
+        "far": None if calibration is None else calibration.far,
+    }
+
+
+def confirmed_good(store: RecordStore, held: set[str], folder: Path) -> list[Path]:
+    """Images of the record confirmed good and not held yet, once each (by content): the file a record
+    names, or the upload kept in the record, written to ``folder``."""
+    paths, seen = [], set(held)
+    for row in store.query(verdict="good"):
+        if row["image_sha256"] in seen:
+            continue
+        seen.add(row["image_sha256"])
+        data = store.image(row["image_sha256"])
+        if data is not None:
+            path = folder / f"{row['image_sha256'][:16]}{Path(row['image']).suffix or '.png'}"
+            path.write_bytes(data)
+            paths.append(path)
+        elif Path(row["image"]).is_file() and sha256_file(Path(row["image"])) == row["image_sha256"]:
+            paths.append(Path(row["image"]))
+    return paths
+
+
+def grow_inspector(inspector: Inspector, paths: list[Path], *, keep_apart: bool = False, say=print) -> dict:
+    """Add the good images ``paths`` to a fitted inspector in memory (nothing is written): each is scored
+    by the model as it is, audited, then joins the method and the calibration."""
+    method, calibration = inspector.method, inspector.calibration
+    if not method.abilities.update:
+        raise SpadimError(f"a {method.name} model cannot grow without a refit: fit it again on all images")
+    if calibration is None or calibration.region_scores is None:
+        raise SpadimError("the model has no region calibration to grow: calibrate it first")
+    held = held_images(inspector.meta)
+    check_images(paths)
+    fresh, seen = [], set(held)
+    for path in paths:
+        digest = sha256_file(path)
+        if digest not in seen:
+            seen.add(digest)
+            fresh.append((path, digest))
+    level_before = calibration.region_threshold
+    if not fresh:
+        say("nothing to add: the model already holds every given image")
+        return {"added": [], "set_apart": [], "level_before": level_before, "level_after": level_before}
+    features = inspector.extractor([p for p, _ in fresh], "update")
+    maps, scores = method.score(features, inspector.pre.crop)  # the model as it is: held out
+    maps = list(maps)
+    regions = region_scores(maps, features.shapes, inspector.pre, calibration.min_area)
+    old = np.asarray(calibration.region_scores, np.float64)
+    names = [f"<calibration {i}>" for i in range(len(old))] + [str(p) for p, _ in fresh]
+    flagged = {
+        entry["image"]: entry for entry in audit(np.concatenate([old, regions]), names, calibration.far)
+    }
+    apart = [i for i, (path, _) in enumerate(fresh) if str(path) in flagged]
+    joining = [i for i in range(len(fresh)) if keep_apart or i not in apart]
+    for i in apart:
+        entry = flagged[str(fresh[i][0])]
+        action = "added anyway (keep_apart)" if keep_apart else "left out"
+        say(
+            f"audit: {fresh[i][0]} stands apart (region score {entry['region_score']:.4g}, robust z "
+            f"{entry['robust_z']:.1f} > {AUDIT_Z}): {action}"
+        )
+    set_apart = [str(fresh[i][0]) for i in apart if i not in joining]
+    if not joining:
+        say("no image joined: every new image stands apart from the calibration (see the audit lines)")
+        return {
+            "added": [],
+            "set_apart": set_apart,
+            "level_before": level_before,
+            "level_after": level_before,
+        }
+    rows = np.asarray(joining)
+    method.update(take(features, rows.tolist()))
+    grown = grow(calibration, scores[rows], [maps[i] for i in joining], regions[rows])
+    fit_info = inspector.meta.setdefault("fit", {})
+    fit_info["held_sha256"] = sorted(held | {fresh[i][1] for i in joining})
+    fit_info["images"] = (fit_info.get("images") or calibration.n_images) + len(joining)
+    inspector.meta["state"] = method.state()
+    inspector.meta["calibration"] = grown.to_json()
+    inspector.calibration = grown
+    return {
+        "added": [str(fresh[i][0]) for i in joining],
+        "set_apart": set_apart,
+        "n_images": fit_info["images"],
+        "level_before": level_before,
+        "level_after": grown.region_threshold,
+    }
+
+
+def update_model(
+    model: Path,
+    images: list[Path] | None = None,
+    *,
+    store: RecordStore | None = None,
+    weights: str | None = None,
+    keep_apart: bool = False,
+    reason: str | None = None,
+    batch_size: int = 8,
+    say=print,
+) -> dict:
+    """``spadim update``: add good ``images`` (files), or every record of ``store`` confirmed good, to the
+    model file; the result is a new version."""
+    model = Path(model)
+    inspector = Inspector.load(model, weights=weights, batch_size=batch_size)
+    parent = ensure_logged(model, lambda: _describe(inspector))
+    with tempfile.TemporaryDirectory(prefix="spadim-update-") as scratch:
+        paths = list(images or [])
+        if store is not None:
+            paths += confirmed_good(store, held_images(inspector.meta), Path(scratch))
+        result = grow_inspector(inspector, paths, keep_apart=keep_apart, say=say)
+    if not result["added"]:
+        return {"version": parent, **result}
+    write_blob(model, inspector.meta)
+    entry = commit_version(
+        model,
+        "update",
+        parent["id"],
+        images_added=result["added"],
+        set_apart=result["set_apart"],
+        n_images=result["n_images"],
+        level_before=result["level_before"],
+        level_after=result["level_after"],
+        far=inspector.calibration.far,
+        reason=reason,
+    )
+    say(
+        f"updated {model}: +{len(result['added'])} image(s), n={entry['n_images']}, region level "
+        f"{result['level_before']:.4g} -> {result['level_after']:.4g} at far={inspector.calibration.far:g} "
+        f"(version {entry['id']}, parent {parent['id']})"
+    )
+    return {"version": entry, **result}

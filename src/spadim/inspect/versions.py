@@ -1,0 +1,119 @@
+"""Model versions: every fit, update, removal, level change and rollback is an immutable file.
+
+``MODEL`` is the version in force; ``MODEL.versions/`` keeps each version's file under its id (the
+first 16 hex digits of its SHA-256, so an id names exactly one content) and ``log.jsonl``, one line
+per version with its parent, what changed and the level before and after. ``rollback`` copies an
+older version's file back to ``MODEL`` and logs that too; nothing is ever deleted or rewritten. Every
+record names the version that decided (``Inspector.model_version``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from spadim.errors import SpadimError
+from spadim.features.backbone import file_sha256
+
+LOG = "log.jsonl"
+
+
+def versions_dir(model: Path) -> Path:
+    model = Path(model)
+    return model.with_name(model.name + ".versions")
+
+
+def version_id(model: Path) -> str:
+    return file_sha256(Path(model))[:16]
+
+
+def list_versions(model: Path) -> list[dict]:
+    log = versions_dir(model) / LOG
+    if not log.is_file():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def current_version(model: Path) -> dict | None:
+    """The log entry of the file in force (the newest entry with its id), or None if never logged."""
+    found = version_id(model)
+    return next((entry for entry in reversed(list_versions(model)) if entry["id"] == found), None)
+
+
+def commit_version(model: Path, kind: str, parent: str | None, **details) -> dict:
+    """Log the file now at ``model`` as a new version and keep an immutable copy of it."""
+    model = Path(model)
+    folder = versions_dir(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    entry = {
+        "id": version_id(model),
+        "parent": parent,
+        "kind": kind,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        **details,
+    }
+    kept = folder / f"{entry['id']}.pt"
+    if not kept.is_file():
+        staged = kept.with_name(kept.name + f".tmp{os.getpid()}")
+        shutil.copyfile(model, staged)
+        staged.replace(kept)
+    with open(folder / LOG, "a") as log:
+        log.write(json.dumps(entry) + "\n")
+        log.flush()
+        os.fsync(log.fileno())
+    return entry
+
+
+def ensure_logged(model: Path, describe) -> dict:
+    """The entry of the version in force, logging it first (as ``kind: fit``) for a model fitted before
+    versions were kept. ``describe()`` -> details of that version (n images, level)."""
+    return current_version(model) or commit_version(model, "fit", None, **describe())
+
+
+def rollback(model: Path, version: str, reason: str | None = None) -> dict:
+    """Put an earlier version back in force (a new log line, kind ``rollback``)."""
+    model = Path(model)
+    matches = [entry for entry in list_versions(model) if entry["id"].startswith(version)]
+    ids = sorted({entry["id"] for entry in matches})
+    if not ids:
+        raise SpadimError(
+            f"model {model} has no version {version!r}: list them with `spadim versions {model}`"
+        )
+    if len(ids) > 1:
+        raise SpadimError(f"version {version!r} of {model} is ambiguous ({', '.join(ids)}): give more digits")
+    target = matches[-1]
+    kept = versions_dir(model) / f"{target['id']}.pt"
+    if not kept.is_file():
+        raise SpadimError(f"the file of version {target['id']} is missing from {kept.parent}")
+    parent = version_id(model) if model.is_file() else None
+    staged = model.with_name(model.name + f".tmp{os.getpid()}")
+    shutil.copyfile(kept, staged)
+    staged.replace(model)
+    details = {k: target.get(k) for k in ("n_images", "level_after", "far") if k in target}
+    return commit_version(model, "rollback", parent, restored=target["id"], reason=reason, **details)
+
+
+def version_line(entry: dict) -> str:
+    """One line of ``spadim versions``."""
+    parts = [entry["id"], entry["created_at"][:19].replace("T", " "), entry["kind"]]
+    if entry.get("parent"):
+        parts.append(f"parent {entry['parent']}")
+    if entry.get("n_images") is not None:
+        parts.append(f"n={entry['n_images']}")
+    added, removed = entry.get("images_added") or [], entry.get("images_removed") or []
+    if added:
+        parts.append(f"+{len(added)} images")
+    if removed:
+        parts.append(f"-{len(removed)} images")
+    if entry.get("level_before") is not None and entry.get("level_after") is not None:
+        parts.append(f"level {entry['level_before']:.4g} -> {entry['level_after']:.4g}")
+    elif entry.get("level_after") is not None:
+        parts.append(f"level {entry['level_after']:.4g}")
+    if entry.get("restored"):
+        parts.append(f"restores {entry['restored']}")
+    if entry.get("reason"):
+        parts.append(f"({entry['reason']})")
+    return "  ".join(parts)

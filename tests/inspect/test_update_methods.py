@@ -1,0 +1,39 @@
+"""``spadim update`` through each method's own update(): the grown model scores as a fit on all images."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from spadim.cli import main
+from spadim.data.mvtec import list_images, load_class, load_images
+from spadim.inspect import Inspector
+
+from conftest import FAST
+
+
+@pytest.mark.parametrize("method,layers", [("spade", "1,2,3"), ("padim", "1,2,3"), ("patchcore", "2,3")])
+def test_update_grows_the_model_as_a_fit_on_all_images(method, layers, tiny_root, tmp_path):
+    good = list_images(tiny_root / "nut" / "train" / "good")
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, paths in ((first, good[:4]), (second, good[4:])):
+        folder.mkdir()
+        for path in paths:
+            shutil.copy(path, folder / path.name)
+    flags = ["--method", method, "--layers", layers, *FAST]
+    grown, full = tmp_path / "grown.pt", tmp_path / "full.pt"
+    assert main(["fit", str(first), "--out", str(grown), *flags]) == 0
+    assert main(["fit", str(tiny_root / "nut" / "train" / "good"), "--out", str(full), *flags]) == 0
+    before = Inspector.load(grown, "random").method
+    assert main(["update", str(grown), str(second), "--keep-apart", "--weights", "random"]) == 0
+    frames = load_images(load_class(tiny_root / "nut").test, Inspector.load(full).pre)[0]
+    maps, scores, _ = Inspector.load(grown, "random").score_frames(frames)
+    expect, expect_scores, _ = Inspector.load(full, "random").score_frames(frames)
+    after = Inspector.load(grown, "random")
+    assert after.meta["fit"]["images"] == 6
+    if method == "patchcore":  # the coreset continued over the 2 new images' patches (8 x 8 each at 64 px)
+        assert len(after.method.bank) == len(before.bank) + int(0.1 * 2 * 64) and after.method.n_train == 6
+        assert np.isfinite(maps).all() and np.isfinite(scores).all()
+        return
+    np.testing.assert_allclose(maps, expect, rtol=1e-3, atol=1e-3 * np.abs(expect).max())
+    np.testing.assert_allclose(scores, expect_scores, rtol=1e-3)
