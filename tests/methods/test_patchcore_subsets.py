@@ -43,7 +43,9 @@ def test_subset_embeddings_are_patchcores_own_embeddings(dim):
     fs = _fs(5, 0)
     pooled = layer_features(fs, (1, 2, 3, 4), dim)
     for combo in ALL_COMBOS:
-        shared = torch.cat(list(subset_embeddings(pooled, combo, dim, batch=2)))
+        shared = torch.cat(
+            [torch.cat(blocks, 1) for blocks in subset_embeddings(pooled, combo, dim, batch=2)]
+        )
         own, _ = embed_patches(fs, combo, dim, dim)
         torch.testing.assert_close(shared, own, rtol=1e-6, atol=1e-6, msg=str(combo))
         rows = torch.tensor([0, 5, 63, 64, 200, len(own) - 1]).remainder(len(own)).unique()
@@ -56,9 +58,14 @@ def test_reranked_search_is_exact_when_every_row_is_a_candidate_and_never_below_
     bank = torch.randn(300, 40, generator=g) * spread
     queries = torch.randn(500, 40, generator=g) * spread
     nearest = cdist(queries.double().numpy(), bank.double().numpy(), "sqeuclidean").min(1)
-    exact = RerankedSearch(bank, dims=4, rerank=len(bank)).squared(queries).double().numpy()
+    exact = RerankedSearch(bank, dims=4, rerank=len(bank)).squared([queries]).double().numpy()
     np.testing.assert_allclose(exact, nearest, rtol=1e-5)
-    few = RerankedSearch(bank, dims=6, rerank=4).squared(queries).double().numpy()
+    split = RerankedSearch(bank, dims=4, rerank=len(bank)).squared([queries[:, :15], queries[:, 15:]])
+    np.testing.assert_allclose(split.double().numpy(), nearest, rtol=1e-5)  # queries as column blocks
+    lists = round(len(bank) ** 0.5)  # the inverted file, every list probed, every row a candidate
+    probed = RerankedSearch(bank, dims=4, rerank=len(bank), probes=lists, scan_below=64).squared([queries])
+    np.testing.assert_allclose(probed.double().numpy(), nearest, rtol=1e-5)
+    few = RerankedSearch(bank, dims=6, rerank=4).squared([queries]).double().numpy()
     assert np.all(few >= nearest * (1 - 1e-5))  # a distance to some bank row: never below the nearest
     assert np.mean(np.isclose(few, nearest, rtol=1e-5)) > 0.8  # and mostly the nearest itself
 

@@ -21,7 +21,15 @@ from spadim.cli.args import layers_arg
 from spadim.errors import SpadimError
 from spadim.features.extractor import ALL_COMBOS, FeatureSet
 from spadim.data.defects import KINDS
-from spadim.run.layerchoice import COPIES, fold_rows, pick, select_layers, select_many
+from spadim.run.layerchoice import (
+    COPIES,
+    MOST_VALIDATED,
+    fold_rows,
+    pick,
+    select_layers,
+    select_many,
+    validation_folds,
+)
 from spadim.run.pipeline import AUTO, Settings, make_extractor
 
 from conftest import FAST
@@ -39,6 +47,20 @@ def test_folds_are_seeded_partitions_and_the_validated_one_is_at_least_a_fifth()
     assert fold_rows(20, 0) != fold_rows(20, 1)
     with pytest.raises(SpadimError):
         fold_rows(1, 0)
+
+
+def test_at_most_sixteen_images_validate_and_the_rest_fit():
+    fx = FineOnlyBackbone()
+    for n in (20, 80, 81, 200):
+        train = fx.features(_normal_images(n, 3))
+        folds, _ = validation_folds(fx, train, seed=4)
+        part = fold_rows(n, 4)[0]
+        val = folds.val_rows[0]
+        assert val == (part if len(part) <= MOST_VALIDATED else sorted(val))
+        assert len(val) == min(len(part), MOST_VALIDATED) and set(val) <= set(part)
+        fit, held = folds.fold(0)
+        assert len(fit) == n - len(val) and len(held) == len(val) * (1 + COPIES)
+    assert validation_folds(fx, train, seed=4)[0].val_rows == folds.val_rows  # seeded
 
 
 def test_pick_breaks_ties_towards_fewer_then_lower_layers():

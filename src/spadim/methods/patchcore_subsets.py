@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,12 +37,13 @@ from .patches import DIM, PATCH, patch_features, pool_last
 
 SHARE = 0.1  # bank rows per fit-part patch: PatchCore's coreset ratio
 CAP = 12_544  # at most this many bank rows (10% of 40 images at 56 x 56): the search grows linearly
-DIMS = 32  # principal directions of the candidate search
+DIMS = 31  # principal directions of the candidate search (with the remaining length: 32 wide)
 RERANK = 4  # candidates per query compared in all dimensions
 PROBES = 4  # inverted lists scanned per query
 SCAN_BELOW = 4096  # banks smaller than this are scanned whole
 BATCH = 8  # validation images embedded and searched together
 CHUNK = 2048  # queries whose candidates are compared in all dimensions together
+KMEANS_ROUNDS = 6  # Lloyd's rounds that place the inverted lists
 
 
 def layer_features(fs: FeatureSet, layers, dim: int = DIM, patch: int = PATCH) -> dict[int, torch.Tensor]:
@@ -52,37 +52,48 @@ def layer_features(fs: FeatureSet, layers, dim: int = DIM, patch: int = PATCH) -
         return {layer: patch_features(fs.layers[layer], dim, patch).contiguous() for layer in layers}
 
 
-def _layer_shares(pooled: dict[int, torch.Tensor], combo: tuple[int, ...], target_dim: int):
+def _layer_shares(pooled: dict[int, torch.Tensor], combo: tuple[int, ...], target_dim: int, kept=None):
     """Per layer of ``combo``, its block of the last pooling (``[n, h, w, dim / k]``, at its own grid)
-    when each pooling bin averages ``k`` values of one layer; None when some bin spans two layers."""
+    when each pooling bin averages ``k`` values of one layer; None when some bin spans two layers.
+    ``kept`` (a dict) keeps the blocks of one ``k`` for the next subsets of the same size."""
     dim = pooled[combo[0]].shape[-1]
     length = len(combo) * dim
     if length % target_dim or dim % (length // target_dim):
         return None
     k = length // target_dim
-    return [pooled[layer] if k == 1 else pooled[layer].unflatten(-1, (-1, k)).mean(-1) for layer in combo]
+    if k == 1:
+        return [pooled[layer] for layer in combo]
+    kept = {} if kept is None else kept
+    if any(key[1] != k for key in kept):
+        kept.clear()
+    for layer in combo:
+        if (layer, k) not in kept:
+            kept[layer, k] = pooled[layer].unflatten(-1, (-1, k)).mean(-1)
+    return [kept[layer, k] for layer in combo]
 
 
 def subset_embeddings(
-    pooled: dict[int, torch.Tensor], combo: tuple[int, ...], target_dim: int = DIM, batch: int = BATCH
-) -> Iterator[torch.Tensor]:
-    """[b * H * W, target_dim] embeddings of ``batch`` images at a time, as :func:`.patchcore.embed_patches`
-    computes them from the same layer maps (rows image by image, then row-major positions)."""
+    pooled: dict[int, torch.Tensor],
+    combo: tuple[int, ...],
+    target_dim: int = DIM,
+    batch: int = BATCH,
+    kept=None,
+) -> Iterator[list[torch.Tensor]]:
+    """The embeddings of ``batch`` images at a time, as :func:`.patchcore.embed_patches` computes them from
+    the same layer maps (rows image by image, then row-major positions), as column blocks
+    ``[b * H * W, width]`` that join to ``target_dim`` (one block per layer, or one in all)."""
     grid = tuple(pooled[combo[0]].shape[1:3])
-    shares = _layer_shares(pooled, combo, target_dim)
+    shares = _layer_shares(pooled, combo, target_dim, kept)
     parts = shares if shares is not None else [pooled[layer] for layer in combo]
     for start in range(0, len(parts[0]), batch):
-        resized = []
+        blocks = []
         for f in parts:
             f = f[start : start + batch]
             if tuple(f.shape[1:3]) != grid:
                 f = F.interpolate(f.permute(0, 3, 1, 2), size=grid, mode="bilinear", align_corners=False)
                 f = f.permute(0, 2, 3, 1)
-            resized.append(f)
-        joined = torch.cat(resized, dim=3)
-        if shares is None:
-            joined = pool_last(joined.reshape(-1, joined.shape[-1]), target_dim)
-        yield joined.reshape(-1, target_dim)
+            blocks.append(f.reshape(-1, f.shape[-1]))
+        yield blocks if shares is not None else [pool_last(torch.cat(blocks, 1), target_dim)]
 
 
 def bank_rows(total: int, share: float, cap: int, seed: int) -> torch.Tensor:
@@ -100,14 +111,18 @@ def _bilinear_axis(size_in: int, size_out: int, positions: torch.Tensor):
 
 
 def bank_embeddings(
-    pooled: dict[int, torch.Tensor], combo: tuple[int, ...], rows: torch.Tensor, target_dim: int = DIM
+    pooled: dict[int, torch.Tensor],
+    combo: tuple[int, ...],
+    rows: torch.Tensor,
+    target_dim: int = DIM,
+    kept=None,
 ) -> torch.Tensor:
     """The embedding rows ``rows`` (image by image, then row-major positions of the first layer's grid) of
     :func:`subset_embeddings`, computed at those positions alone: each coarser layer is interpolated
     bilinearly at them (equal to resizing the whole map, up to float rounding)."""
     height, width = pooled[combo[0]].shape[1:3]
     image, y, x = rows // (height * width), rows % (height * width) // width, rows % width
-    shares = _layer_shares(pooled, combo, target_dim)
+    shares = _layer_shares(pooled, combo, target_dim, kept)
     per_layer = []
     for f in shares if shares is not None else [pooled[layer] for layer in combo]:
         h, w = f.shape[1:3]
@@ -138,6 +153,21 @@ def principal_directions(centred: torch.Tensor, dims: int, seed: int = 0, rows: 
     return (span @ right[:dims].T).contiguous()
 
 
+def kmeans(points: torch.Tensor, count: int, seed: int = 0, rounds: int = KMEANS_ROUNDS) -> torch.Tensor:
+    """[count, D] centres after Lloyd's rounds from ``count`` seeded distinct points (an empty cluster
+    keeps its centre)."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = points[torch.randperm(len(points), generator=generator)[:count]].clone()
+    squared = points.square().sum(1, keepdim=True)
+    for _ in range(rounds):
+        nearest = torch.addmm(squared, points, centres.T, alpha=-2).add_(centres.square().sum(1)).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, nearest, points)
+        sizes = torch.bincount(nearest, minlength=count)
+        filled = sizes > 0
+        centres[filled] = sums[filled] / sizes[filled, None]
+    return centres
+
+
 class RerankedSearch:
     """Nearest bank row of each query: candidates in principal directions, exact distances among them
     (see the module docstring, step 3)."""
@@ -155,36 +185,74 @@ class RerankedSearch:
 
         self.bank, self.rerank = bank, min(rerank, len(bank))
         self.bank_sq = bank.square().sum(1)
-        self.mean = bank.mean(0)
-        centred = bank - self.mean
+        mean = bank.mean(0)
+        centred = bank - mean
         self.basis = principal_directions(centred, dims, seed)
+        self.offset = mean @ self.basis  # a query's coordinates are q @ basis - offset
         projected = centred @ self.basis
         rest = (centred.square().sum(1) - projected.square().sum(1)).clamp_min_(0)
-        reduced = np.ascontiguousarray(torch.cat([projected, rest.sqrt()[:, None]], 1).numpy())
+        reduced = torch.cat([projected, rest.sqrt()[:, None]], 1).contiguous()
         width = reduced.shape[1]
         if len(bank) < scan_below:
             self.index = faiss.IndexFlatL2(width)
-        else:
+        else:  # lists from a few k-means rounds in torch; faiss scans them
             self.coarse = faiss.IndexFlatL2(width)  # the inverted file keeps a reference to it
-            self.index = faiss.IndexIVFFlat(self.coarse, width, round(len(bank) ** 0.5))
-            self.index.cp.seed = seed
-            self.index.train(reduced)
+            self.coarse.add(kmeans(reduced, round(len(bank) ** 0.5), seed).numpy())
+            self.index = faiss.IndexIVFFlat(self.coarse, width, self.coarse.ntotal)
             self.index.nprobe = probes
-        self.index.add(reduced)
+        self.index.add(reduced.numpy())
 
-    def squared(self, queries: torch.Tensor) -> torch.Tensor:
-        """[Q] squared distance of each query (rows of ``target_dim``) to its re-ranked nearest bank row."""
-        reduced = torch.cat([(queries - self.mean) @ self.basis, torch.zeros(len(queries), 1)], 1)
-        _, found = self.index.search(np.ascontiguousarray(reduced.numpy()), self.rerank)
+    def squared(self, blocks: list[torch.Tensor]) -> torch.Tensor:
+        """[Q] squared distance of each query to its re-ranked nearest bank row; the queries are given as
+        column blocks that join to the bank's width (:func:`subset_embeddings`), never joined here."""
+        edges = torch.tensor([0] + [b.shape[1] for b in blocks]).cumsum(0).tolist()
+        columns = [slice(a, b) for a, b in zip(edges, edges[1:])]
+        reduced = torch.zeros(len(blocks[0]), self.basis.shape[1] + 1)
+        projected = sum(block @ self.basis[cols] for block, cols in zip(blocks, columns)) - self.offset
+        reduced[:, :-1] = projected
+        _, found = self.index.search(reduced.numpy(), self.rerank)
         found = torch.from_numpy(found)
         found = torch.where(found < 0, found[:, :1], found)  # fewer than ``rerank`` rows in the lists probed
-        out = torch.empty(len(queries))
-        for start in range(0, len(queries), CHUNK):
-            rows, q = found[start : start + CHUNK], queries[start : start + CHUNK]
-            products = torch.bmm(self.bank[rows], q[:, :, None])[:, :, 0]  # [chunk, rerank]
-            squared = self.bank_sq[rows] - 2 * products + q.square().sum(1, keepdim=True)
-            out[start : start + CHUNK] = squared.amin(1).clamp_min_(0)
+        out = torch.empty(len(found))
+        for start in range(0, len(found), CHUNK):
+            rows, stop = found[start : start + CHUNK], start + CHUNK
+            candidates = self.bank[rows]  # [chunk, rerank, width]
+            squared = self.bank_sq[rows]
+            for block, cols in zip(blocks, columns):
+                q = block[start:stop]
+                squared = squared - 2 * torch.bmm(candidates[:, :, cols], q[:, :, None])[:, :, 0]
+                squared += q.square().sum(1, keepdim=True)
+            out[start:stop] = squared.amin(1).clamp_min_(0)
         return out
+
+
+def sampled_banks(
+    fit: FeatureSet,
+    combos,
+    dim: int = DIM,
+    target_dim: int = DIM,
+    share: float = SHARE,
+    cap: int = CAP,
+    seed: int = 0,
+    batch: int = BATCH,
+) -> dict[tuple[int, ...], torch.Tensor]:
+    """Per subset, its bank: the embeddings of :func:`bank_rows` of the fit part's patches, gathered while
+    the fit part's patch features are computed ``batch`` images at a time (never all at once)."""
+    used = sorted({layer for combo in combos for layer in combo})
+    wanted, parts = {}, {combo: [] for combo in combos}
+    for start in range(0, len(fit), batch):
+        pooled, kept = layer_features(fit.rows(start, start + batch), used, dim), {}
+        for combo in sorted(combos, key=len):  # the subsets of one size share their layers' blocks
+            height, width = pooled[combo[0]].shape[1:3]
+            per_image = height * width
+            if combo not in wanted:
+                wanted[combo] = bank_rows(len(fit) * per_image, share, cap, seed)
+            rows = wanted[combo]
+            here = (
+                rows[(rows >= start * per_image) & (rows < (start + batch) * per_image)] - start * per_image
+            )
+            parts[combo].append(bank_embeddings(pooled, combo, here, target_dim, kept))
+    return {combo: torch.cat(chunks) for combo, chunks in parts.items()}
 
 
 def subset_grids(
@@ -204,16 +272,15 @@ def subset_grids(
     """Per subset, [len(val), H, W] squared distances of the validation patches to a bank sampled from
     the fit part (see the module docstring); ``tick()`` after each subset."""
     used = sorted({layer for combo in combos for layer in combo})
-    pooled_fit, pooled_val = layer_features(fit, used, dim), layer_features(val, used, dim)
     grids = {}
     with torch.inference_mode():
-        for combo in combos:
-            grid = tuple(pooled_fit[combo[0]].shape[1:3])
-            rows = bank_rows(len(fit) * grid[0] * grid[1], share, cap, seed)
-            bank = bank_embeddings(pooled_fit, combo, rows, target_dim)
-            search = RerankedSearch(bank, dims, rerank, seed, probes)
-            distances = [search.squared(emb) for emb in subset_embeddings(pooled_val, combo, target_dim)]
-            grids[combo] = torch.cat(distances).reshape(len(val), *grid)
+        banks = sampled_banks(fit, combos, dim, target_dim, share, cap, seed)
+        pooled_val, kept = layer_features(val, used, dim), {}
+        for combo in sorted(combos, key=len):  # the subsets of one size share their layers' blocks
+            search = RerankedSearch(banks.pop(combo), dims, rerank, seed, probes)
+            embeddings = subset_embeddings(pooled_val, combo, target_dim, kept=kept)
+            distances = [search.squared(emb) for emb in embeddings]
+            grids[combo] = torch.cat(distances).reshape(len(val), *pooled_val[combo[0]].shape[1:3])
             if tick:
                 tick()
-    return grids
+    return {combo: grids[combo] for combo in combos}

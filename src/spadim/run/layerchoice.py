@@ -2,7 +2,8 @@
 
 The study found that the best subset differs between classes, but a user has no defect masks for a
 new product. So the training images are split, seeded, into ``FOLDS`` parts; the first part (20%,
-at least one image) validates and the others fit. Each validation image gets ``COPIES`` synthetic
+at least one image, at most ``MOST_VALIDATED``: a seeded sample of a larger part) validates and the
+other images fit. Each validation image gets ``COPIES`` synthetic
 defects with exact masks (:func:`spadim.data.defects.make_defects`, structural and appearance kinds,
 patches cut from the fit part), and every subset of layers 1-4 is fitted on the fit part and scored
 on the validation images, normal and defective. The subset with the highest synthetic pixel AUPR
@@ -20,7 +21,10 @@ PaDiM needs one Gaussian fit per subset. The fit part has fewer images than PaDi
 each covariance has low rank and :func:`spadim.methods.padim.fit_padim` scores it exactly through the
 Woodbury identity (an N x N factorisation per position instead of d x d): every subset is fitted
 and scored on the full grid with the reference's distances. SPADE's per-layer maps are computed
-once and every subset is their fusion (as in the layer sweep).
+once and every subset is their fusion (as in the layer sweep). PatchCore's per-layer patch features
+are computed once and no coreset is built while comparing: each subset's validation patches are
+searched against a seeded random sample of its fit-part patches, as many as the coreset would keep
+(:mod:`spadim.methods.patchcore_subsets`); the chosen subset is then fitted with its coreset.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ from .pipeline import ClassRun, Settings, class_data, evaluate_fitted
 FOLDS = 5  # the training images are split into 5 seeded parts (each 20%) ...
 VALIDATED = 1  # ... of which this many validate in turn (FOLDS for full cross-validation)
 COPIES = 2  # synthetic defective copies per validation image
+#: at most this many images of a part validate (a seeded sample; the others join the fit part): a
+#: part's 20% up to 80 training images, and above that the comparison's cost stops growing with them
+MOST_VALIDATED = 16
 TOLERANCE = 1e-9  # AUPRs closer than this are a tie
 #: every kind (appearance and structure) at sizes up to 30% of the frame side: with only the four
 #: appearance kinds up to 18%, selection leaned towards layer 2 whatever the real defects were
@@ -103,6 +110,13 @@ def fold_rows(n: int, seed: int, folds: int = FOLDS) -> list[list[int]]:
     return [sorted(int(i) for i in perm[f :: min(folds, n)]) for f in range(min(folds, n))]
 
 
+def sample_rows(rows: list[int], most: int, seed: int) -> list[int]:
+    """``rows`` when there are at most ``most`` of them, else a seeded sample of ``most`` (sorted)."""
+    if len(rows) <= most:
+        return rows
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(rows, most, replace=False))
+
+
 def other_rows(n: int, rows: list[int]) -> list[int]:
     """The rows of ``range(n)`` not in ``rows``: a fold's fit part."""
     held = set(rows)
@@ -117,11 +131,13 @@ def validation_folds(
     copies: int = COPIES,
     cfg: DefectConfig = DEFECTS,
     validated: int = VALIDATED,
+    most: int = MOST_VALIDATED,
 ) -> tuple[Folds, dict[str, float]]:
     """The first ``validated`` folds with their synthetic defects (patches cut from the fold's fit
-    part); all synthetic frames pass the backbone in one call, nothing else does."""
+    part); all synthetic frames pass the backbone in one call, nothing else does. A part of more than
+    ``most`` images validates on a seeded sample of ``most`` of them."""
     t0 = time.perf_counter()
-    parts = fold_rows(len(train), seed, folds)[:validated]
+    parts = [sample_rows(rows, most, seed) for rows in fold_rows(len(train), seed, folds)[:validated]]
     defective, masks, kinds, synth_rows = [], [], [], []
     for f, val_rows in enumerate(parts):
         fit_rows = other_rows(len(train), val_rows)
@@ -198,6 +214,7 @@ def select_many(
     cfg: DefectConfig = DEFECTS,
     validated: int = VALIDATED,
     tick=None,
+    most: int = MOST_VALIDATED,
 ) -> dict[str, Selection]:
     """One :class:`Selection` per method, sharing the split, the defects and their backbone pass.
 
@@ -215,7 +232,7 @@ def select_many(
             f"layer selection needs all 4 layers; the features lack {missing}: "
             f"make the extractor with layer_sets=ALL_COMBOS"
         )
-    parts, shared = validation_folds(fx, train, seed, folds, copies, cfg, validated)
+    parts, shared = validation_folds(fx, train, seed, folds, copies, cfg, validated, most)
     out = {}
     for m in methods:
         t1 = time.perf_counter()
