@@ -78,12 +78,14 @@ def update_vs_refit(method: str, work: Path, far: float = 0.05) -> dict:
     options = ["--method", method, "--layers", LAYERS[method], "--far", far, "--seed", 0, *ARCH]
     grown, full = work / "grown.pt", work / "full.pt"
     _cli("fit", _linked(work / "first", train[:10]), *options, "--out", grown)
-    seconds = []
+    seconds, flagged = [], []
     for step in range(1, 5):
         batch = _linked(work / f"batch{step}", train[10 * step : 10 * (step + 1)])
         started = time.perf_counter()
-        update_model(grown, sorted(batch.glob("*.png")), say=lambda *_: None)
+        # every image joins (the refit holds all 50); the audit's flags are counted, not acted on
+        result = update_model(grown, sorted(batch.glob("*.png")), say=lambda *_: None, keep_apart=True)
         seconds.append(time.perf_counter() - started)
+        flagged += result["stood_apart"]
     started = time.perf_counter()
     _cli("fit", _linked(work / "all", train), *options, "--out", full)
     refit = time.perf_counter() - started
@@ -101,6 +103,7 @@ def update_vs_refit(method: str, work: Path, far: float = 0.05) -> dict:
         "decisions_agree": float(np.mean(a["decision"] == b["decision"])),
         "levels": {"updated": a["level"], "refit": b["level"]},
         "versions": len(list_versions(grown)),
+        "audit_flagged_while_updating": flagged,
         "update_seconds": seconds,
         "refit_seconds": refit,
         "last_update_over_refit": seconds[-1] / refit,

@@ -77,7 +77,13 @@ def grow_inspector(inspector: Inspector, paths: list[Path], *, keep_apart: bool 
     level_before = calibration.region_threshold
     if not fresh:
         say("nothing to add: the model already holds every given image")
-        return {"added": [], "set_apart": [], "level_before": level_before, "level_after": level_before}
+        return {
+            "added": [],
+            "set_apart": [],
+            "stood_apart": [],
+            "level_before": level_before,
+            "level_after": level_before,
+        }
     features = inspector.extractor([p for p, _ in fresh], "update")
     maps, scores = method.score(features, inspector.pre.crop)  # the model as it is: held out
     maps = list(maps)
@@ -97,11 +103,13 @@ def grow_inspector(inspector: Inspector, paths: list[Path], *, keep_apart: bool 
             f"{entry['robust_z']:.1f} > {AUDIT_Z}): {action}"
         )
     set_apart = [str(fresh[i][0]) for i in apart if i not in joining]
+    stood_apart = [str(fresh[i][0]) for i in apart]
     if not joining:
         say("no image joined: every new image stands apart from the calibration (see the audit lines)")
         return {
             "added": [],
             "set_apart": set_apart,
+            "stood_apart": stood_apart,
             "level_before": level_before,
             "level_after": level_before,
         }
@@ -117,6 +125,7 @@ def grow_inspector(inspector: Inspector, paths: list[Path], *, keep_apart: bool 
     return {
         "added": [str(fresh[i][0]) for i in joining],
         "set_apart": set_apart,
+        "stood_apart": stood_apart,
         "n_images": fit_info["images"],
         "level_before": level_before,
         "level_after": grown.region_threshold,
