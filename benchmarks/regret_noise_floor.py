@@ -30,8 +30,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 
 from spadim.features.extractor import ALL_COMBOS
-from spadim.studies.layersweep import combo_name, spade_subset_maps
-from spadim.methods.padim import fit_padim
+from spadim.studies.layersweep import combo_name, subset_maps
 from spadim.run.pipeline import Settings, make_extractor, prepare_class
 
 
@@ -51,14 +50,6 @@ def cross_regret(chooser: np.ndarray, scorer: np.ndarray) -> float:
     """Mean regret on ``scorer`` [subsets, splits] of the subset best on ``chooser`` (same split)."""
     picked = np.argmax(chooser, 0)
     return float(np.mean(scorer.max(0) - scorer[picked, np.arange(scorer.shape[1])]))
-
-
-def subset_maps(cr, s: Settings, method: str):
-    if method == "spade":
-        yield from ((c, maps) for c, maps, _ in spade_subset_maps(cr, s, ALL_COMBOS))
-    else:
-        for c in ALL_COMBOS:
-            yield c, fit_padim(c, s.padim_d, s.seed, cr.train).score(cr.test, s.crop)[0]
 
 
 def stored_choices(dirs: list[str]) -> dict[tuple[str, str], str]:
@@ -115,7 +106,7 @@ def main() -> None:
                     split[b, rng.permutation(group)[: (len(group) + 1) // 2]] = 1
             for method in ("spade", "padim"):
                 full, boot, first, second = {}, [], [], []
-                for combo, maps in subset_maps(cr, s, method):
+                for combo, maps, _ in subset_maps(cr, s, method, ALL_COMBOS):
                     flat, truth = maps.reshape(-1), cr.masks.reshape(-1).astype(np.float64)
                     image = np.repeat(np.arange(len(maps)), maps[0].size)
                     order = np.argsort(-flat, kind="stable")

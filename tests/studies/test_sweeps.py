@@ -7,6 +7,7 @@ import pytest
 import spadim.studies.layersweep as ls
 from spadim.cli import main
 from spadim.features.extractor import ALL_COMBOS
+from spadim.methods import Spade
 
 from conftest import FAST
 
@@ -79,31 +80,31 @@ def test_sweep_equals_single_evaluate_runs(layer_sweep, tiny_root, tmp_path, lay
 
 
 def test_interrupted_sweep_resumes(tiny_root, tmp_path, monkeypatch, layer_sweep):
-    """SPADE's 15 subsets come from one set of per-layer maps per class; PaDiM fits each subset."""
+    """Each method's subsets come from one call per class (SPADE's from one set of per-layer grids,
+    whose K nearest images it finds once); an interrupted sweep keeps what it finished."""
     out = tmp_path / "ls"
-    real_padim, real_spade = ls.score_class, ls.spade_subsets
-    calls = {"padim": 0, "spade": 0}
+    real_results, real_neighbours = ls.subset_results, Spade.neighbours
+    calls, yielded, searches = {}, {}, []
 
-    def flaky(*a, **k):
-        calls["padim"] += 1
-        if calls["padim"] > 10:
-            raise KeyboardInterrupt
-        return real_padim(*a, **k)
+    def flaky(cr, s, method, combos):
+        calls[method] = calls.get(method, 0) + 1
+        for item in real_results(cr, s, method, combos):
+            yielded[method] = yielded.get(method, 0) + 1
+            if yielded.get("padim", 0) > 10:
+                raise KeyboardInterrupt
+            yield item
 
-    def counted(*a, **k):
-        calls["spade"] += 1
-        return real_spade(*a, **k)
-
-    monkeypatch.setattr(ls, "score_class", flaky)
-    monkeypatch.setattr(ls, "spade_subsets", counted)
+    monkeypatch.setattr(ls, "subset_results", flaky)
+    monkeypatch.setattr(Spade, "neighbours", lambda *a: searches.append(1) or real_neighbours(*a))
     assert main(["layer-sweep", str(tiny_root), "--out", str(out), *FAST]) == 130
     partial = json.loads((out / "per_class" / "nut.json").read_text())["results"]
-    assert len(partial) == 15 + 10 and calls["spade"] == 1
-    calls.update(padim=-1000, spade=0)
-    seen = []
-    monkeypatch.setattr(ls, "score_class", lambda *a, **k: seen.append(1) or real_padim(*a, **k))
+    assert len(partial) == 15 + 10 and calls == {"spade": 1, "padim": 1} and len(searches) == 1
+    calls.clear()
+    yielded.clear()
+    yielded["padim"] = -1000
     assert main(["layer-sweep", str(tiny_root), "--out", str(out), *FAST]) == 0
-    assert len(seen) == 5 + 15 and calls["spade"] == 1  # only the missing results were computed
+    assert calls == {"padim": 2, "spade": 1} and yielded["spade"] == 15  # only the missing results
+    assert yielded["padim"] == -1000 + 5 + 15
     assert _rows(out / "layer_sweep.json") == _rows(layer_sweep / "layer_sweep.json")
     # a rerun with other settings refuses to mix results
     assert main(["layer-sweep", str(tiny_root), "--out", str(out), *FAST[:-1], "7"]) == 2

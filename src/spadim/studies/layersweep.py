@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from spadim.errors import SpadimError
 from spadim.features.extractor import ALL_COMBOS, combo_name
-from spadim.metrics.ranking import evaluate_maps, undefined_notes
+from spadim.metrics.ranking import undefined_notes
 from spadim.methods.padim import DEFAULT_D
-from spadim.run.pipeline import Settings, prepare_class, score_class
+from spadim.run.pipeline import Settings, class_metrics, prepare_class
 from spadim.report.html import write_report
 from spadim.report.tables import METRIC_COLUMNS, markdown_table, with_means, write_table
 from spadim.report.figures import save_figure, subplots
@@ -107,14 +107,25 @@ def combo_means(rows: list[dict], method: str) -> list[float]:
     ]
 
 
-def correlation(rows: list[dict]) -> dict:
-    """Pearson r between SPADE and PaDiM AUPR across combinations (class means), and over class x combination."""
-    a, b = combo_means(rows, "spade"), combo_means(rows, "padim")
-    padim = {(r["class"], r["layers"]): r["pixel_aupr"] for r in rows if r["method"] == "padim"}
+#: The two methods whose AUPR over layer subsets the published study correlates (its Figure 5, r = 0.70).
+STUDY_PAIR = ("spade", "padim")
+
+
+def compares_study_pair(methods) -> bool:
+    """Whether a sweep of ``methods`` holds both methods of the study's correlation (:data:`STUDY_PAIR`)."""
+    return set(STUDY_PAIR) <= set(methods)
+
+
+def correlation(rows: list[dict], pair: tuple[str, str] = STUDY_PAIR) -> dict:
+    """Pearson r between the two methods' AUPR across combinations (class means), and over class x
+    combination; by default the study's pair, SPADE and PaDiM."""
+    first, second = pair
+    a, b = combo_means(rows, first), combo_means(rows, second)
+    other = {(r["class"], r["layers"]): r["pixel_aupr"] for r in rows if r["method"] == second}
     pairs = [
-        (r["pixel_aupr"], padim[(r["class"], r["layers"])])
+        (r["pixel_aupr"], other[(r["class"], r["layers"])])
         for r in rows
-        if r["method"] == "spade" and (r["class"], r["layers"]) in padim
+        if r["method"] == first and (r["class"], r["layers"]) in other
     ]
     r_mean = pearsonr(a, b)[0] if np.std(a) > 0 and np.std(b) > 0 else float("nan")
     pa, pb = np.array(pairs).T if pairs else (np.zeros(0), np.zeros(0))
@@ -163,8 +174,8 @@ def figure5(path: Path, rows: list[dict], methods: list[str], corr: dict, banner
     a.set(xlabel="layers", ylabel="pixel AUPR", title="AUPR per layer combination")
     a.grid(alpha=0.3)
     a.legend()
-    if {"spade", "padim"} <= set(methods):
-        sa, pa = combo_means(rows, "spade"), combo_means(rows, "padim")
+    if compares_study_pair(methods):
+        sa, pa = (combo_means(rows, method) for method in STUDY_PAIR)
         b.scatter(sa, pa)
         for n, u, v in zip(names, sa, pa):
             b.annotate(n, (u, v), fontsize=7)
@@ -179,20 +190,18 @@ def figure5(path: Path, rows: list[dict], methods: list[str], corr: dict, banner
     save_figure(fig, path, "Layer-combination study (study Figure 5)", banner)
 
 
-def spade_subset_maps(cr, s: Settings, combos):
-    """(combo, maps, image scores) of SPADE for each layer subset. Each layer's nearest-neighbour
-    grid is computed once; a subset's map is the reference fusion of its layers' grids, identical
-    to scoring that subset alone."""
+def subset_maps(cr, s: Settings, method: str, combos):
+    """(combo, maps, image scores) of ``method`` for each layer subset, as the method computes them
+    together (:meth:`~spadim.methods.base.Method.subset_scores`: SPADE's mean fusion builds every subset
+    from one set of per-layer grids, identical to scoring each alone; the others fit each subset)."""
     used = tuple(sorted({layer for combo in combos for layer in combo}))
-    yield from s.method("spade", used).subset_scores(cr.train, cr.test, combos, s.crop)
+    yield from s.method(method, used).subset_scores(cr.train, cr.test, combos, s.crop)
 
 
-def spade_subsets(cr, s: Settings, combos) -> dict[tuple[int, ...], dict]:
-    """SPADE metrics of each layer subset (see :func:`spade_subset_maps`)."""
-    return {
-        combo: evaluate_maps(maps, cr.masks, scores, cr.labels)
-        for combo, maps, scores in spade_subset_maps(cr, s, combos)
-    }
+def subset_results(cr, s: Settings, method: str, combos):
+    """(combo, metrics) of ``method`` for each layer subset, as :func:`subset_maps` yields them."""
+    for combo, maps, scores in subset_maps(cr, s, method, combos):
+        yield combo, class_metrics(cr.data, maps, cr.masks, scores)
 
 
 def run(
@@ -229,20 +238,13 @@ def run(
         for note in undefined_notes(cr.masks, cr.labels):
             say(f"warning: {cr.data.name}: {note}")
         results = partial[cdir.name]
-        spade_todo = [combo for combo, m in todo if m == "spade"]
-        if spade_todo and s.spade_fusion == "mean":  # every subset from one set of per-layer maps
-            for combo, metrics in spade_subsets(cr, s, spade_todo).items():
-                results[f"{combo_name(combo)}/spade"] = metrics
+        for m in methods:
+            combos = [combo for combo, method in todo if method == m]
+            for combo, metrics in subset_results(cr, s, m, combos) if combos else ():
+                results[f"{combo_name(combo)}/{m}"] = metrics
+                _save_partial(out / "per_class" / f"{cdir.name}.json", sig, results)
                 bar.update(1)
                 done += 1
-            _save_partial(out / "per_class" / f"{cdir.name}.json", sig, results)
-            todo = [(combo, m) for combo, m in todo if m != "spade"]
-        for combo, m in todo:
-            metrics = score_class(cr, s, [m], combo)[m]
-            results[f"{combo_name(combo)}/{m}"] = metrics
-            _save_partial(out / "per_class" / f"{cdir.name}.json", sig, results)
-            bar.update(1)
-            done += 1
         rate = (time.perf_counter() - t0) / done
         say(
             f"{cdir.name}: done; {done}/{len(jobs)} runs, about {rate * (len(jobs) - done) / 60:.1f} min left"
@@ -270,7 +272,7 @@ def _report(
         for combo in ALL_COMBOS
         for m in methods
     ]
-    corr = correlation(rows) if {"spade", "padim"} <= set(methods) else {}
+    corr = correlation(rows) if compares_study_pair(methods) else {}
     best, counts = best_rows(rows, methods)
     t3 = table3(rows, methods)
     md = write_table(

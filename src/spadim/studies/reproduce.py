@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from spadim.features.extractor import ALL_COMBOS
-from .layersweep import best_rows, combo_name, correlation, figure5, table3
+from .layersweep import best_rows, combo_name, compares_study_pair, correlation, figure5, table3
 from .masksweep import sweep_plot, suitability_row
 from spadim.metrics.ranking import evaluate_maps, undefined_notes
 from spadim.masks.keypoints import MaskConfig, foreground_estimate
@@ -279,7 +279,7 @@ def write_outputs(
         for c in ALL_COMBOS
         for m in methods
     ]
-    corr = correlation(layer_rows) if {"spade", "padim"} <= set(methods) else {}
+    corr = correlation(layer_rows) if compares_study_pair(methods) else {}
     best, counts = best_rows(layer_rows, methods)
     t3 = table3(layer_rows, methods)
     write_table(
