@@ -19,6 +19,7 @@ from pathlib import Path
 from spadim.data.mvtec import load_class
 from spadim.features.backbone import locate
 from spadim.inspect import fit_model
+from spadim.features.config import BackboneConfig
 from spadim.run.pipeline import Settings
 
 
@@ -30,7 +31,9 @@ def main() -> int:
     parser.add_argument("--far", type=float, default=0.05)
     parser.add_argument("--out", type=Path, default=Path("runs/audit-check"))
     args = parser.parse_args()
-    settings = Settings(arch="resnet50_caffe", weights=str(locate("resnet50_caffe")), frame="whole")
+    settings = Settings(
+        backbone=BackboneConfig(arch="resnet50_caffe", weights=str(locate("resnet50_caffe")), frame="whole")
+    )
     rows = []
     for name in args.classes.split(","):
         data = load_class(args.data / name)

@@ -17,7 +17,7 @@ def _backbone_child(cfg: dict) -> dict:
     s = _settings(cfg)
     fx = make_extractor(s, methods=["spade", "padim"], layer_sets=[s.layers])
     data = load_class(Path(cfg["class_dir"]))
-    fx(data.train[: s.batch_size])  # warm-up batch, not timed
+    fx(data.train[: s.backbone.batch_size])  # warm-up batch, not timed
     t0 = time.perf_counter()
     train = fx(data.train)
     t1 = time.perf_counter()

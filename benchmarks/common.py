@@ -83,16 +83,17 @@ def _many(dst: Path, sources: list[Path], n: int) -> list[Path]:
 
 
 def _settings(cfg: dict, layers=(1, 2, 3)):
+    from spadim.features.config import BackboneConfig
     from spadim.run.pipeline import Settings
 
-    return Settings(
+    backbone = BackboneConfig(
         arch=cfg["arch"],
         weights=cfg["weights"],
         resize=cfg["resize"],
         crop=cfg["crop"],
-        layers=tuple(layers),
         batch_size=cfg["batch_size"],
     )
+    return Settings(backbone=backbone, layers=tuple(layers))
 
 
 def _peak_rss_gib() -> float:

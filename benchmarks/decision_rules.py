@@ -26,12 +26,15 @@ from spadim.metrics.operating_point import best_recall
 from spadim.decision.conformal import region_scores
 from spadim.features.extractor import take
 from spadim.run.calibration import held_out
+from spadim.features.config import BackboneConfig
 from spadim.run.pipeline import Settings, make_extractor
 from .rules import RULES, level
 
 
 def collect(args) -> list[dict]:
-    settings = Settings(arch="resnet50_caffe", weights=str(locate("resnet50_caffe")), frame="whole")
+    settings = Settings(
+        backbone=BackboneConfig(arch="resnet50_caffe", weights=str(locate("resnet50_caffe")), frame="whole")
+    )
     methods = args.methods.split(",")
     extractor = make_extractor(settings, None, methods)
     out = []
@@ -43,13 +46,13 @@ def collect(args) -> list[dict]:
             train = take(train_all, list(range(n)))
             for method in methods:
                 model = settings.method(method).fit(train)
-                maps, scores = model.score(test, settings.crop)
+                maps, scores = model.score(test, settings.backbone.crop)
                 entry = {
                     "class": name,
                     "method": method,
                     "n_train": n,
                     "labels": data.labels.tolist(),
-                    "test_region": region_scores(maps, test.shapes, settings.pre).tolist(),
+                    "test_region": region_scores(maps, test.shapes, settings.backbone.pre).tolist(),
                     "test_image": np.asarray(scores).tolist(),
                 }
                 deployed = held_out(method, settings, settings.method_layers(method), train, fitted=model)

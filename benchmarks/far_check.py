@@ -22,6 +22,7 @@ import numpy as np
 from spadim.data.embedded import make_dataset
 from spadim.features.backbone import locate
 from spadim.inspect import Inspector, fit_model, predict_paths
+from spadim.features.config import BackboneConfig
 from spadim.run.pipeline import Settings
 
 
@@ -51,7 +52,9 @@ def main() -> int:
     root = make_dataset(
         args.out / "data", classes=classes, n_train=args.train, n_test_good=args.good, n_test_defect=1, seed=1
     )
-    settings = Settings(arch=args.arch, weights=str(locate(args.arch)), frame="whole")
+    settings = Settings(
+        backbone=BackboneConfig(arch=args.arch, weights=str(locate(args.arch)), frame="whole")
+    )
     rows = []
     for name in classes:
         good = sorted((root / name / "test" / "good").glob("*.png"))

@@ -10,17 +10,18 @@ from .common import _current_rss_gib, _peak_rss_gib
 
 def _inspect_settings(cfg: dict):
     """As ``spadim fit`` / ``predict`` / ``serve``: the whole image squashed to the crop (frame="whole")."""
+    from spadim.features.config import BackboneConfig
     from spadim.run.pipeline import Settings
 
-    return Settings(
+    backbone = BackboneConfig(
         arch=cfg["arch"],
         weights=cfg["weights"],
         resize=cfg["resize"],
         crop=cfg["crop"],
-        layers=(1, 2, 3),
         batch_size=cfg["batch_size"],
         frame="whole",
     )
+    return Settings(backbone=backbone, layers=(1, 2, 3))
 
 
 def _calibration_child(cfg: dict, method: str, model: str) -> dict:
@@ -31,7 +32,7 @@ def _calibration_child(cfg: dict, method: str, model: str) -> dict:
 
     s = _inspect_settings(cfg)
     warm = make_extractor(s, methods=[method], layer_sets=[s.layers])
-    warm(load_class(Path(cfg["class_dir"])).train[: s.batch_size])  # warm-up batch, not timed
+    warm(load_class(Path(cfg["class_dir"])).train[: s.backbone.batch_size])  # warm-up batch, not timed
     del warm
     result = fit_model(Path(cfg["class_dir"]), Path(model), s, method, say=lambda *a, **k: None)
     sec, cal = result["seconds"], result["calibration"]

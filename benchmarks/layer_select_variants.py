@@ -21,6 +21,7 @@ from spadim.data.mvtec import load_class
 from spadim.data.defects import APPEARANCE_KINDS, KINDS, DefectConfig
 from spadim.features.extractor import ALL_COMBOS
 from spadim.run.layerchoice import select_many
+from spadim.features.config import BackboneConfig
 from spadim.run.pipeline import Settings, make_extractor
 
 VARIANTS = {  # short name -> (description, select_many keywords)
@@ -60,7 +61,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     a = p.parse_args()
-    s = Settings(arch=a.arch, weights=a.weights, seed=a.seed)
+    s = Settings(backbone=BackboneConfig(arch=a.arch, weights=a.weights), seed=a.seed)
     fx = make_extractor(s, None, ("spade", "padim"), ALL_COMBOS)
     real, dirs = {}, []
     for out, data in zip(a.pairs[::2], a.pairs[1::2]):

@@ -35,6 +35,7 @@ import torch
 from spadim.masks.auto import CONSENSUS, MULTIPLIERS, MaskPlanner, auto_masks, consensus
 from spadim.metrics.ranking import pixel_aupr
 from spadim.masks.keypoints import MaskConfig, apply_outside_multiplier, foreground_estimate
+from spadim.features.config import BackboneConfig
 from spadim.run.pipeline import Settings, class_object_masks, evaluate_class
 from spadim.run.session import start_study
 
@@ -63,11 +64,11 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
 
-    s = Settings(arch=a.arch, weights=a.weights, seed=a.seed)
+    s = Settings(backbone=BackboneConfig(arch=a.arch, weights=a.weights), seed=a.seed)
     cdir = a.class_dir.resolve()
     methods, dirs, fx = start_study(s, cdir.parent, a.methods, cdir.name)
     cands = {d: MaskConfig(detector=d) for d in DETECTORS}
-    planner = MaskPlanner(fx.layers, s.crop, s.seed, cands)
+    planner = MaskPlanner(fx.layers, s.backbone.crop, s.seed, cands)
     cr, metrics = evaluate_class(fx, dirs[0], s, methods, observer=planner)
     gt = cr.masks
 

@@ -28,7 +28,7 @@ def _method_child(cfg: dict, method: str) -> dict:
 
     patchcore.greedy_coreset = timed_coreset
     raw = make_extractor(s, methods=[method], layer_sets=[s.method_layers(method)])
-    raw(load_class(Path(cfg["class_dir"])).train[: s.batch_size])  # warm-up batch, not timed
+    raw(load_class(Path(cfg["class_dir"])).train[: s.backbone.batch_size])  # warm-up batch, not timed
     fx = _TimedExtractor(raw, clock)
     searches = []  # the search objects only: holding the fitted method would keep PaDiM's Gaussians alive
 

@@ -23,6 +23,7 @@ from sklearn.metrics import average_precision_score
 
 from spadim.features.backbone import locate
 from spadim.methods.padim import Padim
+from spadim.features.config import BackboneConfig
 from spadim.run.pipeline import Settings, make_extractor, prepare_class
 
 
@@ -49,7 +50,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     found = locate(args.arch, None)
-    settings = Settings(arch=args.arch, weights=str(found) if found else "random", frame="whole")
+    settings = Settings(
+        backbone=BackboneConfig(arch=args.arch, weights=str(found) if found else "random", frame="whole")
+    )
     fx = make_extractor(settings, methods=["padim"], layer_sets=[(1, 2, 3)])
     rows = []
     for name in args.classes.split(","):
@@ -61,7 +64,9 @@ def main() -> int:
         grids = {}
         for form in ("low-rank", "cholesky"):
             max_rank = 64 if form == "low-rank" else 0
-            model = Padim(layers=(1, 2, 3), d=settings.padim_d, seed=settings.seed, max_rank=max_rank)
+            model = Padim(
+                layers=(1, 2, 3), d=settings.config("padim").d, seed=settings.seed, max_rank=max_rank
+            )
             model.fit(run.train)
             assert model.form == form, (form, model.form)
             grids[form] = model.distance_grid(run.test)

@@ -31,6 +31,7 @@ from sklearn.metrics import average_precision_score
 
 from spadim.features.extractor import ALL_COMBOS
 from spadim.studies.layersweep import combo_name, subset_maps
+from spadim.features.config import BackboneConfig
 from spadim.run.pipeline import Settings, make_extractor, prepare_class
 
 
@@ -76,7 +77,7 @@ def main() -> None:
         help="layer-select output folders: also score their auto choice (and 1+2+3) on the halves",
     )
     a = p.parse_args()
-    s = Settings(arch=a.arch, weights=a.weights, seed=a.seed)
+    s = Settings(backbone=BackboneConfig(arch=a.arch, weights=a.weights), seed=a.seed)
     fx = make_extractor(s, None, ("spade", "padim"), ALL_COMBOS)
     choices = stored_choices(a.choices)
     columns = [

@@ -220,17 +220,20 @@ def main(argv=None) -> dict:
             data / f"links-{main_cls.parent.name}-with-{test_cls.parent.name}" / CLASS, main_cls, test_cls
         )
 
+    from spadim.features.config import BackboneConfig
     from spadim.run.pipeline import Settings
 
     cfg = {
         "arch": args.arch,
         "weights": weights,
-        "resize": args.crop * 8 // 7,
-        "crop": args.crop,
-        "batch_size": args.batch_size,
+        "resize": args.backbone.crop * 8 // 7,
+        "crop": args.backbone.crop,
+        "batch_size": args.backbone.batch_size,
         "class_dir": str(main_cls),
     }
-    s = Settings(arch=args.arch, weights=weights, resize=cfg["resize"], crop=cfg["crop"])
+    s = Settings(
+        backbone=BackboneConfig(arch=args.arch, weights=weights, resize=cfg["resize"], crop=cfg["crop"])
+    )
     import torch
 
     b: dict = {
@@ -238,11 +241,11 @@ def main(argv=None) -> dict:
         "weights": kind,
         "weights_source": weights if kind == "imagenet" else "random",
         "image_size": args.size,
-        "crop": args.crop,
+        "crop": args.backbone.crop,
         "resize": cfg["resize"],
-        "padim_d": s.padim_d,
-        "k": s.k,
-        "batch_size": args.batch_size,
+        "padim_d": s.config("padim").d,
+        "k": s.config("spade").k,
+        "batch_size": args.backbone.batch_size,
         "stream_size": s.stream_size,
         "cases": cases,
         "n_train": args.n_train,

@@ -21,14 +21,14 @@ def _sweep_child(cfg: dict) -> dict:
     train, test = fx(data.train), fx(data.test)
     spade = s.method("spade", layers).fit(train)
     t0 = time.perf_counter()
-    spade.score(test, s.crop)
+    spade.score(test, s.backbone.crop)
     one = time.perf_counter() - t0
     t0 = time.perf_counter()
     _, idx = spade.neighbours(test)
     grids = spade.layer_grids(test, idx)
     t1 = time.perf_counter()
     for combo in ALL_COMBOS:
-        spade.fuse([grids[layer] for layer in combo], s.crop)
+        spade.fuse([grids[layer] for layer in combo], s.backbone.crop)
     t2 = time.perf_counter()
     return {
         "one_score_s": one,
@@ -56,7 +56,7 @@ def _padim_sweep_child(cfg: dict) -> dict:
     per = {}
     for combo in ALL_COMBOS:
         t0 = time.perf_counter()
-        s.method("padim", combo).fit(train).score(test, s.crop)
+        s.method("padim", combo).fit(train).score(test, s.backbone.crop)
         per["+".join(map(str, combo))] = time.perf_counter() - t0
     return {"per_combo_s": per, "sweep_s": sum(per.values()), "peak_rss_gib": _peak_rss_gib()}
 

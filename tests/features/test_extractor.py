@@ -88,9 +88,12 @@ def test_embed_is_nearest_upsampled_concatenation():
 
 
 def test_evaluate_passes_each_image_through_the_backbone_once(tiny_root):
+    from spadim.features.config import BackboneConfig
     from spadim.run.pipeline import Settings, evaluate_class, make_extractor
 
-    s = Settings(arch="resnet18", weights="random", resize=72, crop=64, stream_size=3)
+    s = Settings(
+        backbone=BackboneConfig(arch="resnet18", weights="random", resize=72, crop=64), stream_size=3
+    )
     fx = make_extractor(s, methods=["spade", "padim"])
     run, metrics = evaluate_class(fx, tiny_root / "nut", s, ["spade", "padim"])
     assert fx.n_forward == len(run.data.train) + len(run.data.test)

@@ -176,13 +176,17 @@ def test_evaluate_features_mask_scales_padim_outside_the_learned_mask(tiny_root,
     (from the streamed features), PaDiM's maps times r outside them, its image score their maximum."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
+    from spadim.features.config import BackboneConfig
     from spadim.run.pipeline import Settings, evaluate_class, make_extractor
 
     saved = _evaluate(tiny_root, tmp_path / "features", "--methods", "padim", "--object-mask", "features")
-    s = Settings(arch="resnet18", weights="random", resize=72, crop=64, frame="whole", layers=(1, 2, 3))
+    s = Settings(
+        backbone=BackboneConfig(arch="resnet18", weights="random", resize=72, crop=64, frame="whole"),
+        layers=(1, 2, 3),
+    )
     fx = make_extractor(s, None, ["padim"])
     for cls in ("nut", "tile"):
-        planner = MaskPlanner(fx.layers, s.crop, s.seed)
+        planner = MaskPlanner(fx.layers, s.backbone.crop, s.seed)
         run, _ = evaluate_class(fx, tiny_root / cls, s, ["padim"], observer=planner)
         inside = planner.test_masks
         assert 0 < inside.mean() <= 1

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from spadim.errors import SpadimError
+from spadim.features.config import BackboneConfig
 from spadim.methods import METHODS, Padim, PadimConfig, PatchCore, PatchCoreConfig, Spade, SpadeConfig
+from spadim.methods.nearest import TorchSearch
 from spadim.run.pipeline import Settings
 
 from test_methods import _fs
@@ -51,13 +53,64 @@ def test_auto_layers_must_be_chosen_before_fitting():
     assert chosen.layers == (2, 3) and chosen.coreset == 0.5
 
 
-def test_settings_build_the_configs():
-    s = Settings(arch="resnet18", k=3, seed=4, coreset=0.5, patchcore_dim=64, spade_fusion="concat")
-    assert Spade.configure(s, (1, 2)).config == SpadeConfig(layers=(1, 2), k=3, fusion="concat")
-    assert Padim.configure(s, (1, 2)).config == PadimConfig(layers=(1, 2), d=100, seed=4)
-    assert PatchCore.configure(s, (2, 3)).config == PatchCoreConfig(
-        layers=(2, 3), coreset=0.5, dim=64, target_dim=64, seed=4
+def test_settings_compose_the_backbone_and_method_configs():
+    small = BackboneConfig(arch="resnet18")
+    s = Settings(backbone=small, seed=4, configs={"spade": SpadeConfig(k=3, fusion="concat")})
+    assert s.method("spade", (1, 2)).config == SpadeConfig(layers=(1, 2), k=3, fusion="concat")
+    # without a config given: the method's defaults for the backbone (PaDiM's d) and the run's seed
+    assert s.method("padim", (1, 2)).config == PadimConfig(layers=(1, 2), d=100, seed=4)
+    assert s.method("patchcore", (2, 3)).config == PatchCoreConfig(layers=(2, 3), seed=4)
+    given = PatchCore(coreset=0.5, search=TorchSearch())  # a configured method keeps its search object
+    chosen = Settings(configs={"patchcore": given}).method("patchcore", (3,))
+    assert chosen.config == PatchCoreConfig(layers=(3,), coreset=0.5, search="torch")
+    assert chosen.search is given.search
+    assert s.recorded_options() == {
+        "k": 3,
+        "spade_fusion": "concat",
+        "search": "auto",
+        "d": 100,
+        "coreset": 0.1,
+    }
+    assert s.result_options(["padim"]) == {"d": 100}
+
+
+@pytest.mark.parametrize(
+    "build,message",
+    [
+        (lambda: BackboneConfig(arch="vgg16"), r"unknown backbone 'vgg16' \(BackboneConfig.arch\)"),
+        (lambda: BackboneConfig(batch_size=0), r"batch_size must be >= 1 \(BackboneConfig.batch_size"),
+        (lambda: BackboneConfig(resize=100, crop=200), "need 1 <= crop <= resize"),
+        (lambda: BackboneConfig(device="tpu"), "device 'tpu'"),
+        (lambda: Settings(layers="best"), r"Settings.layers"),
+        (lambda: Settings(configs={"knn": SpadeConfig()}), r"Settings.configs names 'knn'"),
+        (lambda: SpadeConfig(k=0), r"SpadeConfig.k must be >= 1"),
+    ],
+)
+def test_library_errors_name_the_parameter_not_a_flag(build, message):
+    with pytest.raises(SpadimError, match=message) as raised:
+        build()
+    assert "--" not in str(raised.value)
+
+
+def test_cli_defaults_are_read_from_the_configs():
+    from spadim.cli.parser import build_parser
+
+    a = build_parser().parse_args(["layer-sweep", "data"])
+    assert (a.arch, a.resize, a.crop, a.batch_size, a.device) == (
+        BackboneConfig.arch,
+        BackboneConfig.resize,
+        BackboneConfig.crop,
+        BackboneConfig.batch_size,
+        BackboneConfig.device,
     )
+    assert (a.k, a.spade_fusion, a.coreset, a.search, a.seed) == (
+        SpadeConfig.k,
+        SpadeConfig.fusion,
+        PatchCoreConfig.coreset,
+        SpadeConfig.search,
+        Settings.seed,
+    )
+    assert a.d is None  # PaDiM's d follows the backbone (Padim.default_config)
 
 
 def test_abilities_and_hooks_are_declared_per_method():

@@ -53,19 +53,24 @@ def test_search_flag_names_a_backend_or_auto(monkeypatch):
     monkeypatch.setattr(nearest, "_probed", {"timings": {"torch": 0.3, "faiss": 0.1}})
     assert nearest.make_search("auto").name == "faiss"
     assert nearest.make_search("torch").name == "torch" and nearest.make_search("FAISS").name == "faiss"
-    with pytest.raises(SpadimError, match="--search 'annoy'"):
+    with pytest.raises(SpadimError, match="search 'annoy'"):
         nearest.make_search("annoy")
 
 
 def test_settings_pass_the_search_to_spade_and_patchcore():
+    from spadim.methods import PatchCoreConfig, SpadeConfig
     from spadim.run.pipeline import Settings
 
     for backend in nearest.SEARCHES:
-        s = Settings(arch="resnet18", weights="random", search=backend)
+        s = Settings(
+            configs={"spade": SpadeConfig(search=backend), "patchcore": PatchCoreConfig(search=backend)}
+        )
         assert s.method("spade", (1,)).search.name == backend
         assert s.method("patchcore", (2, 3)).search.name == backend
-    with pytest.raises(SpadimError, match="--search"):
-        Settings(arch="resnet18", weights="random", search="annoy")
+    with pytest.raises(SpadimError, match=r"search 'annoy' \(SpadeConfig.search\)"):
+        SpadeConfig(search="annoy")
+    with pytest.raises(SpadimError, match=r"search 'annoy' \(PatchCoreConfig.search\)"):
+        PatchCoreConfig(search="annoy")
 
 
 def _clustered(n: int, dim: int, seed: int) -> torch.Tensor:

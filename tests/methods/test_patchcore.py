@@ -15,7 +15,7 @@ from spadim.features.extractor import FeatureSet
 from spadim.methods import registry
 from spadim.methods.coreset import coreset_size, greedy_coreset, random_projection
 from spadim.methods.nearest import BoundedSearch, FaissSearch, TorchSearch
-from spadim.methods.patchcore import PatchCore, reweighted_scores
+from spadim.methods.patchcore import PatchCore, PatchCoreConfig, reweighted_scores
 from spadim.methods.patches import embed_patches, patch_features
 from spadim.run.pipeline import Settings
 
@@ -298,21 +298,21 @@ def test_state_round_trip_gives_identical_scores():
 
 
 def test_registry_and_settings():
-    default = registry.create("patchcore", Settings())
+    default = Settings().method("patchcore")
     assert isinstance(default, PatchCore) and default.layers == (2, 3) and default.coreset == 0.1
     assert default.dim == default.target_dim == 1024 and not default.abilities.streams_training
-    assert registry.create("spade", Settings()).layers == (1, 2, 3)  # each method's own default
-    assert registry.create("patchcore", Settings(layers=(1, 2, 3), layers_given=True)).layers == (1, 2, 3)
-    custom = registry.create(
-        "patchcore", Settings(layers=(3, 4), layers_given=True, coreset=0.5, patchcore_dim=64, seed=7)
-    )
-    assert (custom.layers, custom.coreset, custom.dim, custom.seed) == ((3, 4), 0.5, 64, 7)
+    assert Settings().method("spade").layers == (1, 2, 3)  # each method's own default
+    assert Settings(layers=(1, 2, 3), layers_given=True).method("patchcore").layers == (1, 2, 3)
+    given = {"patchcore": PatchCoreConfig(coreset=0.5, dim=64, target_dim=64)}
+    custom = Settings(layers=(3, 4), layers_given=True, configs=given).method("patchcore")
+    assert (custom.layers, custom.coreset, custom.dim, custom.seed) == ((3, 4), 0.5, 64, 0)
+    assert Settings(seed=7).method("patchcore").seed == 7  # the run's seed, without a config given
     assert registry.parse_methods("spade,patchcore") == ["spade", "patchcore"]
     for bad in (0, -0.1, 1.5):
-        with pytest.raises(SpadimError, match="--coreset"):
-            Settings(coreset=bad)
-    with pytest.raises(SpadimError, match="--patchcore-dim"):
-        Settings(patchcore_dim=0)
+        with pytest.raises(SpadimError, match="coreset"):
+            PatchCoreConfig(coreset=bad)
+    with pytest.raises(SpadimError, match=r"dim must be >= 1 \(got 0\)"):
+        PatchCoreConfig(dim=0)
 
 
 @pytest.mark.parametrize("coreset", [1.0, 0.3])

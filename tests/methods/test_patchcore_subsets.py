@@ -24,6 +24,8 @@ from spadim.methods.patchcore_subsets import (
     subset_embeddings,
 )
 from spadim.run import layerchoice
+from spadim.features.config import BackboneConfig
+from spadim.methods import PatchCoreConfig
 from spadim.run.pipeline import AUTO, Settings, make_extractor
 
 CROP = 64
@@ -79,10 +81,11 @@ def _independent_auprs(folds, s: Settings) -> dict[str, float]:
     masks = folds.masks[0]
     out = {}
     for combo in ALL_COMBOS:
-        fit_emb, grid = embed_patches(fit, combo, s.patchcore_dim, s.patchcore_dim)
-        val_emb, _ = embed_patches(val, combo, s.patchcore_dim, s.patchcore_dim)
+        config = s.config("patchcore")
+        fit_emb, grid = embed_patches(fit, combo, config.dim, config.target_dim)
+        val_emb, _ = embed_patches(val, combo, config.dim, config.target_dim)
         rows = torch.randperm(len(fit_emb), generator=torch.Generator().manual_seed(s.seed))
-        bank = fit_emb[rows[: int(s.coreset * len(fit_emb))]]
+        bank = fit_emb[rows[: int(config.coreset * len(fit_emb))]]
         squared = cdist(val_emb.double().numpy(), bank.double().numpy(), "sqeuclidean").min(1)
         grids = torch.from_numpy(squared.reshape(len(val), *grid)).float()
         # the map step as PatchCore runs it (tested against interpolate + scipy's blur in test_maps.py):
@@ -94,7 +97,11 @@ def _independent_auprs(folds, s: Settings) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def folds(tiny_root):
-    s = Settings(arch="resnet18", weights="random", resize=72, crop=CROP, layers=AUTO, patchcore_dim=64)
+    s = Settings(
+        backbone=BackboneConfig(arch="resnet18", weights="random", resize=72, crop=CROP),
+        configs={"patchcore": PatchCoreConfig(dim=64, target_dim=64)},
+        layers=AUTO,
+    )
     fx = make_extractor(s, None, ["patchcore"])
     train = layerchoice.training_features(fx, tiny_root / "nut")
     parts, _ = layerchoice.validation_folds(fx, train, s.seed)

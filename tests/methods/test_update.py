@@ -94,16 +94,24 @@ def test_patchcore_update_ranks_real_hazelnut_as_a_full_fit_does():
     the same order (Spearman >= 0.99) and pixel maps as close to it as a refit with another seed is
     (0.975 here: the coreset's own sampling noise)."""
     from spadim.data.mvtec import load_class
+    from spadim.features.config import BackboneConfig
     from spadim.run.pipeline import Settings, make_extractor
 
-    s = Settings(arch="resnet50_caffe", weights=str(CAFFE_WEIGHTS), layers=(2, 3), layers_given=True)
+    s = Settings(
+        backbone=BackboneConfig(arch="resnet50_caffe", weights=str(CAFFE_WEIGHTS)),
+        layers=(2, 3),
+        layers_given=True,
+    )
     data = load_class(Path(SUBSET / "hazelnut"))
     fx = make_extractor(s, methods=["patchcore"], layer_sets=[(2, 3)])
     train, test = fx(data.train[:30], "train"), fx(data.test[::6], "test")
     full = PatchCore(layers=(2, 3)).fit(train)
     grown = PatchCore(layers=(2, 3)).fit(train.rows(0, 20)).update(train.rows(20, 30))
     reseeded = PatchCore(layers=(2, 3), seed=1).fit(train)
-    (maps, scores), (expect, expect_scores) = grown.score(test, s.crop), full.score(test, s.crop)
+    (maps, scores), (expect, expect_scores) = (
+        grown.score(test, s.backbone.crop),
+        full.score(test, s.backbone.crop),
+    )
     assert spearmanr(scores, expect_scores)[0] >= 0.99
-    floor = spearmanr(reseeded.score(test, s.crop)[0].ravel(), expect.ravel())[0]
+    floor = spearmanr(reseeded.score(test, s.backbone.crop)[0].ravel(), expect.ravel())[0]
     assert spearmanr(maps.ravel(), expect.ravel())[0] >= floor - 0.005

@@ -16,23 +16,24 @@ from spadim.masks.auto import Decision, MaskPlanner
 from spadim.masks.keypoints import MaskConfig, available_detectors
 from spadim.run import layerchoice
 from spadim.run.evaluate import ClassPlan, evaluate_source
+from spadim.features.config import BackboneConfig
 from spadim.run.pipeline import Settings, evaluate_class, make_extractor
 
 METHODS = ["spade", "padim"]
-FAST = dict(arch="resnet18", weights="random", resize=72, crop=64, seed=0, frame="whole")  # as the CLI
+FAST = BackboneConfig(arch="resnet18", weights="random", resize=72, crop=64, frame="whole")  # as the CLI
 
 
 @pytest.fixture(scope="module")
 def both(tiny_root):
     """The auto layers alone, the auto mask alone (at the fixed layers 1,2,3) and the plan for both."""
     source = tiny_root / "nut"
-    s = Settings(**FAST, layers="auto")
+    s = Settings(backbone=FAST, layers="auto")
     fx = make_extractor(s, None, METHODS)
     alone_run, _, alone_sels = layerchoice.evaluate_auto(fx, source, s, METHODS)
-    fixed = Settings(**FAST, layers=(1, 2, 3), layers_given=True)
+    fixed = Settings(backbone=FAST, layers=(1, 2, 3), layers_given=True)
     fx_fixed = make_extractor(fixed, None, METHODS)
     candidates = {d: MaskConfig(detector=d) for d in available_detectors()}
-    planner = MaskPlanner(fx_fixed.layers, fixed.crop, fixed.seed, candidates)
+    planner = MaskPlanner(fx_fixed.layers, fixed.backbone.crop, fixed.seed, candidates)
     mask_run, _ = evaluate_class(fx_fixed, source, fixed, METHODS, observer=planner)
     decision = planner.decide(fx_fixed, mask_run.train.images)
     plan = ClassPlan(METHODS, "auto", None, candidates, examples=0, far=None)

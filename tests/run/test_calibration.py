@@ -15,6 +15,7 @@ from spadim.decision.conformal import Calibration, check_far, conformal_threshol
 from spadim.features.extractor import take
 from spadim.run.calibration import held_out
 from spadim.run.layerchoice import fold_rows, other_rows
+from spadim.features.config import BackboneConfig
 from spadim.run.pipeline import Settings
 
 
@@ -124,7 +125,7 @@ def test_out_of_fold_scores_each_image_with_a_model_that_never_saw_it():
     train = FeatureSet(
         [f"{i}.png" for i in range(n)], {}, pooled, np.zeros((n, 4, 4, 3), np.uint8), [(4, 4)] * n
     )
-    settings = _ToySettings(arch="resnet18", weights="random", resize=4, crop=4)
+    settings = _ToySettings(backbone=BackboneConfig(arch="resnet18", weights="random", resize=4, crop=4))
     result = held_out("toy", settings, (1,), train, folds=5)
     scores, maps = result.image_scores, result.maps
     assert result.how == "out-of-fold" and result.folds == 5

@@ -91,9 +91,10 @@ def test_fit_save_load_predict_reproduces_evaluate(method, evaluated, tmp_path):
 
 @pytest.fixture(scope="module")
 def hazelnut_features():
+    from spadim.features.config import BackboneConfig
     from spadim.run.pipeline import Settings, make_extractor, prepare_class
 
-    s = Settings(arch="resnet50_caffe", weights=str(CAFFE_WEIGHTS))
+    s = Settings(backbone=BackboneConfig(arch="resnet50_caffe", weights=str(CAFFE_WEIGHTS)))
     return s, prepare_class(make_extractor(s, methods=["spade", "padim"]), HAZELNUT)
 
 
@@ -160,6 +161,7 @@ def test_audit_names_a_planted_defect_and_the_level_without_it(tmp_path):
     """A cracked hazelnut filed among 30 good ones: the audit names it first, and the level it says the
     fit would have without it is within 2% of a fit on the clean folder."""
     from spadim.inspect import fit_model
+    from spadim.features.config import BackboneConfig
     from spadim.run.pipeline import Settings
 
     good = sorted((HAZELNUT / "train" / "good").glob("*.png"))[:30]
@@ -170,7 +172,9 @@ def test_audit_names_a_planted_defect_and_the_level_without_it(tmp_path):
             (folder / path.name).symlink_to(path)
     plant = planted / "zz_crack_000.png"
     plant.symlink_to(HAZELNUT / "test" / "crack" / "000.png")
-    settings = Settings(arch="resnet50_caffe", weights=str(CAFFE_WEIGHTS), frame="whole")
+    settings = Settings(
+        backbone=BackboneConfig(arch="resnet50_caffe", weights=str(CAFFE_WEIGHTS), frame="whole")
+    )
     quiet = {"say": lambda *a, **k: None}
     reference = fit_model(clean, tmp_path / "clean.pt", settings, "spade", 0.05, **quiet)["calibration"]
     fitted = fit_model(planted, tmp_path / "planted.pt", settings, "spade", 0.05, **quiet)

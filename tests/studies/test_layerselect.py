@@ -30,11 +30,21 @@ from spadim.run.layerchoice import (
     select_many,
     validation_folds,
 )
+from spadim.features.config import BackboneConfig
+from spadim.methods import PadimConfig, SpadeConfig
 from spadim.run.pipeline import AUTO, Settings, make_extractor
 
 from conftest import FAST
 
 CROP = 64
+
+
+def _small_settings() -> Settings:
+    """resnet18 on 64 px frames, SPADE with 3 neighbours and PaDiM with 40 channels."""
+    return Settings(
+        backbone=BackboneConfig(arch="resnet18", resize=72, crop=CROP),
+        configs={"spade": SpadeConfig(k=3), "padim": PadimConfig(d=40)},
+    )
 
 
 def test_folds_are_seeded_partitions_and_the_validated_one_is_at_least_a_fifth():
@@ -78,7 +88,7 @@ def test_layers_auto_marker():
         layers_arg("automatic")
     with pytest.raises(SpadimError):
         Settings(layers="best")
-    s = Settings(arch="resnet18", layers=AUTO)
+    s = Settings(backbone=BackboneConfig(arch="resnet18"), layers=AUTO)
     assert s.auto_layers and s.layers_label == "auto"
     with pytest.raises(SpadimError):
         s.method("padim")  # a subset must be chosen first
@@ -130,7 +140,7 @@ def _normal_images(n: int, seed: int) -> np.ndarray:
 def test_fine_defects_choose_a_subset_with_layer_1(method):
     fx = FineOnlyBackbone()
     train = fx.features(_normal_images(20, 0))
-    s = Settings(arch="resnet18", resize=72, crop=CROP, k=3, d=40)
+    s = _small_settings()
     sel = select_layers(fx, train, s, method, seed=0)
     assert 1 in sel.chosen, sel.synthetic_aupr
     assert set(sel.synthetic_aupr) == {"+".join(map(str, c)) for c in ALL_COMBOS}
@@ -141,7 +151,7 @@ def test_fine_defects_choose_a_subset_with_layer_1(method):
 
 
 def test_choice_is_deterministic_for_a_seed():
-    s = Settings(arch="resnet18", resize=72, crop=CROP, k=3, d=40)
+    s = _small_settings()
     runs = []
     for _ in range(2):
         fx = FineOnlyBackbone()
@@ -189,7 +199,9 @@ def no_ground_truth(monkeypatch):
 
 
 def test_selection_never_touches_ground_truth(tiny_root, no_ground_truth):
-    s = Settings(arch="resnet18", weights="random", resize=72, crop=CROP, layers=AUTO)
+    s = Settings(
+        backbone=BackboneConfig(arch="resnet18", weights="random", resize=72, crop=CROP), layers=AUTO
+    )
     with pytest.raises(AssertionError):  # the guard works
         (tiny_root / "nut" / "ground_truth").iterdir().__next__()
     no_ground_truth.clear()
@@ -314,7 +326,7 @@ def test_layer_select_writes_regret_table_and_report(tiny_root, tmp_path):
 
 
 def test_cross_validation_pools_every_fold_and_one_fold_is_its_first_part():
-    s = Settings(arch="resnet18", resize=72, crop=CROP, k=3, d=40)
+    s = _small_settings()
     fx = FineOnlyBackbone()
     train = fx.features(_normal_images(10, 2))
     full = select_many(fx, train, s, ["spade"], seed=1, folds=5, validated=5, copies=1)["spade"]

@@ -7,15 +7,19 @@ Only argparse-facing code lives here; run plumbing shared with the studies is in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
+from spadim.methods import Padim, PatchCore, PatchCoreConfig, Spade, SpadeConfig
 from spadim.methods.nearest import SEARCHES
+from spadim.methods.padim import DEFAULT_D
 from spadim.methods.registry import METHODS
 from spadim.methods.spade import FUSIONS
 from spadim.features.backbone import ARCHS
 from spadim.data.folders import load_plain
 from spadim.data.mvtec import FRAMES, ClassData
 from spadim.errors import SpadimError
+from spadim.features.config import BackboneConfig
 from spadim.features.device import DEVICES
 from spadim.features.extractor import parse_layers
 from spadim.decision.conformal import check_far
@@ -31,7 +35,9 @@ def add_common(
 ) -> None:
     """``auto``: ``--layers`` defaults to 'auto' (fit and evaluate: chosen by measurement, docs/inspection.md)."""
     g = p.add_argument_group("backbone and preprocessing")
-    g.add_argument("--arch", default="wide_resnet50_2", choices=ARCHS, help="backbone (default: %(default)s)")
+    g.add_argument(
+        "--arch", default=BackboneConfig.arch, choices=ARCHS, help="backbone (default: %(default)s)"
+    )
     g.add_argument(
         "--weights",
         default=None,
@@ -40,9 +46,14 @@ def add_common(
         "cache; 'random' = untrained network (plumbing only, flagged in every report)",
     )
     g.add_argument(
-        "--resize", type=int, default=256, help="shorter side before cropping (default: %(default)s)"
+        "--resize",
+        type=int,
+        default=BackboneConfig.resize,
+        help="shorter side before cropping (default: %(default)s)",
     )
-    g.add_argument("--crop", type=int, default=224, help="centre crop size (default: %(default)s)")
+    g.add_argument(
+        "--crop", type=int, default=BackboneConfig.crop, help="centre crop size (default: %(default)s)"
+    )
     g.add_argument(
         "--frame",
         default=frame,
@@ -59,10 +70,15 @@ def add_common(
         "(one convolutional pass, no seams), so small defects in large images keep N times the "
         "feature resolution; SPADE and PatchCore only (default: %(default)s, off)",
     )
-    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--batch-size", type=int, default=BackboneConfig.batch_size)
     add_device(g)
     g.add_argument("--cache-dir", type=Path, default=None, help="also cache per-image features on disk here")
-    g.add_argument("--seed", type=int, default=0, help="seeds PaDiM's channel subset and random weights")
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=Settings.seed,
+        help="seeds random weights, held-out folds, PaDiM's channel subset and PatchCore's sampling",
+    )
     m = p.add_argument_group("methods")
     if layers:
         m.add_argument(
@@ -74,26 +90,33 @@ def add_common(
             + ("auto" if auto else "1,2,3 for SPADE and PaDiM, 2,3 for PatchCore")
             + ")",
         )
-    m.add_argument("--k", type=int, default=5, help="SPADE: nearest training images (default: %(default)s)")
+    m.add_argument(
+        "--k", type=int, default=SpadeConfig.k, help="SPADE: nearest training images (default: %(default)s)"
+    )
     m.add_argument(
         "--coreset",
         type=float,
-        default=0.1,
+        default=PatchCoreConfig.coreset,
         help="PatchCore: share of training patches kept by greedy coreset selection (default: %(default)s)",
     )
     m.add_argument(
-        "--d", type=int, default=None, help="PaDiM: random channels kept (default: 100 resnet18, 550 others)"
+        "--d",
+        type=int,
+        default=None,
+        help="PaDiM: random channels kept (default, per --arch: "
+        + ", ".join(f"{d} {arch}" for arch, d in DEFAULT_D.items())
+        + ")",
     )
     m.add_argument(
         "--search",
-        default="auto",
+        default=SpadeConfig.search,
         choices=("auto", *SEARCHES),
         help="SPADE and PatchCore nearest-neighbour backend, all exact: 'auto' times them once "
         "on this machine and keeps the faster (default: %(default)s)",
     )
     m.add_argument(
         "--spade-fusion",
-        default="mean",
+        default=SpadeConfig.fusion,
         choices=FUSIONS,
         help="SPADE: 'mean' of per-layer distance maps (reference code) or one search over "
         "'concat'enated layers (default: %(default)s)",
@@ -199,7 +222,7 @@ def layers_arg(text: str):
 def add_device(p) -> None:
     p.add_argument(
         "--device",
-        default="cpu",
+        default=BackboneConfig.device,
         choices=DEVICES,
         help="where the backbone runs (and, for predict and serve, the whole scoring graph): 'auto' takes "
         "a CUDA GPU when torch sees one (default: %(default)s; the CUDA path is untested, docs/deploy.md)",
@@ -246,24 +269,39 @@ def settings_from(a) -> Settings:
             f"(PaDiM: {tile * tile * 3136} positions x 550 x 550 floats, about {tile * tile * 3.8:.0f} GB): "
             f"use --method {' or '.join(tiling)} with --tile, or drop --tile"
         )
-    return Settings(
+    backbone = BackboneConfig(
         arch=a.arch,
         weights=a.weights,
         resize=a.resize * tile,
         crop=a.crop * tile,
-        layers=layers_arg(a.layers) if getattr(a, "layers", None) else (1, 2, 3),
-        layers_given=getattr(a, "layers", None) is not None,
-        k=a.k,
-        d=a.d,
-        seed=a.seed,
+        frame=getattr(a, "frame", BackboneConfig.frame),
         batch_size=a.batch_size,
         cache_dir=a.cache_dir,
-        spade_fusion=a.spade_fusion,
-        frame=getattr(a, "frame", "crop"),
-        coreset=a.coreset,
-        search=a.search,
-        device=getattr(a, "device", "cpu"),
+        device=getattr(a, "device", BackboneConfig.device),
     )
+    return Settings(
+        backbone=backbone,
+        configs=method_configs(a, backbone.arch),
+        layers=layers_arg(a.layers) if getattr(a, "layers", None) else (1, 2, 3),
+        layers_given=getattr(a, "layers", None) is not None,
+        seed=a.seed,
+    )
+
+
+def method_configs(a, arch: str) -> dict:
+    """Each method's config from its flags; a flag left out (None: --d) keeps the method's default."""
+    flags = {
+        Spade: {"k": a.k, "fusion": a.spade_fusion, "search": a.search},
+        Padim: {"d": a.d},
+        PatchCore: {"coreset": a.coreset, "search": a.search},
+    }
+    return {
+        cls.name: dataclasses.replace(
+            cls.default_config(arch, a.seed),
+            **{option: value for option, value in given.items() if value is not None},
+        )
+        for cls, given in flags.items()
+    }
 
 
 def mask_config(a, detector: str) -> MaskConfig:

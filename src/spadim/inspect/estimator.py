@@ -14,7 +14,6 @@ asked: ``fit`` and ``update`` take a ``say`` callable for their progress lines.
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +25,12 @@ from spadim.data.mvtec import check_images, read_rgb
 from spadim.decision.conformal import DEFAULT_FAR, DEFAULT_PIXEL_FAR, check_far
 from spadim.errors import SpadimError
 from spadim.features.backbone import file_sha256
+from spadim.features.config import BackboneConfig
 from spadim.methods import PatchCore
 from spadim.run.calibration import DEFAULT_FOLDS
 from spadim.run.pipeline import AUTO, Settings
 
-_SETTINGS = {field.name: field.default for field in dataclasses.fields(Settings)}
+_BACKBONE = BackboneConfig()  # the backbone's defaults, defined in its config
 
 
 def default_method():
@@ -46,39 +46,46 @@ def _quiet(*_args, **_kwargs) -> None:
 class FitOptions:
     """How an :class:`~spadim.inspect.Inspector` fits: backbone, preprocessing and calibration."""
 
-    backbone: str = _SETTINGS["arch"]
+    backbone: str = _BACKBONE.arch
     weights: str | None = None  # a checkpoint path or folder; None: the usual lookup; "random": untrained
     far: float = DEFAULT_FAR  # promised false-alarm rate of the decision
     pixel_far: float = DEFAULT_PIXEL_FAR  # share of normal pixels above the defect-mask level
     folds: int = DEFAULT_FOLDS  # held-out folds, for a method without leave-one-out
     refs: int = 3  # normal frames kept for keypoint object masks at predict time
-    resize: int = _SETTINGS["resize"]
-    crop: int = _SETTINGS["crop"]
+    resize: int = _BACKBONE.resize
+    crop: int = _BACKBONE.crop
     frame: str = "whole"  # the whole image squashed to the crop: a line inspects every pixel
-    batch_size: int = _SETTINGS["batch_size"]
-    device: str = _SETTINGS["device"]
-    seed: int = _SETTINGS["seed"]
+    batch_size: int = _BACKBONE.batch_size
+    device: str = _BACKBONE.device
+    seed: int = Settings.seed
 
     def __post_init__(self):
         check_far(self.far, "far")
         check_far(self.pixel_far, "pixel_far")
         if self.folds < 2:
             raise SpadimError(f"folds must be >= 2 (got {self.folds}): each fold is scored by the others")
+        self.backbone_config  # noqa: B018 - raises SpadimError on a bad backbone option
 
-    def settings(self, method) -> Settings:
-        """The run settings of a fit of ``method`` (its own options travel as the prototype)."""
-        return Settings(
+    @property
+    def backbone_config(self) -> BackboneConfig:
+        return BackboneConfig(
             arch=self.backbone,
             weights=self.weights,
             resize=self.resize,
             crop=self.crop,
+            frame=self.frame,
+            batch_size=self.batch_size,
+            device=self.device,
+        )
+
+    def settings(self, method) -> Settings:
+        """The run settings of a fit of ``method``, whose options and search every fit keeps."""
+        return Settings(
+            backbone=self.backbone_config,
+            configs={method.name: method},
             layers=method.layers,
             layers_given=True,
             seed=self.seed,
-            batch_size=self.batch_size,
-            frame=self.frame,
-            device=self.device,
-            prototype=method,
         )
 
     @classmethod
@@ -88,11 +95,11 @@ class FitOptions:
             return cls()
         pre, calibration = meta.get("preprocess", {}), meta.get("calibration") or {}
         return cls(
-            backbone=meta.get("backbone", {}).get("arch", _SETTINGS["arch"]),
+            backbone=meta.get("backbone", {}).get("arch", _BACKBONE.arch),
             far=calibration.get("far", DEFAULT_FAR),
             pixel_far=calibration.get("pixel_far", DEFAULT_PIXEL_FAR),
-            resize=pre.get("resize", _SETTINGS["resize"]),
-            crop=pre.get("crop", _SETTINGS["crop"]),
+            resize=pre.get("resize", _BACKBONE.resize),
+            crop=pre.get("crop", _BACKBONE.crop),
             frame=pre.get("frame", "whole"),
         )
 

@@ -97,7 +97,7 @@ def fit_features(
     }
     refs_frames = train.images[reference_indices(len(train), refs)]
     blob = model_blob(
-        method, extractor.weights, settings.pre, class_name, refs_frames, calibration.to_json(), info
+        method, extractor.weights, settings.backbone.pre, class_name, refs_frames, calibration.to_json(), info
     )
     return {
         "method": method,
@@ -139,7 +139,7 @@ def fit_model(
     ``progress`` (the extractor's batch hook) replaces the features' bar."""
     check_far(far)
     if folds < 2:
-        raise SpadimError(f"--folds must be >= 2 (got {folds}): each fold is scored by a model of the others")
+        raise SpadimError(f"folds must be >= 2 (got {folds}): each fold is scored by a model of the others")
     name, paths = training_images(folder)  # MVTec train/good, or any folder
     check_images(paths)  # a bad file fails now, not after the backbone has run
     check_image_count(len(paths), [method_name], str(folder), choose_layers=settings.auto_layers)

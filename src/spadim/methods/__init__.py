@@ -6,7 +6,7 @@ from .maps import MapStep, upsample_blur
 from .nearest import FaissSearch, NearestSearch, TorchSearch, default_search
 from .padim import LowRankPadim, Padim, PadimConfig, PadimScorer, fit_padim
 from .patchcore import PatchCore, PatchCoreConfig, PatchCoreScorer
-from .registry import METHODS, AnomalyMethod, create, from_state, parse_methods
+from .registry import METHODS, AnomalyMethod, from_state, parse_methods
 from .spade import Spade, SpadeConfig, SpadeScorer
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "SpadeConfig",
     "SpadeScorer",
     "TorchSearch",
-    "create",
     "default_search",
     "fit_padim",
     "from_state",

@@ -86,6 +86,17 @@ class Method:
         self._search = strategy
         self._scorers: dict = {}
 
+    @classmethod
+    def default_config(cls, arch: str, seed: int = 0):
+        """The options without a caller's choice in a run on backbone ``arch`` seeded ``seed`` (the config's
+        defaults, and ``seed`` where the method draws random numbers)."""
+        return cls.Config()
+
+    @classmethod
+    def recorded_options(cls, config) -> dict:
+        """The options results files record, under their names there (``k``, ``spade_fusion``, ...)."""
+        return {}
+
     @property
     def layers(self) -> tuple[int, ...] | str:
         return self.config.layers

@@ -290,13 +290,20 @@ def default_search() -> NearestSearch:
     return SEARCHES[min(timings, key=timings.get)]()
 
 
+def check_search(name: str, owner: str) -> None:
+    """A config's ``search``: auto, a backend of :data:`SEARCHES`, or the name of a strategy object the
+    method was given (``owner`` names the option)."""
+    if name not in ("auto", *SEARCHES, BoundedSearch.name):
+        raise SpadimError(f"search {name!r} ({owner}): choose auto or one of {', '.join(SEARCHES)}")
+
+
 def make_search(name: str = "auto") -> NearestSearch:
     """``"auto"``: :func:`default_search`; else the named backend (the CLI's ``--search``)."""
     name = (name or "auto").strip().lower()
     if name == "auto":
         return default_search()
     if name not in SEARCHES:
-        raise SpadimError(f"--search {name!r}: choose auto or one of {', '.join(SEARCHES)}")
+        raise SpadimError(f"search {name!r}: choose auto or one of {', '.join(SEARCHES)}")
     return SEARCHES[name]()
 
 

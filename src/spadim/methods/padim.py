@@ -214,8 +214,14 @@ class Padim(Method):
     d, seed = option("d"), option("seed")
 
     @classmethod
-    def configure(cls, settings, layers: tuple[int, ...]) -> "Padim":
-        return cls(layers=layers, d=settings.padim_d, seed=settings.seed)
+    def default_config(cls, arch: str, seed: int = 0) -> PadimConfig:
+        """The reference's d for the backbone (100 for resnet18, 550 for the 50-layer nets) and the run's
+        seed for the channel subset."""
+        return PadimConfig(d=DEFAULT_D.get(arch, PadimConfig.d), seed=seed)
+
+    @classmethod
+    def recorded_options(cls, config: PadimConfig) -> dict:
+        return {"d": config.d}
 
     def _selection(self, fs: FeatureSet) -> ChannelSelection:
         layers = self.fitted_layers()

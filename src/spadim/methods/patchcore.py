@@ -51,7 +51,7 @@ from spadim.features.extractor import FeatureSet
 from .base import Abilities, Method, feature_dict, layer_option, option, positive
 from .coreset import PROJECTION_DIM, STARTS, coreset_size, greedy_coreset, random_projection
 from .maps import MapStep, upsample_blur
-from .nearest import BoundedSearch, TorchSearch, make_search, nearest_distances
+from .nearest import BoundedSearch, TorchSearch, check_search, make_search, nearest_distances
 from .patches import DIM, PATCH, embed_patches, patch_kernel
 
 PAPER_LAYERS = (2, 3)
@@ -72,6 +72,7 @@ class PatchCoreConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "layers", layer_option(self.layers))
+        check_search(self.search, "PatchCoreConfig.search")
         positive(self, "dim", "target_dim", "batch")
         if not 0 < self.coreset <= 1:
             raise SpadimError(f"PatchCore coreset ratio must be in (0, 1] (got {self.coreset})")
@@ -175,18 +176,13 @@ class PatchCore(Method):
     neighbours, seed, batch, starts = option("neighbours"), option("seed"), option("batch"), option("starts")
 
     @classmethod
-    def configure(cls, settings, layers: tuple[int, ...]) -> "PatchCore":
-        """``layers`` as given (the first layer's grid is the patch grid); without ``--layers`` the run
-        passes :attr:`default_layers`, the paper's 2,3 (``Settings.method_layers``)."""
-        dim = settings.patchcore_dim
-        return cls(
-            layers=layers,
-            coreset=settings.coreset,
-            dim=dim,
-            target_dim=dim,
-            seed=settings.seed,
-            search=settings.search,
-        )
+    def default_config(cls, arch: str, seed: int = 0) -> PatchCoreConfig:
+        """The run's seed for the random projection and the coreset's starting points."""
+        return PatchCoreConfig(seed=seed)
+
+    @classmethod
+    def recorded_options(cls, config: PatchCoreConfig) -> dict:
+        return {"coreset": config.coreset, "search": config.search}
 
     def _embeddings(self, fs: FeatureSet):
         for part in fs.batches(self.batch):

@@ -27,12 +27,5 @@ def parse_methods(text: str, flag: str = "--methods") -> list[str]:
     return parse_list(text.lower(), "method", flag, tuple(METHODS), example="spade,padim")
 
 
-def create(name: str, settings, layers: tuple[int, ...] | None = None) -> AnomalyMethod:
-    (name,) = parse_methods(name, "--method")
-    if not layers:  # the run's layers, or the method's own default when the user gave none
-        layers = settings.method_layers(name) if hasattr(settings, "method_layers") else settings.layers
-    return METHODS[name].configure(settings, tuple(layers))
-
-
 def from_state(name: str, state: dict) -> AnomalyMethod:
     return METHODS[name].from_state(state)

@@ -33,7 +33,7 @@ from spadim.errors import SpadimError
 from spadim.features.extractor import FeatureSet
 from .base import Abilities, Method, feature_dict, layer_option, option, positive
 from .maps import MapStep
-from .nearest import make_search, nearest_in_images
+from .nearest import check_search, make_search, nearest_in_images
 
 FUSIONS = ("mean", "concat")
 
@@ -48,6 +48,7 @@ class SpadeConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "layers", layer_option(self.layers))
+        check_search(self.search, "SpadeConfig.search")
         positive(self, "k", "batch")
         if self.fusion not in FUSIONS:
             raise SpadimError(f"SPADE fusion {self.fusion!r}: choose {' or '.join(FUSIONS)}")
@@ -156,8 +157,8 @@ class Spade(Method):
         return {layer: rows.permute(0, 3, 1, 2) for layer, rows in self.rows.items()}
 
     @classmethod
-    def configure(cls, settings, layers: tuple[int, ...]) -> "Spade":
-        return cls(layers=layers, k=settings.k, fusion=settings.spade_fusion, search=settings.search)
+    def recorded_options(cls, config: SpadeConfig) -> dict:
+        return {"k": config.k, "spade_fusion": config.fusion, "search": config.search}
 
     def fit(self, fs: FeatureSet) -> "Spade":
         """Store the training features: SPADE has no other training."""

@@ -94,7 +94,7 @@ def held_out(
             f"least {least}; add good images"
         )
     if fitted is not None and fitted.abilities.leave_one_out:
-        maps, scores = fitted.score_left_out(train, settings.crop)
+        maps, scores = fitted.score_left_out(train, settings.backbone.crop)
         maps, how, folds = list(maps), "leave-one-out", n
     else:
         scores = np.zeros(n, np.float64)
@@ -103,11 +103,11 @@ def held_out(
         for held in fold_rows(n, settings.seed, folds):
             fit_part = take(train, other_rows(n, held))
             model = settings.method(method_name, layers).fit_to_score(fit_part)
-            fold_maps, fold_scores = model.score(take(train, held), settings.crop)
+            fold_maps, fold_scores = model.score(take(train, held), settings.backbone.crop)
             for j, row in enumerate(held):
                 scores[row], maps[row] = fold_scores[j], fold_maps[j]
         how = "out-of-fold"
-    regions = region_scores(maps, train.shapes, getattr(settings, "pre", None), min_area)
+    regions = region_scores(maps, train.shapes, settings.backbone.pre, min_area)
     return HeldOut(how, folds, np.asarray(scores, np.float64), maps, regions)
 
 

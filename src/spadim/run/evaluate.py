@@ -275,7 +275,7 @@ def evaluate_source(fx, source, s: Settings, plan: ClassPlan, out: Path) -> dict
     the report's pieces. The unit of both evaluate's loop and a Ray task (``evaluate --ray``)."""
     methods, t0 = plan.methods, time.perf_counter()
     learned = plan.object_mask in LEARNED
-    planner = MaskPlanner(fx.layers, s.crop, s.seed, plan.candidates or {}) if learned else None
+    planner = MaskPlanner(fx.layers, s.backbone.crop, s.seed, plan.candidates or {}) if learned else None
     choices, sels = [], {}
     if s.auto_layers:  # choose per method from the training images, then refit on all of them
         run, metrics, sels = layerchoice.evaluate_auto(fx, source, s, methods, observer=planner)
@@ -407,7 +407,7 @@ def operating_point_row(run, name: str, layers, s: Settings, far: float, folds: 
         fitted = s.method(name, tuple(layers)).fit(run.train)
     cal, _ = calibrate_held_out(name, s, layers, run.train, far, folds, fitted=fitted)
     labels = run.labels.astype(bool)
-    verdicts = judged(run.maps[name], run.test.shapes, s.pre, cal)
+    verdicts = judged(run.maps[name], run.test.shapes, s.backbone.pre, cal)
     statistic = np.array([verdict.region_score for verdict, _ in verdicts])
     flagged = statistic > cal.region_threshold
     row = {

@@ -173,10 +173,10 @@ def subset_auprs(method: str, folds: Folds, s: Settings, combos=ALL_COMBOS, tick
     grids: dict = {}
     for f in range(len(folds.val_rows)):
         fit, val = folds.fold(f)
-        for key, grid in chooser.subset_grids(fit, val, combos, s.crop, tick=tick).items():
+        for key, grid in chooser.subset_grids(fit, val, combos, s.backbone.crop, tick=tick).items():
             grids.setdefault(key, []).append(grid)
     joined = {k: torch.cat(v) for k, v in grids.items()}
-    return {combo_name(c): pixel_aupr(chooser.subset_map(joined, c, s.crop), masks) for c in combos}
+    return {combo_name(c): pixel_aupr(chooser.subset_map(joined, c, s.backbone.crop), masks) for c in combos}
 
 
 def pick(auprs: dict[str, float], tolerance: float = TOLERANCE) -> tuple[int, ...]:

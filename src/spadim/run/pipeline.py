@@ -12,14 +12,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 from spadim.features.backbone import load_backbone
-from spadim.data.mvtec import ClassData, Preprocess, load_class, load_masks
+from spadim.data.mvtec import ClassData, load_class, load_masks
 from spadim.errors import SpadimError
 from spadim.features.device import resolve_device
+from spadim.features.config import BackboneConfig
 from spadim.features.extractor import FeatureExtractor, FeatureSet
+from spadim.methods.base import Method
 from spadim.metrics.ranking import evaluate_maps, image_auroc, undefined_notes
 from spadim.methods import registry
 from spadim.masks.keypoints import (
@@ -28,63 +31,39 @@ from spadim.masks.keypoints import (
     object_mask,
     reference_features,
 )
-from spadim.methods.padim import DEFAULT_D
-from spadim.methods.nearest import SEARCHES
-from spadim.methods.spade import FUSIONS
 
 
 AUTO = "auto"  # Settings.layers marker: choose the subset per class (spadim.studies.layerselect)
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Everything that defines a run; defaults follow the papers' reference code."""
+    """What defines a run: the backbone's config, each method's config, and the run's own choices.
 
-    arch: str = "wide_resnet50_2"
-    weights: str | None = None  # None: look up a checkpoint; "random"; or a path
-    resize: int = 256
-    crop: int = 224
+    A method's options live in its config only (:class:`~spadim.methods.SpadeConfig`, ...); ``configs``
+    holds those a caller set, by method name, as a config or as a configured, unfitted method whose options
+    and search every fit keeps (``spadim.PatchCore(coreset=0.05)``). A method not named there runs with its
+    defaults for the backbone and the run's seed (:meth:`~spadim.methods.base.Method.default_config`)."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    configs: Mapping[str, object] = field(default_factory=dict)
     layers: tuple[int, ...] | str = (1, 2, 3)  # or AUTO: chosen per class from normal images
-    layers_given: bool = False  # True when the user chose the layers (else each method's default)
-    k: int = 5
-    d: int | None = None  # None: 100 for resnet18, 550 for the 50-layer nets
-    seed: int = 0
-    batch_size: int = 8
-    cache_dir: Path | None = None
-    spade_fusion: str = "mean"  # "mean" of per-layer maps (reference) or "concat"
+    layers_given: bool = False  # True when the caller chose the layers (else each method's default)
+    seed: int = 0  # of random weights, held-out folds, the layer choice's splits and learned masks
     stream_size: int = 32  # test images scored per chunk when streaming
-    frame: str = (
-        "crop"  # "crop" as the papers (evaluate, studies) or "whole" (fit/predict/serve inspect it all)
-    )
-    coreset: float = 0.1  # PatchCore: fraction of training patches kept in the memory bank, in (0, 1]
-    patchcore_dim: int = 1024  # PatchCore: per-layer and final patch-feature dimension
-    search: str = "auto"  # nearest-neighbour backend of SPADE and PatchCore: auto (probed), torch, faiss
-    device: str = "cpu"  # where the backbone runs: cpu, cuda or auto (features/device.py)
-    #: a configured method (``spadim.PatchCore(coreset=0.05)``) whose options every fit of this run
-    #: keeps, instead of the options above; set by :class:`spadim.inspect.Inspector`
-    prototype: object | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
-        if self.arch not in DEFAULT_D:
-            raise SpadimError(f"unknown backbone {self.arch!r}: choose one of {', '.join(DEFAULT_D)}")
-        for flag, value in (
-            ("--k", self.k),
-            ("--d", self.padim_d),
-            ("--batch-size", self.batch_size),
-            ("--patchcore-dim", self.patchcore_dim),
-        ):
-            if value < 1:
-                raise SpadimError(f"{flag} must be >= 1 (got {value})")
-        Preprocess(self.resize, self.crop, self.frame)  # raises SpadimError on bad sizes
-        if not 0 < self.coreset <= 1:
-            raise SpadimError(f"--coreset must be in (0, 1] (got {self.coreset})")
-        if self.search not in ("auto", *SEARCHES):
-            raise SpadimError(f"--search {self.search!r}: choose auto or one of {', '.join(SEARCHES)}")
-        if self.spade_fusion not in FUSIONS:
-            raise SpadimError(f"--spade-fusion {self.spade_fusion!r}: choose {' or '.join(FUSIONS)}")
-        resolve_device(self.device)  # an unknown or absent device fails before any work
+        unknown = sorted(set(self.configs) - set(registry.METHODS))
+        if unknown:
+            raise SpadimError(
+                f"Settings.configs names {unknown[0]!r}: name a method of {', '.join(registry.METHODS)}"
+            )
         if isinstance(self.layers, str) and self.layers != AUTO:
-            raise SpadimError(f"--layers {self.layers!r}: give ids such as 1,2,3 or {AUTO!r}")
+            raise SpadimError(
+                f"layers {self.layers!r} (Settings.layers): give layer ids such as (1, 2, 3), or {AUTO!r}"
+            )
+        if self.stream_size < 1:
+            raise SpadimError(f"stream_size must be >= 1 (Settings.stream_size, got {self.stream_size})")
 
     @property
     def auto_layers(self) -> bool:
@@ -96,28 +75,47 @@ class Settings:
         """``layers`` for reports: a list of ids, or the 'auto' marker."""
         return AUTO if self.auto_layers else list(self.layers)
 
-    @property
-    def padim_d(self) -> int:
-        return self.d if self.d is not None else DEFAULT_D[self.arch]
+    def config(self, name: str):
+        """The options method ``name`` runs with: the caller's, else its defaults for this backbone."""
+        given = self.configs.get(name)
+        if isinstance(given, Method):
+            return given.config
+        return (
+            given
+            if given is not None
+            else registry.METHODS[name].default_config(self.backbone.arch, self.seed)
+        )
 
-    @property
-    def pre(self) -> Preprocess:
-        return Preprocess(self.resize, self.crop, self.frame)
+    def recorded_options(self, methods=None) -> dict:
+        """The options of ``methods`` (default: every method) under the names results files record them
+        (k, d, spade_fusion, coreset, search)."""
+        record = {}
+        for name in registry.METHODS if methods is None else methods:
+            record.update(registry.METHODS[name].recorded_options(self.config(name)))
+        return record
+
+    def result_options(self, methods=None) -> dict:
+        """:meth:`recorded_options` that change results, for signatures of resumable runs: all but the
+        nearest-neighbour search, whose backends are all exact."""
+        return {key: value for key, value in self.recorded_options(methods).items() if key != "search"}
 
     def method_layers(self, name: str) -> tuple[int, ...]:
-        """The layers ``name`` runs with: ``--layers`` when given, else the method's own default
+        """The layers ``name`` runs with: the run's layers when given, else the method's own default
         (PatchCore's paper setting 2,3; SPADE's and PaDiM's 1,2,3)."""
         default = registry.METHODS[name].default_layers
         return tuple(self.layers) if self.layers_given or default is None else tuple(default)
 
     def method(self, name: str, layers: tuple[int, ...] | None = None):
+        """A new, unfitted method ``name`` with its options and ``layers`` (else :meth:`method_layers`)."""
         if layers is None and self.auto_layers:
             raise SpadimError(
                 "layers are 'auto': choose them first (spadim.studies.layerselect) and pass them"
             )
-        if self.prototype is not None:
-            return self.prototype.with_layers(layers or self.method_layers(name))
-        return registry.create(name, self, layers or self.method_layers(name))
+        layers = tuple(layers or self.method_layers(name))
+        given = self.configs.get(name)
+        if isinstance(given, Method):
+            return given.with_layers(layers)
+        return registry.METHODS[name](config=self.config(name), layers=layers)
 
 
 def needed_features(methods: list[str], layer_sets) -> tuple[tuple[int, ...], bool]:
@@ -127,17 +125,18 @@ def needed_features(methods: list[str], layer_sets) -> tuple[tuple[int, ...], bo
 
 
 def make_extractor(
-    s: Settings, progress=None, methods=("spade", "padim"), layer_sets=None
+    s: Settings, progress=None, methods=tuple(registry.METHODS), layer_sets=None
 ) -> FeatureExtractor:
-    """The backbone with real (or explicitly random) weights, keeping only what the run needs."""
-    model, weights = load_backbone(s.arch, s.weights, s.seed)
+    """The backbone with real (or explicitly random) weights, keeping only what ``methods`` need."""
+    b = s.backbone
+    model, weights = load_backbone(b.arch, b.weights, s.seed)
     if layer_sets is None and s.auto_layers:
         from spadim.features.extractor import ALL_COMBOS
 
         layer_sets = ALL_COMBOS  # the choice needs every layer
     layers, pooled = needed_features(list(methods), layer_sets or [s.method_layers(m) for m in methods])
     return FeatureExtractor(
-        model, weights, s.pre, s.batch_size, s.cache_dir, progress, layers, pooled, resolve_device(s.device)
+        model, weights, b.pre, b.batch_size, b.cache_dir, progress, layers, pooled, resolve_device(b.device)
     )
 
 
@@ -318,7 +317,7 @@ def evaluate_fitted(
         data.test,
         fitted,
         s.stream_size,
-        s.crop,
+        s.backbone.crop,
         f"{data.name} test",
         observer.test_chunk if observer is not None else None,
     )
@@ -336,7 +335,7 @@ def score_class(
     out = {}
     for name in methods:
         m = s.method(name, layers).fit(run.train)
-        run.maps[name], run.scores[name] = m.score(run.test, s.crop)
+        run.maps[name], run.scores[name] = m.score(run.test, s.backbone.crop)
         out[name] = class_metrics(run.data, run.maps[name], run.masks, run.scores[name])
     return out
 

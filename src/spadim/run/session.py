@@ -147,14 +147,10 @@ def report_header(
         },
         "settings": {
             "layers": _layers_setting(s),
-            "k": s.k,
-            "d": s.padim_d,
             "seed": s.seed,
-            "resize": s.resize,
-            "crop": s.crop,
-            "spade_fusion": s.spade_fusion,
-            "coreset": s.coreset,
-            "search": search_label(s.search),
+            "resize": s.backbone.resize,
+            "crop": s.backbone.crop,
+            **recorded_options(s),
         },
     }
 
@@ -223,18 +219,20 @@ def meta(s: Settings, fx: FeatureExtractor, **extra) -> dict:
         "spadim": __version__,
         "weights": fx.weights.describe(),
         "pretrained": fx.weights.pretrained,
-        "arch": s.arch,
-        "resize": s.resize,
-        "crop": s.crop,
+        "arch": s.backbone.arch,
+        "resize": s.backbone.resize,
+        "crop": s.backbone.crop,
         "layers": s.layers_label,
-        "k": s.k,
-        "d": s.padim_d,
-        "spade_fusion": s.spade_fusion,
         "seed": s.seed,
-        "coreset": s.coreset,
-        "search": search_label(s.search),
+        **recorded_options(s),
         **extra,
     }
+
+
+def recorded_options(s: Settings) -> dict:
+    """The methods' options as results record them, the search backend named as it ran."""
+    record = s.recorded_options()
+    return {**record, "search": search_label(record["search"])} if "search" in record else record
 
 
 def search_label(name: str) -> str:

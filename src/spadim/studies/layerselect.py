@@ -58,13 +58,12 @@ def _sweep_results(sweep: Path | None, name: str, s: Settings, weights_id: str) 
     saved = read_saved(path)
     sig = saved.get("signature") or {}
     ours = {
-        "arch": s.arch,
+        "arch": s.backbone.arch,
         "weights": weights_id,
-        "resize": s.resize,
-        "crop": s.crop,
-        "k": s.k,
-        "d": s.padim_d,
+        "resize": s.backbone.resize,
+        "crop": s.backbone.crop,
         "seed": s.seed,
+        **s.result_options(sig.get("methods") or []),
     }
     diff = {k: (sig.get(k), v) for k, v in ours.items() if sig.get(k) != v}
     if diff:
@@ -82,7 +81,7 @@ def real_subsets(cr: ClassRun, s: Settings, methods, stored: dict) -> dict[str, 
         if not todo:
             continue
         used = tuple(sorted({layer for c in todo for layer in c}))
-        for c, maps, scores in s.method(m, used).subset_scores(cr.train, cr.test, todo, s.crop):
+        for c, maps, scores in s.method(m, used).subset_scores(cr.train, cr.test, todo, s.backbone.crop):
             out[f"{combo_name(c)}/{m}"] = class_metrics(cr.data, maps, cr.masks, scores)
     return out
 
@@ -143,14 +142,12 @@ def run(
     counts = image_count_check(calibrate=False, choose_layers=True)
     methods, dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS, check_counts=counts)
     sig = {
-        "arch": s.arch,
+        "arch": s.backbone.arch,
         "weights": fx.weights.sha256,
-        "resize": s.resize,
-        "crop": s.crop,
-        "k": s.k,
-        "d": s.padim_d,
+        "resize": s.backbone.resize,
+        "crop": s.backbone.crop,
         "seed": s.seed,
-        "spade_fusion": s.spade_fusion,
+        **s.result_options(methods),
         "methods": methods,
         "folds": FOLDS,
         "validated": VALIDATED,

@@ -41,20 +41,18 @@ from spadim.run.session import (
 
 
 def _signature(s, methods: list[str], weights_id: str) -> dict:
-    """What must match for stored results to be reused; d is the effective one, so that
-    the default and the same value given explicitly resume each other."""
-    sig = {
-        "arch": s.arch,
+    """What must match for stored results to be reused: the backbone, the seed and the options of the
+    methods swept (PaDiM's d the effective one, so that the default and the same value given explicitly
+    resume each other)."""
+    return {
+        "arch": s.backbone.arch,
         "weights": weights_id,
-        "resize": s.resize,
-        "crop": s.crop,
-        "k": s.k,
-        "d": s.padim_d,
+        "resize": s.backbone.resize,
+        "crop": s.backbone.crop,
         "seed": s.seed,
         "methods": methods,
+        **s.result_options(methods),
     }
-    # SPADE results depend on the fusion; sweeps before it existed concatenated, so they do not resume
-    return {**sig, "spade_fusion": s.spade_fusion} if "spade" in methods else sig
 
 
 def _load_partial(path: Path, sig: dict) -> dict:
@@ -195,7 +193,7 @@ def subset_maps(cr, s: Settings, method: str, combos):
     together (:meth:`~spadim.methods.base.Method.subset_scores`: SPADE's mean fusion builds every subset
     from one set of per-layer grids, identical to scoring each alone; the others fit each subset)."""
     used = tuple(sorted({layer for combo in combos for layer in combo}))
-    yield from s.method(method, used).subset_scores(cr.train, cr.test, combos, s.crop)
+    yield from s.method(method, used).subset_scores(cr.train, cr.test, combos, s.backbone.crop)
 
 
 def subset_results(cr, s: Settings, method: str, combos):

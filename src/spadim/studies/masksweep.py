@@ -215,7 +215,9 @@ class MaskSweep:
         t0 = time.perf_counter()
         learned = bool(self.o.learned)
         planner = (
-            MaskPlanner(self.fx.layers, self.s.crop, self.s.seed, self.o.candidates) if learned else None
+            MaskPlanner(self.fx.layers, self.s.backbone.crop, self.s.seed, self.o.candidates)
+            if learned
+            else None
         )
         cr, metrics = evaluate_class(self.fx, source, self.s, self.methods, observer=planner)
         t_eval = time.perf_counter() - t0

@@ -46,14 +46,12 @@ def _signature(
 ) -> dict:
     return {
         "format": FORMAT,
-        "arch": s.arch,
+        "arch": s.backbone.arch,
         "weights": weights_id,
-        "resize": s.resize,
-        "crop": s.crop,
-        "k": s.k,
-        "d": s.padim_d,
+        "resize": s.backbone.resize,
+        "crop": s.backbone.crop,
         "seed": s.seed,
-        "spade_fusion": s.spade_fusion,
+        **s.result_options(methods),
         "layers": list(s.layers),
         "methods": list(methods),
         "multipliers": list(multipliers),
@@ -74,7 +72,7 @@ def layer_subsets(cr, s: Settings, methods, bar) -> tuple[dict, dict]:
 
     for method in methods:  # each method's own way through the subsets (SPADE: per-layer grids once)
         for combo, maps, scores in s.method(method, (1, 2, 3, 4)).subset_scores(
-            cr.train, cr.test, ALL_COMBOS, s.crop
+            cr.train, cr.test, ALL_COMBOS, s.backbone.crop
         ):
             record(method, combo, maps, scores)
     return results, kept
