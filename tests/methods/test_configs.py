@@ -136,7 +136,7 @@ def test_no_method_name_or_ability_probe_outside_methods():
     }
     probe = re.compile(r"""(?:hasattr|getattr)\([^,()]+,\s*["'](\w+)["']""")
     hits = []
-    for package in ("run", "inspect", "export", "scale", "serve", "decision", "cli"):
+    for package in ("run", "studies", "inspect", "export", "scale", "serve", "decision", "cli"):
         for path in sorted((PACKAGE / package).rglob("*.py")):
             for number, line in enumerate(path.read_text().splitlines(), 1):
                 probed = {m.group(1) for m in probe.finditer(line)} & attributes
