@@ -321,6 +321,12 @@ def mask_config(a, detector: str) -> MaskConfig:
     )
 
 
+def check_multiplier(r: float, flag: str = "--outside-multiplier") -> float:
+    if not 0.0 <= r <= 1.0:
+        raise SpadimError(f"{flag} {r} is outside [0, 1]: 1 keeps scores, 0 zeroes them outside the mask")
+    return r
+
+
 def parse_multipliers(text: str) -> list[float]:
     vals = parse_list(text, "multiplier", "--multipliers", convert=float, example="0,0.2,0.4,0.6,0.8,1")
     if any(not 0 <= v <= 1 for v in vals):

@@ -22,6 +22,7 @@ from spadim.studies import masksweep
 from spadim.studies import reproduce
 from spadim.features.backbone import ARCHS, load_backbone, locate, weights_report
 from .args import (
+    check_multiplier,
     evaluation_data,
     mask_config,
     parse_detectors,
@@ -35,11 +36,7 @@ from spadim.lists import parse_list
 from spadim.methods.registry import parse_methods
 from spadim.masks.auto import LEARNED
 from spadim.masks.keypoints import available_detectors
-from spadim.run.session import (
-    check_multiplier,
-    progress,
-    say,
-)
+from spadim.run.session import progress, say
 from spadim.data.embedded.dataset import make_dataset
 from .line import record_target, serve_stores
 

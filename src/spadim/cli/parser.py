@@ -15,6 +15,8 @@ from spadim.decision.conformal import DEFAULT_PIXEL_FAR
 from spadim.studies import masksweep
 from spadim.studies import reproduce
 from spadim.features.backbone import ARCHS
+from spadim.inspect.estimator import FitOptions, default_method
+from spadim.methods.registry import METHODS
 from .args import (
     add_common,
     add_mask_args,
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="MVTec AD root or one class folder (or give --train and --test instead)",
     )
     p.add_argument("--classes", default=None, help="comma-separated class names (default: all)")
-    p.add_argument("--methods", default="spade,padim,patchcore")
+    p.add_argument("--methods", default=",".join(METHODS), help="default: %(default)s")
     p.add_argument("--out", type=Path, default=Path("runs/evaluate"))
     p.add_argument("--examples", type=int, default=4, help="heatmap figures per class (default: %(default)s)")
     p.add_argument(
@@ -100,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-operating-point", action="store_true", help="skip the calibration and its table")
     add_plain_args(p)
-    add_common(p, frame="whole", auto=True)  # fit's defaults; reproduce keeps the papers' crop and layers
+    # fit's defaults; reproduce keeps the papers' crop and layers
+    add_common(p, frame=FitOptions.frame, auto=True)
     add_ray(p, "evaluate the classes as Ray tasks, one per class")
     add_mask_args(p)
     p.set_defaults(func=cmd_evaluate)
@@ -111,7 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="an MVTec class folder (uses train/good) or any folder of good images (recursive)",
     )
-    p.add_argument("--method", default="patchcore", help="spade, padim or patchcore (default: %(default)s)")
+    p.add_argument(
+        "--method",
+        default=default_method().name,
+        help=f"{', '.join(METHODS)} (default: %(default)s)",
+    )
     p.add_argument("--out", type=Path, required=True, help="model file to write")
     p.set_defaults(out_is_file=True)
     p.add_argument(
@@ -133,7 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PIXEL_FAR,
         help="share of normal pixels allowed above the defect-mask threshold (default: %(default)s)",
     )
-    p.add_argument("--refs", type=int, default=3, help="normal images kept for object masks at predict time")
+    p.add_argument(
+        "--refs",
+        type=int,
+        default=FitOptions.refs,
+        help="normal images kept for object masks at predict time (default: %(default)s)",
+    )
     p.add_argument(
         "--per-class",
         action="store_true",
@@ -141,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--classes", default=None, help="with --per-class: the classes to fit (default: all)")
     add_ray(p, "with --per-class, fit each class as one Ray task")
-    add_common(p, frame="whole", auto=True)
+    add_common(p, frame=FitOptions.frame, auto=True)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser(

@@ -85,12 +85,6 @@ def staged(out: Path):
     stage.rmdir()
 
 
-def check_multiplier(r: float, flag: str = "--outside-multiplier") -> float:
-    if not 0.0 <= r <= 1.0:
-        raise SpadimError(f"{flag} {r} is outside [0, 1]: 1 keeps scores, 0 zeroes them outside the mask")
-    return r
-
-
 #: Full MVTec AD classes (train/good images, original side in px) for the classes whose sizes
 #: ../shared/data/README.md states; a run on fewer or smaller images says so next to published numbers.
 FULL_MVTEC = {"grid": (264, 1024), "hazelnut": (391, 1024), "transistor": (213, 1024), "screw": (320, 1024)}
