@@ -36,9 +36,9 @@ from spadim.lists import parse_list
 from spadim.methods.registry import parse_methods
 from spadim.masks.auto import LEARNED
 from spadim.masks.keypoints import available_detectors
-from spadim.run.session import progress, say
 from spadim.data.embedded.dataset import make_dataset
 from .line import record_target, serve_stores
+from .output import TERMINAL, progress, say
 
 
 # ---------------------------------------------------------------- commands
@@ -97,6 +97,7 @@ def cmd_evaluate(a) -> None:
         far=far,
         folds=a.folds,
         per_class=_class_runner(a),
+        output=TERMINAL,
     )
 
 
@@ -201,7 +202,7 @@ def cmd_predict(a) -> None:
 
 
 def cmd_layer_sweep(a) -> None:
-    layersweep.run(settings_from(a), a.data, a.out, a.methods, a.classes, recorded_command(a))
+    layersweep.run(settings_from(a), a.data, a.out, a.methods, a.classes, recorded_command(a), TERMINAL)
 
 
 def cmd_layer_select(a) -> None:
@@ -214,6 +215,7 @@ def cmd_layer_select(a) -> None:
         a.sweep,
         recorded_command(a),
         time_evaluate=not a.no_timing,
+        output=TERMINAL,
     )
 
 
@@ -268,7 +270,7 @@ def cmd_mask_sweep(a) -> None:
         learned=tuple(learned),
         candidates=candidates,
     )
-    masksweep.run(settings_from(a), a.data, a.out, cfgs, options)
+    masksweep.run(settings_from(a), a.data, a.out, cfgs, options, TERMINAL)
 
 
 SHARED_SUBSET = Path("../shared/data/mvtec_ad_subset")
@@ -303,7 +305,7 @@ def cmd_reproduce(a) -> None:
     s = settings_from(a)
     auto = s.auto_layers  # Table 1 keeps the study's layers; the auto choice is recorded beside it
     s = dataclasses.replace(s, layers=(1, 2, 3), layers_given=False) if auto else s  # each method its own
-    reproduce.run(s, data, a.out, cfgs, a.methods, a.classes, rs, recorded_command(a), auto)
+    reproduce.run(s, data, a.out, cfgs, a.methods, a.classes, rs, recorded_command(a), auto, TERMINAL)
 
 
 # ---------------------------------------------------------------- entry point

@@ -37,7 +37,7 @@ from spadim.report.figures import (
     pick_examples,
     plot_curves,
 )
-from .session import class_summary, meta, report_header, say, staged, start_study
+from .session import QUIET, Output, class_summary, meta, quiet, report_header, staged, start_study
 
 
 def run(
@@ -56,31 +56,33 @@ def run(
     far: float | None = DEFAULT_FAR,
     folds: int = DEFAULT_FOLDS,
     per_class=None,
+    output: Output = QUIET,
 ) -> list[dict]:
     """Evaluate and write everything into ``out_dir`` (staged: a failure leaves earlier results);
     returns the result rows, class means included. ``cfg`` configures a keypoint ``object_mask``;
     ``candidates`` are the keypoint configs ``object_mask="auto"`` chooses from. With ``far``, each
     method is also calibrated as ``fit`` calibrates it and its decisions are scored beside the best
     threshold with no more false alarms (``operating_point.*``); ``far=None`` skips it.
-    ``per_class(settings, plan, out, classes)``, when given, yields each class's :func:`evaluate_source`
-    result from elsewhere, in order (one Ray task per class: :func:`spadim.scale.ray_jobs.class_runner`)."""
+    ``per_class(settings, plan, out, classes, say)``, when given, yields each class's :func:`evaluate_source`
+    result from elsewhere, in order (one Ray task per class: :func:`spadim.scale.ray_jobs.class_runner`).
+    Lines, tables and progress go to ``output`` (quiet by default)."""
     check_counts = image_count_check(calibrate=far is not None, choose_layers=s.auto_layers)
-    names, sources, fx = start_study(s, data, methods, classes, check_counts=check_counts)
+    names, sources, fx = start_study(s, data, methods, classes, check_counts=check_counts, output=output)
     plan = ClassPlan(names, object_mask, cfg, candidates or {}, r, examples, far, folds)
     evaluation = Evaluation(s, fx, plan, command)
     with staged(out_dir) as out:
         results = (
-            (evaluate_source(fx, source, s, plan, out) for source in sources)
+            (evaluate_source(fx, source, s, plan, out, output.say) for source in sources)
             if per_class is None
-            else per_class(s, plan, out, sources)
+            else per_class(s, plan, out, sources, output.say)
         )
         for result in results:
             evaluation.add(result)
         md = evaluation.write(out, data)
-    print(md)
+    output.show(md)
     for w in evaluation.warnings:
-        say(f"warning: object mask fell back to the full frame: {w}")
-    say(f"results in {out_dir}/ (report.html, results.csv/.json/.md, curves/, gallery/, heatmaps/)")
+        output.say(f"warning: object mask fell back to the full frame: {w}")
+    output.say(f"results in {out_dir}/ (report.html, results.csv/.json/.md, curves/, gallery/, heatmaps/)")
     return evaluation.rows
 
 
@@ -270,9 +272,10 @@ class ClassPlan:
     folds: int = DEFAULT_FOLDS
 
 
-def evaluate_source(fx, source, s: Settings, plan: ClassPlan, out: Path) -> dict:
+def evaluate_source(fx, source, s: Settings, plan: ClassPlan, out: Path, say=quiet) -> dict:
     """One class: fit, score, masks, operating point, and its pictures written into ``out``; -> its rows and
-    the report's pieces. The unit of both evaluate's loop and a Ray task (``evaluate --ray``)."""
+    the report's pieces (``say`` gets its lines). The unit of both evaluate's loop and a Ray task
+    (``evaluate --ray``)."""
     methods, t0 = plan.methods, time.perf_counter()
     learned = plan.object_mask in LEARNED
     planner = MaskPlanner(fx.layers, s.backbone.crop, s.seed, plan.candidates or {}) if learned else None
@@ -290,7 +293,7 @@ def evaluate_source(fx, source, s: Settings, plan: ClassPlan, out: Path) -> dict
     notes = metric_notes(run.data, run.masks)
     for n in notes:
         say(f"warning: {run.data.name}: {n}")
-    obj, warnings, decisions = _apply_object_mask(fx, run, metrics, plan, planner)
+    obj, warnings, decisions = _apply_object_mask(fx, run, metrics, plan, planner, say)
     points = []
     if plan.far is not None:
         for name in methods:
@@ -354,7 +357,7 @@ def _choice_rows(name: str, sels: dict) -> list[dict]:
     ]
 
 
-def _apply_object_mask(fx, run, metrics: dict, plan: ClassPlan, planner) -> tuple:
+def _apply_object_mask(fx, run, metrics: dict, plan: ClassPlan, planner, say=quiet) -> tuple:
     """Scores outside the class's object mask multiplied by r, in ``run`` and ``metrics`` -> (the masks or
     None, keypoint fallback warnings, the ``auto`` decision rows). A keypoint mask (``plan.cfg``) or a
     learned one; ``auto`` chooses the mask and r from the training images."""

@@ -1,8 +1,9 @@
-"""Run plumbing shared by the CLI and the study modules: progress, staged output, output
-checks, run metadata and the common start of a study.
+"""Run plumbing shared by evaluate and the study modules: where their words go (:class:`Output`), staged
+output, output checks, run metadata and the common start of a study.
 
-Nothing here knows about argparse, so the studies can be driven from Python as well as
-from the command line, and the command line stays a thin layer over them.
+Nothing here knows about argparse or a terminal: a run says, shows and counts through the
+:class:`Output` it is given, quiet by default; the command line passes its terminal one
+(:mod:`spadim.cli.output`), so the studies can be driven from Python as well as from the command line.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm import tqdm
+from typing import Callable
 
 from spadim import __version__
 from spadim.data.mvtec import ClassData, check_class, find_classes, read_rgb
@@ -26,13 +26,33 @@ from spadim.report.tables import json_ready
 from .pipeline import NO_MASKS, Settings, class_data, make_extractor
 
 
-def progress(items, desc: str, total_images: int):
-    """tqdm over batches, shown on terminals only (CI logs stay readable)."""
-    return tqdm(items, desc=f"{desc} ({total_images} img)", unit="batch", disable=None, leave=False)
+def quiet(*_args, **_kwargs) -> None:
+    return None
 
 
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+class NoBar:
+    """A progress bar that shows nothing (:attr:`Output.bar` of a quiet run)."""
+
+    def update(self, steps: int = 1) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where a run's words go, quiet unless given: ``say(line)`` what happened, ``show(text)`` the result
+    tables, ``progress(batches, desc, total_images)`` the extractor's batch hook (None: none), and
+    ``bar(total, desc, unit)`` a bar over a study's steps (``update(n)``, ``close()``)."""
+
+    say: Callable[[str], None] = quiet
+    show: Callable[[str], None] = quiet
+    progress: Callable | None = None
+    bar: Callable = lambda total, desc, unit: NoBar()
+
+
+QUIET = Output()
 
 
 def _existing_ancestor(path: Path, flag: str) -> Path:
@@ -247,6 +267,7 @@ def start_study(
     classes: str | None = None,
     layer_sets=None,
     check_counts=None,
+    output: Output = QUIET,
 ) -> tuple[list[str], list[Path | ClassData], FeatureExtractor]:
     """Common start of evaluate and the studies -> (methods, class sources, extractor).
 
@@ -254,7 +275,7 @@ def start_study(
     another layout, already indexed (the source is that ClassData). Methods, the layout of every
     class and every image and mask (fully decoded) are checked before the backbone is loaded, so a
     bad file in the last class fails in seconds instead of discarding the finished classes. The
-    weights in use are announced on stderr. ``check_counts(methods, class_data)``, when given, checks each
+    weights in use are said through ``output``. ``check_counts(methods, class_data)``, when given, checks each
     class's image counts first (:func:`spadim.run.calibration.image_count_check`).
     """
     names = parse_methods(methods)
@@ -273,6 +294,6 @@ def start_study(
             check_counts(names, c)
     for c in indexed:
         check_class(c)
-    fx = make_extractor(s, progress, names, layer_sets)
-    say(fx.weights.describe())
+    fx = make_extractor(s, output.progress, names, layer_sets)
+    output.say(fx.weights.describe())
     return names, sources, fx

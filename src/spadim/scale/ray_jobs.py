@@ -144,7 +144,7 @@ def in_order(address: str, workers: int | None, task_function, items: list, *arg
         yield ray.get(ref)
 
 
-def _class_task(source, threads: int, settings, plan, out: str):
+def _class_task(source, threads: int, settings, plan, out: str, say):
     """One class of ``evaluate --ray`` on a worker: its own backbone, then the single-process function."""
     import torch
 
@@ -153,13 +153,13 @@ def _class_task(source, threads: int, settings, plan, out: str):
 
     torch.set_num_threads(threads)
     fx = make_extractor(settings, None, plan.methods)
-    return evaluate_source(fx, source, settings, plan, Path(out))
+    return evaluate_source(fx, source, settings, plan, Path(out), say)
 
 
 def class_runner(address: str, workers: int | None):
     """A ``per_class`` for :func:`spadim.run.evaluate.run`: each class as one Ray task."""
-    return lambda settings, plan, out, sources: in_order(
-        address, workers, _class_task, sources, settings, plan, str(out)
+    return lambda settings, plan, out, sources, say: in_order(
+        address, workers, _class_task, sources, settings, plan, str(out), say
     )
 
 

@@ -117,30 +117,33 @@ def run(
     sweep: Path | None = None,
     command: str = "",
     time_evaluate: bool = True,
+    output=None,
 ) -> list[dict]:
     """``spadim layer-select``: per class and method the auto choice, and with real masks its regret.
 
     Each finished class is saved to ``out/per_class/<class>.json``; a rerun with the same settings
-    resumes after it."""
+    resumes after it. Lines, tables and progress go to ``output`` (quiet by default)."""
     from spadim.report.html import html_table, write_report
     from spadim.report.tables import METRIC_COLUMNS, with_means, write_table
     from spadim.run.session import (
+        QUIET,
         check_out_dir,
         class_summary,
         load_resumable,
         meta,
-        progress,
         report_header,
         save_atomic,
-        say,
         staged,
         start_study,
     )
 
+    output = output or QUIET
+    say = output.say
+
     s = dataclasses.replace(s, layers=(1, 2, 3)) if s.auto_layers else s  # the fixed baseline
     check_out_dir(out)
     counts = image_count_check(calibrate=False, choose_layers=True)
-    methods, dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS, check_counts=counts)
+    methods, dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS, check_counts=counts, output=output)
     sig = {
         "arch": s.backbone.arch,
         "weights": fx.weights.sha256,
@@ -182,7 +185,7 @@ def run(
         stored = _sweep_results(sweep, data_c.name, s, fx.weights.sha256)
         t_eval = float("nan")
         if time_evaluate:  # one plain evaluate of the class, as `spadim evaluate` runs it
-            efx = make_extractor(s, progress, methods)
+            efx = make_extractor(s, output.progress, methods)
             t1 = time.perf_counter()
             evaluate_class(efx, cdir, s, methods)
             t_eval = time.perf_counter() - t1
@@ -306,6 +309,6 @@ def run(
                 ],
             },
         )
-    print(md)
+    output.show(md)
     say(f"results in {out}/ (report.html, layer_select.*, subsets.*, results.*, summary.md, per_class/)")
     return regret

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import pearsonr
-from tqdm import tqdm
 
 from spadim.errors import SpadimError
 from spadim.features.extractor import ALL_COMBOS, combo_name
@@ -30,12 +29,13 @@ from spadim.report.tables import METRIC_COLUMNS, markdown_table, with_means, wri
 from spadim.report.figures import save_figure, subplots
 from spadim.data.mvtec import load_class
 from spadim.run.session import (
+    QUIET,
+    Output,
     class_summary,
     meta,
     read_saved,
     report_header,
     save_atomic,
-    say,
     start_study,
 )
 
@@ -209,10 +209,13 @@ def run(
     methods: str = "spade,padim",
     classes: str | None = None,
     command: str = "",
+    output: Output = QUIET,
 ) -> None:
     """Sweep every layer combination of ``methods`` over the classes of ``data`` into ``out``
-    (resuming results already there); ``classes`` is a comma list, None for all."""
-    methods, classes, fx = start_study(s, data, methods, classes, ALL_COMBOS)
+    (resuming results already there); ``classes`` is a comma list, None for all. Lines, tables and
+    progress go to ``output``."""
+    say = output.say
+    methods, classes, fx = start_study(s, data, methods, classes, ALL_COMBOS, output=output)
     sig = _signature(s, methods, fx.weights.sha256)
     out = Path(out)
     partial = {c.name: _load_partial(out / "per_class" / f"{c.name}.json", sig) for c in classes}
@@ -226,7 +229,7 @@ def run(
     say(
         f"{len(classes) * len(ALL_COMBOS) * len(methods) - len(jobs)} results already done, {len(jobs)} to go"
     )
-    bar = tqdm(total=len(jobs), desc="layer sweep", unit="run", disable=None)
+    bar = output.bar(len(jobs), "layer sweep", "run")
     t0, done = time.perf_counter(), 0
     for cdir in classes:
         todo = [(combo, m) for c, combo, m in jobs if c == cdir]
@@ -252,11 +255,18 @@ def run(
     header = report_header(
         "spadim layer-sweep", command, s, fx, Path(data), [class_summary(load_class(c)) for c in classes]
     )
-    _report(out, classes, partial, methods, info, fx.weights.banner, header)
+    _report(out, classes, partial, methods, info, fx.weights.banner, header, output)
 
 
 def _report(
-    out: Path, classes, partial: dict, methods: list[str], info: dict, banner: str, header: dict
+    out: Path,
+    classes,
+    partial: dict,
+    methods: list[str],
+    info: dict,
+    banner: str,
+    header: dict,
+    output: Output,
 ) -> None:
     rows = [
         {
@@ -323,7 +333,7 @@ def _report(
             },
         },
     )
-    print(md)
-    say(
+    output.show(md)
+    output.say(
         f"results in {out}/ (report.html, layer_sweep.*, table3.*, best.*, figure5.png, summary.md, per_class/)"
     )

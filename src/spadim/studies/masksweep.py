@@ -30,7 +30,7 @@ from spadim.run.pipeline import (
 from spadim.report.html import html_table, write_report
 from spadim.report.tables import METRIC_COLUMNS, SUITABILITY_COLUMNS, markdown_table, with_means, write_table
 from spadim.report.figures import colorize, panel_figure, pick_examples, save_figure, subplots
-from spadim.run.session import class_summary, meta, report_header, say, staged, start_study
+from spadim.run.session import QUIET, Output, class_summary, meta, report_header, staged, start_study
 
 DEFAULT_MULTIPLIERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -173,11 +173,17 @@ class SweepOptions:
 
 
 def run(
-    s: Settings, data: Path, out: Path, cfgs: dict[str, MaskConfig], options: SweepOptions = SweepOptions()
+    s: Settings,
+    data: Path,
+    out: Path,
+    cfgs: dict[str, MaskConfig],
+    options: SweepOptions = SweepOptions(),
+    output: Output = QUIET,
 ) -> None:
     """Mask every class of ``data`` with each detector's config in ``cfgs`` and sweep the outside
-    multipliers; everything is written into ``out`` (staged: a failure leaves earlier results)."""
-    MaskSweep(s, cfgs, options).run(data, Path(out))
+    multipliers; everything is written into ``out`` (staged: a failure leaves earlier results). Lines,
+    tables and progress go to ``output``."""
+    MaskSweep(s, cfgs, options, output).run(data, Path(out))
 
 
 class MaskSweep:
@@ -186,8 +192,11 @@ class MaskSweep:
     Rows accumulate over the classes in the lists below (``sweep``: one row per class, method, mask and
     r), in the order the classes, the keypoint detectors and then the learned masks come."""
 
-    def __init__(self, s: Settings, cfgs: dict[str, MaskConfig], options: SweepOptions):
-        self.s, self.cfgs, self.o = s, cfgs, options
+    def __init__(
+        self, s: Settings, cfgs: dict[str, MaskConfig], options: SweepOptions, output: Output = QUIET
+    ):
+        self.s, self.cfgs, self.o, self.output = s, cfgs, options, output
+        self.say = output.say
         self.detectors = list(cfgs) + list(options.learned)
         self.rs = list(options.multipliers)
         self.suit: list[dict] = []
@@ -199,16 +208,18 @@ class MaskSweep:
         self.compare: list[dict] = []
 
     def run(self, data: Path, results: Path) -> None:
-        self.methods, classes, self.fx = start_study(self.s, data, self.o.methods, self.o.classes)
+        self.methods, classes, self.fx = start_study(
+            self.s, data, self.o.methods, self.o.classes, output=self.output
+        )
         with staged(results) as out:
             for source in classes:
                 self.add_class(source, out)
             md = self.write_tables(out)
             self.write_report(out, Path(data))
-        print(md)
+        self.output.show(md)
         for w in self.warnings:
-            say(f"warning: object mask fell back to the full frame: {w}")
-        say(f"results in {results}/ (suitability.*, multiplier_sweep.*, mask_grids/, examples/)")
+            self.say(f"warning: object mask fell back to the full frame: {w}")
+        self.say(f"results in {results}/ (suitability.*, multiplier_sweep.*, mask_grids/, examples/)")
 
     # ---------------------------------------------------------------- one class
     def add_class(self, source, out: Path) -> None:
@@ -223,14 +234,14 @@ class MaskSweep:
         t_eval = time.perf_counter() - t0
         self.unmasked += [{"class": cr.data.name, "method": name, **metrics[name]} for name in self.methods]
         for note in undefined_notes(cr.masks, cr.labels):
-            say(f"warning: {cr.data.name}: {note}")
+            self.say(f"warning: {cr.data.name}: {note}")
         self.summaries.append(class_summary(cr.data, cr.test.shapes))
         fg = np.stack([foreground_estimate(im) for im in cr.test.images])
         masks, seconds = self.keypoint_masks(cr, fg)
         if planner is not None:
             self.learned_masks(cr, fg, planner, masks, seconds, metrics, t_eval)
         self.pictures(cr, masks, out)
-        say(f"{cr.data.name}: done in {time.perf_counter() - t0:.1f} s")
+        self.say(f"{cr.data.name}: done in {time.perf_counter() - t0:.1f} s")
 
     def sweep_mask(self, cr, detector: str, obj: np.ndarray) -> None:
         """The rows of one mask: every method at every r."""
@@ -283,7 +294,7 @@ class MaskSweep:
                 "overhead": round(auto_s / max(evaluate_s, 1e-9), 4),
             }
         )
-        say(f"{cr.data.name}: auto -> {decision.mask}, r={decision.r} ({decision.reason})")
+        self.say(f"{cr.data.name}: auto -> {decision.mask}, r={decision.r} ({decision.reason})")
         for det in self.o.learned:
             masks[det] = extra[det]
             self.suit.append(suitability_row(cr.data.name, det, extra[det], cr.masks, fg, 0))

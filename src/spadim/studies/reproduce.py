@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from spadim.features.extractor import ALL_COMBOS
 from .layersweep import best_rows, combo_name, compares_study_pair, correlation, figure5, table3
@@ -27,13 +26,15 @@ from spadim.run.pipeline import Settings, class_object_masks, masked_result, pre
 from spadim.report.tables import METRIC_COLUMNS, SUITABILITY_COLUMNS, with_means, write_table
 from spadim.report.figures import best_worst_gallery, plot_curves
 from spadim.run.session import (
+    QUIET,
+    Output,
     check_out_dir,
     class_summary,
     load_resumable,
     meta,
+    quiet,
     report_header,
     save_atomic,
-    say,
     start_study,
 )
 
@@ -129,8 +130,9 @@ def reproduce_class(
     out: Path,
     bar,
     auto: bool = False,
+    say=quiet,
 ) -> dict:
-    """Everything the study measures on one class; pictures are written into ``out``."""
+    """Everything the study measures on one class; pictures are written into ``out``, lines to ``say``."""
     cr = prepare_class(fx, cdir)
     notes = undefined_notes(cr.masks, cr.labels)
     for note in notes:
@@ -193,36 +195,48 @@ def run(
     multipliers=DEFAULT_MULTIPLIERS,
     command: str = "",
     auto: bool = False,
+    output: Output = QUIET,
 ) -> dict:
-    """Run (or resume) the study on ``data`` into ``out``; returns the report context.
+    """Run (or resume) the study on ``data`` into ``out``; returns the report context. Lines, tables and
+    progress go to ``output``.
 
     ``auto`` also records, per class, the ``--layers auto`` choice and its real AUPR (Table 1 keeps
     ``s.layers``)."""
     out = Path(out)
     check_out_dir(out)
     counts = image_count_check(calibrate=False, choose_layers=auto)
-    methods, class_dirs, fx = start_study(s, data, methods, classes, ALL_COMBOS, check_counts=counts)
+    methods, class_dirs, fx = start_study(
+        s, data, methods, classes, ALL_COMBOS, check_counts=counts, output=output
+    )
     sig = _signature(s, fx.weights.sha256, methods, cfgs, multipliers, auto)
     done = {c.name: load_resumable(out / "per_class" / f"{c.name}.json", sig) for c in class_dirs}
     todo = [c for c in class_dirs if done[c.name] is None]
-    say(f"{len(class_dirs) - len(todo)} of {len(class_dirs)} classes already done")
+    output.say(f"{len(class_dirs) - len(todo)} of {len(class_dirs)} classes already done")
     steps = len(ALL_COMBOS) * len(methods) + len(cfgs)
-    bar = tqdm(total=len(todo) * steps, desc="reproduce", unit="step", disable=None)
+    bar = output.bar(len(todo) * steps, "reproduce", "step")
     t0 = time.perf_counter()
     for n, cdir in enumerate(todo, start=1):
-        result = reproduce_class(fx, cdir, s, methods, cfgs, multipliers, out, bar, auto)
+        result = reproduce_class(fx, cdir, s, methods, cfgs, multipliers, out, bar, auto, output.say)
         save_atomic(out / "per_class" / f"{cdir.name}.json", {"signature": sig, **result})
         done[cdir.name] = result
         left = (time.perf_counter() - t0) / n * (len(todo) - n)
-        say(f"{cdir.name}: done; {n}/{len(todo)} classes, about {left / 60:.1f} min left")
+        output.say(f"{cdir.name}: done; {n}/{len(todo)} classes, about {left / 60:.1f} min left")
     bar.close()
-    return write_outputs(
-        out, s, fx, methods, [done[c.name] for c in class_dirs], list(cfgs), multipliers, Path(data), command
-    )
+    results = [done[c.name] for c in class_dirs]
+    return write_outputs(out, s, fx, methods, results, list(cfgs), multipliers, Path(data), command, output)
 
 
 def write_outputs(
-    out: Path, s: Settings, fx, methods, results: list[dict], detectors, multipliers, data: Path, command: str
+    out: Path,
+    s: Settings,
+    fx,
+    methods,
+    results: list[dict],
+    detectors,
+    multipliers,
+    data: Path,
+    command: str,
+    output: Output = QUIET,
 ) -> dict:
     """Tables (CSV/JSON/MD), figures and report.html from the per-class results."""
     from spadim.report.html import write_report
@@ -359,11 +373,11 @@ def write_outputs(
         ]
     write_report(out, context)
     (out / "summary.md").write_text(md)
-    print(md)
+    output.show(md)
     for r in results:
         for w in r["warnings"]:
-            say(f"warning: object mask fell back to the full frame: {w}")
-    say(
+            output.say(f"warning: object mask fell back to the full frame: {w}")
+    output.say(
         f"results in {out}/ (report.html, table1.*, layer_sweep.*, table3.*, best.*, suitability.*, "
         f"multiplier_sweep.*, figure5.png, curves/, gallery/, per_class/)"
     )
