@@ -82,13 +82,16 @@ def fit_features(
         suspects = audit(held.region_scores, names, far)
         stage.summary = f"{len(suspects)} of {len(names)} images stand apart"
     seconds = dict(stages.seconds)
-    held_sha256 = sorted({image_sha256(path, frame) for path, frame in zip(train.paths, train.images)})
+    training_sha256 = [image_sha256(path, frame) for path, frame in zip(train.paths, train.images)]
     info = {
         "images": len(train),
         "seconds": seconds,
         "layer_choice": selection.to_json() if selection else None,
         "audit": suspects,
-        "held_sha256": held_sha256,
+        "held_sha256": sorted(set(training_sha256)),
+        # where each training image was read from and its content, so a take-out can refit without one
+        "training_files": [str(Path(p).resolve()) if Path(p).is_file() else str(p) for p in train.paths],
+        "training_sha256": training_sha256,
         "held_out": {
             "images": names,
             "region_scores": held.region_scores.tolist(),

@@ -119,6 +119,14 @@ def grow_inspector(inspector: Inspector, paths: list[Path], *, keep_apart: bool 
     fit_info = inspector.meta.setdefault("fit", {})
     fit_info["held_sha256"] = sorted(held | {fresh[i][1] for i in joining})
     fit_info["images"] = (fit_info.get("images") or calibration.n_images) + len(joining)
+    # what a take-out needs to refit without one of them, and the audit of those that joined apart
+    fit_info["added"] = list(fit_info.get("added") or []) + [
+        {"image": str(fresh[i][0]), "file": str(Path(fresh[i][0]).resolve()), "sha256": fresh[i][1]}
+        for i in joining
+    ]
+    fit_info["update_audit"] = list(fit_info.get("update_audit") or []) + [
+        flagged[str(fresh[i][0])] for i in apart if i in joining
+    ]
     inspector.meta["state"] = method.state()
     inspector.meta["calibration"] = grown.to_json()
     inspector.calibration = grown
