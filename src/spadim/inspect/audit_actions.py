@@ -61,7 +61,7 @@ def audit_list(model: Path) -> list[dict]:
     for decision in decisions(model):
         last[decision["image"]] = decision
     listed = []
-    for entry in audit_entries(meta):
+    for entry in _check_audited(model, meta):
         decision = last.get(entry["image"])
         kept = decision is not None and decision["action"] == KEPT
         listed.append({**entry, "state": KEPT if kept else PENDING, "decision": decision if kept else None})
