@@ -3,7 +3,9 @@ the image's state; the CLI refuses bad input in one line before any work."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,6 +81,9 @@ def test_take_out_equals_a_fit_on_the_remaining_images(method, folders, tiny_roo
     assert entry["kind"] == "take-out" and entry["parent"] == parent and entry["id"] == version_id(model)
     assert entry["images_removed"] == [str(odd / "odd.png")] and entry["reason"] == "a defect filed as good"
     assert entry["level_before"] == level_before and entry["n_images"] == 6
+    written = json.loads(Path(f"{model}.audit.json").read_text())  # the audit file follows the version
+    assert written["images"] == sorted(str(path) for path in odd.glob("0*.png"))
+    assert str(odd / "odd.png") not in [e["image"] for e in written["flagged"]]
     gone = [e for e in audit_list(model) if e["image"] == str(odd / "odd.png")]
     assert [e["state"] for e in gone] == ["taken out"] and gone[0]["decision"]["made"] == entry["id"]
 

@@ -28,7 +28,8 @@ from spadim.record import RecordStore
 from spadim.run.calibration import DEFAULT_FOLDS, check_image_count
 from spadim.run.modelfile import load_model, write_blob
 from spadim.run.pipeline import Settings, make_extractor
-from .fitting import fit_features
+from spadim.decision.conformal import DEFAULT_FAR, DEFAULT_PIXEL_FAR
+from .fitting import fit_features, write_audit_file
 from .versions import commit_version, ensure_logged, version_id, versions_dir
 
 DECISIONS = "audit.jsonl"
@@ -191,16 +192,16 @@ def take_out(
     check_image_count(len(remaining), [method.name], f"{model} without the image(s) taken out")
     calibration = meta.get("calibration") or {}
     settings = _settings(meta, method, weights, batch_size)
-    parent = ensure_logged(
-        model,
-        lambda: {
-            "n_images": (meta.get("fit") or {}).get("images"),
-            "level_after": calibration.get("region_threshold"),
-        },
-    )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="spadim-take-out-") as scratch:
         paths = [_readable(item, store, Path(scratch), model) for item in remaining]
+        parent = ensure_logged(
+            model,
+            lambda: {
+                "n_images": (meta.get("fit") or {}).get("images"),
+                "level_after": calibration.get("region_threshold"),
+            },
+        )
         extractor = make_extractor(settings, None, [method.name])
         if extractor.weights.sha256 != meta["backbone"]["sha256"]:
             raise SpadimError(
@@ -214,10 +215,10 @@ def take_out(
             extractor,
             settings,
             method.name,
-            far=calibration.get("far", 0.05),
+            far=calibration.get("far", DEFAULT_FAR),
             folds=calibration.get("folds") if calibration.get("how") == "out-of-fold" else DEFAULT_FOLDS,
             refs=len(meta.get("ref_images", [])),
-            pixel_far=calibration.get("pixel_far", 0.01),
+            pixel_far=calibration.get("pixel_far", DEFAULT_PIXEL_FAR),
             class_name=meta.get("class_name", "good"),
             say=lambda _line: None,
         )
@@ -234,6 +235,7 @@ def take_out(
     seconds = time.perf_counter() - started
     level_before = calibration.get("region_threshold")
     write_blob(model, blob)
+    write_audit_file(model, after, fit_info)
     entry = commit_version(
         model,
         "take-out",

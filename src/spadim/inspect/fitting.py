@@ -179,19 +179,7 @@ def fit_model(
             Path(f"{out}.layers.json").write_text(
                 json.dumps(json_ready(selection.to_json()), indent=1, allow_nan=False)
             )
-        Path(f"{out}.audit.json").write_text(
-            json.dumps(
-                json_ready(
-                    {
-                        "rule": f"modified z-score of the {calibration.how} region statistic > {AUDIT_Z}",
-                        "flagged": suspects,
-                        **blob["fit"]["held_out"],
-                    }
-                ),
-                indent=1,
-                allow_nan=False,
-            )
-        )
+        write_audit_file(out, calibration, blob["fit"])
         commit_version(
             out, "fit", None, n_images=len(train), level_after=calibration.region_threshold, far=far
         )
@@ -214,6 +202,15 @@ def fit_model(
         f"[{low:.3f}, {high:.3f}] for 90% of such sets -> {out} (report: {report})"
     )
     return fitted
+
+
+def write_audit_file(out: Path, calibration: Calibration, fit_info: dict) -> Path:
+    """``MODEL.audit.json``: the audit's rule, the images it flagged and every held-out statistic."""
+    path = Path(f"{out}.audit.json")
+    rule = f"modified z-score of the {calibration.how} region statistic > {AUDIT_Z}"
+    content = {"rule": rule, "flagged": fit_info["audit"], **fit_info["held_out"]}
+    path.write_text(json.dumps(json_ready(content), indent=1, allow_nan=False))
+    return path
 
 
 def audit_line(entry: dict) -> str:
