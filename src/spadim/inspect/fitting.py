@@ -8,6 +8,7 @@ backbone once.
 from __future__ import annotations
 
 import json
+import os
 from functools import partial
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def fit_features(
         "audit": suspects,
         "held_sha256": sorted(set(training_sha256)),
         # where each training image was read from and its content, so a take-out can refit without one
-        "training_files": [str(Path(p).resolve()) if Path(p).is_file() else str(p) for p in train.paths],
+        "training_files": [os.path.abspath(p) if Path(p).is_file() else str(p) for p in train.paths],
         "training_sha256": training_sha256,
         "held_out": {
             "images": names,
