@@ -10,6 +10,7 @@ Routes (behind the API key when the server has one): ``GET /models/{name}/audit`
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cv2
@@ -27,6 +28,9 @@ THUMBNAIL = 160  # longest side of a thumbnail, pixels
 
 
 def add_audit_routes(app: FastAPI, inspectors, stores: dict) -> None:
+    # one take-out at a time per model: a second one waits and then acts on the version the first made
+    refits = {name: threading.Lock() for name in inspectors}
+
     def model_of(name: str) -> Path:
         if name not in inspectors:
             raise HTTPException(404, f"no model named {name!r}: this server has {', '.join(inspectors)}")
@@ -81,9 +85,10 @@ def add_audit_routes(app: FastAPI, inspectors, stores: dict) -> None:
         model, body = model_of(name), await body_of(request)
         lines: list[str] = []
         weights = getattr(inspectors[name], "load_options", {}).get("weights")
-        try:
-            result = await run_in_threadpool(
-                lambda: take_out(
+
+        def refit() -> dict:
+            with refits[name]:
+                result = take_out(
                     model,
                     [body["image"]],
                     reason=body.get("reason"),
@@ -91,8 +96,11 @@ def add_audit_routes(app: FastAPI, inspectors, stores: dict) -> None:
                     store=stores.get(name),
                     say=lines.append,
                 )
-            )
-            await run_in_threadpool(inspectors.reload_now, name)
+                inspectors.reload_now(name)
+                return result
+
+        try:
+            result = await run_in_threadpool(refit)
         except SpadimError as exc:
             raise HTTPException(409, str(exc)) from None
         return JSONResponse(
