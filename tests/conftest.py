@@ -41,3 +41,16 @@ def tiny_copy(tiny_root, tmp_path) -> Path:
 
 # A real PostgreSQL, started on demand by the tests that ask for it (tests/record).
 from postgres_server import fresh_postgres, postgres_url  # noqa: E402, F401
+
+
+def good_with_odd(source: Path, folder: Path) -> Path:
+    """``folder``: the good images of ``source`` plus ``odd.png``, the first one's colours inverted (a part
+    no good image resembles, filed as good), for the audit to flag."""
+    import cv2
+
+    folder.mkdir(parents=True)
+    paths = sorted(source.glob("*.png"))
+    for path in paths:
+        shutil.copy(path, folder / path.name)
+    cv2.imwrite(str(folder / "odd.png"), 255 - cv2.imread(str(paths[0])))
+    return folder

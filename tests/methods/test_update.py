@@ -115,3 +115,25 @@ def test_patchcore_update_ranks_real_hazelnut_as_a_full_fit_does():
     assert spearmanr(scores, expect_scores)[0] >= 0.99
     floor = spearmanr(reseeded.score(test, s.backbone.crop)[0].ravel(), expect.ravel())[0]
     assert spearmanr(maps.ravel(), expect.ravel())[0] >= floor - 0.005
+
+
+def test_padim_low_rank_update_grows_in_the_span_without_a_d_by_d_scatter(monkeypatch):
+    """While the form stays low-rank, an update neither rebuilds nor refactors the held images' scatter
+    (the d x d paths raise here), and its Gaussians equal a fit on all images to float32 rounding."""
+    from spadim.methods import gaussians
+
+    train, test = _fs(9, 7), _fs(3, 8)
+    options = {"layers": (1, 2, 3), "d": 12, "seed": 3, "batch": 4}
+    full = Padim(**options).fit(train)
+    grown = Padim(**options).fit(train.rows(0, 5))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a d x d scatter was built")
+
+    monkeypatch.setattr(gaussians.GaussianAccumulator, "from_gaussians", forbidden)
+    monkeypatch.setattr(gaussians.GaussianAccumulator, "low_rank_", forbidden)
+    grown.update(train.rows(5, 7)).update(train.rows(7, 9))
+    assert grown.form == "low-rank" and grown.n_train == 9 and grown.basis.shape == full.basis.shape
+    np.testing.assert_allclose(grown.mean, full.mean, rtol=1e-5, atol=1e-6)
+    expect = full.distance_grid(test)
+    np.testing.assert_allclose(grown.distance_grid(test), expect, rtol=1e-4, atol=1e-5 * float(expect.max()))

@@ -192,3 +192,17 @@ def test_audit_names_a_planted_defect_and_the_level_without_it(tmp_path):
     assert first["robust_z"] == pytest.approx(
         0.6745 * (stats[-1] - median) / np.median(np.abs(stats - median))
     )
+    # taking the plant out gives the clean fit: the same gallery and the same calibration
+    import torch
+
+    from spadim.inspect.audit_actions import take_out
+    from spadim.run.modelfile import load_model
+
+    result = take_out(tmp_path / "planted.pt", [plant.name], weights=str(CAFFE_WEIGHTS), **quiet)
+    assert result["level_after"] == reference.region_threshold
+    taken, clean_state = (
+        load_model(tmp_path / "planted.pt")[0].state(),
+        load_model(tmp_path / "clean.pt")[0].state(),
+    )
+    for key, tensor in clean_state["tensors"].items():
+        assert torch.equal(taken["tensors"][key], tensor), key

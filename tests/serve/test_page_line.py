@@ -1,6 +1,6 @@
 """The line loop on the served page, in headless Chromium (Debian's chromium and chromedriver, which
-`make test` installs): upload images, review a defect, confirm good images, update the model, and
-see the new version serve. The real CLI server runs on 127.0.0.1 on a port the OS picks, with an
+`make test` installs): upload images, review a defect, confirm good images, update the model, see the
+new version serve, then take the audit's flagged training image out and see that version serve. The real CLI server runs on 127.0.0.1 on a port the OS picks, with an
 API key, and is stopped by the test."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import FAST
+from conftest import FAST, good_with_odd
 
 from spadim.cli import main
 from spadim.inspect.versions import list_versions, version_id
@@ -54,7 +54,8 @@ def browser():
 @pytest.fixture
 def server(tiny_root, tmp_path):
     model = tmp_path / "nut.pt"
-    fit = ["fit", str(tiny_root / "nut"), "--method", "spade", "--far", "0.2", "--out", str(model)]
+    good = good_with_odd(tiny_root / "nut" / "train" / "good", tmp_path / "train")  # odd.png: audited
+    fit = ["fit", str(good), "--method", "spade", "--far", "0.2", "--out", str(model)]
     assert main([*fit, *FAST, "--layers", "1,2,3"]) == 0
     command = [sys.executable, "-u", "-c", CLI, "serve", str(model), "--port", "0", "--api-key", KEY]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -157,3 +158,29 @@ def test_review_update_and_serve_the_new_version(browser, server, tiny_root, tmp
     # the next upload is decided by the new version and recorded under it
     browser.find_element(By.ID, "files").send_keys(str(good_images[0]))
     _wait(browser, lambda d: store.count(model_version=second_version) == 1)
+    # the audit: the odd training image is listed with its thumbnail; taking it out refits on the rest
+    # (the images the update added come back from the record) and the page serves that version
+    odd = str(tmp_path / "train" / "odd.png")
+    flagged = f'#audit .audit-item[data-image="{odd}"]'
+    _wait(
+        browser, lambda d: d.find_element(By.CSS_SELECTOR, flagged).get_attribute("data-state") == "pending"
+    )
+    _wait(
+        browser,
+        lambda d: d.find_element(By.CSS_SELECTOR, f"{flagged} img").get_attribute("naturalWidth") != "0",
+    )
+    browser.find_element(By.CSS_SELECTOR, f"{flagged} button.take-out").click()
+    _wait(browser, lambda d: "took 1 image(s) out" in d.find_element(By.ID, "audit-result").text)
+    third_version = version_id(model)
+    assert third_version != second_version
+    _wait(browser, lambda d: third_version in d.find_element(By.ID, "model-info").text)
+    entry = list_versions(model)[-1]
+    assert (
+        entry["kind"] == "take-out" and entry["parent"] == second_version and entry["images_removed"] == [odd]
+    )
+    assert entry["n_images"] == 6 + len(good_images)  # the fit's six and the update's, without odd.png
+    _wait(
+        browser, lambda d: d.find_element(By.CSS_SELECTOR, flagged).get_attribute("data-state") == "taken out"
+    )
+    browser.find_element(By.ID, "files").send_keys(str(good_images[1]))
+    _wait(browser, lambda d: store.count(model_version=third_version) == 1)

@@ -156,7 +156,42 @@ def cmd_level(a) -> None:
     set_level(a.model, a.far, a.reason, store)
 
 
+def cmd_audit(a) -> None:
+    """List the audited training images with their state; keep one, or take it out (a refit)."""
+    from spadim.inspect.audit_actions import audit_line, audit_list, keep, take_out
+
+    if a.take_out and a.keep:
+        raise SpadimError("give --take-out IMAGE or --keep IMAGE, not both")
+    listed = audit_list(a.model)  # a foreign or unaudited model fails here, before any work
+    if a.take_out or a.keep:
+        store = _store(a.record) if a.record else None
+        if a.keep:
+            for record in keep(a.model, a.keep, reason=a.reason, store=store):
+                print(f"{a.model}: {record['image']} kept (version {record['version']} unchanged)")
+        else:
+            take_out(a.model, a.take_out, reason=a.reason, weights=a.weights, store=store)
+        return
+    if not listed:
+        print(f"{a.model}: no good image stood apart when it was fitted or updated")
+    for entry in listed:
+        print(audit_line(entry))
+
+
 def add_line_commands(sub) -> None:
+    p = sub.add_parser(
+        "audit",
+        help="the good images the audit flagged: list them, keep one, or take it out (a new version)",
+    )
+    p.add_argument("model", type=Path)
+    p.add_argument(
+        "--take-out", nargs="+", default=None, metavar="IMAGE", help="refit without these training images"
+    )
+    p.add_argument("--keep", nargs="+", default=None, metavar="IMAGE", help="keep these flagged images")
+    p.add_argument("--reason", default=None, help="kept in the decision log (and the version log)")
+    p.add_argument("--record", default=None, metavar="STORE", help="also log the decision in this record")
+    p.add_argument("--weights", default=None, help="checkpoint the model was fitted with")
+    p.set_defaults(func=cmd_audit)
+
     p = sub.add_parser("level", help="change a model's decision level (another far), with the reason kept")
     p.add_argument("model", type=Path)
     p.add_argument("--far", type=float, required=True, help="the new false-alarm rate")

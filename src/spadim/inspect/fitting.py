@@ -8,6 +8,7 @@ backbone once.
 from __future__ import annotations
 
 import json
+import os
 from functools import partial
 from pathlib import Path
 
@@ -82,13 +83,16 @@ def fit_features(
         suspects = audit(held.region_scores, names, far)
         stage.summary = f"{len(suspects)} of {len(names)} images stand apart"
     seconds = dict(stages.seconds)
-    held_sha256 = sorted({image_sha256(path, frame) for path, frame in zip(train.paths, train.images)})
+    training_sha256 = [image_sha256(path, frame) for path, frame in zip(train.paths, train.images)]
     info = {
         "images": len(train),
         "seconds": seconds,
         "layer_choice": selection.to_json() if selection else None,
         "audit": suspects,
-        "held_sha256": held_sha256,
+        "held_sha256": sorted(set(training_sha256)),
+        # where each training image was read from and its content, so a take-out can refit without one
+        "training_files": [os.path.abspath(p) if Path(p).is_file() else str(p) for p in train.paths],
+        "training_sha256": training_sha256,
         "held_out": {
             "images": names,
             "region_scores": held.region_scores.tolist(),
@@ -176,19 +180,7 @@ def fit_model(
             Path(f"{out}.layers.json").write_text(
                 json.dumps(json_ready(selection.to_json()), indent=1, allow_nan=False)
             )
-        Path(f"{out}.audit.json").write_text(
-            json.dumps(
-                json_ready(
-                    {
-                        "rule": f"modified z-score of the {calibration.how} region statistic > {AUDIT_Z}",
-                        "flagged": suspects,
-                        **blob["fit"]["held_out"],
-                    }
-                ),
-                indent=1,
-                allow_nan=False,
-            )
-        )
+        write_audit_file(out, calibration, blob["fit"])
         commit_version(
             out, "fit", None, n_images=len(train), level_after=calibration.region_threshold, far=far
         )
@@ -211,6 +203,15 @@ def fit_model(
         f"[{low:.3f}, {high:.3f}] for 90% of such sets -> {out} (report: {report})"
     )
     return fitted
+
+
+def write_audit_file(out: Path, calibration: Calibration, fit_info: dict) -> Path:
+    """``MODEL.audit.json``: the audit's rule, the images it flagged and every held-out statistic."""
+    path = Path(f"{out}.audit.json")
+    rule = f"modified z-score of the {calibration.how} region statistic > {AUDIT_Z}"
+    content = {"rule": rule, "flagged": fit_info["audit"], **fit_info["held_out"]}
+    path.write_text(json.dumps(json_ready(content), indent=1, allow_nan=False))
+    return path
 
 
 def audit_line(entry: dict) -> str:

@@ -9,6 +9,7 @@ the caller keeps it. The result is a new immutable version (:mod:`.versions`).
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -119,6 +120,14 @@ def grow_inspector(inspector: Inspector, paths: list[Path], *, keep_apart: bool 
     fit_info = inspector.meta.setdefault("fit", {})
     fit_info["held_sha256"] = sorted(held | {fresh[i][1] for i in joining})
     fit_info["images"] = (fit_info.get("images") or calibration.n_images) + len(joining)
+    # what a take-out needs to refit without one of them, and the audit of those that joined apart
+    fit_info["added"] = list(fit_info.get("added") or []) + [
+        {"image": str(fresh[i][0]), "file": os.path.abspath(fresh[i][0]), "sha256": fresh[i][1]}
+        for i in joining
+    ]
+    fit_info["update_audit"] = list(fit_info.get("update_audit") or []) + [
+        flagged[str(fresh[i][0])] for i in apart if i in joining
+    ]
     inspector.meta["state"] = method.state()
     inspector.meta["calibration"] = grown.to_json()
     inspector.calibration = grown

@@ -178,6 +178,48 @@ class GaussianAccumulator:
         return acc
 
 
+def grow_low_rank(
+    mean: torch.Tensor,
+    n: int,
+    eps: float,
+    low_rank: tuple[torch.Tensor, torch.Tensor],
+    new: torch.Tensor,
+    new_eps: float,
+    chunk: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The low-rank form of ``n`` images (``mean`` [L, d], basis [L, r, d], precisions [L, r]) grown by the
+    ``new`` [m, L, d] vectors: (mean, basis [L, n + m - 1, d], precisions). Exact: the new scatter
+    ``S + sum (x - mu')(x - mu')^T + n (mu - mu')(mu - mu')^T`` lies in the span of the old eigenvectors, the
+    new deviations and the mean's shift, so its eigenpairs come from an (n + m) x (n + m) matrix per
+    position, never a d x d one (float64 throughout, stored as float32 as a fit stores them)."""
+    total = n + len(new)
+    rank = total - 1
+    positions, d = mean.shape
+    old_mean = mean.double()
+    new_mean = (old_mean * n + new.double().sum(0)) / total
+    basis = torch.empty(positions, rank, d)
+    precisions = torch.empty(positions, rank)
+
+    def grow(start: int) -> None:
+        sl = slice(start, start + chunk)
+        vectors = low_rank[0][sl].double()  # [c, r, d]
+        scatter_values = (1.0 / low_rank[1][sl].double() - eps).clamp_min(0) * (n - 1)  # [c, r]
+        centre = new_mean[sl]
+        shift = (old_mean[sl] - centre) * n**0.5
+        deviations = torch.cat([(new[:, sl].double() - centre).transpose(0, 1), shift[:, None]], 1)
+        span = torch.linalg.qr(torch.cat([vectors, deviations], 1).transpose(1, 2)).Q  # [c, d, k]
+        old_coords, new_coords = vectors @ span, deviations @ span  # [c, r, k], [c, m + 1, k]
+        small = old_coords.transpose(1, 2) @ (scatter_values[:, :, None] * old_coords)
+        small.baddbmm_(new_coords.transpose(1, 2), new_coords)
+        values, eigenvectors = torch.linalg.eigh(small)
+        values, eigenvectors = values[:, -rank:].clamp_min(0), eigenvectors[:, :, -rank:]
+        basis[sl] = (span @ eigenvectors).transpose(1, 2).float()
+        precisions[sl] = (1.0 / (values / (total - 1) + new_eps)).float()
+
+    per_worker(grow, range(0, positions, chunk))
+    return new_mean.float(), basis, precisions
+
+
 def gram_inverse_factors(centred: torch.Tensor, eps: float, chunk: int = 256) -> torch.Tensor:
     """[L, N, N] float64 inverse of the lower Cholesky factor of ``Xc Xc^T + eps (N - 1) I`` per position
     (``centred`` [L, N, d]): with it ``u^T (eps (N - 1) I + Xc Xc^T)^-1 u = |G^-1 u|^2`` (the Woodbury form)."""

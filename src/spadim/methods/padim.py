@@ -31,8 +31,10 @@ runtime (CPU, GPU, ONNX):
   eigenpairs (rank 64 plus an isotropic rest, as probabilistic PCA) cost 0.18 pixel AUPR on
   hazelnut with 400 (augmented) images.
 
-:meth:`Padim.update` adds images exactly: the scatter is rebuilt from either form, the new images'
-sums added, and the Gaussians refactored (:meth:`.gaussians.GaussianAccumulator.from_gaussians`).
+:meth:`Padim.update` adds images exactly. A low-rank form that stays low-rank grows in the span of its
+eigenvectors and the new images' deviations (:func:`.gaussians.grow_low_rank`): an (N + m)-square
+eigenproblem per position, nothing d x d. Otherwise the scatter is rebuilt from the stored form, the
+new images' sums added and the Gaussians refactored (:meth:`.gaussians.GaussianAccumulator.from_gaussians`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from .gaussians import (
     GaussianAccumulator,
     empty_panels,
     gram_inverse_factors,
+    grow_low_rank,
     per_worker,
     read_panels,
     write_panels,
@@ -254,13 +257,26 @@ class Padim(Method):
 
     def update(self, fs: FeatureSet) -> "Padim":
         """Add the images ``fs`` exactly: the Gaussians become those of a fit on the old and new images
-        together (the scatter rebuilt from the stored form, the new sums added, refactored)."""
+        together. A low-rank form that stays low-rank grows within the span of its eigenvectors and the new
+        images (:func:`.gaussians.grow_low_rank`); otherwise the scatter is rebuilt from the stored form,
+        the new sums added and the Gaussians refactored, as a fit of that size would."""
         if self.n_train is None:
             raise SpadimError(
                 "this PaDiM model does not record how many images it holds (written by an older spadim): "
                 "fit it again to update it"
             )
         low_rank = (self.basis, self.precisions) if self.form == "low-rank" else None
+        rank_after = min(self.n_train + len(fs) - 1, len(self.idx))
+        if low_rank is not None and rank_after <= self.config.max_rank and rank_after < len(self.idx):
+            selection = self._selection(fs)
+            with torch.inference_mode():
+                new = torch.cat([selection(part.layers) for part in fs.batches(self.config.batch)])
+                self.mean, self.basis, self.precisions = grow_low_rank(
+                    self.mean, self.n_train, self.eps, low_rank, new, EPS
+                )
+            self.eps, self.n_train = EPS, self.n_train + len(fs)
+            self._refitted()
+            return self
         with torch.inference_mode():
             sums = GaussianAccumulator.from_gaussians(
                 self.mean, self.n_train, self.eps, low_rank, self.inverse_panels

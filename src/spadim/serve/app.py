@@ -39,6 +39,7 @@ from spadim.errors import SpadimError
 from spadim.inspect import Inspector, OperatingPoint
 from spadim.decision.conformal import check_far
 from spadim.record import RecordStore, decision_row, review_picture, sha256_bytes
+from .audit import add_audit_routes
 from .line import LineMetrics, add_line_routes
 from .versions import ModelSlots
 
@@ -211,6 +212,7 @@ def create_app(
     stores = {name: (stores or {}).get(name) for name in inspectors}
     metrics = LineMetrics()
     add_line_routes(app, inspectors, stores, metrics, default_model)
+    add_audit_routes(app, inspectors, stores)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
