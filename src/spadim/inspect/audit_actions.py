@@ -23,6 +23,7 @@ from pathlib import Path
 
 from spadim.errors import SpadimError
 from spadim.features.backbone import file_sha256
+from spadim.features.config import BackboneConfig
 from spadim.features.extractor import combo_name
 from spadim.record import RecordStore
 from spadim.run.calibration import DEFAULT_FOLDS, check_image_count
@@ -321,17 +322,19 @@ def _settings(meta: dict, method, weights: str | None, batch_size: int) -> Setti
     """The run settings the model was fitted with, as far as its file records them."""
     backbone, pre = meta["backbone"], meta["preprocess"]
     random = backbone.get("source") == "random"
-    seed = int(backbone["sha256"].removeprefix("random-seed")) if random else getattr(method, "seed", 0)
     layers = method.fitted_layers()
-    return Settings(
+    network = BackboneConfig(
         arch=backbone["arch"],
         weights="random" if random else weights,
         resize=pre["resize"],
         crop=pre["crop"],
         frame=pre.get("frame", "crop"),
+        batch_size=batch_size,
+    )
+    return Settings(
+        backbone=network,
+        configs={method.name: method.with_layers(layers)},  # its options (its seed too) as fitted
         layers=layers,
         layers_given=True,
-        seed=seed,
-        batch_size=batch_size,
-        prototype=method.with_layers(layers),
+        seed=int(backbone["sha256"].removeprefix("random-seed")) if random else Settings.seed,
     )
