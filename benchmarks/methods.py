@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import fields
 from pathlib import Path
 
 from .common import _Clock, _TimedExtractor, _TimedMethod, _peak_rss_gib, _settings
@@ -32,14 +33,17 @@ def _method_child(cfg: dict, method: str) -> dict:
     fx = _TimedExtractor(raw, clock)
     searches = []  # the search objects only: holding the fitted method would keep PaDiM's Gaussians alive
 
-    def timed_method(name, layers=None):
-        method = Settings.method(s, name, layers)
-        searches.append(getattr(method, "search", None))
-        return _TimedMethod(method, clock)
+    class TimedSettings(Settings):
+        """The run's settings whose every new method reports its fit and scoring to the clock."""
 
-    s.method = timed_method
+        def method(self, name, layers=None):
+            fitted = super().method(name, layers)
+            searches.append(getattr(fitted, "search", None))
+            return _TimedMethod(fitted, clock)
+
+    timed = TimedSettings(**{f.name: getattr(s, f.name) for f in fields(s)})
     t0 = time.perf_counter()
-    run, metrics = evaluate_class(fx, Path(cfg["class_dir"]), s, [method])
+    run, metrics = evaluate_class(fx, Path(cfg["class_dir"]), timed, [method])
     total = time.perf_counter() - t0
     one_image = load_class(Path(cfg["class_dir"])).test[:1]
     backbone_one = []

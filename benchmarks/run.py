@@ -226,9 +226,9 @@ def main(argv=None) -> dict:
     cfg = {
         "arch": args.arch,
         "weights": weights,
-        "resize": args.backbone.crop * 8 // 7,
-        "crop": args.backbone.crop,
-        "batch_size": args.backbone.batch_size,
+        "resize": args.crop * 8 // 7,
+        "crop": args.crop,
+        "batch_size": args.batch_size,
         "class_dir": str(main_cls),
     }
     s = Settings(
@@ -241,11 +241,11 @@ def main(argv=None) -> dict:
         "weights": kind,
         "weights_source": weights if kind == "imagenet" else "random",
         "image_size": args.size,
-        "crop": args.backbone.crop,
+        "crop": args.crop,
         "resize": cfg["resize"],
         "padim_d": s.config("padim").d,
         "k": s.config("spade").k,
-        "batch_size": args.backbone.batch_size,
+        "batch_size": args.batch_size,
         "stream_size": s.stream_size,
         "cases": cases,
         "n_train": args.n_train,
