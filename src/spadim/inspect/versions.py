@@ -9,6 +9,7 @@ record names the version that decided (``Inspector.model_version``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -43,22 +44,34 @@ def current_version(model: Path) -> dict | None:
     return next((entry for entry in reversed(list_versions(model)) if entry["id"] == found), None)
 
 
+def _copy_hashing(source: Path, target: Path) -> str:
+    """Copy ``source`` to ``target`` and return the SHA-256 of the bytes copied (4 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as reader, open(target, "wb") as writer:
+        for block in iter(lambda: reader.read(1 << 22), b""):
+            digest.update(block)
+            writer.write(block)
+    return digest.hexdigest()
+
+
 def commit_version(model: Path, kind: str, parent: str | None, **details) -> dict:
     """Log the file now at ``model`` as a new version and keep an immutable copy of it."""
     model = Path(model)
     folder = versions_dir(model)
     folder.mkdir(parents=True, exist_ok=True)
+    staged = folder / f"staged.tmp{os.getpid()}"
+    digest = _copy_hashing(model, staged)  # one read: the kept copy is exactly the bytes its id names
     entry = {
-        "id": version_id(model),
+        "id": digest[:16],
         "parent": parent,
         "kind": kind,
         "created_at": datetime.now(timezone.utc).isoformat(),
         **details,
     }
     kept = folder / f"{entry['id']}.pt"
-    if not kept.is_file():
-        staged = kept.with_name(kept.name + f".tmp{os.getpid()}")
-        shutil.copyfile(model, staged)
+    if kept.is_file():
+        staged.unlink()
+    else:
         staged.replace(kept)
     with open(folder / LOG, "a") as log:
         log.write(json.dumps(entry) + "\n")
