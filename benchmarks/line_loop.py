@@ -101,6 +101,10 @@ def update_vs_refit(method: str, work: Path, far: float = 0.05) -> dict:
         "max_relative_difference": relative,
         "spearman": {key: float(spearmanr(a[key], b[key])[0]) for key in ("score", "region_score")},
         "decisions_agree": float(np.mean(a["decision"] == b["decision"])),
+        # the grown model's scores judged at the refit's level: what is left once the levels are equal
+        "decisions_agree_at_refit_level": float(
+            np.mean((a["region_score"] > b["level"]) == (b["decision"] == "defect"))
+        ),
         "levels": {"updated": a["level"], "refit": b["level"]},
         "versions": len(list_versions(grown)),
         "audit_flagged_while_updating": flagged,
