@@ -55,7 +55,7 @@ def cmd_weights(a) -> None:
     """
     if a.first:
         archs = parse_list(
-            a.first, "architecture", "--first", ARCHS, example="wide_resnet50_2,resnet50_caffe"
+            a.first, "architecture", "first", ARCHS, example="wide_resnet50_2,resnet50_caffe"
         )
         reasons = []
         for arch in archs:
@@ -110,7 +110,7 @@ def _class_runner(a):
 
 
 def cmd_fit(a) -> None:
-    (method_name,) = parse_methods(a.method)
+    (method_name,) = parse_methods(a.method, "method")
     if a.per_class:
         runner = None
         if a.ray is not None:
