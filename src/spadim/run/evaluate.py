@@ -283,9 +283,7 @@ def evaluate_source(fx, source, s: Settings, plan: ClassPlan, out: Path, say=qui
     if s.auto_layers:  # choose per method from the training images, then refit on all of them
         run, metrics, sels = layerchoice.evaluate_auto(fx, source, s, methods, observer=planner)
         choices = _choice_rows(run.data.name, sels)
-        say(
-            f"{run.data.name}: layers auto chose " + ", ".join(f"{m} {sel.name}" for m, sel in sels.items())
-        )
+        say(f"{run.data.name}: layers auto chose " + ", ".join(f"{m} {sel.name}" for m, sel in sels.items()))
     else:
         run, metrics = evaluate_class(
             fx, source, s, methods, observer=planner, hold_train=plan.far is not None

@@ -79,7 +79,9 @@ def check_out_file(path: Path, name: str = "out") -> None:
     """Output file (a model): must not be a folder, and its folder must be creatable."""
     path = Path(path)
     if path.is_dir():
-        raise SpadimError(f"`{name}={path}` is a folder: give a file name for the model, e.g. {path / 'm.pt'}")
+        raise SpadimError(
+            f"`{name}={path}` is a folder: give a file name for the model, e.g. {path / 'm.pt'}"
+        )
     _existing_ancestor(path.parent, name)
 
 

@@ -46,7 +46,9 @@ def connect(address: str | None = LOCAL, cpus: int | None = None):
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         except ConnectionError as exc:
-            raise SpadimError(f"no Ray cluster answers at {address!r} ({exc}): start one with `ray start` or give its address") from None
+            raise SpadimError(
+                f"no Ray cluster answers at {address!r} ({exc}): start one with `ray start` or give its address"
+            ) from None
     return ray
 
 
