@@ -27,7 +27,9 @@ def _message_nodes(tree: ast.AST):
     for node in ast.walk(tree):
         if isinstance(node, ast.Raise) and node.exc is not None:
             yield node.exc
-        elif isinstance(node, ast.Call) and (_called(node).endswith(("Error", "Exception", "Refused")) or _called(node) == "say"):
+        elif isinstance(node, ast.Call) and (
+            _called(node).endswith(("Error", "Exception", "Refused")) or _called(node) == "say"
+        ):
             yield node
 
 
