@@ -248,6 +248,13 @@ def drive(driver, url: str, images: list[Path], screenshot: Path) -> list[str]:
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(screenshot))
     seen.append(f"screenshot: {screenshot}")
+    review = screenshot.with_name(screenshot.stem + "-review.png")
+    driver.execute_script("document.getElementById('line').scrollIntoView()")
+    WebDriverWait(driver, 30).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#line img"), "the record shows no overlay"
+    )
+    driver.save_screenshot(str(review))
+    seen.append(f"screenshot of the record: {review}")
     return seen
 
 
@@ -267,7 +274,8 @@ def main() -> int:
         scratch = Path(scratch)
         model, images, flags = prepare(args, scratch)
         images = named_by_folder(images, scratch / "uploads")
-        server, url, log = start_server(model, flags)
+        # a fresh record each run: the page's record and watch show this run's decisions only
+        server, url, log = start_server(model, [*flags, "--record", str(scratch / "record.sqlite")])
         driver = None
         try:
             say(f"server at {url}")

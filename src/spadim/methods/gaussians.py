@@ -26,6 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 PANELS = 8  # column panels of W^T: 4 to 11 measured alike; 8 keep 56% of the dense matrix
+#: positions per block of the scatter: each block is factorised, then freed, so the float32 scatter
+#: (3.9 GB at d = 550 and 56 x 56 positions) and the form it becomes are never both whole in memory
+BLOCK = 32
 
 
 def panel_bounds(d: int, panels: int = PANELS) -> list[tuple[int, int]]:
@@ -83,17 +86,24 @@ class GaussianAccumulator:
 
     def __init__(self):
         self.n = 0
-        self.shift = self.total = self.outer = None
+        self.shift = self.total = None
+        self.outer: list[torch.Tensor | None] | None = None  # [BLOCK, d, d] scatter blocks, in order
+
+    @staticmethod
+    def _blocks(positions: int, d: int, make=torch.zeros) -> list[torch.Tensor]:
+        return [make(min(BLOCK, positions - start), d, d) for start in range(0, positions, BLOCK)]
 
     def add(self, x: torch.Tensor) -> None:
         if self.shift is None:
             self.shift = x.mean(0)
             _, positions, d = x.shape
             self.total = torch.zeros(positions, d, dtype=torch.float64)
-            self.outer = torch.zeros(positions, d, d)
+            self.outer = self._blocks(positions, d)
         centred = (x - self.shift).transpose(0, 1)  # [L, n, d]
         self.total += centred.sum(1, dtype=torch.float64)
-        self.outer.baddbmm_(centred.transpose(1, 2), centred)
+        for i, block in enumerate(self.outer):
+            part = centred[i * BLOCK : (i + 1) * BLOCK]
+            block.baddbmm_(part.transpose(1, 2), part)
         self.n += len(x)
 
     def mean(self) -> torch.Tensor:
@@ -101,29 +111,34 @@ class GaussianAccumulator:
 
     def covariance(self, positions: slice) -> torch.Tensor:
         """float64 sample covariances (divisor N - 1) at ``positions``, without the regulariser."""
-        m = self.total[positions] / self.n
-        cov = self.outer[positions].double().baddbmm_(m[:, :, None], m[:, None, :], alpha=-self.n)
+        start, stop, _ = positions.indices(len(self.total))
+        first, last = start // BLOCK, (stop - 1) // BLOCK
+        held = self.outer[first] if first == last else torch.cat(self.outer[first : last + 1])
+        m = self.total[start:stop] / self.n
+        scatter = held[start - first * BLOCK : stop - first * BLOCK].double()
+        cov = scatter.baddbmm_(m[:, :, None], m[:, None, :], alpha=-self.n)
         return cov.mul_(1.0 / max(self.n - 1, 1))
 
-    def inverse_factors_(self, eps: float, chunk: int = 32) -> list[torch.Tensor]:
+    def inverse_factors_(self, eps: float) -> list[torch.Tensor]:
         """The panels (:func:`panel_bounds`) of float32 ``W^T``, ``W = L^-1`` for the lower Cholesky factor L
-        of cov + eps I (both in float64), computed in chunks of positions."""
+        of cov + eps I (both in float64), block by block, each scatter block freed once factorised."""
         positions, d = self.total.shape
         identity = torch.eye(d, dtype=torch.float64)
         panels = empty_panels(positions, d)
 
         def factorise(start: int) -> None:
-            sl = slice(start, start + chunk)
+            sl = slice(start, start + BLOCK)
             cov = self.covariance(sl)
+            self.outer[start // BLOCK] = None
             cov.diagonal(dim1=1, dim2=2).add_(eps)
             inverse = torch.linalg.solve_triangular(torch.linalg.cholesky(cov), identity, upper=False)
             write_panels(panels, sl, inverse.transpose(1, 2).float())
 
-        per_worker(factorise, range(0, positions, chunk))
+        per_worker(factorise, range(0, positions, BLOCK))
         self.outer = None
         return panels
 
-    def low_rank_(self, eps: float, rank: int, seed: int = 0, chunk: int = 32):
+    def low_rank_(self, eps: float, rank: int, seed: int = 0):
         """(V^T [L, rank, d], 1 / (lambda + eps) [L, rank]): ``C^-1 = I / eps + V diag(1 / (lambda + eps) - 1 / eps)
         V^T``, exact when every covariance has rank <= ``rank`` (N - 1 images): the range of a seeded
         Gaussian sketch with 8 extra columns, refined once, holds the whole range, and the eigenpairs
@@ -134,21 +149,22 @@ class GaussianAccumulator:
         sketch = torch.randn(d, rank + 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
         def decompose(start: int) -> None:
-            sl = slice(start, start + chunk)
+            sl = slice(start, start + BLOCK)
             cov = self.covariance(sl)
+            self.outer[start // BLOCK] = None
             range_ = torch.linalg.qr(cov @ torch.linalg.qr(cov @ sketch).Q).Q
             values, vectors = torch.linalg.eigh(range_.transpose(1, 2) @ cov @ range_)
             values, vectors = values[:, -rank:].clamp_min(0), vectors[:, :, -rank:]
             basis[sl] = (range_ @ vectors).transpose(1, 2).float()
             precisions[sl] = (1.0 / (values + eps)).float()
 
-        per_worker(decompose, range(0, positions, chunk))
+        per_worker(decompose, range(0, positions, BLOCK))
         self.outer = None
         return basis, precisions
 
     @classmethod
     def from_gaussians(
-        cls, mean: torch.Tensor, n: int, eps: float, low_rank=None, panels=None, chunk: int = 32
+        cls, mean: torch.Tensor, n: int, eps: float, low_rank=None, panels=None
     ) -> "GaussianAccumulator":
         """The sums of ``n`` images whose Gaussians are ``mean`` [L, d] and either ``low_rank`` (basis,
         precisions) or the ``panels`` of W^T: the scatter ``(n - 1) C`` around the mean, rebuilt in float64
@@ -157,11 +173,11 @@ class GaussianAccumulator:
         positions, d = mean.shape
         acc.n, acc.shift = n, mean.clone()
         acc.total = torch.zeros(positions, d, dtype=torch.float64)
-        acc.outer = torch.empty(positions, d, d)
+        acc.outer = cls._blocks(positions, d, torch.empty)
         identity = torch.eye(d, dtype=torch.float64)
 
         def rebuild(start: int) -> None:
-            sl = slice(start, start + chunk)
+            sl = slice(start, start + BLOCK)
             if low_rank is not None:
                 basis, precisions = low_rank[0][sl].double(), low_rank[1][sl].double()
                 values = (1.0 / precisions - eps).clamp_min(0) * (n - 1)
@@ -172,9 +188,9 @@ class GaussianAccumulator:
                 scatter = factor @ factor.transpose(1, 2)
                 scatter.diagonal(dim1=1, dim2=2).sub_(eps)
                 scatter.mul_(n - 1)
-            acc.outer[sl] = scatter.float()
+            acc.outer[start // BLOCK] = scatter.float()
 
-        per_worker(rebuild, range(0, positions, chunk))
+        per_worker(rebuild, range(0, positions, BLOCK))
         return acc
 
 

@@ -9,7 +9,9 @@ import numpy as np
 from .store import RecordStore
 from .watch import ALPHA, watch_drift, watch_false_alarms, what_if
 
-RECENT = 500  # the drift check looks at this many newest decisions of the model version
+RECENT = (
+    500  # the drift check looks at this many newest decisions of the model version (less confirmed defects)
+)
 
 
 def line_status(
@@ -30,7 +32,11 @@ def line_status(
     flagged = sum(row["decision"] == "defect" for row in good)
     false_alarms = watch_false_alarms(flagged, len(good), far, alpha)
     newest = store.query(model_version=model_version, limit=recent, newest_first=True)
-    scores = np.array([row["region_score"] for row in reversed(newest)], dtype=np.float64)
+    # a defect an operator confirmed is explained, not drift; undecided and unreviewed ones stay in, so a
+    # drift that lifts good parts above the level is still seen
+    scores = np.array(
+        [row["region_score"] for row in reversed(newest) if row["verdict"] != "defect"], dtype=np.float64
+    )
     drift = watch_drift(np.asarray(reference, dtype=np.float64), scores[np.isfinite(scores)], alpha)
     candidates = {"in force": level, **(levels or {})}
     rows = what_if(
