@@ -1,4 +1,4 @@
-"""The one parser for comma-separated command-line lists (layers, methods, detectors, classes, numbers)."""
+"""The one parser for comma-separated lists (layers, methods, detectors, classes, numbers)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ T = TypeVar("T")
 def parse_list(
     text: str | Iterable,
     what: str,
-    flag: str,
+    name: str,
     choices: Sequence | None = None,
     convert: Callable[[str], T] = str.strip,
     example: str = "",
@@ -20,25 +20,26 @@ def parse_list(
     """'a, b' -> ['a', 'b'] in the given order.
 
     Empty lists, values ``convert`` rejects, values outside ``choices`` and repeated
-    values raise SpadimError naming the flag: a repeated class would be counted twice in
-    a mean, so it is an error rather than silently merged.
+    values raise SpadimError naming the parameter ``name`` (written `name`, which the command
+    line shows as its flag): a repeated class would be counted twice in a mean, so it is an
+    error rather than silently merged.
     """
     items = [str(i).strip() for i in (text.split(",") if isinstance(text, str) else text)]
     items = [i for i in items if i]
-    hint = f" (e.g. {flag} {example})" if example else ""
+    hint = f" (e.g. `{name}={example}`)" if example else ""
     if not items:
-        raise SpadimError(f"{flag} is empty: give a comma-separated list of {what}s{hint}")
+        raise SpadimError(f"`{name}` is empty: give a comma-separated list of {what}s{hint}")
     values = []
     for item in items:
         try:
             value = convert(item)
         except ValueError:
-            raise SpadimError(f"{item!r} is not a valid {what} in {flag}{hint}") from None
+            raise SpadimError(f"{item!r} is not a valid {what} in `{name}`{hint}") from None
         if choices is not None and value not in choices:
             raise SpadimError(
-                f"unknown {what} {item!r} in {flag}: choose from {', '.join(map(str, choices))}{hint}"
+                f"unknown {what} {item!r} in `{name}`: choose from {', '.join(map(str, choices))}{hint}"
             )
         if value in values:
-            raise SpadimError(f"{what} {item!r} is given twice in {flag}: list each {what} once{hint}")
+            raise SpadimError(f"{what} {item!r} is given twice in `{name}`: list each {what} once{hint}")
         values.append(value)
     return values

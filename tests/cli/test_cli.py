@@ -612,3 +612,21 @@ def test_object_mask_below_one_scales_only_outside_and_padim_score_follows(tiny_
     ]
     by_name = {r["image"]: r["score"] for r in records}
     np.testing.assert_allclose([by_name[str(p)] for p in images], masked_scores, rtol=1e-5)
+
+
+def test_library_errors_reach_the_terminal_with_the_flags_to_type(tiny_root, tmp_path, capsys):
+    """The library says `weights=random` and `far=0.01`; the command line shows --weights and --far."""
+    good = tiny_root / "tile" / "train" / "good"
+    missing = tmp_path / "no_such_weights"
+    assert _run("fit", good, "--out", tmp_path / "m.pt", "--weights", missing) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"spadim: error: weights path {missing} does not exist: give a checkpoint file or folder, "
+        f"or --weights random"
+    ]
+    assert _run("fit", good, "--out", tmp_path / "m.pt", "--far", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "spadim: error: --far must be a false-alarm rate between 0 and 1, exclusive (got 2.0): e.g. --far 0.01"
+    ]
+    assert not (tmp_path / "m.pt").exists()

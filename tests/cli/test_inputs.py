@@ -48,10 +48,10 @@ def test_layers_parse_as_printed_and_as_listed(text, layers):
 
 
 def test_fit_accepts_the_layers_it_printed(tiny_root, tmp_path, capsys):
-    """``--layers auto chose X`` on stderr; ``--layers X`` then fits exactly those layers."""
+    """``layers auto chose X`` on stderr; ``--layers X`` then fits exactly those layers."""
     data = tiny_root / "nut"
     assert _run("fit", data, "--method", "padim", "--out", tmp_path / "auto.pt", *FAST) == 0
-    printed = re.search(r"--layers auto chose (\S+) for padim", capsys.readouterr().err).group(1)
+    printed = re.search(r"layers auto chose (\S+) for padim", capsys.readouterr().err).group(1)
     assert "+" in printed or printed in "1234"
     assert (
         _run("fit", data, "--method", "padim", "--out", tmp_path / "given.pt", *FAST, "--layers", printed)

@@ -119,7 +119,7 @@ def test_load_plain_missing_mask_names_image_and_expected_paths(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and str(test / "scratch" / "1.png") in msg
     assert str(masks / "scratch" / "1.png") in msg and str(masks / "scratch" / "1_mask.png") in msg
-    assert "drop --masks" in msg
+    assert "drop `masks_dir`" in msg
 
 
 def test_load_plain_two_matching_masks_are_refused(tmp_path):
@@ -135,11 +135,11 @@ def test_load_plain_bad_layouts(tmp_path):
     with pytest.raises(SpadimError, match=r"loose\.png is directly in .*move it to .*good"):
         load_plain(train, test)
     (test / "loose.png").unlink()
-    with pytest.raises(SpadimError, match="--test .*nope does not exist"):
+    with pytest.raises(SpadimError, match="`test_dir=.*nope` does not exist"):
         load_plain(train, tmp_path / "nope")
     with pytest.raises(SpadimError, match="overlap"):
         load_plain(tmp_path / "line3", test)
-    with pytest.raises(SpadimError, match="--masks .* lies inside"):
+    with pytest.raises(SpadimError, match="`masks_dir=.*` lies inside"):
         load_plain(train, test, test / "crack")
     empty = tmp_path / "empty_train"
     empty.mkdir()

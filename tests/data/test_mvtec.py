@@ -132,7 +132,7 @@ def test_check_class_decodes_images_and_masks(tiny_copy):
 def test_classes_of_a_class_folder(tiny_root):
     nut = tiny_root / "nut"
     assert find_classes(nut, "nut") == [nut]
-    with pytest.raises(SpadimError, match="--classes names 'tile' but .* is the class folder 'nut'"):
+    with pytest.raises(SpadimError, match="`classes` names 'tile' but .* is the class folder 'nut'"):
         find_classes(nut, "tile")
     with pytest.raises(SpadimError, match="given twice"):
         find_classes(nut, "nut,nut")

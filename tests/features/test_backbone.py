@@ -82,7 +82,7 @@ def test_folder_lookup_and_hash_check_apply_to_every_arch(tmp_path):
 def test_missing_corrupt_and_mismatched_checkpoints(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     monkeypatch.delenv("SPADIM_WEIGHTS", raising=False)
-    with pytest.raises(SpadimError, match="no ImageNet checkpoint.*--weights random"):
+    with pytest.raises(SpadimError, match="no ImageNet checkpoint.*`weights=random`"):
         load_backbone("resnet18")
     path, _ = _save_tv_file(tmp_path, "resnet18", seed=0)
     bad = tmp_path / "resnet18-00000000.pth"
@@ -154,7 +154,7 @@ def test_offline_download_fails_fast_with_a_clear_message(tmp_path, monkeypatch)
     monkeypatch.delenv("SPADIM_WEIGHTS", raising=False)
     monkeypatch.delenv("SPADIM_OFFLINE")
     t0 = time.perf_counter()
-    with pytest.raises(SpadimError, match="cannot download .*offline.*--weights FILE"):
+    with pytest.raises(SpadimError, match="cannot download .*offline.*`weights=FILE`"):
         locate("resnet18")
     assert time.perf_counter() - t0 < 10
     with pytest.raises(SpadimError, match="not downloadable"):  # the Caffe file has no download address
@@ -217,7 +217,7 @@ def test_v15_strides_give_different_features_from_the_same_file():
     assert torch.equal(f1[1], f15[1])  # layer1 has no stride change
     cos = torch.nn.functional.cosine_similarity(f1[3].flatten(), f15[3].flatten(), dim=0).item()
     assert cos < 0.95, cos
-    with pytest.raises(SpadimError, match="holds resnet50_caffe weights.*--arch resnet50_caffe"):
+    with pytest.raises(SpadimError, match="holds resnet50_caffe weights.*`arch=resnet50_caffe`"):
         load_backbone("resnet50", str(CAFFE_WEIGHTS))
 
 
@@ -229,10 +229,10 @@ def test_a_missing_checkpoint_names_the_architecture_whose_checkpoint_is_there(t
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     (tmp_path / "resnet50_caffe-44e9675b.pth").write_bytes(b"")  # found by name; not read here
     with pytest.raises(
-        SpadimError, match=r"checkpoints found for resnet50_caffe .*pass --arch resnet50_caffe"
+        SpadimError, match=r"checkpoints found for resnet50_caffe .*pass `arch=resnet50_caffe`"
     ):
         locate("wide_resnet50_2", str(tmp_path), download=False)
     (tmp_path / "resnet50_caffe-44e9675b.pth").unlink()
     with pytest.raises(SpadimError) as nothing:
         locate("wide_resnet50_2", str(tmp_path), download=False)
-    assert "pass --arch" not in str(nothing.value)
+    assert "pass `arch=" not in str(nothing.value)

@@ -23,7 +23,7 @@ def test_fit_says_each_stage_in_order_with_its_time(tiny_root, tmp_path, capsys)
     assert main(["fit", str(tiny_root / "nut"), "--out", str(tmp_path / "m.pt"), *FAST]) == 0
     err = capsys.readouterr().err
     assert _stage_lines(err) == STAGES, err
-    assert "layer choice: --layers auto chose " in err
+    assert "layer choice: layers auto chose " in err
     assert "\r" not in err  # stderr is not a terminal here: no bars
     given = tmp_path / "given.pt"
     assert main(["fit", str(tiny_root / "nut"), "--out", str(given), *FAST, "--layers", "2"]) == 0

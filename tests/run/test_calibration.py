@@ -77,7 +77,7 @@ def test_pixel_threshold_is_the_quantile_of_all_normal_pixels():
         assert np.mean(pixels >= cal.pixel_threshold) > pixel_far  # the smallest such threshold
         assert cal.mask_alarm_rate == pytest.approx(np.mean([m.max() > cal.pixel_threshold for m in maps]))
     assert cal.pixel_median == pytest.approx(float(np.median(pixels)))
-    with pytest.raises(SpadimError, match="--pixel-far"):
+    with pytest.raises(SpadimError, match="`pixel_far=0.02` needs more"):
         _calibration(0.1, list(rng.normal(size=30)), maps, 0.02)
 
 

@@ -130,7 +130,7 @@ def test_refusals_are_json_with_their_status_and_the_server_keeps_serving(client
         (_post(client, b"this is not a picture", "notes.txt"), 415, "not an image"),
         (_post(client, upload[: len(upload) // 2]), 415, "truncated"),
         (_post(client, upload, model="bolt"), 404, "no model named 'bolt'"),
-        (_post(client, upload, far=2), 422, "far must be"),
+        (_post(client, upload, far=2), 422, "`far` must be"),
         (_post(client, upload, threshold="high"), 422, "threshold must be a number"),
         (_post(client, upload, threshold=1, far=0.1), 422, "not both"),
         (client.post("/predict", files={"other": ("a.png", upload, "image/png")}), 422, "missing the image"),

@@ -328,7 +328,7 @@ def check_multiplier(r: float, flag: str = "--outside-multiplier") -> float:
 
 
 def parse_multipliers(text: str) -> list[float]:
-    vals = parse_list(text, "multiplier", "--multipliers", convert=float, example="0,0.2,0.4,0.6,0.8,1")
+    vals = parse_list(text, "multiplier", "multipliers", convert=float, example="0,0.2,0.4,0.6,0.8,1")
     if any(not 0 <= v <= 1 for v in vals):
         raise SpadimError(
             f"--multipliers {text!r} must be numbers in [0, 1], e.g. --multipliers 0,0.2,0.4,0.6,0.8,1"
@@ -338,7 +338,7 @@ def parse_multipliers(text: str) -> list[float]:
 
 def parse_detectors(text: str) -> list[str]:
     return parse_list(
-        text.lower(), "detector", "--detectors", DETECTORS + LEARNED, example="orb,akaze,features,auto"
+        text.lower(), "detector", "detectors", DETECTORS + LEARNED, example="orb,akaze,features,auto"
     )
 
 

@@ -54,9 +54,7 @@ def cmd_weights(a) -> None:
     With --first: the first listed architecture whose weights exist or download (for `make demo`).
     """
     if a.first:
-        archs = parse_list(
-            a.first, "architecture", "--first", ARCHS, example="wide_resnet50_2,resnet50_caffe"
-        )
+        archs = parse_list(a.first, "architecture", "first", ARCHS, example="wide_resnet50_2,resnet50_caffe")
         reasons = []
         for arch in archs:
             try:
@@ -110,7 +108,7 @@ def _class_runner(a):
 
 
 def cmd_fit(a) -> None:
-    (method_name,) = parse_methods(a.method)
+    (method_name,) = parse_methods(a.method, "method")
     if a.per_class:
         runner = None
         if a.ray is not None:

@@ -25,6 +25,7 @@ from .args import (
     add_runtime,
     check_args,
 )
+from .errors import command_flags, with_flags
 from spadim.errors import SpadimError
 from spadim.masks.keypoints import DETECTORS
 
@@ -365,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         check_args(a)
         code = a.func(a)
     except SpadimError as exc:
-        print(f"spadim: error: {exc}", file=sys.stderr)
+        print(f"spadim: error: {with_flags(str(exc), command_flags(ap, a))}", file=sys.stderr)
         return 2
     except OSError as exc:  # unwritable output, full disk, ...: one line, not a traceback
         print(

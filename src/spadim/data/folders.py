@@ -111,7 +111,7 @@ def _find_mask(img: Path, test_dir: Path, masks_dir: Path, index: dict[Path, lis
         expected = " or ".join(str(masks_dir / k) + ".png" for k in keys)
         raise SpadimError(
             f"missing mask for test image {img}: expected {expected} (any image extension); "
-            f"add it, move the image to {test_dir / 'good'}, or drop --masks (image metrics "
+            f"add it, move the image to {test_dir / 'good'}, or drop `masks_dir` (image metrics "
             f"only)"
         )
     return matches[0]
@@ -124,17 +124,17 @@ def load_plain(
     folder's parent. Without ``masks_dir`` the class has no pixel labels (``has_masks=False``)."""
     train_dir, test_dir = Path(train_dir), Path(test_dir)
     masks_dir = Path(masks_dir) if masks_dir is not None else None
-    for flag, folder in (("--train", train_dir), ("--test", test_dir), ("--masks", masks_dir)):
+    for param, folder in (("train_dir", train_dir), ("test_dir", test_dir), ("masks_dir", masks_dir)):
         if folder is not None and not folder.is_dir():
-            raise SpadimError(f"{flag} {folder} does not exist or is not a folder: give a folder of images")
+            raise SpadimError(f"`{param}={folder}` does not exist or is not a folder: give a folder of images")
     if _inside(test_dir, train_dir) or _inside(train_dir, test_dir):
         raise SpadimError(
-            f"--train {train_dir} and --test {test_dir} overlap: give two separate folders, "
+            f"`train_dir={train_dir}` and `test_dir={test_dir}` overlap: give two separate folders, "
             f"or the training images would be tested (or the test images trained on)"
         )
     if masks_dir is not None and (_inside(masks_dir, train_dir) or _inside(masks_dir, test_dir)):
         raise SpadimError(
-            f"--masks {masks_dir} lies inside --train or --test: move the masks to a folder "
+            f"`masks_dir={masks_dir}` lies inside `train_dir` or `test_dir`: move the masks to a folder "
             f"of their own, or they would be read as images"
         )
     name = name or train_dir.resolve().parent.name

@@ -21,7 +21,7 @@ _limit = {"pixels": DEFAULT_MAX_PIXELS}
 def set_max_pixels(pixels: int) -> None:
     """The process-wide limit (``serve --max-pixels``); every later decode is checked against it."""
     if not pixels >= 1:
-        raise SpadimError(f"--max-pixels must be a positive pixel count (got {pixels})")
+        raise SpadimError(f"`max_pixels` must be a positive pixel count (got {pixels})")
     _limit["pixels"] = int(pixels)
 
 
@@ -48,7 +48,7 @@ def check_header(data: bytes, name: str) -> tuple[int, int]:
     except Image.DecompressionBombError as exc:
         raise ImageRefused(
             f"image {name} is refused before decoding ({str(exc).split(',')[0]}), over the limit of "
-            f"{limit / 1e6:g} megapixels: resize it (or raise --max-pixels where the host has the memory)"
+            f"{limit / 1e6:g} megapixels: resize it (or raise `max_pixels` where the host has the memory)"
         ) from None
     except UnidentifiedImageError:
         return 0, 0
@@ -57,7 +57,7 @@ def check_header(data: bytes, name: str) -> tuple[int, int]:
     if width * height > limit:
         raise ImageRefused(
             f"image {name} declares {width} x {height} = {width * height / 1e6:.3g} megapixels, over the limit "
-            f"of {limit / 1e6:g}: resize it (or raise --max-pixels where the host has the memory)"
+            f"of {limit / 1e6:g}: resize it (or raise `max_pixels` where the host has the memory)"
         )
     if several:
         raise ImageRefused(f"image {name} holds several frames or pages: send one single-frame image")

@@ -239,15 +239,15 @@ def find_classes(root: Path, only: str | None = None) -> list[Path]:
     if not root.is_dir():
         raise SpadimError(f"data folder {root} does not exist: give an MVTec AD root or class folder")
     if (root / "train").is_dir():
-        if only:  # a class folder: --classes may only name that class
+        if only:  # a class folder: the classes may only name that class
             name = root.resolve().name
-            wrong = [n for n in parse_list(only, "class", "--classes", example=name) if n != name]
+            wrong = [n for n in parse_list(only, "class", "classes", example=name) if n != name]
             if wrong:
-                raise SpadimError(f"--classes names {wrong[0]!r} but {root} is the class folder {name!r}: give "
-                                  f"the MVTec root ({root.resolve().parent}) to choose classes, or drop --classes")
+                raise SpadimError(f"`classes` names {wrong[0]!r} but {root} is the class folder {name!r}: give "
+                                  f"the MVTec root ({root.resolve().parent}) to choose classes, or drop `classes`")
         return [root]
     if only:
-        names = parse_list(only, "class", "--classes", example="hazelnut,grid")
+        names = parse_list(only, "class", "classes", example="hazelnut,grid")
         missing = [n for n in names if not (root / n).is_dir()]
         if missing:
             have = ", ".join(sorted(p.name for p in root.iterdir() if (p / "train").is_dir()))

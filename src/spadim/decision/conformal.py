@@ -36,10 +36,10 @@ DEFAULT_PIXEL_FAR = 0.001
 TAIL_SHARE = 0.01  # the largest 1% of normal pixel scores are kept: pixel_far can be set up to 0.01
 
 
-def check_far(far: float, flag: str = "--far") -> float:
+def check_far(far: float, name: str = "far") -> float:
     if not (isinstance(far, (int, float)) and 0.0 < far < 1.0):
         raise SpadimError(
-            f"{flag} must be a false-alarm rate between 0 and 1, exclusive (got {far}): e.g. 0.01"
+            f"`{name}` must be a false-alarm rate between 0 and 1, exclusive (got {far}): e.g. `{name}=0.01`"
         )
     return float(far)
 
@@ -115,7 +115,7 @@ class Calibration:
 
     def __post_init__(self):
         self.far = check_far(self.far)
-        self.pixel_far = check_far(self.pixel_far, "--pixel-far")
+        self.pixel_far = check_far(self.pixel_far, "pixel_far")
         self.image_threshold, self.guaranteed = conformal_threshold(np.array(self.image_scores), self.far)
         self.pixel_threshold = pixel_quantile(self.pixel_tail, self.n_pixels, self.pixel_far)
         self.mask_alarm_rate = float(np.mean(np.array(self.pixel_max) > self.pixel_threshold))
@@ -135,7 +135,7 @@ class Calibration:
         return float(np.median(self.image_scores))
 
     def at(self, far: float) -> "Calibration":
-        """The same normal scores at another false-alarm rate (``--far`` at predict time)."""
+        """The same normal scores at another false-alarm rate (``far`` at predict time)."""
         return replace(self, far=far)
 
     def warning(self) -> str | None:
@@ -144,7 +144,7 @@ class Calibration:
         return (
             f"{self.n_images} normal images cannot guarantee a false-alarm rate of {self.far:g} (the smallest "
             f"they can is 1/(n+1) = {smallest_far(self.n_images):.3g}): the region level is the largest held-out "
-            f"statistic and the rate is NOT guaranteed; add good images or raise --far"
+            f"statistic and the rate is NOT guaranteed; add good images or raise far"
         )
 
     def advice(self) -> str | None:
@@ -232,8 +232,8 @@ def pixel_quantile(tail: list[float], n_pixels: int, pixel_far: float) -> float:
     above = math.floor(n_pixels * pixel_far)  # scores allowed strictly above the threshold
     if above >= len(tail):
         raise SpadimError(
-            f"--pixel-far {pixel_far:g} needs more of the normal pixel scores than the model keeps "
-            f"(the largest {TAIL_SHARE:g}): use a --pixel-far of at most {TAIL_SHARE:g}"
+            f"`pixel_far={pixel_far:g}` needs more of the normal pixel scores than the model keeps "
+            f"(the largest {TAIL_SHARE:g}): use a `pixel_far` of at most {TAIL_SHARE:g}"
         )
     return float(tail[len(tail) - 1 - above])
 

@@ -67,7 +67,7 @@ def export_onnx(model_path: Path, out: Path, weights: str | None = None, say=pri
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not (out / META_FILE).is_file():
         raise SpadimError(
-            f"--out {out} is not empty and holds no spadim export: choose a new folder (only an "
+            f"`out={out}` is not empty and holds no spadim export: choose a new folder (only an "
             f"earlier export is replaced)"
         )
     method, model_meta, network, _ = load_fitted(model_path, weights)
@@ -130,7 +130,7 @@ def _graph_path(path: Path) -> Path:
     if not graph.is_file() or graph.suffix != ".onnx":
         raise SpadimError(
             f"{path} is not an ONNX export (a folder with {MODEL_FILE}, or a .onnx file): create one with "
-            f"`spadim export MODEL --out DIR`, or drop --runtime onnx for a model file"
+            f"`spadim export` (export_onnx), or use `runtime=torch` for a model file"
         )
     return graph
 
@@ -141,7 +141,7 @@ def providers(device: str) -> list[str]:
     available = ort.get_available_providers()
     if device == "cuda" and "CUDAExecutionProvider" not in available:
         raise SpadimError(
-            "--device cuda with --runtime onnx needs onnxruntime-gpu (CUDAExecutionProvider); "
+            "`device=cuda` with `runtime=onnx` needs onnxruntime-gpu (CUDAExecutionProvider); "
             f"this onnxruntime has {', '.join(available)}"
         )
     wanted = ["CUDAExecutionProvider"] if device in ("cuda", "auto") else []

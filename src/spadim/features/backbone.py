@@ -251,7 +251,7 @@ def download_checkpoint(arch: str, progress: bool = True) -> Path:
     if url is None:
         raise SpadimError(
             f"{arch} weights are not downloadable: put {_known_file(arch)} in a folder given by "
-            f"--weights or $SPADIM_WEIGHTS ({OTHER_FILES[arch][1]})"
+            f"`weights` or $SPADIM_WEIGHTS ({OTHER_FILES[arch][1]})"
         )
     dst = hub_checkpoints() / TORCHVISION_FILES[arch]
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -265,8 +265,8 @@ def download_checkpoint(arch: str, progress: bool = True) -> Path:
         reason = getattr(exc, "reason", None) or exc
         raise SpadimError(
             f"cannot download {url} ({reason}); this machine may be offline: put "
-            f"{TORCHVISION_FILES[arch]} in {dst.parent} or pass --weights FILE "
-            f"(or --weights random for untrained plumbing runs)"
+            f"{TORCHVISION_FILES[arch]} in {dst.parent} or pass `weights=FILE` "
+            f"(or `weights=random` for untrained plumbing runs)"
         ) from None
     return dst
 
@@ -287,7 +287,7 @@ def find_checkpoint(arch: str, spec: str | None = None) -> tuple[Path | None, li
             looked.append(f"{p}/{arch}-*.pth")
         else:
             raise SpadimError(
-                f"weights path {p} does not exist: give a checkpoint file or folder, or --weights random"
+                f"weights path {p} does not exist: give a checkpoint file or folder, or `weights=random`"
             )
     hub = hub_checkpoints()
     looked.append(f"{hub}/{arch}-*.pth")
@@ -314,7 +314,7 @@ def load_checkpoint(arch: str, path: Path) -> tuple[dict, str]:
         )
     owner = KNOWN_DIGESTS.get(digest[:8])
     if owner and owner != arch:
-        raise SpadimError(f"checkpoint {path} holds {owner} weights, not {arch}: use --arch {owner}")
+        raise SpadimError(f"checkpoint {path} holds {owner} weights, not {arch}: use `arch={owner}`")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
@@ -352,19 +352,19 @@ def locate(arch: str, weights: str | None = None, download: bool | None = None) 
     )
     raise SpadimError(
         f"no ImageNet checkpoint for {arch} found (looked in: {'; '.join(looked)}); {how} "
-        f"or pass --weights FILE (or --weights random for untrained plumbing runs)"
+        f"or pass `weights=FILE` (or `weights=random` for untrained plumbing runs)"
         f"{_other_checkpoints(arch, weights)}"
     )
 
 
 def _other_checkpoints(arch: str, weights: str | None) -> str:
-    """'; found resnet50_caffe (FILE): pass --arch resnet50_caffe', or '' when no other checkpoint is here."""
+    """'; found resnet50_caffe (FILE): pass `arch=resnet50_caffe`', or '' when no other checkpoint is here."""
     found = [(other, find_checkpoint(other, weights)[0]) for other in ARCHS if other != arch]
     found = [(other, path) for other, path in found if path is not None]
     if not found:
         return ""
     listed = ", ".join(f"{other} ({path})" for other, path in found)
-    return f"; checkpoints found for {listed}: pass --arch {found[0][0]} to use it"
+    return f"; checkpoints found for {listed}: pass `arch={found[0][0]}` to use it"
 
 
 def weights_report(weights: str | None = None) -> list[tuple[str, Path | None, str]]:

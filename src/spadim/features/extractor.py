@@ -38,7 +38,7 @@ def parse_layers(text: str | Iterable[int]) -> tuple[int, ...]:
     raise SpadimError."""
     if isinstance(text, str):
         text = text.replace("+", ",")
-    return tuple(sorted(parse_list(text, "layer", "--layers", LAYER_IDS, int, example="1,2,3")))
+    return tuple(sorted(parse_list(text, "layer", "layers", LAYER_IDS, int, example="1,2,3")))
 
 
 @dataclass

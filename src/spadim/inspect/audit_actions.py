@@ -208,7 +208,7 @@ def take_out(
             raise SpadimError(
                 f"model {model} was fitted with {meta['backbone']['arch']} weights sha256 "
                 f"{meta['backbone']['sha256'][:12]} but the weights found are {extractor.weights.sha256[:12]} "
-                f"({extractor.weights.source}): pass the same checkpoint with --weights"
+                f"({extractor.weights.source}): pass the same checkpoint as `weights`"
             )
         train = extractor(paths, "take-out")
         fitted = fit_features(

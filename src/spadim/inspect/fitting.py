@@ -65,7 +65,7 @@ def fit_features(
         with stages("layer choice", steps=len(ALL_COMBOS), unit="step") as stage:
             selection = select_layers(extractor, train, settings, method_name, tick=stage.advance)
             stage.summary = (
-                f"--layers auto chose {selection.name} for {method_name} "
+                f"layers auto chose {selection.name} for {method_name} "
                 f"(synthetic pixel AUPR {selection.aupr:.3f})"
             )
         layers = selection.chosen

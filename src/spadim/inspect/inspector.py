@@ -96,8 +96,8 @@ def _require_references(meta: dict, path, object_mask) -> None:
     """A keypoint object mask matches against the normal frames the model file keeps."""
     if object_mask is not None and len(meta["ref_images"]) == 0:
         raise SpadimError(
-            f"model {path} holds no reference images, which --object-mask needs: "
-            f"refit it with `spadim fit --refs 3`, or drop --object-mask"
+            f"model {path} holds no reference images, which `object_mask` needs: "
+            f"refit it keeping some (`refs=3`), or drop `object_mask`"
         )
 
 
@@ -153,15 +153,15 @@ class Inspector(Estimator):
 
             if object_mask is not None:
                 raise SpadimError(
-                    "--object-mask matches against the model file's reference images, which an ONNX "
-                    "export does not hold: use --runtime torch with the model file"
+                    "`object_mask` matches against the model file's reference images, which an ONNX "
+                    "export does not hold: use `runtime=torch` with the model file"
                 )
             scorer = OnnxScorer(path, device, batch_size)
             meta = {**scorer.meta, "ref_images": torch.zeros(0, 1, 1, 3, dtype=torch.uint8)}
             method = SimpleNamespace(name=meta["method"], layers=tuple(meta["layers"]))
             return cls._assembled(method, meta, None, Path(path), scorer, "onnx")
         if runtime != "torch":
-            raise SpadimError(f"--runtime {runtime!r}: choose torch or onnx")
+            raise SpadimError(f"`runtime={runtime}`: choose torch or onnx")
         method, meta, network, found = load_fitted(
             path, weights, lambda meta: _require_references(meta, path, object_mask)
         )
@@ -208,12 +208,12 @@ class Inspector(Estimator):
     def operating_point(self, threshold: float | None = None, far: float | None = None) -> OperatingPoint:
         if threshold is not None and far is not None:
             raise SpadimError(
-                "give --threshold or --far, not both: --far picks a threshold from the calibration"
+                "give `threshold` or `far`, not both: `far` picks a threshold from the calibration"
             )
         cal = self.calibration
         if threshold is not None:  # the region level, in pixel-score units
             if not np.isfinite(threshold):
-                raise SpadimError(f"--threshold must be a finite score (got {threshold})")
+                raise SpadimError(f"`threshold` must be a finite score (got {threshold})")
             threshold = float(threshold)
             pixel = min(cal.pixel_threshold, threshold) if cal else threshold
             return OperatingPoint(
@@ -229,7 +229,7 @@ class Inspector(Estimator):
             why = "no calibration" if cal is None else "no region calibration"
             raise SpadimError(
                 f"model {self.model_path} has {why} (fitted by an older spadim): run "
-                f"`spadim calibrate {self.model_path} GOOD_IMAGES_DIR` or give --threshold (a region level)"
+                f"`spadim calibrate {self.model_path} GOOD_IMAGES_DIR` or give `threshold` (a region level)"
             )
         if far is not None:
             cal = cal.at(check_far(far))

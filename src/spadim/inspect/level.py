@@ -17,7 +17,7 @@ from .versions import commit_version, ensure_logged, version_id
 
 def set_level(model: Path, far: float, reason: str, store: RecordStore | None = None, say=print) -> dict:
     if not reason or not reason.strip():
-        raise SpadimError("say why the level changes (--reason): the version log and the record keep it")
+        raise SpadimError("say why the level changes (`reason`): the version log and the record keep it")
     check_far(far)
     model = Path(model)
     _, blob = load_model(model)

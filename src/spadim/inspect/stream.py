@@ -78,7 +78,7 @@ def _start(out: Path, settings: dict, inspector: Inspector, point: OperatingPoin
     if out.exists() and any(out.iterdir()):
         if not run_file.is_file():
             raise SpadimError(
-                f"--out {out} is not empty and holds no predict run ({RUN_FILE}): choose a new --out"
+                f"`out={out}` is not empty and holds no predict run ({RUN_FILE}): choose a new `out`"
             )
         earlier_run = json.loads(run_file.read_text())
         earlier = earlier_run.get("settings", {})
@@ -86,8 +86,8 @@ def _start(out: Path, settings: dict, inspector: Inspector, point: OperatingPoin
         changed = {k: (earlier.get(k), v) for k, v in settings.items() if earlier.get(k) != v}
         if changed:
             raise SpadimError(
-                f"--out {out} holds predictions made with other settings {sorted(changed)}: "
-                f"choose a new --out (results are never mixed or overwritten)"
+                f"`out={out}` holds predictions made with other settings {sorted(changed)}: "
+                f"choose a new `out` (results are never mixed or overwritten)"
             )
     out.mkdir(parents=True, exist_ok=True)
     done = _finished(out / "predictions.jsonl")

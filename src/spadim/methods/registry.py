@@ -22,9 +22,9 @@ AnomalyMethod = Method  # the protocol every method follows (:class:`.base.Metho
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Spade, Padim, PatchCore)}
 
 
-def parse_methods(text: str, flag: str = "--methods") -> list[str]:
+def parse_methods(text: str, name: str = "methods") -> list[str]:
     """'spade,padim' -> ['spade', 'padim']; unknown or repeated names raise SpadimError."""
-    return parse_list(text.lower(), "method", flag, tuple(METHODS), example="spade,padim")
+    return parse_list(text.lower(), "method", name, tuple(METHODS), example="spade,padim")
 
 
 def from_state(name: str, state: dict) -> AnomalyMethod:

@@ -283,9 +283,7 @@ def evaluate_source(fx, source, s: Settings, plan: ClassPlan, out: Path, say=qui
     if s.auto_layers:  # choose per method from the training images, then refit on all of them
         run, metrics, sels = layerchoice.evaluate_auto(fx, source, s, methods, observer=planner)
         choices = _choice_rows(run.data.name, sels)
-        say(
-            f"{run.data.name}: --layers auto chose " + ", ".join(f"{m} {sel.name}" for m, sel in sels.items())
-        )
+        say(f"{run.data.name}: layers auto chose " + ", ".join(f"{m} {sel.name}" for m, sel in sels.items()))
     else:
         run, metrics = evaluate_class(
             fx, source, s, methods, observer=planner, hold_train=plan.far is not None
@@ -374,7 +372,7 @@ def _apply_object_mask(fx, run, metrics: dict, plan: ClassPlan, planner, say=qui
             r = dec.r
             auto_s = planner.seconds + time.perf_counter() - t_masks
             decisions.append({**dec.row(run.data.name), "auto_s": round(auto_s, 2)})
-            say(f"{run.data.name}: --object-mask auto chose {dec.mask}, r={dec.r} ({dec.reason})")
+            say(f"{run.data.name}: object mask auto chose {dec.mask}, r={dec.r} ({dec.reason})")
     else:
         return None, [], []
     for name in plan.methods:

@@ -106,7 +106,7 @@ def fold_rows(n: int, seed: int, folds: int = FOLDS) -> list[list[int]]:
     """Seeded partition of ``range(n)`` into min(folds, n) validation parts (each fits on the rest)."""
     if n < 2:
         raise SpadimError(
-            f"layers 'auto' needs at least 2 training images to split (got {n}): add good images"
+            f"`layers=auto` needs at least 2 training images to split (got {n}): add good images"
         )
     perm = np.random.default_rng(seed).permutation(n)
     return [sorted(int(i) for i in perm[f :: min(folds, n)]) for f in range(min(folds, n))]

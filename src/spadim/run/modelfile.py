@@ -118,6 +118,6 @@ def load_fitted(path: Path, weights: str | None = None, check=None):
         raise SpadimError(
             f"model {path} was fitted with {backbone['arch']} weights sha256 "
             f"{backbone['sha256'][:12]} but the weights found are {found.sha256[:12]} "
-            f"({found.source}): pass the same checkpoint with --weights"
+            f"({found.source}): pass the same checkpoint as `weights`"
         )
     return method, meta, network, found

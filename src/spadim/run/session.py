@@ -55,32 +55,34 @@ class Output:
 QUIET = Output()
 
 
-def _existing_ancestor(path: Path, flag: str) -> Path:
+def _existing_ancestor(path: Path, name: str) -> Path:
     """The nearest existing folder at or above ``path``; a file on the way is an error."""
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
-                raise SpadimError(f"{flag} {path}: {p} is a file, not a folder: give a path in a folder")
+                raise SpadimError(f"`{name}={path}`: {p} is a file, not a folder: give a path in a folder")
             if not os.access(p, os.W_OK):
-                raise SpadimError(f"{flag} {path}: folder {p} is not writable: give a writable path")
+                raise SpadimError(f"`{name}={path}`: folder {p} is not writable: give a writable path")
             return p
     return Path(".")
 
 
-def check_out_dir(path: Path, flag: str = "--out") -> None:
+def check_out_dir(path: Path, name: str = "out") -> None:
     """Results folder: checked before any work, so a bad path costs seconds, not the run."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise SpadimError(f"{flag} {path} is a file: give a folder for the results")
-    _existing_ancestor(path, flag)
+        raise SpadimError(f"`{name}={path}` is a file: give a folder for the results")
+    _existing_ancestor(path, name)
 
 
-def check_out_file(path: Path, flag: str = "--out") -> None:
+def check_out_file(path: Path, name: str = "out") -> None:
     """Output file (a model): must not be a folder, and its folder must be creatable."""
     path = Path(path)
     if path.is_dir():
-        raise SpadimError(f"{flag} {path} is a folder: give a file name for the model, e.g. {path / 'm.pt'}")
-    _existing_ancestor(path.parent, flag)
+        raise SpadimError(
+            f"`{name}={path}` is a folder: give a file name for the model, e.g. {path / 'm.pt'}"
+        )
+    _existing_ancestor(path.parent, name)
 
 
 @contextlib.contextmanager
@@ -196,7 +198,7 @@ def load_resumable(path: Path, signature: dict, what: str = "run") -> dict | Non
     except json.JSONDecodeError:
         return None
     if saved.get("signature") != signature:
-        raise SpadimError(f"{path} holds a {what} with other settings: use another --out or delete it")
+        raise SpadimError(f"{path} holds a {what} with other settings: use another `out` or delete it")
     return saved
 
 
@@ -282,8 +284,8 @@ def start_study(
     if isinstance(data, ClassData):
         if classes:
             raise SpadimError(
-                f"--classes {classes!r} picks classes of an MVTec AD root; {data.name!r} is a "
-                f"single class: drop --classes"
+                f"`classes={classes}` picks classes of an MVTec AD root; {data.name!r} is a "
+                f"single class: drop `classes`"
             )
         sources = [data]
     else:

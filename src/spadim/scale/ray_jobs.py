@@ -22,7 +22,7 @@ def require_ray():
     try:
         import ray
     except ImportError:
-        raise SpadimError("--ray needs Ray: pip install 'spadim[ray]'") from None
+        raise SpadimError("running on Ray needs Ray installed: pip install 'spadim[ray]'") from None
     return ray
 
 
@@ -46,7 +46,9 @@ def connect(address: str | None = LOCAL, cpus: int | None = None):
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         except ConnectionError as exc:
-            raise SpadimError(f"--ray {address}: no Ray cluster answers there ({exc})") from None
+            raise SpadimError(
+                f"no Ray cluster answers at {address!r} ({exc}): start one with `ray start` or give its address"
+            ) from None
     return ray
 
 

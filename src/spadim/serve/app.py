@@ -82,14 +82,14 @@ def load_inspectors(
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket, so a port in use fails here, in one line, before any model is served."""
     if not 0 <= port <= 65535:
-        raise SpadimError(f"--port must be between 0 and 65535 (got {port})")
+        raise SpadimError(f"`port` must be between 0 and 65535 (got {port})")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
         raise SpadimError(
-            f"cannot serve on host {host!r}: {exc.strerror}; give --host an address such as 127.0.0.1"
+            f"cannot serve on host {host!r}: {exc.strerror}; give `host` an address such as 127.0.0.1"
         ) from None
     listener = socket.socket(family, kind, proto)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait for TIME_WAIT
@@ -100,7 +100,7 @@ def bind(host: str, port: int) -> socket.socket:
         listener.close()
         raise SpadimError(
             f"cannot serve on {host}:{port}: {exc.strerror or exc}; stop whatever holds the "
-            f"port or pick another --port"
+            f"port or pick another `port`"
         ) from None
     return listener
 
@@ -196,7 +196,7 @@ def create_app(
     if not inspectors:
         raise SpadimError("no model to serve: give at least one model file")
     if max_upload_bytes < 1:
-        raise SpadimError(f"--max-upload-mb must be positive (got {max_upload_bytes} bytes)")
+        raise SpadimError(f"`max_upload_bytes` must be positive (got {max_upload_bytes})")
     # an inspector whose scoring runs elsewhere (Ray Serve) takes concurrent calls: no lock, so they batch
     locks = {
         name: nullcontext() if inspector.concurrent else threading.Lock()
@@ -399,7 +399,7 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
         return None
     return (
         f"warning: serving on {host} without an API key: anyone who can reach the port can use the "
-        f"models; give --api-key KEY (or $SPADIM_API_KEY), or bind 127.0.0.1"
+        f"models; give an API key (api_key, or $SPADIM_API_KEY), or bind 127.0.0.1"
     )
 
 

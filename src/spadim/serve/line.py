@@ -82,7 +82,7 @@ def add_line_routes(
             raise HTTPException(404, f"no model named {name!r}: this server has {', '.join(inspectors)}")
         store = stores.get(name)
         if store is None:
-            raise HTTPException(404, f"model {name!r} is served without a record (--no-record)")
+            raise HTTPException(404, f"model {name!r} is served without a record store")
         return name, store
 
     @app.get("/records")

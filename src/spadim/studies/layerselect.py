@@ -68,7 +68,7 @@ def _sweep_results(sweep: Path | None, name: str, s: Settings, weights_id: str) 
     diff = {k: (sig.get(k), v) for k, v in ours.items() if sig.get(k) != v}
     if diff:
         raise SpadimError(
-            f"--sweep {path} was run with other settings {diff}: give the same flags or drop --sweep"
+            f"`sweep` {path} was run with other settings {diff}: give the same settings or drop `sweep`"
         )
     return saved.get("results", {})
 

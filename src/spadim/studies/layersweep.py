@@ -67,7 +67,7 @@ def _load_partial(path: Path, sig: dict) -> dict:
         saved = {**saved, "d": DEFAULT_D[saved["arch"]]}
     if saved != sig:
         raise SpadimError(
-            f"{path} holds a sweep with other settings ({d.get('signature')}): use another --out or delete it"
+            f"{path} holds a sweep with other settings ({d.get('signature')}): use another `out` or delete it"
         )
     return d.get("results", {})
 
