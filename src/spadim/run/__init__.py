@@ -2,7 +2,7 @@
 fit time, model files, staged output, and ``spadim evaluate`` as a function (:func:`evaluate.run`)."""
 
 from .layerchoice import Selection, select_layers, select_many
-from .modelfile import load_model, save_model
+from .modelfile import load_model
 from .pipeline import AUTO, ClassRun, Settings, evaluate_class, fit_methods, make_extractor, score_stream
 
 __all__ = [
@@ -14,7 +14,6 @@ __all__ = [
     "fit_methods",
     "load_model",
     "make_extractor",
-    "save_model",
     "score_stream",
     "select_layers",
     "select_many",

@@ -24,22 +24,6 @@ FORMAT_VERSION = 3  # 3: calibration (operating point) and preprocessing frame; 
 READABLE_VERSIONS = (2, 3)  # version 2 files load as uncalibrated, cropped-frame models
 
 
-def save_model(
-    path: Path,
-    method,
-    weights: Weights,
-    pre: Preprocess,
-    class_name: str,
-    ref_images: np.ndarray,
-    calibration: dict | None = None,
-    fit_info: dict | None = None,
-) -> None:
-    """Write atomically (temporary file, then rename). ``ref_images`` (uint8 [n, crop, crop, 3])
-    are normal frames kept for keypoint object masks at predict time; ``calibration`` is
-    :meth:`spadim.decision.conformal.Calibration.to_json` (plain data, loadable without code)."""
-    write_blob(Path(path), model_blob(method, weights, pre, class_name, ref_images, calibration, fit_info))
-
-
 def model_blob(
     method,
     weights: Weights,
@@ -49,7 +33,9 @@ def model_blob(
     calibration: dict | None = None,
     fit_info: dict | None = None,
 ) -> dict:
-    """Everything a model file holds, in memory (what :func:`write_blob` writes)."""
+    """Everything a model file holds, in memory (what :func:`write_blob` writes). ``ref_images`` (uint8
+    [n, crop, crop, 3]) are normal frames kept for keypoint object masks at predict time; ``calibration``
+    is :meth:`spadim.decision.conformal.Calibration.to_json` (plain data, loadable without code)."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
