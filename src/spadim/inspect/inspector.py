@@ -120,6 +120,7 @@ class Inspector(Estimator):
         )
         self.model_path, self.runtime = model_path, runtime
         self.concurrent = False  # True when the scoring runs elsewhere and takes concurrent calls (Ray Serve)
+        self.load_options: dict = {}  # how :meth:`load` read the file (weights, ...), to reload it alike
         self.calibration = (
             Calibration.from_json(meta["calibration"]) if meta and meta.get("calibration") else None
         )
@@ -179,7 +180,7 @@ class Inspector(Estimator):
         """The model file as it is now (another version may be in force), loaded as this one was."""
         if self.runtime != "torch" or self.model_path is None:
             raise SpadimError("only a model file run by torch can be reloaded")
-        return Inspector.load(self.model_path, **getattr(self, "load_options", {}))
+        return Inspector.load(self.model_path, **self.load_options)
 
     def file_stamp(self) -> tuple | None:
         """What tells that the model file changed (a new version written over it)."""

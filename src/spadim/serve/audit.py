@@ -84,7 +84,7 @@ def add_audit_routes(app: FastAPI, inspectors, stores: dict) -> None:
     async def take_out_image(name: str, request: Request) -> JSONResponse:
         model, body = model_of(name), await body_of(request)
         lines: list[str] = []
-        weights = getattr(inspectors[name], "load_options", {}).get("weights")
+        weights = inspectors[name].load_options.get("weights")
 
         def refit() -> dict:
             with refits[name]:

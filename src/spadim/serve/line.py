@@ -136,7 +136,7 @@ def add_line_routes(
                 update_model,
                 inspector.model_path,
                 store=store,
-                weights=getattr(inspector, "load_options", {}).get("weights"),
+                weights=inspector.load_options.get("weights"),
                 reason="confirmed good on the page",
                 say=lines.append,
             )
