@@ -257,7 +257,9 @@ def calibrate_model(
     blob["calibration"] = calibration.to_json()
     blob["format_version"] = 3
     target = Path(out or model)
-    parent = ensure_logged(Path(model), lambda: {"n_images": blob.get("fit", {}).get("images")})
+    parent = ensure_logged(
+        Path(model), lambda: {"n_images": blob.get("fit", {}).get("images")}, inspector.sha256
+    )
     write_blob(target, blob)
     commit_version(
         target,

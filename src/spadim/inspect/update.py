@@ -156,7 +156,7 @@ def update_model(
     model file; the result is a new version."""
     model = Path(model)
     inspector = Inspector.load(model, weights=weights, batch_size=batch_size)
-    parent = ensure_logged(model, lambda: _describe(inspector))
+    parent = ensure_logged(model, lambda: _describe(inspector), inspector.sha256)  # hashed by load
     with tempfile.TemporaryDirectory(prefix="spadim-update-") as scratch:
         paths = list(images or [])
         if store is not None:

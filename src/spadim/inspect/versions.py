@@ -38,9 +38,10 @@ def list_versions(model: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
-def current_version(model: Path) -> dict | None:
-    """The log entry of the file in force (the newest entry with its id), or None if never logged."""
-    found = version_id(model)
+def current_version(model: Path, digest: str | None = None) -> dict | None:
+    """The log entry of the file in force (the newest entry with its id), or None if never logged.
+    ``digest``: the file's SHA-256 when the caller has it already (a model file is read once)."""
+    found = digest[:16] if digest else version_id(model)
     return next((entry for entry in reversed(list_versions(model)) if entry["id"] == found), None)
 
 
@@ -80,10 +81,11 @@ def commit_version(model: Path, kind: str, parent: str | None, **details) -> dic
     return entry
 
 
-def ensure_logged(model: Path, describe) -> dict:
+def ensure_logged(model: Path, describe, digest: str | None = None) -> dict:
     """The entry of the version in force, logging it first (as ``kind: fit``) for a model fitted before
-    versions were kept. ``describe()`` -> details of that version (n images, level)."""
-    return current_version(model) or commit_version(model, "fit", None, **describe())
+    versions were kept. ``describe()`` -> details of that version (n images, level); ``digest`` as in
+    :func:`current_version`."""
+    return current_version(model, digest) or commit_version(model, "fit", None, **describe())
 
 
 def rollback(model: Path, version: str, reason: str | None = None) -> dict:
