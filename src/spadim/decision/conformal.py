@@ -11,6 +11,12 @@ With n < ``images_needed(far)`` the quantile is the single largest normal score:
 order statistic guarantees ``far`` (``guaranteed`` is False and a warning says so), and below
 ``images_needed`` one odd good image sets the level (the audit names it).
 
+A calibration grown by ``spadim update`` holds statistics scored by models of different sizes: a
+smaller model scores higher, so old statistics keep the guarantee but raise the level. The level rests
+on the statistics of models holding at least half the images the model holds now, widened to older
+ones, a whole model at a time, only when they are too few to guarantee ``far`` (:func:`deciding`).
+The choice looks at model sizes only, never at values, so the promise holds as it did for all of them.
+
 Regions are drawn, on defect images only, at ``mask_level`` = min(pixel threshold, region level), where
 the pixel threshold is a quantile of all normal pixel scores (at most ``pixel_far`` of them above it);
 below the region level the region that made the decision is still there, so the mask is never empty
@@ -62,6 +68,33 @@ def conformal_threshold(scores: np.ndarray, far: float) -> tuple[float, bool]:
     return float(ordered[rank - 1]), True
 
 
+def fewest_guaranteeing(far: float) -> int:
+    """The fewest statistics whose conformal rank at ``far`` is an order statistic (19 at 0.05, 99 at 0.01)."""
+    n = 1
+    while conformal_rank(n, far) > n:
+        n += 1
+    return n
+
+
+def deciding(scored_by, model_images: int | None, far: float) -> np.ndarray:
+    """Which statistics the level rests on (a boolean mask over ``scored_by``, the number of images the
+    model that scored each statistic held): those of models holding at least half of ``model_images``;
+    when they are fewer than :func:`fewest_guaranteeing` needs, the next largest models' statistics join,
+    a whole model at a time, up to all of them. A statistic of a model holding fewer images is a looser
+    upper bound of the leave-one-out statistic of the model now; sizes, not values, choose, so the chosen
+    statistics' leave-one-out counterparts stay exchangeable with a new image's."""
+    sizes = np.asarray(scored_by, np.int64)
+    if model_images is None or sizes.size == 0:
+        return np.ones(sizes.shape, bool)
+    keep = 2 * sizes >= model_images
+    least = fewest_guaranteeing(far)
+    for size in sorted(set(sizes[~keep].tolist()), reverse=True):
+        if keep.sum() >= least:
+            break
+        keep |= sizes == size
+    return keep
+
+
 def images_needed(far: float) -> int:
     """The fewest normal images for which the conformal quantile at ``far`` is below the largest score
     (39 at 0.05, 199 at 0.01): with fewer, the single highest normal image sets the threshold."""
@@ -107,23 +140,40 @@ class Calibration:
         None  # sorted per-image region statistic; None: not stored, recalibrate
     )
     min_area: float = DEFAULT_MIN_AREA  # the smallest region, as a fraction of the image area
+    model_images: int | None = None  # images the model holds; None: every statistic decides (older files)
+    image_scored_by: list[int] | None = None  # per image score: images held by the model that scored it
+    region_scored_by: list[int] | None = None  # the same, aligned with region_scores
     image_threshold: float = field(init=False)
     pixel_threshold: float = field(init=False)
     region_threshold: float | None = field(init=False)  # the decision level
     guaranteed: bool = field(init=False)
     mask_alarm_rate: float = field(init=False)
+    n_deciding: int = field(init=False)  # the statistics the level rests on (see deciding)
 
     def __post_init__(self):
         self.far = check_far(self.far)
         self.pixel_far = check_far(self.pixel_far, "pixel_far")
-        self.image_threshold, self.guaranteed = conformal_threshold(np.array(self.image_scores), self.far)
+        images = self._deciding(self.image_scores, self.image_scored_by)
+        self.image_threshold, self.guaranteed = conformal_threshold(images, self.far)
+        self.n_deciding = len(images)
         self.pixel_threshold = pixel_quantile(self.pixel_tail, self.n_pixels, self.pixel_far)
         self.mask_alarm_rate = float(np.mean(np.array(self.pixel_max) > self.pixel_threshold))
         self.region_threshold = None
         if self.region_scores is not None:
-            self.region_threshold, self.guaranteed = conformal_threshold(
-                np.array(self.region_scores), self.far
-            )
+            regions = self.deciding_region_scores
+            self.region_threshold, self.guaranteed = conformal_threshold(regions, self.far)
+            self.n_deciding = len(regions)
+
+    def _deciding(self, scores, scored_by) -> np.ndarray:
+        scores = np.asarray(scores, np.float64)
+        if scored_by is None:
+            return scores
+        return scores[deciding(scored_by, self.model_images, self.far)]
+
+    @property
+    def deciding_region_scores(self) -> np.ndarray:
+        """The region statistics the level rests on (all of them unless the calibration grew)."""
+        return self._deciding(self.region_scores, self.region_scored_by)
 
     @property
     def mask_level(self) -> float:
@@ -150,8 +200,14 @@ class Calibration:
     def advice(self) -> str | None:
         """Below ``images_needed(far)`` images, the level is the single highest normal image's."""
         needed = images_needed(self.far)
-        if self.n_images >= needed:
+        if self.n_deciding >= needed:
             return None
+        if self.n_deciding < self.n_images:
+            return (
+                f"the level at far={self.far:g} is the highest of the {self.n_deciding} held-out statistics "
+                f"it rests on (those of models holding at least half of the {self.model_images} images); "
+                f"{needed} such statistics would let the rank fall below it"
+            )
         return (
             f"with {self.n_images} good images the level at far={self.far:g} is the single highest good "
             f"image's score; {needed} good images would let the rank fall below it (see the audit)"
@@ -169,10 +225,10 @@ class Calibration:
             "image_median": self.image_median,
             "mask_level": None if self.region_threshold is None else self.mask_level,
             "images_needed": images_needed(self.far),
-            "far_interval_90": list(far_interval(self.n_images, self.far)),
+            "far_interval_90": list(far_interval(self.n_deciding, self.far)),
             "promise": (
-                f"a new normal image exchangeable with the {self.n_images} calibration images is "
-                f"flagged with probability <= {self.far:g}"
+                f"a new normal image exchangeable with the {self.n_deciding} calibration images the level "
+                f"rests on is flagged with probability <= {self.far:g}"
                 if self.guaranteed
                 else "none (too few images)"
             ),
@@ -193,13 +249,27 @@ class Calibration:
             "pixel_far",
             "source",
         )
-        optional = {k: data[k] for k in ("region_scores", "min_area") if k in data}
+        optional = {
+            k: data[k]
+            for k in ("region_scores", "min_area", "model_images", "image_scored_by", "region_scored_by")
+            if k in data
+        }
         return cls(**{k: data[k] for k in keys}, **optional)
 
 
-def grow(calibration: "Calibration", image_scores, maps: list[np.ndarray], regions) -> "Calibration":
-    """The calibration with new held-out statistics added (each scored by a model that did not hold its
-    image). Image scores, per-image maxima and region statistics are merged exactly. The pixel tail keeps
+def grow(
+    calibration: "Calibration",
+    image_scores,
+    maps: list[np.ndarray],
+    regions,
+    *,
+    scored_by: int,
+    model_images: int,
+) -> "Calibration":
+    """The calibration with new held-out statistics added, each scored by a model of ``scored_by`` images
+    that did not hold its image, for a model now of ``model_images``. Image scores, per-image maxima and
+    region statistics are merged exactly, each with the size of the model that scored it (statistics of
+    a calibration that never recorded sizes count as scored by the model they calibrated). The pixel tail keeps
     its length: the largest scores of the old tail and the new maps, exact down to the old tail's
     minimum, so the pixel threshold stays exact while it lies above that (the normal case: 0.1% of
     pixels against a 1% tail). The pixel median, only the zero of normalised scores, is kept."""
@@ -208,16 +278,33 @@ def grow(calibration: "Calibration", image_scores, maps: list[np.ndarray], regio
     merged = np.concatenate([old_tail, new_pixels])
     keep = len(old_tail)
     tail = np.sort(np.partition(merged, len(merged) - keep)[len(merged) - keep :])
+    held_before = calibration.model_images or calibration.n_images
+    images, image_sizes = _merged(
+        calibration.image_scores, calibration.image_scored_by, held_before, image_scores, scored_by
+    )
+    regions, region_sizes = _merged(
+        calibration.region_scores or [], calibration.region_scored_by, held_before, regions, scored_by
+    )
     return replace(
         calibration,
         n_images=calibration.n_images + len(image_scores),
-        image_scores=sorted([*calibration.image_scores, *map(float, image_scores)]),
+        image_scores=images,
         pixel_max=sorted([*calibration.pixel_max, *(float(np.max(m)) for m in maps)]),
         pixel_tail=tail.tolist(),
         n_pixels=calibration.n_pixels + int(new_pixels.size),
-        region_scores=sorted([*(calibration.region_scores or []), *map(float, regions)]),
+        region_scores=regions,
+        model_images=model_images,
+        image_scored_by=image_sizes,
+        region_scored_by=region_sizes,
         source=f"{calibration.source}; grown by {len(image_scores)} image(s) scored before they joined",
     )
+
+
+def _merged(old, old_sizes, held_before: int, new, new_size: int) -> tuple[list[float], list[int]]:
+    """Old and new statistics sorted together, each with the size of the model that scored it."""
+    sizes = [*(old_sizes if old_sizes is not None else [held_before] * len(old)), *[new_size] * len(new)]
+    pairs = sorted(zip([*map(float, old), *map(float, new)], sizes))
+    return [score for score, _ in pairs], [int(size) for _, size in pairs]
 
 
 def _normalize(score, median: float, threshold: float):
@@ -247,9 +334,12 @@ def region_scores(maps, shapes, pre, min_area: float = DEFAULT_MIN_AREA) -> np.n
     return np.asarray(out, np.float64)
 
 
-def summarize(image_scores: np.ndarray, maps: list[np.ndarray], regions: np.ndarray | None = None) -> dict:
+def summarize(
+    image_scores: np.ndarray, maps: list[np.ndarray], regions: np.ndarray | None = None, scored_by=None
+) -> dict:
     """What a Calibration keeps of normal images' scores: sorted image scores and region statistics,
-    per-image maxima, the pixel median and the upper tail of all pixel scores."""
+    per-image maxima, the pixel median and the upper tail of all pixel scores; with ``scored_by`` (per
+    image, the images held by the model that scored it), those sizes aligned with the sorted scores."""
     pixels = np.concatenate([m.ravel() for m in maps]) if maps else np.zeros(1, np.float32)
     keep = min(len(pixels), max(1, math.ceil(len(pixels) * TAIL_SHARE)))
     tail = np.sort(np.partition(pixels, len(pixels) - keep)[len(pixels) - keep :])
@@ -260,4 +350,15 @@ def summarize(image_scores: np.ndarray, maps: list[np.ndarray], regions: np.ndar
         "pixel_tail": tail.astype(float).tolist(),
         "n_pixels": int(len(pixels)),
         "region_scores": None if regions is None else sorted(float(r) for r in regions),
+        **_sizes(image_scores, regions, scored_by),
     }
+
+
+def _sizes(image_scores, regions, scored_by) -> dict:
+    if scored_by is None:
+        return {}
+    sizes = np.asarray(scored_by, np.int64)
+    out = {"image_scored_by": sizes[np.argsort(np.asarray(image_scores), kind="stable")].tolist()}
+    if regions is not None:
+        out["region_scored_by"] = sizes[np.argsort(np.asarray(regions), kind="stable")].tolist()
+    return out

@@ -244,16 +244,18 @@ def calibrate_model(
     )
     maps, scores = list(maps[name]), scores[name]
     regions = region_scores(maps, frames.shapes, inspector.pre)
+    blob = inspector.meta  # the model file as loaded once above (its tensors are written back unchanged)
+    held = blob.get("fit", {}).get("images")  # the model holds none of the folder's images
     calibration = Calibration(
         far,
         "held-out folder",
         0,
         len(paths),
-        **summarize(scores, maps, regions),
+        **summarize(scores, maps, regions, None if held is None else [held] * len(paths)),
         pixel_far=pixel_far,
         source=f"{len(paths)} held-out good images from {folder}",
+        model_images=held,
     )
-    blob = inspector.meta  # the model file as loaded once above (its tensors are written back unchanged)
     blob["calibration"] = calibration.to_json()
     blob["format_version"] = 3
     target = Path(out or model)

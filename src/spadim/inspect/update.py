@@ -89,7 +89,7 @@ def grow_inspector(inspector: Inspector, paths: list[Path], *, keep_apart: bool 
     maps, scores = method.score(features, inspector.pre.crop)  # the model as it is: held out
     maps = list(maps)
     regions = region_scores(maps, features.shapes, inspector.pre, calibration.min_area)
-    old = np.asarray(calibration.region_scores, np.float64)
+    old = calibration.deciding_region_scores  # what the level rests on
     names = [f"<calibration {i}>" for i in range(len(old))] + [str(p) for p, _ in fresh]
     flagged = {
         entry["image"]: entry for entry in audit(np.concatenate([old, regions]), names, calibration.far)
@@ -116,10 +116,18 @@ def grow_inspector(inspector: Inspector, paths: list[Path], *, keep_apart: bool 
         }
     rows = np.asarray(joining)
     method.update(take(features, rows.tolist()))
-    grown = grow(calibration, scores[rows], [maps[i] for i in joining], regions[rows])
     fit_info = inspector.meta.setdefault("fit", {})
+    held_before = fit_info.get("images") or calibration.model_images or calibration.n_images
     fit_info["held_sha256"] = sorted(held | {fresh[i][1] for i in joining})
-    fit_info["images"] = (fit_info.get("images") or calibration.n_images) + len(joining)
+    fit_info["images"] = held_before + len(joining)
+    grown = grow(
+        calibration,
+        scores[rows],
+        [maps[i] for i in joining],
+        regions[rows],
+        scored_by=held_before,
+        model_images=fit_info["images"],
+    )
     # what a take-out needs to refit without one of them, and the audit of those that joined apart
     fit_info["added"] = list(fit_info.get("added") or []) + [
         {"image": str(fresh[i][0]), "file": os.path.abspath(fresh[i][0]), "sha256": fresh[i][1]}

@@ -23,7 +23,7 @@ def model_status(inspector: Inspector, store: RecordStore, all_versions: bool = 
         store,
         far=calibration.far,
         level=calibration.region_threshold,
-        reference=calibration.region_scores,
+        reference=calibration.deciding_region_scores.tolist(),
         model_version=None if all_versions else inspector.model_version,
         levels=levels,
     )

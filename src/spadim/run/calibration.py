@@ -71,6 +71,7 @@ class HeldOut:
     image_scores: np.ndarray
     maps: list[np.ndarray]
     region_scores: np.ndarray
+    scored_by: np.ndarray  # per image: the images held by the model that scored it
 
 
 def held_out(
@@ -96,19 +97,22 @@ def held_out(
     if fitted is not None and fitted.abilities.leave_one_out:
         maps, scores = fitted.score_left_out(train, settings.backbone.crop)
         maps, how, folds = list(maps), "leave-one-out", n
+        scored_by = np.full(n, n - 1)
     else:
         scores = np.zeros(n, np.float64)
         maps: list[np.ndarray | None] = [None] * n
         folds = min(folds, n)
+        scored_by = np.zeros(n, np.int64)
         for held in fold_rows(n, settings.seed, folds):
             fit_part = take(train, other_rows(n, held))
+            scored_by[held] = len(fit_part)
             model = settings.method(method_name, layers).fit_to_score(fit_part)
             fold_maps, fold_scores = model.score(take(train, held), settings.backbone.crop)
             for j, row in enumerate(held):
                 scores[row], maps[row] = fold_scores[j], fold_maps[j]
         how = "out-of-fold"
     regions = region_scores(maps, train.shapes, settings.backbone.pre, min_area)
-    return HeldOut(how, folds, np.asarray(scores, np.float64), maps, regions)
+    return HeldOut(how, folds, np.asarray(scores, np.float64), maps, regions, scored_by)
 
 
 def calibrate_held_out(
@@ -130,9 +134,10 @@ def calibrate_held_out(
         scores.how,
         scores.folds,
         len(train),
-        **summarize(scores.image_scores, scores.maps, scores.region_scores),
+        **summarize(scores.image_scores, scores.maps, scores.region_scores, scores.scored_by),
         pixel_far=pixel_far,
         source=f"{what} scores of the training images",
         min_area=min_area,
+        model_images=len(train),
     )
     return calibration, scores
