@@ -84,6 +84,8 @@ def test_take_out_equals_a_fit_on_the_remaining_images(method, folders, tiny_roo
     written = json.loads(Path(f"{model}.audit.json").read_text())  # the audit file follows the version
     assert written["images"] == sorted(str(path) for path in odd.glob("0*.png"))
     assert str(odd / "odd.png") not in [e["image"] for e in written["flagged"]]
+    report = Path(f"{model}.report/index.html").read_text()  # so does the fit report
+    assert "fitted on 6 good images" in report and f"<b>{result['level_after']:.4g}</b>" in report
     gone = [e for e in audit_list(model) if e["image"] == str(odd / "odd.png")]
     assert [e["state"] for e in gone] == ["taken out"] and gone[0]["decision"]["made"] == entry["id"]
 

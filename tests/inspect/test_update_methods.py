@@ -1,6 +1,7 @@
 """``spadim update`` through each method's own update(): the grown model scores as a fit on all images."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from spadim.cli import main
 from spadim.data.mvtec import list_images, load_class, load_images
 from spadim.inspect import Inspector
+from spadim.inspect.versions import list_versions
 
 from conftest import FAST
 
@@ -31,6 +33,10 @@ def test_update_grows_the_model_as_a_fit_on_all_images(method, layers, tiny_root
     expect, expect_scores, _ = Inspector.load(full, weights="random").score_frames(frames)
     after = Inspector.load(grown, weights="random")
     assert after.meta["fit"]["images"] == 6
+    report = Path(f"{grown}.report/index.html").read_text()  # the fit report says the level moved
+    entry = list_versions(grown)[-1]
+    assert f"version {entry['id']}" in report and "n = 6" in report
+    assert f"<b>{after.calibration.region_threshold:.4g}</b> at far" in report
     if method == "patchcore":  # the coreset continued over the 2 new images' patches (8 x 8 each at 64 px)
         assert len(after.method.bank) == len(before.bank) + int(0.1 * 2 * 64) and after.method.n_train == 6
         assert np.isfinite(maps).all() and np.isfinite(scores).all()

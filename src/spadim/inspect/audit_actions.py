@@ -30,6 +30,7 @@ from spadim.run.calibration import DEFAULT_FOLDS, check_image_count
 from spadim.run.modelfile import load_model, write_blob
 from spadim.run.pipeline import Settings, make_extractor
 from spadim.decision.conformal import DEFAULT_FAR, DEFAULT_PIXEL_FAR
+from spadim.report.fitreport import write_fit_report
 from .fitting import fit_features, write_audit_file
 from .versions import commit_version, ensure_logged, version_id, versions_dir
 
@@ -237,6 +238,16 @@ def take_out(
     level_before = calibration.get("region_threshold")
     write_blob(model, blob)
     write_audit_file(model, after, fit_info)
+    write_fit_report(
+        model,
+        method.name,
+        after,
+        fitted["held_out"],
+        fit_info["held_out"]["images"],
+        train.images,
+        fitted["audit"],
+        extractor.weights.banner,
+    )
     entry = commit_version(
         model,
         "take-out",

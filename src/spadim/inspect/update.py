@@ -23,6 +23,7 @@ from spadim.decision.audit import AUDIT_Z, audit
 from spadim.decision.conformal import grow, region_scores
 from spadim.features.extractor import take
 from spadim.run.modelfile import write_blob
+from spadim.report.fitreport import note_update
 from .inspector import Inspector
 from .versions import commit_version, ensure_logged
 
@@ -185,6 +186,7 @@ def update_model(
         far=inspector.calibration.far,
         reason=reason,
     )
+    note_update(model, entry, inspector.calibration, result["stood_apart"])
     say(
         f"updated {model}: +{len(result['added'])} image(s), n={entry['n_images']}, region level "
         f"{result['level_before']:.4g} -> {result['level_after']:.4g} at far={inspector.calibration.far:g} "

@@ -87,6 +87,36 @@ def write_fit_report(
 <img src="histogram.png" alt="histogram of the held-out region statistics">
 <h2>Audit of the good images</h2>{audit}
 {"".join(f'<p><img src="{name}" alt="{html.escape(names[i])}"></p>' for i, name in pictures)}
+{UPDATES}
 </body></html>"""
     (folder / "index.html").write_text(page)
     return folder / "index.html"
+
+
+UPDATES = "<!-- updates -->"  # where note_update adds its lines, newest last
+
+
+def note_update(model: Path, entry: dict, calibration, stood_apart: list[str]) -> Path | None:
+    """Add one version's growth to ``MODEL.report/index.html``, so the report never shows a level that is
+    no longer in force without saying so. None when the model has no report (fitted from Python)."""
+    index = Path(f"{model}.report") / "index.html"
+    if not index.is_file():
+        return None
+    page = index.read_text()
+    if UPDATES not in page:
+        page = page.replace("</body>", f"{UPDATES}\n</body>")
+    if "<h2>Updates</h2>" not in page:
+        page = page.replace(
+            UPDATES,
+            f"<h2>Updates</h2><p>The level above is the fit's. Each update since "
+            f"added good images, each scored before it joined:</p>\n{UPDATES}",
+        )
+    apart = f"; stood apart: {', '.join(map(html.escape, stood_apart))}" if stood_apart else ""
+    line = (
+        f"<p>version {html.escape(entry['id'])} ({html.escape(entry['created_at'][:19])} UTC): "
+        f"+{len(entry.get('images_added') or [])} images, n = {entry['n_images']}, region level "
+        f"{entry['level_before']:.4g} &rarr; <b>{entry['level_after']:.4g}</b> at far = {calibration.far:g}, "
+        f"resting on {calibration.n_deciding} of {calibration.n_images} held-out statistics{apart}</p>"
+    )
+    index.write_text(page.replace(UPDATES, f"{line}\n{UPDATES}"))
+    return index
