@@ -52,6 +52,10 @@ def _linked(folder: Path, paths: list[Path]) -> Path:
     return folder
 
 
+def _silent(*_args) -> None:
+    pass
+
+
 def _predict(model: Path, paths: list[Path]) -> dict:
     from spadim.data.mvtec import read_rgb
     from spadim.inspect import Inspector
@@ -64,11 +68,13 @@ def _predict(model: Path, paths: list[Path]) -> dict:
         "region_score": np.array([p.region_score for p in predictions]),
         "decision": np.array([p.decision for p in predictions]),
         "level": point.region_threshold,
+        "n_deciding": inspector.calibration.n_deciding,
     }
 
 
 def update_vs_refit(method: str, work: Path, far: float = 0.05) -> dict:
-    from spadim.inspect.update import update_model
+    from spadim.inspect import Inspector
+    from spadim.inspect.update import grow_inspector, update_model
     from spadim.inspect.versions import list_versions
 
     train = sorted((HAZELNUT / "train" / "good").glob("*.png"))
@@ -81,9 +87,13 @@ def update_vs_refit(method: str, work: Path, far: float = 0.05) -> dict:
     seconds, flagged = [], []
     for step in range(1, 5):
         batch = _linked(work / f"batch{step}", train[10 * step : 10 * (step + 1)])
+        if step == 4:  # the floor of any update: load, the new images' features and scores, no file written
+            started = time.perf_counter()
+            grow_inspector(Inspector.load(grown), sorted(batch.glob("*.png")), keep_apart=True, say=_silent)
+            compute = time.perf_counter() - started
         started = time.perf_counter()
         # every image joins (the refit holds all 50); the audit's flags are counted, not acted on
-        result = update_model(grown, sorted(batch.glob("*.png")), say=lambda *_: None, keep_apart=True)
+        result = update_model(grown, sorted(batch.glob("*.png")), say=_silent, keep_apart=True)
         seconds.append(time.perf_counter() - started)
         flagged += result["stood_apart"]
     started = time.perf_counter()
@@ -111,6 +121,9 @@ def update_vs_refit(method: str, work: Path, far: float = 0.05) -> dict:
         "update_seconds": seconds,
         "refit_seconds": refit,
         "last_update_over_refit": seconds[-1] / refit,
+        "last_update_compute_seconds": compute,
+        "last_update_compute_over_refit": compute / refit,
+        "statistics_deciding": {"updated": a["n_deciding"], "refit": b["n_deciding"]},
     }
 
 
@@ -141,7 +154,7 @@ def small_sets_heal(work: Path, method: str = "patchcore", cls: str = "nut", far
     steps = []
     for stop in range(20, 201, 20):
         if stop > 20:
-            update_model(model, train[stop - 20 : stop], say=lambda *_: None, keep_apart=True)
+            update_model(model, train[stop - 20 : stop], say=_silent, keep_apart=True)
         if stop not in MEASURED_AT:
             continue
         result = _predict(model, test)
@@ -156,6 +169,8 @@ def small_sets_heal(work: Path, method: str = "patchcore", cls: str = "nut", far
                 "recall": recall,
                 "best_recall": best["recall"],
                 "ratio": recall / best["recall"] if best["recall"] else float("nan"),
+                "level": result["level"],
+                "statistics_deciding": result["n_deciding"],
             }
         )
         print(f"heal {method} {cls}: {steps[-1]}", flush=True)

@@ -43,3 +43,23 @@ def test_level_versions_and_rollback(line, tmp_path, capsys):
     with pytest.raises(SpadimError, match="no version"):
         rollback(model, "ffffffff")
     assert main(["level", str(model), "--far", "0.5", "--reason", " "]) == 2
+
+
+@pytest.mark.parametrize("sendfile", [True, False])
+def test_a_kept_copy_is_the_bytes_its_id_names(sendfile, tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from spadim.inspect import versions
+
+    if not sendfile:  # a file system without file-to-file sendfile: the copy goes through Python
+
+        def refuse(*_args):
+            raise OSError("sendfile not supported")
+
+        monkeypatch.setattr(versions.os, "sendfile", refuse)
+    source, target = tmp_path / "model.pt", tmp_path / "copy.pt"
+    content = os.urandom(9 * (1 << 20) + 17)  # more than two read blocks, not a multiple of one
+    source.write_bytes(content)
+    digest = versions._copy_hashing(source, target)
+    assert digest == hashlib.sha256(content).hexdigest() and target.read_bytes() == content
