@@ -237,7 +237,10 @@ class Inspector(Estimator):
         return OperatingPoint(
             cal.image_threshold,
             cal.mask_level,
-            f"calibrated at far={cal.far:g} ({cal.how}, n={cal.n_images})",
+            f"calibrated at far={cal.far:g} ({cal.how}, n={cal.n_images}"
+            + (
+                f", the level rests on the newest {cal.n_deciding})" if cal.n_deciding < cal.n_images else ")"
+            ),
             cal.far,
             cal.guaranteed,
             cal.region_threshold,

@@ -189,7 +189,8 @@ def update_model(
     note_update(model, entry, inspector.calibration, result["stood_apart"])
     say(
         f"updated {model}: +{len(result['added'])} image(s), n={entry['n_images']}, region level "
-        f"{result['level_before']:.4g} -> {result['level_after']:.4g} at far={inspector.calibration.far:g} "
+        f"{result['level_before']:.4g} -> {result['level_after']:.4g} at far={inspector.calibration.far:g}, "
+        f"resting on {inspector.calibration.n_deciding} of {inspector.calibration.n_images} held-out statistics "
         f"(version {entry['id']}, parent {parent['id']})"
     )
     return {"version": entry, **result}
