@@ -105,7 +105,8 @@ def test_a_calibration_without_sizes_grows_as_if_its_model_scored_them():
     }
     legacy = Calibration.from_json(old_json)
     assert legacy.region_threshold == _level(np.arange(20.0), 0.1) and legacy.n_deciding == 20
-    grown = grow(legacy, [5.0], [np.full((4, 4), 5.0)], [5.0], scored_by=20, model_images=21)
+    grown = grow(legacy, [5.0], [np.full((4, 4), 5.0)], [5.0], scored_by=30, model_images=31)
+    assert grown.region_scored_by == [30] * 21  # the model they calibrated held 30 (a held-out folder of 20)
     assert grown.n_deciding == 21 and grown.region_threshold == _level([*range(20), 5.0], 0.1)
 
 

@@ -269,7 +269,8 @@ def grow(
     """The calibration with new held-out statistics added, each scored by a model of ``scored_by`` images
     that did not hold its image, for a model now of ``model_images``. Image scores, per-image maxima and
     region statistics are merged exactly, each with the size of the model that scored it (statistics of
-    a calibration that never recorded sizes count as scored by the model they calibrated). The pixel tail keeps
+    a calibration that never recorded sizes count as scored by the model they calibrated, the one that
+    scored the new images). The pixel tail keeps
     its length: the largest scores of the old tail and the new maps, exact down to the old tail's
     minimum, so the pixel threshold stays exact while it lies above that (the normal case: 0.1% of
     pixels against a 1% tail). The pixel median, only the zero of normalised scores, is kept."""
@@ -278,12 +279,11 @@ def grow(
     merged = np.concatenate([old_tail, new_pixels])
     keep = len(old_tail)
     tail = np.sort(np.partition(merged, len(merged) - keep)[len(merged) - keep :])
-    held_before = calibration.model_images or calibration.n_images
     images, image_sizes = _merged(
-        calibration.image_scores, calibration.image_scored_by, held_before, image_scores, scored_by
+        calibration.image_scores, calibration.image_scored_by, image_scores, scored_by
     )
     regions, region_sizes = _merged(
-        calibration.region_scores or [], calibration.region_scored_by, held_before, regions, scored_by
+        calibration.region_scores or [], calibration.region_scored_by, regions, scored_by
     )
     return replace(
         calibration,
@@ -300,9 +300,10 @@ def grow(
     )
 
 
-def _merged(old, old_sizes, held_before: int, new, new_size: int) -> tuple[list[float], list[int]]:
-    """Old and new statistics sorted together, each with the size of the model that scored it."""
-    sizes = [*(old_sizes if old_sizes is not None else [held_before] * len(old)), *[new_size] * len(new)]
+def _merged(old, old_sizes, new, new_size: int) -> tuple[list[float], list[int]]:
+    """Old and new statistics sorted together, each with the size of the model that scored it (old ones
+    without sizes: the model they calibrated, which also scored the new ones)."""
+    sizes = [*(old_sizes if old_sizes is not None else [new_size] * len(old)), *[new_size] * len(new)]
     pairs = sorted(zip([*map(float, old), *map(float, new)], sizes))
     return [score for score, _ in pairs], [int(size) for _, size in pairs]
 
