@@ -44,7 +44,8 @@ def _describe(inspector: Inspector) -> dict:
 
 def confirmed_good(store: RecordStore, held: set[str], folder: Path) -> list[Path]:
     """Images of the record confirmed good and not held yet, once each (by content): the file a record
-    names, or the upload kept in the record, written to ``folder``."""
+    names, or the upload kept in the record, written to ``folder`` as ``record-ID-NAME`` (so messages
+    name the record)."""
     paths, seen = [], set(held)
     for row in store.query(verdict="good"):
         if row["image_sha256"] in seen:
@@ -52,7 +53,11 @@ def confirmed_good(store: RecordStore, held: set[str], folder: Path) -> list[Pat
         seen.add(row["image_sha256"])
         data = store.image(row["image_sha256"])
         if data is not None:
-            path = folder / f"{row['image_sha256'][:16]}{Path(row['image']).suffix or '.png'}"
+            named = Path(row["image"])
+            path = (
+                folder
+                / f"record-{row['id']}-{named.stem or row['image_sha256'][:16]}{named.suffix or '.png'}"
+            )
             path.write_bytes(data)
             paths.append(path)
         elif Path(row["image"]).is_file() and file_sha256(Path(row["image"])) == row["image_sha256"]:

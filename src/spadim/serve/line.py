@@ -7,6 +7,8 @@ it was served with; ``model`` names it as in ``/predict``.
 
 from __future__ import annotations
 
+import json
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
@@ -124,12 +126,22 @@ def add_line_routes(
         )
 
     @app.post("/models/{name}/update")
-    async def update(name: str) -> JSONResponse:
-        """Grow the model with every record confirmed good that it does not hold; serve the new version."""
+    async def update(name: str, request: Request) -> JSONResponse:
+        """Grow the model with every record confirmed good that it does not hold; serve the new version.
+        Images that stand apart from the calibration are left out and named, unless the body says
+        ``{"keep_apart": true}``: a second, explicit step of the operator who confirmed them."""
         from spadim.inspect.update import update_model
 
         name, store = chosen(name)
         inspector = inspectors[name]
+        body = await request.body()
+        try:
+            options = json.loads(body) if body.strip() else {}
+        except ValueError:
+            options = None
+        if not isinstance(options, dict) or not isinstance(options.get("keep_apart", False), bool):
+            raise HTTPException(422, 'send no body, or JSON: {"keep_apart": true or false}')
+        keep_apart = options.get("keep_apart", False)
         lines: list[str] = []
         try:
             result = await run_in_threadpool(
@@ -137,7 +149,9 @@ def add_line_routes(
                 inspector.model_path,
                 store=store,
                 weights=inspector.load_options.get("weights"),
-                reason="confirmed good on the page",
+                keep_apart=keep_apart,
+                reason="confirmed good on the page"
+                + ("; those that stood apart added by the operator" if keep_apart else ""),
                 say=lines.append,
             )
             if result["added"]:
@@ -150,6 +164,7 @@ def add_line_routes(
                 "model_version": inspectors[name].model_version,
                 "added": result["added"],
                 "set_apart": result["set_apart"],
+                "stood_apart": result["stood_apart"],
                 "lines": lines,
             }
         )
