@@ -184,3 +184,36 @@ def test_review_update_and_serve_the_new_version(browser, server, tiny_root, tmp
     )
     browser.find_element(By.ID, "files").send_keys(str(good_images[1]))
     _wait(browser, lambda d: store.count(model_version=third_version) == 1)
+
+
+def test_an_image_set_apart_joins_on_the_second_button(browser, server, tmp_path):
+    import cv2
+    import numpy as np
+    from selenium.webdriver.common.by import By
+
+    model, url = server
+    store = RecordStore(Path(f"{model}.records.sqlite"))
+    noise = tmp_path / "noise.png"  # like no part at all, yet confirmed good by the operator
+    cv2.imwrite(str(noise), np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8))
+    browser.get(url)
+    _wait(
+        browser, lambda d: (_answer_key_prompt(d), "version" in d.find_element(By.ID, "model-info").text)[1]
+    )
+    browser.find_element(By.ID, "files").send_keys(str(noise))
+    _wait(browser, lambda d: len(_cards(d)) == 1)
+    (row,) = store.query()
+    browser.find_element(By.CSS_SELECTOR, f'#records .record[data-id="{row["id"]}"] button.good').click()
+    _wait(browser, lambda d: store.get(row["id"])["verdict"] == "good")
+    first = version_id(model)
+    browser.find_element(By.ID, "update").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "update-keep-apart").is_displayed())
+    assert "stands apart" in browser.find_element(By.ID, "update-result").text
+    assert version_id(model) == first  # nothing joined
+    browser.find_element(By.ID, "update-keep-apart").click()
+    _wait(browser, lambda d: "updated" in d.find_element(By.ID, "update-result").text)
+    assert not browser.find_element(By.ID, "update-keep-apart").is_displayed()
+    entry = list_versions(model)[-1]
+    assert (
+        entry["kind"] == "update" and entry["parent"] == first and "added by the operator" in entry["reason"]
+    )
+    assert [Path(image).name for image in entry["images_added"]] == [f"record-{row['id']}-noise.png"]
