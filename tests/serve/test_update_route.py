@@ -65,3 +65,32 @@ def test_images_that_stand_apart_join_only_when_the_operator_asks_again(served, 
     assert Inspector.load(model).meta["fit"]["images"] == 6 + 2
     held = set(Inspector.load(model).meta["fit"]["held_sha256"])
     assert {store.get(normal)["image_sha256"], store.get(odd)["image_sha256"]} <= held
+
+
+def test_two_updates_at_once_never_fork_the_version_log(served, tiny_root):
+    """A double click: both requests run at once in the server's threads; the second waits for the first
+    and finds nothing left to add, so the log stays one line of descent."""
+    import threading
+
+    client, model, _ = served
+    for i, path in enumerate(sorted((tiny_root / "nut" / "test" / "good").glob("*.png"))):
+        _confirmed_good(client, f"good_{i}.png", cv2.imread(str(path)))
+    start, answers = threading.Barrier(2), []
+
+    def click() -> None:
+        start.wait()
+        answers.append(client.post("/models/nut/update", json={"keep_apart": True}).json())
+
+    threads = [threading.Thread(target=click) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(len(answer["added"]) for answer in answers) == [0, 2]
+    grown = next(answer for answer in answers if answer["added"])
+    assert (
+        grown["n_images"] == 8 and grown["level_after"] == Inspector.load(model).calibration.region_threshold
+    )
+    log = list_versions(model)
+    assert [entry["kind"] for entry in log] == ["fit", "update"]
+    assert all(answer["model_version"] == log[-1]["id"] for answer in answers)

@@ -211,8 +211,11 @@ def create_app(
     budget = DecodeBudget(decode_pixels or 2 * max_pixels())
     stores = {name: (stores or {}).get(name) for name in inspectors}
     metrics = LineMetrics()
-    add_line_routes(app, inspectors, stores, metrics, default_model)
-    add_audit_routes(app, inspectors, stores)
+    # one model-writing action (update, take-out) at a time per model: the next acts on the version the
+    # last one made, so two clicks never fork the version log
+    writers = {name: threading.Lock() for name in inspectors}
+    add_line_routes(app, inspectors, stores, metrics, default_model, writers)
+    add_audit_routes(app, inspectors, stores, writers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):

@@ -10,7 +10,6 @@ Routes (behind the API key when the server has one): ``GET /models/{name}/audit`
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import cv2
@@ -27,9 +26,8 @@ from spadim.run.modelfile import load_model
 THUMBNAIL = 160  # longest side of a thumbnail, pixels
 
 
-def add_audit_routes(app: FastAPI, inspectors, stores: dict) -> None:
-    # one take-out at a time per model: a second one waits and then acts on the version the first made
-    refits = {name: threading.Lock() for name in inspectors}
+def add_audit_routes(app: FastAPI, inspectors, stores: dict, writers: dict) -> None:
+    """``writers``: a lock per model, held while a take-out writes a version (shared with the update)."""
 
     def model_of(name: str) -> Path:
         if name not in inspectors:
@@ -87,7 +85,7 @@ def add_audit_routes(app: FastAPI, inspectors, stores: dict) -> None:
         weights = inspectors[name].load_options.get("weights")
 
         def refit() -> dict:
-            with refits[name]:
+            with writers[name]:
                 result = take_out(
                     model,
                     [body["image"]],

@@ -77,7 +77,10 @@ def add_line_routes(
     stores: dict[str, RecordStore | None],
     metrics: LineMetrics,
     default_model: str,
+    writers: dict,
 ) -> None:
+    """``writers``: a lock per model, held while an update writes a version (shared with the take-out)."""
+
     def chosen(model: str | None) -> tuple[str, RecordStore]:
         name = model or default_model
         if name not in inspectors:
@@ -143,19 +146,24 @@ def add_line_routes(
             raise HTTPException(422, 'send no body, or JSON: {"keep_apart": true or false}')
         keep_apart = options.get("keep_apart", False)
         lines: list[str] = []
+
+        def grow() -> dict:
+            with writers[name]:
+                result = update_model(
+                    inspector.model_path,
+                    store=store,
+                    weights=inspector.load_options.get("weights"),
+                    keep_apart=keep_apart,
+                    reason="confirmed good on the page"
+                    + ("; those that stood apart added by the operator" if keep_apart else ""),
+                    say=lines.append,
+                )
+                if result["added"]:
+                    inspectors.reload_now(name)
+                return result
+
         try:
-            result = await run_in_threadpool(
-                update_model,
-                inspector.model_path,
-                store=store,
-                weights=inspector.load_options.get("weights"),
-                keep_apart=keep_apart,
-                reason="confirmed good on the page"
-                + ("; those that stood apart added by the operator" if keep_apart else ""),
-                say=lines.append,
-            )
-            if result["added"]:
-                await run_in_threadpool(inspectors.reload_now, name)
+            result = await run_in_threadpool(grow)
         except SpadimError as exc:
             raise HTTPException(409, str(exc)) from None
         return JSONResponse(
@@ -165,6 +173,9 @@ def add_line_routes(
                 "added": result["added"],
                 "set_apart": result["set_apart"],
                 "stood_apart": result["stood_apart"],
+                "n_images": result.get("n_images"),
+                "level_before": result["level_before"],
+                "level_after": result["level_after"],
                 "lines": lines,
             }
         )
