@@ -63,3 +63,32 @@ def test_a_kept_copy_is_the_bytes_its_id_names(sendfile, tmp_path, monkeypatch):
     source.write_bytes(content)
     digest = versions._copy_hashing(source, target)
     assert digest == hashlib.sha256(content).hexdigest() and target.read_bytes() == content
+
+
+def test_two_processes_updating_at_once_never_fork_the_log(line, tmp_path):
+    """`spadim update` twice at once on one model (a page and a cron job): the writer lock makes the
+    second wait for the first and find the images held already."""
+    import subprocess
+    import sys
+
+    root, fitted, _ = line
+    model = tmp_path / "nut.pt"
+    shutil.copyfile(fitted, model)
+    shutil.copytree(versions_dir(fitted), versions_dir(model))
+    first = version_id(model)
+    more = root / "toy" / "nut" / "test" / "good"
+    cli = "import sys; from spadim.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", cli, "update", str(model), str(more), "--keep-apart"]
+    runs = [
+        subprocess.Popen([*command, "--weights", "random"], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    log = list_versions(model)
+    assert [entry["kind"] for entry in log] == ["fit", "update"] and log[-1]["parent"] == first
+    assert sum("nothing to add" in text for text in outputs) == 1
+    assert not versions_dir(tmp_path / "missing.pt").exists()
+    with pytest.raises(SpadimError, match="no version"):
+        rollback(tmp_path / "missing.pt", "abc")
+    assert not versions_dir(tmp_path / "missing.pt").exists()  # a typo creates nothing

@@ -32,7 +32,7 @@ from spadim.run.pipeline import Settings, make_extractor
 from spadim.decision.conformal import DEFAULT_FAR, DEFAULT_PIXEL_FAR
 from spadim.report.fitreport import write_fit_report
 from .fitting import fit_features, write_audit_file
-from .versions import commit_version, ensure_logged, version_id, versions_dir
+from .versions import commit_version, ensure_logged, one_writer, version_id, versions_dir
 
 DECISIONS = "audit.jsonl"
 PENDING, KEPT, TAKEN_OUT = "pending", "kept", "taken out"
@@ -163,6 +163,7 @@ def training_set(meta: dict) -> list[dict]:
     return held + [dict(entry) for entry in fit.get("added") or []]
 
 
+@one_writer
 def take_out(
     model: Path,
     images,

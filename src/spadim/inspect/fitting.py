@@ -38,7 +38,7 @@ from spadim.features.backbone import file_sha256
 from spadim.record import sha256_bytes
 from .inspector import Inspector
 from .stages import Stages
-from .versions import commit_version, ensure_logged
+from .versions import commit_version, ensure_logged, one_writer
 
 
 def fit_features(
@@ -224,6 +224,7 @@ def audit_line(entry: dict) -> str:
     )
 
 
+@one_writer
 def calibrate_model(
     model: Path,
     folder: Path,

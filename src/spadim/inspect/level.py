@@ -12,9 +12,10 @@ from spadim.errors import SpadimError
 from spadim.record import RecordStore
 from spadim.decision.conformal import Calibration, check_far
 from spadim.run.modelfile import load_model, write_blob
-from .versions import commit_version, ensure_logged, version_id
+from .versions import commit_version, ensure_logged, one_writer, version_id
 
 
+@one_writer
 def set_level(model: Path, far: float, reason: str, store: RecordStore | None = None, say=print) -> dict:
     if not reason or not reason.strip():
         raise SpadimError("say why the level changes (`reason`): the version log and the record keep it")

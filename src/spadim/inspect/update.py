@@ -25,7 +25,7 @@ from spadim.features.extractor import take
 from spadim.run.modelfile import write_blob
 from spadim.report.fitreport import note_update
 from .inspector import Inspector
-from .versions import commit_version, ensure_logged
+from .versions import commit_version, ensure_logged, one_writer
 
 
 def held_images(meta: dict) -> set[str]:
@@ -155,6 +155,7 @@ def grow_inspector(inspector: Inspector, paths: list[Path], *, keep_apart: bool 
     }
 
 
+@one_writer
 def update_model(
     model: Path,
     images: list[Path] | None = None,

@@ -9,10 +9,13 @@ record names the version that decided (``Inspector.model_version``).
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,6 +32,35 @@ def versions_dir(model: Path) -> Path:
 
 def version_id(model: Path) -> str:
     return file_sha256(Path(model))[:16]
+
+
+@contextmanager
+def writing(model: Path):
+    """Hold the model's writer lock (``MODEL.versions/lock``, an exclusive ``flock``): one process or
+    thread at a time reads the version in force, writes the next and logs it, so two writers (a page's
+    update and a cron job's) never fork the log or lose each other's images."""
+    if not Path(model).is_file():  # nothing to guard: the action says what is missing, creating nothing
+        yield
+        return
+    folder = versions_dir(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def one_writer(action):
+    """``action(model, ...)`` runs under :func:`writing` for its model."""
+
+    @functools.wraps(action)
+    def locked(model, *args, **kwargs):
+        with writing(Path(model)):
+            return action(model, *args, **kwargs)
+
+    return locked
 
 
 def list_versions(model: Path) -> list[dict]:
@@ -103,6 +135,7 @@ def ensure_logged(model: Path, describe, digest: str | None = None) -> dict:
     return current_version(model, digest) or commit_version(model, "fit", None, **describe())
 
 
+@one_writer
 def rollback(model: Path, version: str, reason: str | None = None) -> dict:
     """Put an earlier version back in force (a new log line, kind ``rollback``)."""
     model = Path(model)
