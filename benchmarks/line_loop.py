@@ -201,7 +201,7 @@ def drift(work: Path, cls: str = "nut", method: str = "patchcore", runs: int = 2
     options = ["--method", method, "--layers", LAYERS[method], "--far", 0.05, "--seed", 0, *ARCH]
     _cli("fit", _linked(model.parent / "fit", split[:100]), *options, "--out", model)
     inspector = Inspector.load(model)
-    reference = np.array(inspector.calibration.region_scores)
+    reference = inspector.calibration.deciding_region_scores
     clean_paths = split[100:]
     clean = _region_scores(model, [read_rgb(p) for p in clean_paths])
     level = inspector.calibration.region_threshold

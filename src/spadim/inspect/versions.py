@@ -9,7 +9,6 @@ record names the version that decided (``Inspector.model_version``).
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import json
@@ -21,6 +20,11 @@ from pathlib import Path
 
 from spadim.errors import SpadimError
 from spadim.features.backbone import file_sha256
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: writers of one model are not serialised across processes
+    fcntl = None
 
 LOG = "log.jsonl"
 
@@ -39,7 +43,7 @@ def writing(model: Path):
     """Hold the model's writer lock (``MODEL.versions/lock``, an exclusive ``flock``): one process or
     thread at a time reads the version in force, writes the next and logs it, so two writers (a page's
     update and a cron job's) never fork the log or lose each other's images."""
-    if not Path(model).is_file():  # nothing to guard: the action says what is missing, creating nothing
+    if fcntl is None or not Path(model).is_file():  # a missing model: the action says so, creating nothing
         yield
         return
     folder = versions_dir(model)

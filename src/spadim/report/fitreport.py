@@ -108,8 +108,8 @@ def note_update(model: Path, entry: dict, calibration, stood_apart: list[str]) -
     if "<h2>Updates</h2>" not in page:
         page = page.replace(
             UPDATES,
-            f"<h2>Updates</h2><p>The level above is the fit's. Each update since "
-            f"added good images, each scored before it joined:</p>\n{UPDATES}",
+            f"<h2>Updates</h2><p>The level above is the one this report was written with. Each update "
+            f"since added good images, each scored before it joined:</p>\n{UPDATES}",
         )
     apart = f"; stood apart: {', '.join(map(html.escape, stood_apart))}" if stood_apart else ""
     line = (
