@@ -92,3 +92,31 @@ def test_two_processes_updating_at_once_never_fork_the_log(line, tmp_path):
     with pytest.raises(SpadimError, match="no version"):
         rollback(tmp_path / "missing.pt", "abc")
     assert not versions_dir(tmp_path / "missing.pt").exists()  # a typo creates nothing
+
+
+def test_prune_deletes_old_version_files_but_keeps_the_log_and_the_one_in_force(line, tmp_path, capsys):
+    root, fitted, _ = line
+    model = tmp_path / "nut.pt"
+    shutil.copyfile(fitted, model)
+    shutil.copytree(versions_dir(fitted), versions_dir(model))
+    for far in ("0.3", "0.4", "0.5"):
+        assert main(["level", str(model), "--far", far, "--reason", f"try {far}"]) == 0
+    ids = [entry["id"] for entry in list_versions(model)]
+    assert len(set(ids)) == 4
+    assert main(["rollback", str(model), ids[0], "--reason", "back to the fit"]) == 0  # the oldest in force
+    sizes = {version: (versions_dir(model) / f"{version}.pt").stat().st_size for version in ids}
+    capsys.readouterr()
+    assert main(["versions", str(model), "--keep", "1", "--reason", "disk"]) == 0
+    out = capsys.readouterr().out
+    # newest first by log order: the rollback's line names ids[0], which is also in force; 1, 2, 3 go
+    gone = ids[1:]
+    assert not any((versions_dir(model) / f"{v}.pt").exists() for v in gone)
+    assert (versions_dir(model) / f"{ids[0]}.pt").is_file() and version_id(model) == ids[0]
+    assert f"{sum(sizes[v] for v in gone) / 2**20:.0f} MiB" in out and "of 3 older version(s)" in out
+    listed = out.strip().splitlines()[1:]
+    assert len(listed) == 5 and sum("(file pruned)" in text for text in listed) == 3
+    assert [e["id"] for e in list_versions(model)] == [*ids, ids[0]]  # the log keeps every line
+    with pytest.raises(SpadimError, match="was pruned"):
+        rollback(model, ids[2])
+    assert main(["versions", str(model), "--keep", "0"]) == 2
+    assert "at least 1" in capsys.readouterr().err

@@ -129,15 +129,30 @@ def cmd_update(a) -> None:
 
 
 def cmd_versions(a) -> None:
-    from spadim.inspect.versions import list_versions, version_id, version_line
+    from spadim.inspect.versions import (
+        list_versions,
+        prune,
+        pruned_ids,
+        version_id,
+        version_line,
+        versions_dir,
+    )
 
     entries = list_versions(a.model)
     if not entries:
         raise SpadimError(f"model {a.model} keeps no versions yet (it was fitted before versions were kept)")
-    in_force = version_id(a.model)
+    if a.keep is not None:
+        done = prune(a.model, a.keep, a.reason)
+        print(
+            f"{a.model}: deleted the files of {len(done['removed'])} older version(s), "
+            f"{done['freed_bytes'] / 2**20:.0f} MiB; the log keeps their lines"
+        )
+    in_force, folder = version_id(a.model), versions_dir(a.model)
+    pruned = {version for version in pruned_ids(a.model) if not (folder / f"{version}.pt").is_file()}
     for entry in entries:
         print(
             version_line(entry)
+            + ("  (file pruned)" if entry["id"] in pruned and entry["id"] != in_force else "")
             + ("  <- in force" if entry is entries[-1] and entry["id"] == in_force else "")
         )
 
@@ -212,6 +227,15 @@ def add_line_commands(sub) -> None:
 
     p = sub.add_parser("versions", help="list a model's versions, one line each, the newest last")
     p.add_argument("model", type=Path)
+    p.add_argument(
+        "--keep",
+        type=int,
+        default=None,
+        metavar="N",
+        help="first delete the files of all but the newest N versions (never the one in force); "
+        "their log lines stay",
+    )
+    p.add_argument("--reason", default=None, help="kept in MODEL.versions/pruned.jsonl")
     p.set_defaults(func=cmd_versions)
 
     p = sub.add_parser("rollback", help="put an earlier version of a model back in force")

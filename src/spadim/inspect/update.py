@@ -193,10 +193,11 @@ def update_model(
         reason=reason,
     )
     note_update(model, entry, inspector.calibration, result["stood_apart"])
+    grown = inspector.calibration
     say(
         f"updated {model}: +{len(result['added'])} image(s), n={entry['n_images']}, region level "
-        f"{result['level_before']:.4g} -> {result['level_after']:.4g} at far={inspector.calibration.far:g}, "
-        f"resting on {inspector.calibration.n_deciding} of {inspector.calibration.n_images} held-out statistics "
-        f"(version {entry['id']}, parent {parent['id']})"
+        f"{result['level_before']:.4g} -> {result['level_after']:.4g} at far={grown.far:g}, resting on "
+        f"{grown.n_deciding} of {grown.n_images} held-out statistics (version {entry['id']}, parent "
+        f"{parent['id']})"
     )
     return {"version": entry, **result}

@@ -3,8 +3,8 @@
 ``MODEL`` is the version in force; ``MODEL.versions/`` keeps each version's file under its id (the
 first 16 hex digits of its SHA-256, so an id names exactly one content) and ``log.jsonl``, one line
 per version with its parent, what changed and the level before and after. ``rollback`` copies an
-older version's file back to ``MODEL`` and logs that too; nothing is ever deleted or rewritten. Every
-record names the version that decided (``Inspector.model_version``).
+older version's file back to ``MODEL`` and logs that too; nothing is rewritten, and only ``prune``
+deletes. Every record names the version that decided (``Inspector.model_version``).
 """
 
 from __future__ import annotations
@@ -154,13 +154,58 @@ def rollback(model: Path, version: str, reason: str | None = None) -> dict:
     target = matches[-1]
     kept = versions_dir(model) / f"{target['id']}.pt"
     if not kept.is_file():
-        raise SpadimError(f"the file of version {target['id']} is missing from {kept.parent}")
+        why = "was pruned" if target["id"] in pruned_ids(model) else f"is missing from {kept.parent}"
+        raise SpadimError(f"the file of version {target['id']} {why}: roll back to a version that is kept")
     parent = version_id(model) if model.is_file() else None
     staged = model.with_name(model.name + f".tmp{os.getpid()}")
     shutil.copyfile(kept, staged)
     staged.replace(model)
     details = {k: target.get(k) for k in ("n_images", "level_after", "far") if k in target}
     return commit_version(model, "rollback", parent, restored=target["id"], reason=reason, **details)
+
+
+PRUNES = "pruned.jsonl"
+
+
+@one_writer
+def prune(model: Path, keep: int, reason: str | None = None) -> dict:
+    """Delete the kept files of all but the newest ``keep`` versions (never the one in force); their log
+    lines stay, and ``pruned.jsonl`` says when and why. Every version is a whole model file, so a line
+    that updates hourly fills a disk; this is the only path that deletes one."""
+    if not isinstance(keep, int) or keep < 1:
+        raise SpadimError(f"`keep` must be a whole number of versions, at least 1 (got {keep!r})")
+    model = Path(model)
+    entries = list_versions(model)
+    if not entries:
+        raise SpadimError(f"model {model} keeps no versions: nothing to prune")
+    newest_first = list(dict.fromkeys(entry["id"] for entry in reversed(entries)))
+    kept = set(newest_first[:keep]) | ({version_id(model)} if model.is_file() else set())
+    folder = versions_dir(model)
+    removed, freed = [], 0
+    for version in newest_first:
+        path = folder / f"{version}.pt"
+        if version in kept or not path.is_file():
+            continue
+        freed += path.stat().st_size
+        path.unlink()
+        removed.append(version)
+    event = {"at": datetime.now(timezone.utc).isoformat(), "keep": keep, "removed": removed, "reason": reason}
+    with open(folder / PRUNES, "a") as log:
+        log.write(json.dumps(event) + "\n")
+    return {**event, "freed_bytes": freed}
+
+
+def pruned_ids(model: Path) -> set[str]:
+    """The versions whose files ``prune`` deleted."""
+    log = versions_dir(model) / PRUNES
+    if not log.is_file():
+        return set()
+    return {
+        version
+        for line in log.read_text().splitlines()
+        if line.strip()
+        for version in json.loads(line)["removed"]
+    }
 
 
 def version_line(entry: dict) -> str:
