@@ -84,9 +84,12 @@ def test_evaluate_runs_one_ray_task_per_class_with_the_same_results(cluster, tin
         (r["class"], r["method"]) for r in local["rows"]
     ]
     assert len(local["rows"]) == 6  # 2 classes x 2 methods + 2 means
+    # a task has cluster CPUs / workers threads (1 here, 2 locally): BLAS sums in another order and the
+    # probed search may differ, so maps agree to float rounding and pixel rankings to a few ties
+    # (1.4e-6 apart in AUROC seen on a 2-core EPYC; identical on a Xeon)
     for one, other in zip(local["rows"], remote["rows"]):
         for key in ("pixel_auroc", "pixel_aupr", "image_auroc"):
-            assert other[key] == pytest.approx(one[key], abs=1e-6), (one["class"], one["method"], key)
+            assert other[key] == pytest.approx(one[key], abs=1e-4), (one["class"], one["method"], key)
     for name in ("tile", "nut"):
         assert (tmp_path / "ray" / "curves" / f"{name}.png").is_file()
 
