@@ -236,3 +236,24 @@ def test_a_missing_checkpoint_names_the_architecture_whose_checkpoint_is_there(t
     with pytest.raises(SpadimError) as nothing:
         locate("wide_resnet50_2", str(tmp_path), download=False)
     assert "pass `arch=" not in str(nothing.value)
+
+
+def test_a_checkpoint_is_assigned_without_an_initialised_copy(tmp_path):
+    """The network is built without storage and takes the checkpoint's tensors; it computes what a network
+    built, initialised and then loaded by copying computes, and a float16 file still gives float32."""
+    path, state = _save_tv_file(tmp_path, "resnet18", seed=5)
+    fast, _ = load_backbone("resnet18", str(path))
+    copied = build("resnet18")
+    copied.load_state_dict(state)
+    copied.eval()
+    assert not any(t.is_meta for t in [*fast.parameters(), *fast.buffers()])
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        got, expect = fast.features(x), copied.features(x)
+    for key in expect:
+        assert torch.equal(got[key], expect[key]), key
+    half = tmp_path / "half.pth"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, half)
+    network, _ = load_backbone("resnet18", str(half))
+    assert {p.dtype for p in network.parameters()} == {torch.float32}
+    assert torch.equal(network.conv1.weight, state["conv1.weight"].half().float())

@@ -137,3 +137,31 @@ def test_padim_low_rank_update_grows_in_the_span_without_a_d_by_d_scatter(monkey
     np.testing.assert_allclose(grown.mean, full.mean, rtol=1e-5, atol=1e-6)
     expect = full.distance_grid(test)
     np.testing.assert_allclose(grown.distance_grid(test), expect, rtol=1e-4, atol=1e-5 * float(expect.max()))
+
+
+def test_a_spade_file_keeps_the_gallery_rows_as_they_are_held(tmp_path):
+    """The gallery is saved in the [N, h, w, C] order the search reads (no transpose on save or load), a
+    row view of a larger buffer is saved alone, and a file of NCHW tensors (older spadim) still loads."""
+    import io
+
+    train, test = _fs(6, 0), _fs(2, 1)
+    model = Spade(layers=(1, 2, 3), k=3, search=TorchSearch()).fit(train)
+    expect, _ = model.score(test, 16)
+    path = tmp_path / "spade.pt"
+    torch.save(model.state(), path)
+    state = torch.load(path, weights_only=True)
+    assert state["tensors"]["layer1"].shape == train.layers[1].shape  # logical [N, C, h, w], as before
+    loaded = Spade.from_state(state)
+    for layer, rows in loaded.rows.items():
+        assert rows.is_contiguous() and rows.data_ptr() == state["tensors"][f"layer{layer}"].data_ptr()
+    np.testing.assert_array_equal(loaded.score(test, 16)[0], expect)
+    # older files hold contiguous NCHW tensors: they load to the same rows
+    older = {**state, "tensors": {key: value.contiguous() for key, value in state["tensors"].items()}}
+    np.testing.assert_array_equal(Spade.from_state(older).score(test, 16)[0], expect)
+    # rows that are a view of a larger buffer are saved alone, not with the whole buffer
+    model.rows = {layer: torch.cat([rows, rows])[: len(rows)] for layer, rows in model.rows.items()}
+    alone, whole = io.BytesIO(), io.BytesIO()
+    torch.save(model.state(), alone)
+    torch.save({layer: rows for layer, rows in model.rows.items()}, whole)
+    expected_bytes = sum(rows.numel() * 4 for rows in model.rows.values())
+    assert len(alone.getvalue()) < expected_bytes * 1.5 < len(whole.getvalue())

@@ -120,3 +120,26 @@ def test_prune_deletes_old_version_files_but_keeps_the_log_and_the_one_in_force(
         rollback(model, ids[2])
     assert main(["versions", str(model), "--keep", "0"]) == 2
     assert "at least 1" in capsys.readouterr().err
+
+
+def test_a_version_written_by_spadim_is_logged_from_the_digest_of_its_writing(tmp_path):
+    """write_blob hashes the bytes on their way out; commit_version takes that digest while the file is the
+    one written, and reads the file again once anything changed it."""
+    import hashlib
+
+    import torch
+
+    from spadim.inspect import versions
+    from spadim.run.modelfile import write_blob
+
+    model = tmp_path / "model.pt"
+    written = write_blob(model, {"weights": torch.arange(100_000.0), "name": "x"})
+    assert written.sha256 == hashlib.sha256(model.read_bytes()).hexdigest()
+    entry = versions.commit_version(model, "fit", None, written=written)
+    kept = versions_dir(model) / f"{entry['id']}.pt"
+    assert entry["id"] == written.sha256[:16] and kept.read_bytes() == model.read_bytes()
+    # the same file changed after it was written: the stale digest is not trusted
+    model.write_bytes(b"something else")
+    entry = versions.commit_version(model, "level", entry["id"], written=written)
+    assert entry["id"] == hashlib.sha256(b"something else").hexdigest()[:16]
+    assert (versions_dir(model) / f"{entry['id']}.pt").read_bytes() == b"something else"

@@ -237,7 +237,7 @@ def take_out(
     fit_info["taken_out"] = list((meta.get("fit") or {}).get("taken_out") or []) + removed
     seconds = time.perf_counter() - started
     level_before = calibration.get("region_threshold")
-    write_blob(model, blob)
+    written = write_blob(model, blob)
     write_audit_file(model, after, fit_info)
     write_fit_report(
         model,
@@ -253,6 +253,7 @@ def take_out(
         model,
         "take-out",
         parent["id"],
+        written=written,
         images_removed=removed,
         n_images=len(remaining),
         level_before=level_before,

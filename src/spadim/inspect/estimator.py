@@ -24,7 +24,6 @@ from spadim.data.folders import find_images
 from spadim.data.mvtec import check_images, read_rgb
 from spadim.decision.conformal import DEFAULT_FAR, DEFAULT_PIXEL_FAR, check_far
 from spadim.errors import SpadimError
-from spadim.features.backbone import file_sha256
 from spadim.features.config import BackboneConfig
 from spadim.methods import PatchCore
 from spadim.run.calibration import DEFAULT_FOLDS
@@ -218,18 +217,19 @@ class Estimator:
         path = Path(path)
         parent = current_version(path) if path.is_file() else None
         meta["state"] = self.method.state()
-        write_blob(path, meta)
+        written = write_blob(path, meta)
         calibration = self.calibration
         commit_version(
             path,
             "fit" if parent is None else "save",
             None if parent is None else parent["id"],
+            written=written,
             n_images=meta["fit"].get("images"),
             level_after=None if calibration is None else calibration.region_threshold,
             far=None if calibration is None else calibration.far,
         )
         self.model_path = path
-        self.sha256 = file_sha256(path)
+        self.sha256 = written.sha256
         return path
 
 

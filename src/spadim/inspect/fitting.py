@@ -175,14 +175,20 @@ def fit_model(
         seconds = dict(stages.seconds)
         blob["fit"].update(folder=str(folder), seconds=seconds)
         names = blob["fit"]["held_out"]["images"]
-        write_blob(Path(out), blob)
+        written = write_blob(Path(out), blob)
         if selection is not None:  # the audit trail of the choice, readable without torch
             Path(f"{out}.layers.json").write_text(
                 json.dumps(json_ready(selection.to_json()), indent=1, allow_nan=False)
             )
         write_audit_file(out, calibration, blob["fit"])
         commit_version(
-            out, "fit", None, n_images=len(train), level_after=calibration.region_threshold, far=far
+            out,
+            "fit",
+            None,
+            written=written,
+            n_images=len(train),
+            level_after=calibration.region_threshold,
+            far=far,
         )
         report = write_fit_report(
             out, method_name, calibration, held, names, train.images, suspects, extractor.weights.banner
@@ -263,11 +269,12 @@ def calibrate_model(
     parent = ensure_logged(
         Path(model), lambda: {"n_images": blob.get("fit", {}).get("images")}, inspector.sha256
     )
-    write_blob(target, blob)
+    written = write_blob(target, blob)
     commit_version(
         target,
         "calibrate",
         parent["id"],
+        written=written,
         n_images=blob.get("fit", {}).get("images"),
         level_before=inspector.calibration.region_threshold if inspector.calibration else None,
         level_after=calibration.region_threshold,

@@ -31,11 +31,12 @@ def set_level(model: Path, far: float, reason: str, store: RecordStore | None = 
         lambda: {"n_images": before.n_images, "level_after": before.region_threshold, "far": before.far},
     )
     blob["calibration"] = after.to_json()
-    write_blob(model, blob)
+    written = write_blob(model, blob)
     entry = commit_version(
         model,
         "level",
         parent["id"],
+        written=written,
         n_images=before.n_images,
         level_before=before.region_threshold,
         level_after=after.region_threshold,

@@ -179,11 +179,12 @@ def update_model(
         result = grow_inspector(inspector, paths, keep_apart=keep_apart, say=say)
     if not result["added"]:
         return {"version": parent, **result}
-    write_blob(model, inspector.meta)
+    written = write_blob(model, inspector.meta)
     entry = commit_version(
         model,
         "update",
         parent["id"],
+        written=written,
         images_added=result["added"],
         set_apart=result["set_apart"],
         n_images=result["n_images"],

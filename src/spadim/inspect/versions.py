@@ -20,6 +20,7 @@ from pathlib import Path
 
 from spadim.errors import SpadimError
 from spadim.features.backbone import file_sha256
+from spadim.run.modelfile import Written, file_stamp
 
 try:
     import fcntl
@@ -81,14 +82,20 @@ def current_version(model: Path, digest: str | None = None) -> dict | None:
     return next((entry for entry in reversed(list_versions(model)) if entry["id"] == found), None)
 
 
-def _copy_hashing(source: Path, target: Path) -> str:
+def _copy_hashing(source: Path, target: Path, written: Written | None = None) -> str:
     """Copy ``source`` to ``target`` and return the SHA-256 of the bytes copied. Both read the one open
     file, so the copy is the content its id names even if ``source`` is replaced meanwhile; the copy runs
-    in the kernel (``sendfile``), 10x faster than copying through Python blocks."""
-    digest = hashlib.sha256()
+    in the kernel (``sendfile``), 10x faster than copying through Python blocks. ``written``: how
+    :func:`~spadim.run.modelfile.write_blob` left the file; while the open file is still that one (same
+    device, inode, size and mtime), its digest is taken instead of reading the file again."""
     with open(source, "rb") as reader, open(target, "wb") as writer:
-        for block in iter(lambda: reader.read(1 << 22), b""):
-            digest.update(block)
+        if written is not None and file_stamp(os.fstat(reader.fileno())) == written.stamp:
+            hexdigest = written.sha256
+        else:
+            digest = hashlib.sha256()
+            for block in iter(lambda: reader.read(1 << 22), b""):
+                digest.update(block)
+            hexdigest = digest.hexdigest()
         size, offset = os.fstat(reader.fileno()).st_size, 0
         try:
             while offset < size:
@@ -103,16 +110,19 @@ def _copy_hashing(source: Path, target: Path) -> str:
             offset = size
         if offset != size:
             raise SpadimError(f"copying {source} to {target} stopped at byte {offset} of {size}")
-    return digest.hexdigest()
+    return hexdigest
 
 
-def commit_version(model: Path, kind: str, parent: str | None, **details) -> dict:
-    """Log the file now at ``model`` as a new version and keep an immutable copy of it."""
+def commit_version(
+    model: Path, kind: str, parent: str | None, *, written: Written | None = None, **details
+) -> dict:
+    """Log the file now at ``model`` as a new version and keep an immutable copy of it. ``written``: what
+    :func:`~spadim.run.modelfile.write_blob` returned for it, so its bytes are not hashed twice."""
     model = Path(model)
     folder = versions_dir(model)
     folder.mkdir(parents=True, exist_ok=True)
     staged = folder / f"staged.tmp{os.getpid()}"
-    digest = _copy_hashing(model, staged)  # one read: the kept copy is exactly the bytes its id names
+    digest = _copy_hashing(model, staged, written)  # the kept copy is exactly the bytes its id names
     entry = {
         "id": digest[:16],
         "parent": parent,

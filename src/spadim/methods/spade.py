@@ -64,6 +64,12 @@ def _rows_of(feature_map: torch.Tensor) -> torch.Tensor:
     return feature_map.permute(0, 2, 3, 1)
 
 
+def _compact(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` alone in its storage (torch.save writes a view's whole storage), copied only if shared."""
+    whole = rows.is_contiguous() and rows.untyped_storage().nbytes() == rows.numel() * rows.element_size()
+    return rows if whole else rows.contiguous().clone()
+
+
 def _concat_rows(rows: list[torch.Tensor], size: int) -> torch.Tensor:
     """Per-layer [m, ..., h, w, C] -> [m, ..., size, size, sum C]: each layer upsampled (nearest), concatenated."""
     parts = []
@@ -255,7 +261,9 @@ class Spade(Method):
             "config": {"layers": list(self.layers), "k": self.k, "fusion": self.fusion},
             "tensors": {
                 "pooled": self.train_pooled,
-                **{f"layer{layer}": t.contiguous() for layer, t in self.train_layers.items()},
+                # [N, C, h, w] views of the [N, h, w, C] rows: saved with their strides, so neither saving
+                # nor loading transposes the gallery (files of NCHW tensors load as before)
+                **{f"layer{layer}": _compact(rows).permute(0, 3, 1, 2) for layer, rows in self.rows.items()},
             },
         }
 
