@@ -67,7 +67,7 @@ def _rows_of(feature_map: torch.Tensor) -> torch.Tensor:
 def _compact(rows: torch.Tensor) -> torch.Tensor:
     """``rows`` alone in its storage (torch.save writes a view's whole storage), copied only if shared."""
     whole = rows.is_contiguous() and rows.untyped_storage().nbytes() == rows.numel() * rows.element_size()
-    return rows if whole else rows.contiguous().clone()
+    return rows if whole else rows.clone(memory_format=torch.contiguous_format)
 
 
 def _concat_rows(rows: list[torch.Tensor], size: int) -> torch.Tensor:
