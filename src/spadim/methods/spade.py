@@ -157,11 +157,6 @@ class Spade(Method):
 
     k, fusion = option("k"), option("fusion")
 
-    @property
-    def train_layers(self) -> dict[int, torch.Tensor]:
-        """The training features per layer as [N, C, h, w] views."""
-        return {layer: rows.permute(0, 3, 1, 2) for layer, rows in self.rows.items()}
-
     @classmethod
     def recorded_options(cls, config: SpadeConfig) -> dict:
         return {"k": config.k, "spade_fusion": config.fusion, "search": config.search}
