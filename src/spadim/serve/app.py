@@ -211,8 +211,9 @@ def create_app(
     budget = DecodeBudget(decode_pixels or 2 * max_pixels())
     stores = {name: (stores or {}).get(name) for name in inspectors}
     metrics = LineMetrics()
-    # one model-writing action (update, take-out) at a time per model: the next acts on the version the
-    # last one made, so two clicks never fork the version log
+    # an update or take-out and the swap to the version it made are one step per model: versions.writing
+    # already serialises the writes (across processes too), and this lock keeps an earlier action's
+    # reload from landing after a later one's (the server would then serve the older version)
     writers = {name: threading.Lock() for name in inspectors}
     add_line_routes(app, inspectors, stores, metrics, default_model, writers)
     add_audit_routes(app, inspectors, stores, writers)
